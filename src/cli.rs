@@ -1,0 +1,305 @@
+//! The command line: every option, its default, and its help text. It only fills in a
+//! [`Config`]; the server never sees the command line.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use log::LevelFilter;
+
+use crate::config::{self, Config, Greeting, Mode};
+
+/// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
+/// and serves a browser demo page at http://HOST:PORT/.
+#[derive(Debug, Parser)]
+#[command(name = "wsecho", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Host name or address to listen on (0.0.0.0 or :: for every interface).
+    #[arg(long, value_name = "HOST", default_value = config::DEFAULT_HOST)]
+    pub host: String,
+
+    /// TCP port to listen on; 0 picks a free port.
+    #[arg(long, short, env = "PORT", default_value_t = config::DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Send every message to every connected client instead of echoing it to its sender.
+    #[arg(long)]
+    pub broadcast: bool,
+
+    /// The greeting text; {time} is replaced by the local date-time.
+    #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_GREETING)]
+    pub greeting: String,
+
+    /// When to greet a client after its handshake; 0 or off: never.
+    #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::DEFAULT_GREETING_DELAY))))]
+    pub greeting_delay: Optional<Span>,
+
+    /// Do not serve the demo page at / (it then gets 404).
+    #[arg(long)]
+    pub no_demo_page: bool,
+
+    /// A subprotocol the server speaks, chosen when a client offers it (repeatable, in order
+    /// of preference). Without it no subprotocol is ever selected.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    pub subprotocols: Vec<String>,
+
+    /// Accept browser handshakes only from this origin, like https://example.com (repeatable).
+    /// Without it every origin is accepted, as the tutorial's server does.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Time a client has to send its whole HTTP request.
+    #[arg(long, value_name = "DURATION", default_value_t = Span(config::HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout: Span,
+
+    /// Most connections at once, handshakes included; more get 503.
+    /// [default: from the open-file limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Largest message accepted; larger gets Close 1009.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_MESSAGE_SIZE))]
+    pub max_message_size: Size,
+
+    /// Largest frame accepted; larger gets Close 1009.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_FRAME_SIZE))]
+    pub max_frame_size: Size,
+
+    /// Bytes queued for a client that is not reading; past it, broadcasts close it with 1008
+    /// and echo stops reading from it.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_BACKLOG))]
+    pub max_backlog: Size,
+
+    /// Ping a client the server has not heard from for this long; 0 or off: never.
+    #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::PING_INTERVAL))))]
+    pub ping_interval: Optional<Span>,
+
+    /// Drop a client that sent nothing, not even a pong, for this long; 0 or off: never.
+    #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::IDLE_TIMEOUT))))]
+    pub idle_timeout: Optional<Span>,
+
+    /// After sending Close, how long to wait for the client's reply.
+    #[arg(long, value_name = "DURATION", default_value_t = Span(config::CLOSE_TIMEOUT))]
+    pub close_timeout: Span,
+
+    /// Log level: off, error, warn, info (connections), debug (every message), trace.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        value_parser = PossibleValuesParser::new(["off", "error", "warn", "info", "debug", "trace"])
+            .map(|level| level.parse::<LevelFilter>().expect("a listed level"))
+    )]
+    pub log_level: LevelFilter,
+
+    /// Also append the log to this file.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The server's configuration from these arguments.
+    pub fn config(&self) -> Result<Config, String> {
+        let greeting = match self.greeting_delay.0 {
+            Some(Span(delay)) if self.greeting.is_empty() => {
+                return Err(format!(
+                    "--greeting is empty; to send no greeting use --greeting-delay off (was {})",
+                    humantime::format_duration(delay)
+                ));
+            }
+            Some(Span(delay)) => Some(Greeting {
+                delay,
+                template: self.greeting.clone(),
+            }),
+            None => None,
+        };
+        let max_connections = match self.max_connections {
+            Some(n) => Some(usize::try_from(n).map_err(|_| "--max-connections is too large")?),
+            None => None,
+        };
+        Ok(Config {
+            host: self.host.clone(),
+            port: self.port,
+            mode: if self.broadcast {
+                Mode::Broadcast
+            } else {
+                Mode::Echo
+            },
+            greeting,
+            demo_page: !self.no_demo_page,
+            subprotocols: self.subprotocols.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            handshake_timeout: self.handshake_timeout.0,
+            max_request_head: config::MAX_REQUEST_HEAD,
+            max_connections,
+            max_message_size: self.max_message_size.0,
+            max_frame_size: self.max_frame_size.0,
+            max_backlog: self.max_backlog.0,
+            ping_interval: self.ping_interval.0.map(|s| s.0),
+            idle_timeout: self.idle_timeout.0.map(|s| s.0),
+            close_timeout: self.close_timeout.0,
+            panic_on_message: None,
+        })
+    }
+}
+
+/// A positive duration written like `2s`, `500ms`, `1m` or `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Span, String> {
+        let expected = "expected a duration like 2s, 500ms or 1m";
+        let duration =
+            humantime::parse_duration(text.trim()).map_err(|e| format!("{expected} ({e})"))?;
+        if duration.is_zero() {
+            return Err(format!("{expected}, above zero"));
+        }
+        Ok(Span(duration))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A setting that `off` (or `0`) turns off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Optional<T>(pub Option<T>);
+
+impl<T: FromStr<Err = String>> FromStr for Optional<T> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Optional<T>, String> {
+        match text.trim() {
+            "off" | "0" => Ok(Optional(None)),
+            other => other
+                .parse()
+                .map(|v| Optional(Some(v)))
+                .map_err(|e| format!("{e}, or off")),
+        }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Optional<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// A positive size in bytes, written like `16MiB`, `512KiB` or `65536`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Size, String> {
+        let expected = "expected a size like 16MiB, 512KiB or 65536 (bytes)";
+        let bytes = parse_size::parse_size(text.trim()).map_err(|e| format!("{expected} ({e})"))?;
+        match usize::try_from(bytes) {
+            Ok(0) => Err(format!("{expected}, above zero")),
+            Ok(bytes) => Ok(Size(bytes)),
+            Err(_) => Err(format!("{expected}; {text} is too large")),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            n if n % (1 << 20) == 0 => write!(f, "{}MiB", n >> 20),
+            n if n % (1 << 10) == 0 => write!(f, "{}KiB", n >> 10),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("wsecho").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.config()
+    }
+
+    #[test]
+    fn no_flags_is_the_default_config() {
+        let config = parse(&[]).unwrap();
+        let default = Config::default();
+        assert_eq!(config.port, default.port);
+        assert_eq!(config.greeting, default.greeting);
+        assert_eq!(config.max_message_size, 64 << 20);
+        assert_eq!(config.ping_interval, default.ping_interval);
+        assert_eq!(config.mode, Mode::Echo);
+    }
+
+    #[test]
+    fn durations_sizes_and_off() {
+        let config = parse(&[
+            "--greeting-delay",
+            "500ms",
+            "--max-frame-size",
+            "1MiB",
+            "--max-backlog",
+            "65536",
+            "--ping-interval",
+            "off",
+            "--idle-timeout",
+            "1m",
+            "--broadcast",
+        ])
+        .unwrap();
+        assert_eq!(config.greeting.unwrap().delay, Duration::from_millis(500));
+        assert_eq!(config.max_frame_size, 1 << 20);
+        assert_eq!(config.max_backlog, 65536);
+        assert_eq!(config.ping_interval, None);
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(config.mode, Mode::Broadcast);
+        assert_eq!(parse(&["--greeting-delay", "0"]).unwrap().greeting, None);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        let error = parse(&["--greeting-delay", "soon"]).unwrap_err();
+        assert!(error.contains("expected a duration like 2s"), "{error}");
+        assert!(
+            parse(&["--max-message-size", "lots"])
+                .unwrap_err()
+                .contains("expected a size")
+        );
+        assert!(
+            parse(&["--close-timeout", "0"])
+                .unwrap_err()
+                .contains("above zero")
+        );
+        assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--log-level", "loud"]).is_err());
+        assert!(
+            parse(&["--greeting", ""])
+                .unwrap_err()
+                .contains("--greeting-delay off")
+        );
+    }
+
+    #[test]
+    fn defaults_print_as_they_parse() {
+        assert_eq!(Size(64 << 20).to_string(), "64MiB");
+        assert_eq!(Span(Duration::from_secs(2)).to_string(), "2s");
+        assert_eq!(Optional::<Span>(None).to_string(), "off");
+        assert_eq!("4MiB".parse::<Size>(), Ok(Size(4 << 20)));
+    }
+}

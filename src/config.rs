@@ -1,0 +1,130 @@
+//! The server's settings: one plain struct, every field public, with the defaults a newcomer
+//! gets from `wsecho` with no flags. The command line (`cli.rs`) only fills this in.
+
+use std::time::Duration;
+
+/// Where the server listens by default: loopback only, so a first run exposes nothing.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// The tutorial's port.
+pub const DEFAULT_PORT: u16 = 3000;
+
+/// The greeting text; `{time}` is replaced by the local date-time when it is sent.
+pub const DEFAULT_GREETING: &str = "{time} hello client !!!";
+
+/// How long after the handshake the greeting is sent, as in the tutorial.
+pub const DEFAULT_GREETING_DELAY: Duration = Duration::from_secs(2);
+
+/// Time a client has to send a complete HTTP request head. A client that connects and says
+/// nothing (or dribbles a byte a second) holds a thread, so it must not hold it for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head accepted (request line plus headers); larger gets 431.
+/// Browsers send well under 2 KiB; 8 KiB is what most HTTP servers allow.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Largest message accepted, after reassembling fragments; larger gets Close 1009.
+/// tungstenite's default, and the bound on what one connection can make us buffer.
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Largest single frame accepted; larger gets Close 1009. tungstenite's default.
+pub const MAX_FRAME_SIZE: usize = 16 << 20;
+
+/// Bytes queued for one client and not yet taken by its socket. A client that stops reading
+/// stops the kernel taking its bytes; past this it gets Close 1008 (broadcasts) or stops being
+/// read from (echo), so one slow reader can never make the server's memory grow without bound.
+pub const MAX_BACKLOG: usize = 4 << 20;
+
+/// How often the server pings a connection it has not heard from. Browsers answer pings
+/// automatically, so a well-behaved idle client stays connected for ever. WebSocket-Node, the
+/// tutorial's library, pings every 20 s too.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// A client that sent nothing at all, not even a pong, for this long is gone (a laptop closed,
+/// a cable pulled): drop it. Longer than the ping interval, so one unanswered ping is not
+/// enough; WebSocket-Node drops after 20 s + a 10 s grace.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After the server sends a Close frame, how long it waits for the client's reply before it
+/// drops the socket anyway. Also bounds how long shutdown waits.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the server does with each message it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Send it back to its sender only.
+    Echo,
+    /// Send it to every open connection, the sender included.
+    Broadcast,
+}
+
+/// The greeting sent once to each client, some time after it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    pub delay: Duration,
+    /// The text; `{time}` is replaced by the local date-time.
+    pub template: String,
+}
+
+/// Everything the server needs to know; `Config::default()` is `wsecho` with no flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Host name or address to listen on.
+    pub host: String,
+    /// TCP port; 0 picks a free one.
+    pub port: u16,
+    pub mode: Mode,
+    /// `None` turns the greeting off.
+    pub greeting: Option<Greeting>,
+    /// Serve the browser demo page at `/`.
+    pub demo_page: bool,
+    /// Subprotocols the server speaks, in order of preference; empty: none.
+    pub subprotocols: Vec<String>,
+    /// Origins allowed to open a WebSocket; empty: all (see the README on cross-site
+    /// WebSocket hijacking). A request without an Origin header (not a browser) is allowed.
+    pub allowed_origins: Vec<String>,
+    pub handshake_timeout: Duration,
+    pub max_request_head: usize,
+    /// Concurrent connections, handshakes included; past it new clients get 503.
+    /// `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
+    pub max_backlog: usize,
+    /// `None` turns pings off.
+    pub ping_interval: Option<Duration>,
+    /// `None` never drops a silent client.
+    pub idle_timeout: Option<Duration>,
+    pub close_timeout: Duration,
+    /// Test hook: a text message equal to this makes the connection's thread panic, to show that
+    /// a panic in one connection is logged and the server goes on. Never set by the command line.
+    #[doc(hidden)]
+    pub panic_on_message: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            mode: Mode::Echo,
+            greeting: Some(Greeting {
+                delay: DEFAULT_GREETING_DELAY,
+                template: DEFAULT_GREETING.to_string(),
+            }),
+            demo_page: true,
+            subprotocols: Vec::new(),
+            allowed_origins: Vec::new(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_request_head: MAX_REQUEST_HEAD,
+            max_connections: None,
+            max_message_size: MAX_MESSAGE_SIZE,
+            max_frame_size: MAX_FRAME_SIZE,
+            max_backlog: MAX_BACKLOG,
+            ping_interval: Some(PING_INTERVAL),
+            idle_timeout: Some(IDLE_TIMEOUT),
+            close_timeout: CLOSE_TIMEOUT,
+            panic_on_message: None,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! One accepted TCP connection, from its first byte to its last: read the request head, answer
+//! plain HTTP or complete the WebSocket handshake, then serve the client (`client.rs`).
+//! Each runs on its own thread, spawned by `server.rs`.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use tungstenite::WebSocket;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::greeter::Greeter;
+use crate::handshake;
+use crate::http::{self, HeadError, Response};
+use crate::hub::Hub;
+use crate::outbox::mailbox;
+use crate::site;
+use crate::socket::Socket;
+
+/// tungstenite reads the socket in chunks of this size into a buffer of at least this size,
+/// and zero-fills the whole buffer on every read, so every connection that ever received a
+/// byte keeps this much resident. Its default, 128 KiB, is most of what an idle connection
+/// costs; 4 KiB holds any small message in one read, and a bigger message makes tungstenite
+/// reserve room for the whole frame anyway, so large transfers still take few reads.
+pub const READ_BUFFER_SIZE: usize = 4 * 1024;
+
+/// What every connection thread shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub greeter: Option<Greeter>,
+    /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// tungstenite's settings, derived from ours.
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            // Every frame tungstenite writes (pongs, closes) goes straight into our queue,
+            // which does its own batching (see socket.rs).
+            .write_buffer_size(0)
+            .max_message_size(Some(self.config.max_message_size))
+            .max_frame_size(Some(self.config.max_frame_size))
+    }
+}
+
+/// Serves one connection to its end.
+pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (request, leftover) = match http::read_head(&mut stream, deadline, config.max_request_head)
+    {
+        Ok(head) => head,
+        Err(HeadError::Timeout) => {
+            info!(
+                "{peer} dropped: no complete request within {:?}",
+                config.handshake_timeout
+            );
+            return;
+        }
+        Err(HeadError::Closed) => return debug!("{peer} closed before sending a request"),
+        Err(HeadError::Io(e)) => return debug!("{peer} lost before sending a request: {e}"),
+        Err(HeadError::TooLarge) => {
+            let limit = config.max_request_head;
+            let why = format!(
+                "request head over {limit} bytes or {} lines",
+                http::MAX_HEADERS
+            );
+            return refuse(&mut stream, peer, Response::text(431, why), false);
+        }
+        Err(HeadError::Malformed(why)) => {
+            return refuse(&mut stream, peer, Response::text(400, why), false);
+        }
+    };
+    let head_only = request.method == "HEAD";
+    if !handshake::is_websocket_request(&request) {
+        let response = site::respond(&request, &shared.hub, config.demo_page);
+        info!(
+            "{peer} {} {} -> {}",
+            request.method, request.target, response.status
+        );
+        return http::respond_and_close(&mut stream, &response, head_only);
+    }
+    let accepted = match handshake::check(&request, config) {
+        Ok(accepted) => accepted,
+        Err(response) => return refuse(&mut stream, peer, response, head_only),
+    };
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        let response = Response::text(503, "server shutting down");
+        return refuse(&mut stream, peer, response, false);
+    }
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(std::time::Duration::from_millis(1));
+    let sent = stream
+        .set_write_timeout(Some(left))
+        .and_then(|()| stream.write_all(&handshake::switching_protocols(&accepted)))
+        .and_then(|()| stream.set_nonblocking(true))
+        // Frames are whole messages queued by us; Nagle's algorithm would only delay them.
+        .and_then(|()| stream.set_nodelay(true));
+    if let Err(e) = sent {
+        return debug!("{peer} lost during the handshake: {e}");
+    }
+    let origin = request.header("origin").unwrap_or("none");
+    let subprotocol = accepted
+        .subprotocol
+        .as_deref()
+        .map(|p| format!(", subprotocol {p}"));
+    info!(
+        "{peer} connected: path {}, origin {origin}{}",
+        request.target,
+        subprotocol.unwrap_or_default()
+    );
+
+    let (outbox, inbox) = match mailbox(config.max_backlog) {
+        Ok(mailbox) => mailbox,
+        Err(e) => return warn!("{peer} dropped: cannot create its waker: {e}"),
+    };
+    let _membership = shared.hub.join(Arc::clone(&outbox));
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        // Shutdown's close_all may have run before we joined; close ourselves.
+        let _ = outbox.close(1001, "server shutting down");
+    }
+    if let Some(greeter) = &shared.greeter {
+        greeter.schedule(&outbox);
+    }
+    // From here the hub holds the only strong reference; leaving it lets the outbox go.
+    drop(outbox);
+
+    let socket = Socket::new(stream);
+    let ws = WebSocket::from_partially_read(
+        socket,
+        leftover,
+        Role::Server,
+        Some(shared.websocket_config()),
+    );
+    let summary = Client::new(ws, inbox, config, &shared.hub, peer).run();
+    info!(
+        "{peer} disconnected: {}, after {:.1?}, {} messages",
+        summary.ending, summary.duration, summary.messages
+    );
+}
+
+/// Sends an error response, logs the rejection once, and closes the connection.
+fn refuse(stream: &mut TcpStream, peer: SocketAddr, response: Response, head_only: bool) {
+    let why = String::from_utf8_lossy(&response.body);
+    warn!("{peer} rejected: {} {}", response.status, why.trim_end());
+    http::respond_and_close(stream, &response, head_only);
+}

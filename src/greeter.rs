@@ -1,0 +1,163 @@
+//! The greeting timer: one thread that sends every connection its delayed greeting.
+//!
+//! A sleeping thread per connection would cost a stack per pending greeting and a wake-up per
+//! connection. Instead each new connection sends its due time here over a channel, and this
+//! thread sleeps in `recv_deadline` until whichever comes first: the earliest due greeting or a
+//! new connection. Due greetings are encoded once per batch and handed to their connections'
+//! outboxes like any other frame, so the greeting never races a connection's own writes.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::config::Greeting;
+use crate::frame;
+use crate::outbox::Outbox;
+
+/// Where connections schedule their greeting. Dropping every clone stops the thread.
+#[derive(Debug, Clone)]
+pub struct Greeter {
+    sender: Sender<Due>,
+    delay: std::time::Duration,
+}
+
+/// One scheduled greeting. The outbox is held weakly: a client that has gone by the due time
+/// is simply skipped, and its memory is not kept alive by the timer.
+#[derive(Debug)]
+struct Due {
+    at: Instant,
+    outbox: Weak<Outbox>,
+}
+
+impl Greeter {
+    /// Starts the timer thread.
+    pub fn start(greeting: Greeting) -> io::Result<Greeter> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let delay = greeting.delay;
+        thread::Builder::new()
+            .name("greeter".into())
+            .spawn(move || run(&greeting.template, &receiver))?;
+        Ok(Greeter { sender, delay })
+    }
+
+    /// Schedules the greeting for a connection whose handshake has just completed.
+    pub fn schedule(&self, outbox: &Arc<Outbox>) {
+        let due = Due {
+            at: Instant::now() + self.delay,
+            outbox: Arc::downgrade(outbox),
+        };
+        // Fails only if the timer thread is gone, which happens only at shutdown.
+        let _ = self.sender.send(due);
+    }
+}
+
+/// The greeting text for now: the template with `{time}` replaced by the local date-time.
+pub fn render(template: &str) -> String {
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S %:z");
+    template.replace("{time}", &now.to_string())
+}
+
+fn run(template: &str, receiver: &Receiver<Due>) {
+    // A min-heap on the due time. With one delay for all, due times arrive nearly in order, but
+    // two connections finishing their handshakes at once may send theirs in either order.
+    let mut pending: BinaryHeap<Reverse<ByTime>> = BinaryHeap::new();
+    loop {
+        let next = match pending.peek() {
+            Some(Reverse(ByTime(due))) => receiver.recv_deadline(due.at),
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(due) => pending.push(Reverse(ByTime(due))),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = Instant::now();
+        let mut greeting: Option<Bytes> = None;
+        while let Some(Reverse(ByTime(due))) = pending.peek() {
+            if due.at > now {
+                break;
+            }
+            let Some(Reverse(ByTime(due))) = pending.pop() else {
+                break;
+            };
+            if let Some(outbox) = due.outbox.upgrade() {
+                let frame = greeting.get_or_insert_with(|| frame::text(&render(template)));
+                // Refused only if the client has gone or is closing: then it gets none.
+                let _ = outbox.push(frame.clone());
+            }
+        }
+    }
+}
+
+/// Orders [`Due`] entries by due time only.
+#[derive(Debug)]
+struct ByTime(Due);
+
+impl PartialEq for ByTime {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.at == other.0.at
+    }
+}
+impl Eq for ByTime {}
+impl PartialOrd for ByTime {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByTime {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.at.cmp(&other.0.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Delivery, mailbox};
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    #[test]
+    fn render_puts_the_time_before_the_text() {
+        let text = render("{time} hello client !!!");
+        let (time, rest) = text.split_at(text.len() - " hello client !!!".len());
+        assert_eq!(rest, " hello client !!!");
+        assert!(
+            chrono::DateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S %:z").is_ok(),
+            "{time}"
+        );
+    }
+
+    #[test]
+    fn each_live_connection_gets_one_greeting_and_a_gone_one_none() {
+        let greeting = Greeting {
+            delay: Duration::from_millis(20),
+            template: "hi".into(),
+        };
+        let greeter = Greeter::start(greeting).unwrap();
+        let (live, live_inbox) = mailbox(1 << 20).unwrap();
+        let (gone, gone_inbox) = mailbox(1 << 20).unwrap();
+        greeter.schedule(&live);
+        greeter.schedule(&gone);
+        drop(gone);
+        drop(gone_inbox);
+
+        // Wait on the waker alone (it stands in for the socket, with no interest in it).
+        let waker = live_inbox.waker();
+        let nothing = crate::poll::Interest {
+            read: false,
+            write: false,
+        };
+        let timeout = Some(Duration::from_secs(10));
+        let ready = crate::poll::wait(waker.as_fd(), nothing, waker, timeout).unwrap();
+        assert!(ready.woken);
+        let got: Vec<_> = live_inbox.drain().collect();
+        assert!(matches!(&got[..], [Delivery::Frame(f)] if f[..] == frame::text("hi")[..]));
+    }
+}

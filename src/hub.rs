@@ -1,0 +1,155 @@
+//! The set of open connections: broadcasts, shutdown, and the counts `/healthz` reports.
+//!
+//! Like the hub of gorilla/websocket's chat example, but without a goroutine of its own: a
+//! broadcast is fanned out by the thread that received the message, under the hub's lock, so
+//! every client sees every broadcast in the one order the server received them. The fan-out
+//! only queues a shared frame and maybe writes one `eventfd` per client; it never touches a
+//! socket, so it never waits for a slow client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::outbox::Outbox;
+
+/// Identifies a connection for as long as the server runs.
+pub type ConnectionId = u64;
+
+#[derive(Debug)]
+pub struct Hub {
+    members: Mutex<HashMap<ConnectionId, Arc<Outbox>>>,
+    /// Signalled whenever a member leaves, for [`Hub::wait_until_empty`].
+    left: Condvar,
+    next_id: AtomicU64,
+    /// Messages received from clients, over the server's life.
+    messages: AtomicU64,
+    /// WebSocket connections accepted, over the server's life.
+    accepted: AtomicU64,
+    started: Instant,
+}
+
+/// A connection's place in the hub; leaving is dropping it, even when its thread panics.
+#[derive(Debug)]
+pub struct Membership {
+    hub: Arc<Hub>,
+    pub id: ConnectionId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.members().remove(&self.id);
+        self.hub.left.notify_all();
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            members: Mutex::new(HashMap::new()),
+            left: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            messages: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Hub {
+    /// Adds an open connection.
+    pub fn join(self: &Arc<Hub>, outbox: Arc<Outbox>) -> Membership {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.members().insert(id, outbox);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        Membership {
+            hub: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Queues one encoded frame for every open connection. Returns how many took it.
+    pub fn broadcast(&self, frame: &Bytes) -> usize {
+        let members = self.members();
+        members
+            .values()
+            .filter(|outbox| outbox.push(frame.clone()).is_ok())
+            .count()
+    }
+
+    /// Asks every open connection to close with this code and reason. Returns how many.
+    pub fn close_all(&self, code: u16, reason: &'static str) -> usize {
+        let members = self.members();
+        members
+            .values()
+            .filter(|outbox| outbox.close(code, reason).is_ok())
+            .count()
+    }
+
+    /// Waits until every connection has left, or `timeout` passes. True if all left.
+    pub fn wait_until_empty(&self, timeout: Duration) -> bool {
+        let members = self.members();
+        let (members, _) = self
+            .left
+            .wait_timeout_while(members, timeout, |members| !members.is_empty())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        members.is_empty()
+    }
+
+    /// Counts a message received from a client.
+    pub fn count_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.members().len()
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The member map. A panic elsewhere never leaves it half-updated (every change is one
+    /// map operation), so a poisoned lock is safe to keep using.
+    fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Outbox>>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Delivery, mailbox};
+
+    #[test]
+    fn broadcast_reaches_every_member_until_it_leaves() {
+        let hub = Arc::new(Hub::default());
+        let (a, a_in) = mailbox(1 << 20).unwrap();
+        let (b, b_in) = mailbox(1 << 20).unwrap();
+        let member_a = hub.join(a);
+        let _member_b = hub.join(b);
+        assert_eq!(hub.broadcast(&Bytes::from_static(b"one")), 2);
+        drop(member_a);
+        assert_eq!(hub.broadcast(&Bytes::from_static(b"two")), 1);
+        assert_eq!(a_in.drain().count(), 1);
+        let b_got: Vec<_> = b_in.drain().collect();
+        assert!(
+            matches!(&b_got[..], [Delivery::Frame(x), Delivery::Frame(y)]
+            if &x[..] == b"one" && &y[..] == b"two")
+        );
+        assert_eq!(hub.open_connections(), 1);
+        assert!(!hub.wait_until_empty(Duration::from_millis(1)));
+    }
+}

@@ -1,0 +1,343 @@
+//! The listening socket: accepting connections, one thread each, and shutting down.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use log::{error, info, warn};
+
+use crate::config::{Config, Mode};
+use crate::connection::{self, Shared};
+use crate::error::Error;
+use crate::greeter::Greeter;
+use crate::http::Response;
+use crate::hub::Hub;
+use crate::poll::{self, Interest, Waker};
+
+/// Stack reserved for each connection's thread. Only the pages a thread touches use memory
+/// (an idle connection touches a few KiB), so this is address space, not RAM; it is far above
+/// what the deepest path needs (a handshake, a log line, a panic message) and far below the
+/// 8 MiB default, which would spend the address space of 10,000 threads on nothing.
+pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
+
+/// Descriptors per connection: its socket and its waker's eventfd.
+pub const FDS_PER_CONNECTION: usize = 2;
+
+/// Descriptors kept for everything else: standard streams, the listener, the log file,
+/// the shutdown waker, and room for a few more.
+const RESERVED_FDS: usize = 32;
+
+/// When accept fails for lack of descriptors (EMFILE), it is retried after this pause,
+/// doubling up to [`MAX_ACCEPT_BACKOFF`]: the pending connection keeps the listener
+/// readable, so retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    signal: Arc<Signal>,
+    /// Threads alive (handshaking or open), for the connection limit.
+    active: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// Asks a running server to shut down; clone it into a signal handler or a test.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<Signal>);
+
+#[derive(Debug)]
+struct Signal {
+    requested: AtomicBool,
+    waker: Waker,
+}
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown: stop accepting, close every client with 1001, wait for
+    /// their replies for at most the close timeout.
+    pub fn shutdown(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.waker.wake();
+    }
+}
+
+/// What the server did, reported when it stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// WebSocket connections served over the server's life.
+    pub connections: u64,
+    pub messages: u64,
+    /// Connections open at shutdown, and how many of them had not finished closing in time.
+    pub open_at_shutdown: usize,
+    pub unfinished: usize,
+}
+
+impl Server {
+    /// Binds the listening socket and starts the greeting timer. Nothing is accepted until
+    /// [`run`](Server::run); a client that connects before is held in the kernel's backlog.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
+            .to_socket_addrs()
+            .map_err(|source| Error::Resolve {
+                host: config.host.clone(),
+                source,
+            })?
+            .collect();
+        let listener = bind_first(&addrs).map_err(|(addr, source)| Error::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Io("listener setup", e))?;
+
+        let capacity = match config.max_connections {
+            Some(n) => n,
+            None => connection_capacity(),
+        };
+        let greeter = match &config.greeting {
+            Some(greeting) => {
+                Some(Greeter::start(greeting.clone()).map_err(|e| Error::Io("greeting timer", e))?)
+            }
+            None => None,
+        };
+        let shared = Shared {
+            config,
+            hub: Arc::new(Hub::default()),
+            greeter,
+            shutting_down: AtomicBool::new(false),
+        };
+        let signal = Signal {
+            requested: AtomicBool::new(false),
+            waker: Waker::new().map_err(|e| Error::Io("shutdown waker", e))?,
+        };
+        Ok(Server {
+            listener,
+            shared: Arc::new(shared),
+            signal: Arc::new(signal),
+            active: Arc::new(AtomicUsize::new(0)),
+            capacity,
+        })
+    }
+
+    /// The address actually bound (with the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The URL clients connect to, like `ws://127.0.0.1:3000`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr())
+    }
+
+    /// How many connections are accepted at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The hub, for its counts.
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.shared.hub)
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.signal))
+    }
+
+    /// Accepts connections until shut down, then closes every client and returns.
+    pub fn run(self) -> Result<Summary, Error> {
+        let config = &self.shared.config;
+        let mode = match config.mode {
+            Mode::Echo => "echo",
+            Mode::Broadcast => "broadcast",
+        };
+        let greeting = match &config.greeting {
+            Some(g) => format!("greeting after {:?}", g.delay),
+            None => "no greeting".to_string(),
+        };
+        info!(
+            "listening on {} ({mode} mode, {greeting}, up to {} connections)",
+            self.url(),
+            self.capacity
+        );
+        self.accept_until_shutdown()
+            .map_err(|e| Error::Io("accepting connections", e))?;
+        drop(self.listener);
+        Ok(shut_down(&self.shared))
+    }
+
+    fn accept_until_shutdown(&self) -> io::Result<()> {
+        let mut backoff: Option<Duration> = None;
+        loop {
+            // While backing off, wait on the shutdown waker only; the pending connection
+            // would report the listener readable again at once.
+            let interest = Interest {
+                read: backoff.is_none(),
+                write: false,
+            };
+            poll::wait(self.listener.as_fd(), interest, &self.signal.waker, backoff)?;
+            if self.signal.requested.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => {
+                        if backoff.take().is_some() {
+                            info!("accepting connections again");
+                        }
+                        self.admit(stream, peer);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if is_out_of_descriptors(&e) => {
+                        if backoff.is_none() {
+                            warn!("cannot accept connections: {e}; retrying with backoff");
+                        }
+                        let next = backoff.map_or(ACCEPT_BACKOFF, |b| b * 2);
+                        backoff = Some(next.min(MAX_ACCEPT_BACKOFF));
+                        break;
+                    }
+                    // A connection that failed between SYN and accept (ECONNABORTED, say)
+                    // concerns that client only.
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives an accepted connection its thread, or a 503 when the server is full.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        if self.active.load(Ordering::SeqCst) >= self.capacity {
+            let why = format!("connection limit ({}) reached", self.capacity);
+            return reject_busy(stream, peer, &why);
+        }
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let guard = ActiveGuard(Arc::clone(&self.active));
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name("connection".into())
+            .stack_size(CONNECTION_STACK_SIZE)
+            .spawn(move || {
+                let _guard = guard;
+                let served = panic::catch_unwind(AssertUnwindSafe(|| connection::serve(stream, peer, &shared)));
+                if let Err(panic) = served {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown cause".into());
+                    error!("{peer} connection thread panicked ({what}); connection dropped, server goes on");
+                }
+            });
+        // The closure, and with it the socket, is dropped: the client sees the connection close.
+        if let Err(e) = spawned {
+            warn!("{peer} dropped: cannot start a thread for it: {e}");
+        }
+    }
+}
+
+/// Closes every client with 1001 and waits for them, at most the close timeout.
+fn shut_down(shared: &Shared) -> Summary {
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let open = shared.hub.close_all(1001, "server shutting down");
+    info!("shutting down: closing {open} connections");
+    // A client's thread gives the reply close_timeout, then lingers at most that long
+    // more to send what is left; a little more covers the threads' own work.
+    let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
+    shared.hub.wait_until_empty(wait);
+    let unfinished = shared.hub.open_connections();
+    let summary = Summary {
+        connections: shared.hub.accepted(),
+        messages: shared.hub.messages(),
+        open_at_shutdown: open,
+        unfinished,
+    };
+    info!(
+        "stopped: served {} connections and {} messages; {} of {} open connections closed cleanly",
+        summary.connections,
+        summary.messages,
+        open.saturating_sub(unfinished),
+        open
+    );
+    summary
+}
+
+/// Decrements the live-thread count when a connection's thread ends, panics included.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Error)> {
+    let mut last = None;
+    for &addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        let none = SocketAddr::from(([0, 0, 0, 0], 0));
+        (
+            none,
+            io::Error::new(io::ErrorKind::NotFound, "the host name has no address"),
+        )
+    }))
+}
+
+/// Refuses a connection on the accepting thread, without blocking it: the short 503 fits in
+/// the socket's empty send buffer, and a client that does not read it loses nothing else.
+fn reject_busy(stream: TcpStream, peer: SocketAddr, why: &str) {
+    warn!("{peer} rejected: 503, {why}");
+    let response = Response::text(503, format!("server busy: {why}")).to_bytes(false);
+    let _ = stream.set_nonblocking(true);
+    let _ = io::Write::write(&mut &stream, &response);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Raises the open-file soft limit to the hard limit, and derives how many connections fit.
+pub fn connection_capacity() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024 / FDS_PER_CONNECTION;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let fds = usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .min(1 << 24);
+    let capacity = fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
+    info!("open-file limit {fds}: room for {capacity} connections");
+    capacity.max(1)
+}

@@ -1,0 +1,182 @@
+//! A client's TCP stream as tungstenite sees it, with the server's outbound queue.
+//!
+//! Reads go straight to the non-blocking socket. Writes never go straight out: everything the
+//! connection sends (tungstenite's pongs and close frames, echoes, greetings, broadcasts) is
+//! appended to one queue, in order, as whole frames, and [`Socket::send_queued`] writes that
+//! queue to the socket when it has room, several frames per system call (`writev`). Because
+//! only the connection's own thread touches the queue and the socket, frames never interleave.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+
+use bytes::Bytes;
+
+use crate::outbox::Inbox;
+
+/// Frames per `writev` call. More frames than this just take another call.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+#[derive(Debug)]
+pub struct Socket {
+    tcp: TcpStream,
+    queue: VecDeque<Queued>,
+    /// How much of the front frame is already written.
+    written_of_front: usize,
+    /// Bytes in `queue` not yet written.
+    queued: usize,
+    /// Set when a read returns data; see [`Socket::take_heard`].
+    heard: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    frame: Bytes,
+    /// The frame came through the outbox and counts against the backlog limit.
+    from_outbox: bool,
+}
+
+impl Socket {
+    /// Wraps a connected socket, which must already be non-blocking.
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp,
+            queue: VecDeque::new(),
+            written_of_front: 0,
+            queued: 0,
+            heard: false,
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Appends an encoded frame to the queue.
+    pub fn push(&mut self, frame: Bytes, from_outbox: bool) {
+        self.queued += frame.len();
+        self.queue.push_back(Queued { frame, from_outbox });
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether any bytes arrived since the last call.
+    pub fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
+    }
+
+    /// Writes as much of the queue as the socket takes now. Returns whether any byte went.
+    ///
+    /// Bytes of outbox frames are reported to `inbox` as they leave, which is what lets other
+    /// threads queue more for this client.
+    pub fn send_queued(&mut self, inbox: &Inbox) -> io::Result<bool> {
+        let mut progress = false;
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+            let mut count = 0;
+            for (slot, queued) in slices.iter_mut().zip(&self.queue) {
+                let skip = if count == 0 { self.written_of_front } else { 0 };
+                *slot = IoSlice::new(&queued.frame[skip..]);
+                count += 1;
+            }
+            let mut n = match self.tcp.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            progress = true;
+            self.queued -= n;
+            // Retire the frames that are now fully written.
+            while n > 0 {
+                let front = &self.queue[0];
+                let rest = front.frame.len() - self.written_of_front;
+                if n < rest {
+                    self.written_of_front += n;
+                    break;
+                }
+                n -= rest;
+                self.written_of_front = 0;
+                if let Some(done) = self.queue.pop_front()
+                    && done.from_outbox
+                {
+                    inbox.written(done.frame.len());
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Drops every queued frame that has not started going out (a partly written frame must be
+    /// finished, or the stream would be corrupt). Used when a client is too far behind.
+    pub fn discard_unsent(&mut self, inbox: &Inbox) {
+        let keep = usize::from(self.written_of_front > 0);
+        for dropped in self.queue.drain(keep..) {
+            self.queued -= dropped.frame.len();
+            if dropped.from_outbox {
+                inbox.written(dropped.frame.len());
+            }
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.heard |= n > 0;
+        Ok(n)
+    }
+}
+
+/// tungstenite writes its own frames (pongs, close) here; they join the queue like any other.
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(Bytes::copy_from_slice(buf), false);
+        Ok(buf.len())
+    }
+
+    /// The queue is flushed by the connection's loop when the socket is writable.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::mailbox;
+    use std::net::TcpListener;
+
+    #[test]
+    fn frames_go_out_whole_and_in_order_even_when_the_socket_is_full() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (_outbox, inbox) = mailbox(usize::MAX).unwrap();
+        let mut socket = Socket::new(tcp);
+
+        // Far more than the socket buffers hold, in frames of varied sizes.
+        let frames: Vec<Bytes> = (0..200u32)
+            .map(|i| Bytes::from(vec![i as u8; 1 + (i as usize * 997) % 70_000]))
+            .collect();
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        for frame in &frames {
+            socket.push(frame.clone(), false);
+        }
+        let reading = std::thread::spawn(move || {
+            let mut got = vec![0; total];
+            reader.read_exact(&mut got).unwrap();
+            got
+        });
+        while socket.queued() > 0 {
+            socket.send_queued(&inbox).unwrap();
+            std::thread::yield_now();
+        }
+        assert_eq!(reading.join().unwrap(), frames.concat());
+    }
+}

@@ -1,0 +1,268 @@
+//! What the integration tests share: a real `wsecho` process on a free loopback port, its log,
+//! and clients (tungstenite's, and raw TCP for clients that misbehave on purpose).
+//!
+//! The server is the real binary, started as a user would, so every test also covers the
+//! command line, the ready line and the log. Readiness is the URL line on standard output;
+//! log lines are waited for as they arrive. Nothing sleeps to wait for the server.
+
+#![allow(dead_code)] // each test file uses part of this
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Upper bound for anything a test waits for. Generous: it only matters when a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A running `wsecho` process, killed when dropped.
+pub struct Wsecho {
+    child: Child,
+    pub url: String,
+    pub addr: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Wsecho {
+    /// Starts `wsecho --host 127.0.0.1 --port 0 --log-level debug ARGS` and waits for its
+    /// ready line. Later flags override earlier ones, so ARGS may change any of these.
+    pub fn start(args: &[&str]) -> Wsecho {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsecho"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--log-level", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsecho");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+        });
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        let url = url.trim().to_string();
+        assert!(
+            url.starts_with("ws://127.0.0.1:"),
+            "ready line {url:?}, log: {:?}",
+            log.0.lock()
+        );
+        let addr = url.trim_start_matches("ws://").parse().unwrap();
+        Wsecho {
+            child,
+            url,
+            addr,
+            log,
+        }
+    }
+
+    /// A tungstenite client connected to the server's root path.
+    pub fn connect(&self) -> Client {
+        connect(&self.url)
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns that line.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let (lines, arrived) = &*self.log;
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needles:?} in:\n{}",
+                lines.join("\n")
+            );
+            lines = arrived.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (by name, as `kill -s` takes it) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status();
+        assert!(status.unwrap().success(), "kill -s {name}");
+    }
+
+    /// Waits for the server to exit; panics if it takes longer than [`PATIENCE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wsecho did not exit; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Wsecho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The local port of a client's connection, as the server's log names it.
+pub fn local_port(ws: &Client) -> u16 {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("tests use plain ws://"),
+    }
+}
+
+/// A tungstenite client for `url`, with reads bounded by [`PATIENCE`].
+pub fn connect(url: &str) -> Client {
+    let (ws, response) = tungstenite::connect(url).expect("WebSocket handshake");
+    assert_eq!(response.status(), 101);
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    ws
+}
+
+/// The next data message (text or binary), answering nothing else.
+pub fn next_data(ws: &mut Client) -> Message {
+    loop {
+        match ws.read().expect("read a message") {
+            message @ (Message::Text(_) | Message::Binary(_)) => return message,
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the server's Close frame arrives; returns its code and reason.
+pub fn expect_close(ws: &mut Client) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                return (frame.code.into(), frame.reason.to_string());
+            }
+            Ok(Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a Close frame: {e}"),
+        }
+    }
+}
+
+/// A raw TCP connection, with reads bounded by [`PATIENCE`].
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp
+}
+
+/// A well-formed upgrade request for `/`.
+pub const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// Sends `request` on a new raw connection and returns everything the server sends back
+/// before it closes the connection.
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = raw(addr);
+    tcp.write_all(request).unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response)
+        .expect("server closes the connection");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A raw connection that has completed the WebSocket handshake and will only do what the
+/// test makes it do (no automatic pongs or close replies).
+pub fn raw_websocket(addr: SocketAddr) -> TcpStream {
+    let mut tcp = raw(addr);
+    tcp.write_all(UPGRADE.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A masked client frame, as RFC 6455 section 5.2 lays it out.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// One unmasked server frame read from a raw connection: (fin, opcode, payload).
+pub fn read_server_frame(tcp: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            tcp.read_exact(&mut n).unwrap();
+            u16::from_be_bytes(n) as usize
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            tcp.read_exact(&mut n).unwrap();
+            u64::from_be_bytes(n) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    tcp.read_exact(&mut payload).unwrap();
+    (head[0] & 0x80 != 0, head[0] & 0x0f, payload)
+}
+
+/// The close code in a Close frame's payload.
+pub fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
+}
