@@ -15,7 +15,13 @@ use crate::config::{self, Config, Greeting, Mode};
 /// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
 /// and serves a browser demo page at http://HOST:PORT/.
 #[derive(Debug, Parser)]
-#[command(name = "wsecho", version, about, max_term_width = 100)]
+// A flag given twice takes its last value, so scripts can append to a base command line.
+#[command(
+    name = "wsecho",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
 pub struct Args {
     /// Host name or address to listen on (0.0.0.0 or :: for every interface).
     #[arg(long, value_name = "HOST", default_value = config::DEFAULT_HOST)]

@@ -209,6 +209,7 @@ impl<'a> Client<'a> {
                 let (code, reason) = frame.as_ref().map_or((1005, String::new()), |f| {
                     (u16::from(f.code), f.reason.to_string())
                 });
+                debug!("{} sent Close {code} {reason:?}", self.peer);
                 self.client_close = Some((code, reason));
                 return;
             }

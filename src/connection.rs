@@ -48,7 +48,12 @@ impl Shared {
             // which does its own batching (see socket.rs).
             .write_buffer_size(0)
             .max_message_size(Some(self.config.max_message_size))
-            .max_frame_size(Some(self.config.max_frame_size))
+            // A frame longer than the largest message can only make a message too big, and the
+            // frame limit is checked on the header, before tungstenite reserves room for the
+            // payload: so the smaller limit refuses it at once, without waiting for its bytes.
+            .max_frame_size(Some(
+                self.config.max_frame_size.min(self.config.max_message_size),
+            ))
     }
 }
 
@@ -97,6 +102,15 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         let response = Response::text(503, "server shutting down");
         return refuse(&mut stream, peer, response, false);
     }
+    // The mailbox's waker is a file descriptor, which a server out of them cannot have: find
+    // out before the 101, so the client gets a 503 rather than a WebSocket that dies at once.
+    let (outbox, inbox) = match mailbox(config.max_backlog) {
+        Ok(mailbox) => mailbox,
+        Err(e) => {
+            let response = Response::text(503, format!("server out of resources: {e}"));
+            return refuse(&mut stream, peer, response, false);
+        }
+    };
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(std::time::Duration::from_millis(1));
@@ -120,10 +134,6 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         subprotocol.unwrap_or_default()
     );
 
-    let (outbox, inbox) = match mailbox(config.max_backlog) {
-        Ok(mailbox) => mailbox,
-        Err(e) => return warn!("{peer} dropped: cannot create its waker: {e}"),
-    };
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.

@@ -95,9 +95,19 @@ impl Server {
             .set_nonblocking(true)
             .map_err(|e| Error::Io("listener setup", e))?;
 
+        // Raised and logged with --max-connections too: the connections it allows need
+        // their descriptors all the same.
+        let fits = connection_capacity();
         let capacity = match config.max_connections {
+            Some(n) if n > fits => {
+                warn!(
+                    "--max-connections {n} is more than the open-file limit allows ({fits}); \
+                     past that, new clients wait or get 503 until others leave"
+                );
+                n
+            }
             Some(n) => n,
-            None => connection_capacity(),
+            None => fits,
         };
         let greeter = match &config.greeting {
             Some(greeting) => {
@@ -261,11 +271,9 @@ fn shut_down(shared: &Shared) -> Summary {
         unfinished,
     };
     info!(
-        "stopped: served {} connections and {} messages; {} of {} open connections closed cleanly",
-        summary.connections,
-        summary.messages,
-        open.saturating_sub(unfinished),
-        open
+        "stopped: served {} connections and {} messages; closed {open} open connections, \
+         {unfinished} still closing at exit",
+        summary.connections, summary.messages
     );
     summary
 }

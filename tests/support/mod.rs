@@ -163,16 +163,20 @@ pub fn next_data(ws: &mut Client) -> Message {
     }
 }
 
-/// Reads until the server's Close frame arrives; returns its code and reason.
+/// Reads until the server's Close frame arrives and the close handshake completes, as a
+/// browser does; returns the server's code and reason.
 pub fn expect_close(ws: &mut Client) -> (u16, String) {
+    let mut close = None;
     loop {
         match ws.read() {
-            Ok(Message::Close(Some(frame))) => {
-                return (frame.code.into(), frame.reason.to_string());
+            Ok(Message::Close(frame)) => {
+                let frame = frame.map(|f| (f.code.into(), f.reason.to_string()));
+                close = Some(frame.unwrap_or((1005, String::new())));
             }
-            Ok(Message::Close(None)) => return (1005, String::new()),
             Ok(_) => continue,
-            Err(e) => panic!("connection ended without a Close frame: {e}"),
+            // tungstenite sends our reply, then reports the end of the connection.
+            Err(tungstenite::Error::ConnectionClosed) if close.is_some() => return close.unwrap(),
+            Err(e) => panic!("connection ended without a close handshake: {e}"),
         }
     }
 }

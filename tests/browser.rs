@@ -1,0 +1,269 @@
+//! End-to-end test of the demo page in a real (headless) Chromium.
+//!
+//! Starts the wsecho binary on a free port, loads its page at `/` and uses it
+//! like a person would: send text and binary messages, receive the echoes and
+//! the greeting, close the connection, reconnect. Screenshots of the page go
+//! to `<target dir>/screenshots/`: `demo-page.png` (1280×800),
+//! `demo-page-phone.png` (375×740) and `demo-page-dark.png` (closed, dark).
+//!
+//! Needs Chromium: run `scripts/install-chromium.sh`, or set `$CHROMIUM`.
+
+#[path = "support/chromium.rs"]
+mod chromium;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use chromium::Chromium;
+use serde_json::Value;
+
+/// An upper bound for anything to happen; the test never waits for a set time.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Non-ASCII on purpose: accents, a symbol and CJK, two to four UTF-8 bytes each.
+const TEXT: &str = "héllo wörld ✓ 你好";
+
+/// The wsecho server, running until dropped.
+struct Server {
+    child: Child,
+    /// The URL it printed, e.g. `ws://127.0.0.1:41234`.
+    ws_url: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsecho"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--greeting-delay",
+                "1s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start wsecho");
+
+        // Its log goes through eprintln!, which the test harness captures:
+        // shown when the test fails, quiet when it passes.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("wsecho: {line}");
+            }
+        });
+
+        // Once it listens, the server prints exactly one line: its URL. A thread
+        // reads it (and anything after it), so a silent server fails the test
+        // after TIMEOUT instead of hanging it.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            ws_url: String::new(),
+        };
+        server.ws_url = match rx.recv_timeout(TIMEOUT) {
+            Ok(line) => line.trim().to_string(),
+            Err(e) => panic!("wsecho printed no URL line ({e})"),
+        };
+        assert!(
+            server.ws_url.starts_with("ws://127.0.0.1:"),
+            "unexpected first line from wsecho: {:?}",
+            server.ws_url
+        );
+        server
+    }
+
+    /// The page's address: `ws://127.0.0.1:41234` gives `http://127.0.0.1:41234/`.
+    fn http_url(&self) -> String {
+        let host_port = self
+            .ws_url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/');
+        format!("http://{host_port}/")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `<target dir>/screenshots`, created if needed. The target dir is
+/// `$CARGO_TARGET_DIR` if set, else found from this test binary's path,
+/// `<target dir>/<profile>/deps/browser-<hash>`.
+fn screenshot_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.ancestors()
+                .nth(3)
+                .expect("<target>/<profile>/deps/<exe>")
+                .to_path_buf()
+        }
+    };
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// A JavaScript string literal for `s`.
+fn js_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// JavaScript: is there a log entry of class `kind` whose text contains `text`?
+fn log_has(kind: &str, text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#log > li.{kind}')]\
+         .some(li => li.textContent.includes({}))",
+        js_str(text)
+    )
+}
+
+/// JavaScript: the status element is in `state` and its text contains `text`.
+fn status_is(state: &str, text: &str) -> String {
+    format!(
+        "document.getElementById('status').dataset.state === {} && \
+         document.getElementById('status').textContent.includes({})",
+        js_str(state),
+        js_str(text)
+    )
+}
+
+// Shorthands for the test's steps; a failure points at the step that called them.
+
+/// Evaluates `js` in the page.
+#[track_caller]
+fn js(browser: &mut Chromium, js: &str) -> Value {
+    browser.eval(js).unwrap()
+}
+
+/// Waits (at most TIMEOUT) until the JavaScript `condition` holds in the page.
+#[track_caller]
+fn wait(browser: &mut Chromium, condition: &str) {
+    browser.wait_for(condition, TIMEOUT).unwrap();
+}
+
+/// Clicks the element with id `id`, like a user would.
+#[track_caller]
+fn click(browser: &mut Chromium, id: &str) {
+    let expr = format!("document.getElementById({}).click()", js_str(id));
+    js(browser, &expr);
+}
+
+/// Types `text` into the element with id `id`, as from a keyboard.
+#[track_caller]
+fn type_into(browser: &mut Chromium, id: &str, text: &str) {
+    let expr = format!("document.getElementById({}).focus()", js_str(id));
+    js(browser, &expr);
+    browser.type_text(text).unwrap();
+}
+
+/// Is the button with id `id` disabled?
+#[track_caller]
+fn disabled(browser: &mut Chromium, id: &str) -> bool {
+    let expr = format!("document.getElementById({}).disabled", js_str(id));
+    js(browser, &expr) == Value::Bool(true)
+}
+
+#[test]
+fn demo_page_talks_to_the_server() {
+    let server = Server::start();
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+    let shots = screenshot_dir();
+
+    // Load the page; it connects by itself.
+    b.set_viewport(1280, 800).unwrap();
+    b.navigate(&server.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    assert!(!disabled(b, "send-text"), "Send is enabled when open");
+    assert!(disabled(b, "reconnect"), "Reconnect is disabled when open");
+
+    // Type non-ASCII text and click Send: it goes out and comes back intact.
+    type_into(b, "text", TEXT);
+    click(b, "send-text");
+    wait(b, &log_has("out", TEXT));
+    wait(b, &log_has("in", TEXT));
+    let left = js(b, "document.getElementById('text').value");
+    assert_eq!(left, "", "the text box is emptied after sending");
+
+    // Enter in the text box sends too.
+    type_into(b, "text", "sent with Enter");
+    b.press_enter().unwrap();
+    wait(b, &log_has("in", "sent with Enter"));
+
+    // Text is shown as text, never parsed as HTML.
+    let markup = r#"<b id="injected">bold?</b>"#;
+    type_into(b, "text", markup);
+    click(b, "send-text");
+    wait(b, &log_has("in", markup));
+    let no_html = js(b, "document.getElementById('injected') === null");
+    assert_eq!(no_html, true, "message text must not become HTML");
+
+    // Send binary: 8 bytes out, the same 8 bytes back.
+    let binary = "binary 8 bytes: 01 02 03 04 05 06 07 08";
+    click(b, "send-binary");
+    wait(b, &log_has("out", binary));
+    wait(b, &log_has("in", binary));
+
+    // The server's greeting, sent a second after connecting.
+    wait(b, &log_has("in", "hello client !!!"));
+
+    // Screenshots with a full log: laptop, then phone width.
+    b.screenshot(&shots.join("demo-page.png")).unwrap();
+    b.set_viewport(375, 740).unwrap();
+    let fits = js(b, "document.documentElement.scrollWidth <= innerWidth");
+    assert_eq!(fits, true, "no horizontal scrolling at phone width");
+    b.screenshot(&shots.join("demo-page-phone.png")).unwrap();
+    b.set_viewport(1280, 800).unwrap();
+
+    // Close: code 1000, and only Reconnect stays enabled.
+    click(b, "close");
+    wait(b, &status_is("closed", "1000"));
+    wait(b, &log_has("event", "code 1000"));
+    assert!(disabled(b, "send-text"), "Send is disabled");
+    assert!(disabled(b, "send-binary"), "Send binary is disabled");
+    assert!(disabled(b, "close"), "Close is disabled");
+    assert!(!disabled(b, "reconnect"), "Reconnect is enabled");
+    b.emulate_media("prefers-color-scheme", "dark").unwrap();
+    b.screenshot(&shots.join("demo-page-dark.png")).unwrap();
+    b.emulate_media("prefers-color-scheme", "light").unwrap();
+
+    // Reconnect: a new connection that echoes again.
+    click(b, "reconnect");
+    wait(b, &status_is("open", "open"));
+    type_into(b, "text", "after reconnect");
+    click(b, "send-text");
+    wait(b, &log_has("in", "after reconnect"));
+
+    // Nothing went wrong in the page along the way.
+    let errors: Vec<&String> = b
+        .console()
+        .iter()
+        .filter(|line| line.starts_with("uncaught") || line.starts_with("console.error"))
+        .collect();
+    assert!(errors.is_empty(), "errors in the page: {errors:?}");
+    let error_entries = js(b, "document.querySelectorAll('#log > li.error').length");
+    assert_eq!(error_entries, 0, "no error entries in the log");
+}
