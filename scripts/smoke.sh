@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Smoke test of a wsecho server with websocat: text echo, binary echo, the greeting, and
+# (with --broadcast) a message from one client reaching another.
+#
+# usage: scripts/smoke.sh [--broadcast] [URL]
+#
+#   URL          ws://HOST:PORT of a running wsecho. Without it, a local wsecho is built and
+#                started on a free loopback port (greeting after 1s; --broadcast if asked).
+#   --broadcast  also check broadcast; the server at URL must run with --broadcast.
+#
+# env: WEBSOCAT        websocat to use (default: on PATH, else target/tools/bin/websocat,
+#                      installed there with `cargo install --locked websocat` when missing)
+#      SMOKE_TIMEOUT   seconds to wait for an echo (default 10)
+#      SMOKE_GREETING  seconds to wait for the greeting (default 15)
+#
+# Exits 0 when every check passed, 1 when one failed, 2 when it could not run at all.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ECHO_WAIT=${SMOKE_TIMEOUT:-10}
+GREETING_WAIT=${SMOKE_GREETING:-15}
+BROADCAST=0
+URL=""
+for arg in "$@"; do
+    case "$arg" in
+        --broadcast) BROADCAST=1 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        ws://*|wss://*) URL=$arg ;;
+        *) echo "smoke: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap '' PIPE
+
+passed=0
+failed=0
+ok() { echo "smoke: ok    $*"; passed=$((passed + 1)); }
+not_ok() { echo "smoke: FAIL  $*"; failed=$((failed + 1)); }
+die() { echo "smoke: error: $*" >&2; exit 2; }
+
+# --- websocat ---------------------------------------------------------------------------
+if [[ -n "${WEBSOCAT:-}" ]]; then
+    command -v "$WEBSOCAT" >/dev/null || die "WEBSOCAT=$WEBSOCAT is not a program"
+elif command -v websocat >/dev/null; then
+    WEBSOCAT=websocat
+else
+    WEBSOCAT="$ROOT/target/tools/bin/websocat"
+    if [[ ! -x "$WEBSOCAT" ]]; then
+        echo "smoke: websocat not found; installing it into target/tools (a few minutes, once)" >&2
+        command -v cargo >/dev/null || die "websocat is missing and cargo is not installed to build it"
+        cargo install --locked --quiet --root "$ROOT/target/tools" websocat >&2 \
+            || die "could not install websocat; install it (cargo install websocat) and run again"
+    fi
+fi
+
+# --- the server -------------------------------------------------------------------------
+if [[ -z "$URL" ]]; then
+    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin wsecho || die "cargo build failed"
+    flags=(--host 127.0.0.1 --port 0 --greeting-delay 1s --log-level warn)
+    [[ $BROADCAST == 1 ]] && flags+=(--broadcast)
+    mkfifo "$TMP/ready"
+    "$ROOT/target/debug/wsecho" "${flags[@]}" >"$TMP/ready" &
+    PIDS+=($!)
+    # The server prints its URL when it is ready to accept: wait for that line, not a sleep.
+    read -r -t 30 URL <"$TMP/ready" || die "the local wsecho did not start"
+    echo "smoke: started a local wsecho at $URL"
+fi
+echo "smoke: testing $URL with $WEBSOCAT"
+
+# --- clients ----------------------------------------------------------------------------
+# connect NAME: a websocat client whose input and output are this shell's file descriptors
+# ${NAME}_in and ${NAME}_out. Text lines go out as text; lines starting with B are base64
+# and go out as binary; binary that comes in is printed the same way.
+connect() {
+    local name=$1 fifo="$TMP/$1" in out
+    mkfifo "$fifo.in" "$fifo.out"
+    "$WEBSOCAT" --text --binary-prefix B --base64 "$URL" <"$fifo.in" >"$fifo.out" 2>"$fifo.err" &
+    PIDS+=($!)
+    exec {in}>"$fifo.in" {out}<"$fifo.out"
+    printf -v "${name}_in" %s "$in"
+    printf -v "${name}_out" %s "$out"
+    : >"$fifo.seen"
+}
+
+# send NAME LINE. A client that could not connect has exited; the write then fails quietly
+# and the expect that follows reports websocat's error.
+send() {
+    local fd="${1}_in"
+    printf '%s\n' "$2" >&"${!fd}" 2>/dev/null || true
+}
+
+# expect NAME TEXT SECONDS: true once NAME has received a line containing TEXT. Lines seen
+# while waiting for something else are kept, so the order of arrival does not matter.
+expect() {
+    local name=$1 want=$2 deadline=$((SECONDS + $3)) fd="${1}_out" line
+    grep -qF -- "$want" "$TMP/$name.seen" && return 0
+    while ((SECONDS < deadline)); do
+        IFS= read -r -t $((deadline - SECONDS)) line <&"${!fd}" || break
+        echo "$line" >>"$TMP/$name.seen"
+        [[ "$line" == *"$want"* ]] && return 0
+    done
+    echo "smoke: $name received instead:" >&2
+    sed 's/^/smoke:     /' "$TMP/$name.seen" "$TMP/$name.err" >&2
+    return 1
+}
+
+connect alice
+text="smoke text $$ héllo wörld ✓"
+send alice "$text"
+if expect alice "$text" "$ECHO_WAIT"; then ok "text echo"; else not_ok "text echo"; fi
+
+binary="B$(printf '\x00\x01\x02\xfe\xff smoke %s' "$$" | base64 | tr -d '\n')"
+send alice "$binary"
+if expect alice "$binary" "$ECHO_WAIT"; then ok "binary echo"; else not_ok "binary echo"; fi
+
+if expect alice "hello client !!!" "$GREETING_WAIT"; then
+    ok "greeting: $(grep -F 'hello client !!!' "$TMP/alice.seen" | head -1)"
+else
+    not_ok "greeting (none within ${GREETING_WAIT}s)"
+fi
+
+if [[ $BROADCAST == 1 ]]; then
+    connect bob
+    # Bob has joined once he hears his own message (a broadcast reaches the sender too).
+    send bob "bob joined $$"
+    if expect bob "bob joined $$" "$ECHO_WAIT" && expect alice "bob joined $$" "$ECHO_WAIT"; then
+        send alice "alice to everyone $$"
+        if expect bob "alice to everyone $$" "$ECHO_WAIT"; then
+            ok "broadcast between two clients"
+        else
+            not_ok "broadcast: bob did not hear alice"
+        fi
+    else
+        not_ok "broadcast: bob's message did not reach both clients"
+    fi
+fi
+
+echo "smoke: $passed passed, $failed failed"
+((failed == 0))
