@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# Benchmarks wsecho with wsload and writes a Markdown table to
+# target/bench/results.md (and prints it).
+#
+# Usage: scripts/bench.sh [--quick] [--soak] [--compare]
+#   --quick    3 s echo rows instead of 10 s
+#   --soak     add 10 minutes of mixed echo traffic, sampling the server's RSS
+#   --compare  also build tokio-tungstenite's echo example and tungstenite's
+#              server example from their published crates and run the echo
+#              rows against them (the targets refer to their figures)
+#
+# Environment (all optional):
+#   WSECHO_BIN      use this wsecho binary instead of building the workspace's
+#   BENCH_SERVER    benchmark another server instead of wsecho: a command line
+#                   in which {addr} becomes 127.0.0.1:PORT, for example
+#                   BENCH_SERVER='/path/to/echo-server {addr}'. Rows that need
+#                   wsecho's --broadcast or --greeting-delay are skipped.
+#   BENCH_CACHE     where --compare builds the comparison servers
+#                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench)
+#   BENCH_THREADS   wsload worker threads (default 1: on two cores every
+#                   client thread competes with the server)
+#   BENCH_SOAK_SECONDS  length of --soak (default 600)
+#
+# Every server and client it starts listens on or connects to 127.0.0.1
+# only, every run is bounded in time, and the whole script is bounded too; on
+# exit (normal, error or Ctrl-C) it stops everything it started.
+set -euo pipefail
+
+QUICK=0 SOAK=0 COMPARE=0
+for arg in "$@"; do
+    case "$arg" in
+    --quick) QUICK=1 ;;
+    --soak) SOAK=1 ;;
+    --compare) COMPARE=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "bench: unknown option $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+SOAK_SECONDS=${BENCH_SOAK_SECONDS:-600}
+
+# Bound the whole run: re-run this script under timeout(1). Each wsload run is
+# bounded by itself, this catches anything else (a build that hangs, say).
+if [[ -z ${BENCH_UNDER_TIMEOUT:-} ]]; then
+    budget=$((40 * 60 + COMPARE * 15 * 60 + SOAK * (SOAK_SECONDS + 5 * 60)))
+    export BENCH_UNDER_TIMEOUT=1
+    exec timeout --foreground --kill-after=30 "$budget" bash "$0" "$@"
+fi
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/target/bench"
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+rm -f "$RAW"/*.json "$RAW"/*.err "$RAW"/*.txt
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsecho-bench.XXXXXX")
+THREADS=${BENCH_THREADS:-1}
+ECHO_SECONDS=$((QUICK ? 3 : 10))
+WARMUP=1s
+
+say() { echo "bench: $*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------- cleanup --
+SERVER_PID=""
+DRAIN_PID=""
+SAMPLER_PID=""
+
+stop_pid() { # stop_pid PID: TERM, wait up to 10 s, then KILL; returns its exit status
+    local pid=$1 status=0
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null; then
+        say "pid $pid ignored SIGTERM for 10 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || status=$?
+    return "$status"
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop_pid "$SAMPLER_PID" || true
+    stop_pid "$SERVER_PID" || true
+    stop_pid "$DRAIN_PID" || true
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ build --
+command -v cargo >/dev/null || die "cargo not found; install Rust first"
+CUSTOM=${BENCH_SERVER:-}
+if [[ -n $CUSTOM || -n ${WSECHO_BIN:-} ]]; then
+    say "building wsload (release)"
+    (cd "$ROOT" && cargo build --release --quiet -p wsload)
+else
+    say "building wsecho and wsload (release)"
+    (cd "$ROOT" && cargo build --release --quiet --workspace)
+fi
+WSLOAD="$ROOT/target/release/wsload"
+WSECHO=${WSECHO_BIN:-$ROOT/target/release/wsecho}
+[[ -x $WSLOAD ]] || die "$WSLOAD was not built"
+if [[ -z $CUSTOM ]]; then
+    [[ -x $WSECHO ]] || die "$WSECHO not found (set WSECHO_BIN or BENCH_SERVER)"
+fi
+
+# ------------------------------------------------------- file descriptors --
+# wsecho needs two descriptors per client (socket + eventfd), so 10,000
+# clients need over 20,000. Raising the hard limit needs root (and a
+# container that lets root do it); take whatever we can get.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -Sn)
+say "open-file limit for the servers and wsload: $FD_LIMIT"
+if [[ $FD_LIMIT != unlimited ]] && ((FD_LIMIT < 20100)); then
+    say "warning: below the ~20,100 descriptors wsecho needs for 10,000 clients; the 10,000 rows may fall short"
+fi
+
+# ---------------------------------------------------------------- servers --
+SERVER_URL=""
+SERVER_LABEL=""
+
+start_wsecho() { # start_wsecho [extra wsecho flags]: sets SERVER_PID and SERVER_URL
+    local fifo="$WORK/stdout.fifo" fd line
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    "$WSECHO" --host 127.0.0.1 --port 0 --log-level off --greeting-delay off "$@" \
+        >"$fifo" 2>"$WORK/server.err" &
+    SERVER_PID=$!
+    exec {fd}<"$fifo"
+    # The server prints exactly one line, its URL, once it is listening.
+    if ! read -r -t 30 -u "$fd" line; then
+        exec {fd}<&-
+        sed 's/^/  server: /' "$WORK/server.err" >&2 || true
+        die "wsecho $* did not print its URL within 30 s"
+    fi
+    # Keep draining stdout so the server can never block on a full pipe.
+    cat <&"$fd" >/dev/null &
+    DRAIN_PID=$!
+    exec {fd}<&-
+    [[ $line == ws://* ]] || die "wsecho printed '$line' instead of its URL"
+    SERVER_URL=$line
+    SERVER_LABEL="wsecho"
+}
+
+free_port() { # a port nobody listens on (checked by trying to connect)
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+start_command() { # start_command LABEL PORT COMMAND...: a server that listens on a known port
+    local label=$1 port=$2
+    shift 2
+    "$@" >/dev/null 2>"$WORK/server.err" &
+    SERVER_PID=$!
+    SERVER_URL="ws://127.0.0.1:$port"
+    SERVER_LABEL=$label
+    if ! "$WSLOAD" wait --url "$SERVER_URL" --timeout 30s; then
+        sed 's/^/  server: /' "$WORK/server.err" | tail -5 >&2 || true
+        die "$label did not come up on port $port"
+    fi
+}
+
+start_custom() { # BENCH_SERVER with {addr} replaced
+    local port words=() word
+    port=$(free_port)
+    read -r -a words <<<"$CUSTOM"
+    for i in "${!words[@]}"; do
+        word=${words[$i]}
+        words[i]=${word//\{addr\}/127.0.0.1:$port}
+    done
+    start_command "custom (${words[0]##*/})" "$port" "${words[@]}"
+}
+
+start_default_server() { # wsecho with default flags, or BENCH_SERVER when given
+    if [[ -n $CUSTOM ]]; then start_custom; else start_wsecho; fi
+}
+
+stop_server() {
+    local status=0
+    stop_pid "$SERVER_PID" || status=$?
+    SERVER_PID=""
+    stop_pid "$DRAIN_PID" || true
+    DRAIN_PID=""
+    if [[ $SERVER_LABEL == wsecho && $status -ne 0 ]]; then
+        say "warning: wsecho exited with status $status on SIGTERM"
+        STOP_WARNINGS+="wsecho exited with status $status on SIGTERM. "
+    fi
+}
+STOP_WARNINGS=""
+
+# ------------------------------------------------------------------- runs --
+# run NAME wsload-arguments...: runs wsload with --json, keeps the JSON in
+# target/bench/raw/NAME.json, prints a one-line summary.
+run() {
+    local name=$1 status=0
+    shift
+    say "$name: wsload $*"
+    timeout 1800 "$WSLOAD" "$@" --threads "$THREADS" --json \
+        >"$RAW/$name.json" 2>"$RAW/$name.err" || status=$?
+    if [[ ! -s $RAW/$name.json ]]; then
+        say "$name: no result (exit $status): $(tail -1 "$RAW/$name.err")"
+        rm -f "$RAW/$name.json"
+    elif ((status != 0)); then
+        say "$name: verification FAILED (details in $RAW/$name.json)"
+    fi
+}
+
+# jget NAME KEY: a number (or true/false/null) from NAME's JSON. wsload's
+# reports use each key once, so a sed match is enough and no JSON tool is
+# needed on a fresh machine.
+jget() {
+    local file="$RAW/$1.json"
+    [[ -f $file ]] || return 0
+    sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$file" | head -1
+}
+
+# jerr NAME: first_error of NAME, or the last line wsload printed on stderr.
+jerr() {
+    local text=""
+    [[ -f $RAW/$1.json ]] && text=$(sed -n 's/.*"first_error":"\(\([^"\\]\|\\.\)*\)".*/\1/p' "$RAW/$1.json")
+    [[ -z $text && -f $RAW/$1.err ]] && text=$(tail -1 "$RAW/$1.err")
+    echo "$text"
+}
+
+echo_rows() { # echo_rows PREFIX URL
+    local prefix=$1 url=$2 spec c s
+    for spec in 1x32 16x32 64x32 64x4096; do
+        c=${spec%x*} s=${spec#*x}
+        run "$prefix-echo-$spec" echo --url "$url" --connections "$c" --size "$s" \
+            --duration "${ECHO_SECONDS}s" --warmup "$WARMUP"
+    done
+}
+
+START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED_AT=$(date -u '+%Y-%m-%d %H:%M UTC')
+SECONDS=0
+
+# Comparison servers first: wsecho's targets refer to their figures.
+if ((COMPARE)); then
+    CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench}
+    CMP="$CACHE/compare"
+    say "building the comparison servers in $CMP"
+    mkdir -p "$CMP/src/bin"
+    cat >"$CMP/Cargo.toml" <<'EOF'
+# Generated by wsecho's scripts/bench.sh: the published examples of
+# tokio-tungstenite and tungstenite, built unchanged, as comparison servers.
+[package]
+name = "wsecho-bench-compare"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+tokio-tungstenite = "=0.30.0"
+tungstenite = "=0.30.0"
+tokio = { version = "1", features = ["full"] }
+futures-util = "0.3"
+futures-channel = "0.3"
+log = "0.4"
+env_logger = "0.11"
+
+[profile.release]
+debug = 1
+
+[workspace]
+EOF
+    # An empty library target lets cargo resolve and download the crates
+    # before the examples are copied in as binaries.
+    echo "// Only here so the package has a target before the examples arrive." >"$CMP/src/lib.rs"
+    (cd "$CMP" && cargo fetch --quiet)
+    meta=$(cd "$CMP" && cargo metadata --format-version 1)
+    tt_dir=$(grep -o '"manifest_path":"[^"]*/tokio-tungstenite-0\.30\.0/Cargo.toml"' <<<"$meta" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
+    t_dir=$(grep -o '"manifest_path":"[^"]*/tungstenite-0\.30\.0/Cargo.toml"' <<<"$meta" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
+    [[ -f ${tt_dir}examples/echo-server.rs && -f ${t_dir}examples/server.rs ]] ||
+        die "could not find the examples in the downloaded crate sources"
+    cp "${tt_dir}examples/echo-server.rs" "$CMP/src/bin/tokio-tungstenite-echo.rs"
+    cp "${t_dir}examples/server.rs" "$CMP/src/bin/tungstenite-server.rs"
+    (cd "$CMP" && cargo build --release --quiet)
+
+    port=$(free_port)
+    start_command "tokio-tungstenite echo-server example" "$port" \
+        "$CMP/target/release/tokio-tungstenite-echo" "127.0.0.1:$port"
+    echo_rows tt "$SERVER_URL"
+    stop_server
+
+    # tungstenite's example hard-codes 127.0.0.1:3012.
+    if (exec 3<>/dev/tcp/127.0.0.1/3012) 2>/dev/null; then
+        say "port 3012 is taken: skipping tungstenite's server example"
+    else
+        start_command "tungstenite server example" 3012 "$CMP/target/release/tungstenite-server"
+        echo_rows tung "$SERVER_URL"
+        stop_server
+    fi
+fi
+
+start_default_server
+MAIN_LABEL=$SERVER_LABEL
+echo_rows main "$SERVER_URL"
+stop_server
+
+for n in 1000 10000; do
+    start_default_server
+    run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
+    stop_server
+done
+
+if [[ -z $CUSTOM ]]; then
+    # All 10,000 handshakes as fast as possible, so their greetings fall due
+    # together.
+    start_wsecho --greeting-delay 2s
+    run main-greeting-10000 hold --url "$SERVER_URL" --connections 10000 --hold 5s \
+        --greeting-delay 2s --concurrency 1000
+    stop_server
+
+    start_wsecho --broadcast
+    run main-fanout-full fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 0
+    run main-fanout-500 fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 500
+    stop_server
+fi
+
+SOAK_IDLE_KIB="" SOAK_START_KIB="" SOAK_END_KIB="" SOAK_MAX_KIB="" SOAK_TURNS=0 SOAK_FAILED=0
+rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status" 2>/dev/null || true; }
+if ((SOAK)); then
+    start_default_server
+    say "soak: ${SOAK_SECONDS} s of mixed echo traffic"
+    (
+        while kill -0 "$SERVER_PID" 2>/dev/null; do
+            rss_kib "$SERVER_PID"
+            sleep 5
+        done
+    ) >"$RAW/soak-rss.txt" &
+    SAMPLER_PID=$!
+    SOAK_IDLE_KIB=$(rss_kib "$SERVER_PID")
+    soak_end=$((SECONDS + SOAK_SECONDS))
+    turn=0
+    # Turns of 20 s: few and many connections, small and large messages.
+    specs=(1x32 64x32 16x4096 256x32 64x16384 512x128)
+    while ((SECONDS + 20 <= soak_end)); do
+        spec=${specs[turn % ${#specs[@]}]}
+        c=${spec%x*} s=${spec#*x}
+        run "soak-$turn" echo --url "$SERVER_URL" --connections "$c" --size "$s" \
+            --duration 19s --warmup 0s
+        [[ $(jget "soak-$turn" ok) == true ]] || SOAK_FAILED=$((SOAK_FAILED + 1))
+        # The baseline is taken once every kind of turn has run (or after the
+        # first turn in a soak too short for that): buffers and allocator
+        # arenas have grown to their working size by then, and any further
+        # growth is a leak.
+        if ((turn == 0 || turn == ${#specs[@]} - 1)); then
+            SOAK_START_KIB=$(rss_kib "$SERVER_PID")
+        fi
+        turn=$((turn + 1))
+    done
+    SOAK_TURNS=$turn
+    SOAK_END_KIB=$(rss_kib "$SERVER_PID")
+    stop_pid "$SAMPLER_PID" || true
+    SAMPLER_PID=""
+    SOAK_MAX_KIB=$(sort -n "$RAW/soak-rss.txt" | tail -1)
+    stop_server
+fi
+
+# ------------------------------------------------------------------ table --
+# awk does the arithmetic: it is on every Unix, unlike jq or python.
+calc() { awk "BEGIN { v = $1; print v }"; }
+fmt_int() { awk -v v="$1" 'BEGIN { s = sprintf("%.0f", v); r = ""; while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) } print s r }'; }
+fmt_us() { awk -v v="$1" 'BEGIN { a = v < 0 ? -v : v; if (a >= 1000000) printf "%.2f s", v / 1000000; else if (a >= 1000) printf "%.2f ms", v / 1000; else if (a >= 10) printf "%.0f µs", v; else printf "%.1f µs", v }'; }
+met() { if awk "BEGIN { exit !($1) }"; then echo "yes"; else echo "**no**"; fi; }
+num() { [[ -n $1 && $1 != null ]]; }
+
+TABLE="| Test | Server | Figure | Measured | Target | Met |
+|---|---|---|---|---|---|
+"
+row() { TABLE+="| $1 | $2 | $3 | $4 | $5 | $6 |"$'\n'; }
+missing_row() { row "$1" "$2" "result" "no result: $(jerr "$3")" "${4:-—}" "**no**"; }
+
+latency_cell() { # latency_cell NAME: p50 / p99 / p99.9 / max
+    echo "$(fmt_us "$(jget "$1" p50_us)") / $(fmt_us "$(jget "$1" p99_us)") / $(fmt_us "$(jget "$1" p999_us)") / $(fmt_us "$(jget "$1" max_us)")"
+}
+
+checks_cell() { # the verification outcome of an echo run
+    local name=$1
+    if [[ $(jget "$name" ok) == true ]]; then
+        echo "$(jget "$name" opened) conns, 0 mismatches, 0 errors"
+    else
+        echo "$(jget "$name" opened)/$(jget "$name" connections) conns, $(jget "$name" mismatches) mismatches, $(jget "$name" errors) errors: $(jerr "$name")"
+    fi
+}
+
+echo_table() { # echo_table PREFIX LABEL
+    local prefix=$1 label=$2 spec name title target m tt tp
+    for spec in 1x32 16x32 64x32 64x4096; do
+        name="$prefix-echo-$spec"
+        title="echo ${spec%x*}×${spec#*x} B"
+        [[ $spec == 64x4096 ]] && title="echo 64×4 KiB"
+        if [[ ! -f $RAW/$name.json ]]; then
+            missing_row "$title" "$label" "$name"
+            continue
+        fi
+        local msgs p99
+        msgs=$(jget "$name" msgs_per_s)
+        p99=$(jget "$name" p99_us)
+        # Throughput target.
+        target="—" m="—"
+        if [[ $prefix == main ]]; then
+            tt=$(jget tt-echo-$spec msgs_per_s)
+            case $spec in
+            64x32)
+                if num "$tt"; then
+                    target="≥ 1.25 × tokio-tungstenite ($(fmt_int "$(calc "1.25 * $tt")"))"
+                    m=$(met "$msgs >= 1.25 * $tt")
+                else target="≥ 1.25 × tokio-tungstenite (run --compare)"; fi
+                ;;
+            64x4096)
+                if num "$tt"; then
+                    target="≥ tokio-tungstenite ($(fmt_int "$tt"))"
+                    m=$(met "$msgs >= $tt")
+                else target="≥ tokio-tungstenite (run --compare)"; fi
+                ;;
+            esac
+        else
+            target="reference"
+        fi
+        row "$title" "$label" "msgs/s (MB/s)" "$(fmt_int "$msgs") ($(jget "$name" mb_per_s | awk '{ printf "%.1f", $1 }'))" "$target" "$m"
+        # Latency target.
+        target="—" m="—"
+        if [[ $prefix == main ]]; then
+            case $spec in
+            1x32)
+                tp=$(jget tung-echo-$spec p99_us)
+                if num "$tp"; then
+                    target="p99 ≤ tungstenite example ($(fmt_us "$tp"))"
+                    m=$(met "$p99 <= $tp")
+                else target="p99 ≤ tungstenite example (run --compare)"; fi
+                ;;
+            64x32)
+                tp=$(jget tt-echo-$spec p99_us)
+                if num "$tp"; then
+                    target="p99 ≤ tokio-tungstenite ($(fmt_us "$tp"))"
+                    m=$(met "$p99 <= $tp")
+                else target="p99 ≤ tokio-tungstenite (run --compare)"; fi
+                ;;
+            esac
+        fi
+        row "$title" "$label" "latency p50 / p99 / p99.9 / max" "$(latency_cell "$name")" "$target" "$m"
+        m="**no**"
+        [[ $(jget "$name" ok) == true ]] && m="yes"
+        row "$title" "$label" "echo checks" "$(checks_cell "$name")" "all verified" "$m"
+    done
+}
+
+hold_table() { # hold_table N LABEL
+    local n=$1 label=$2 name="main-hold-$1" title
+    title="hold $(fmt_int "$n") idle"
+    if [[ ! -f $RAW/$name.json ]]; then
+        missing_row "$title" "$label" "$name" "all open and still echoing"
+        return
+    fi
+    local opened echo_ok rss cpu
+    opened=$(jget "$name" opened)
+    echo_ok=$(jget "$name" still_echo)
+    rss=$(jget "$name" rss_per_conn_kib)
+    cpu=$(jget "$name" idle_cpu_s)
+    local detail=""
+    [[ $(jget "$name" ok) == true ]] || detail=" ($(jerr "$name"))"
+    row "$title" "$label" "opened / still echo" "$opened / $echo_ok of $n$detail" "all" "$(met "$opened == $n && $echo_ok == $n")"
+    if num "$rss" && num "$cpu"; then
+        row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "≤ 16 KiB" "$(met "$rss <= 16")"
+        row "$title" "$label" "server CPU over 10 s idle" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "< 0.05 s" "$(met "$cpu < 0.05")"
+    else
+        row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 16 KiB, < 0.05 s" "**no**"
+    fi
+}
+
+if ((COMPARE)); then
+    echo_table tt "tokio-tungstenite example"
+    [[ -f $RAW/tung-echo-1x32.json ]] && echo_table tung "tungstenite example"
+fi
+echo_table main "$MAIN_LABEL"
+hold_table 1000 "$MAIN_LABEL"
+hold_table 10000 "$MAIN_LABEL"
+
+if [[ -z $CUSTOM ]]; then
+    name=main-greeting-10000
+    if [[ -f $RAW/$name.json ]]; then
+        greeted=$(jget $name greetings)
+        row "greeting, 10,000 at once (delay 2 s)" wsecho "greetings received" "$(fmt_int "$greeted") of $(fmt_int "$(jget $name opened)") opened" "10,000" "$(met "$greeted == 10000")"
+        row "greeting, 10,000 at once (delay 2 s)" wsecho "lateness p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 50 ms" "$(met "$(jget $name p99_us) < 50000")"
+    else
+        missing_row "greeting, 10,000 at once" wsecho $name "p99 lateness < 50 ms"
+    fi
+    for rate in full 500; do
+        name=main-fanout-$rate
+        title="fan-out 100 × 1,000 at $([[ $rate == full ]] && echo "full speed" || echo "500/s")"
+        if [[ ! -f $RAW/$name.json ]]; then
+            missing_row "$title" wsecho $name "all delivered in order"
+            continue
+        fi
+        delivered=$(jget $name delivered) missing=$(jget $name missing) ooo=$(jget $name out_of_order)
+        row "$title" wsecho "delivered / missing / out of order" "$(fmt_int "$delivered") / $missing / $ooo" "all, in order" "$(met "$missing == 0 && $ooo == 0 && $(jget $name duplicates) == 0")"
+        if [[ $rate == full ]]; then
+            dps=$(jget $name deliveries_per_s)
+            row "$title" wsecho "deliveries/s" "$(fmt_int "$dps")" "≥ 500,000" "$(met "$dps >= 500000")"
+            row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "—" "—"
+        else
+            row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 1 ms" "$(met "$(jget $name p99_us) < 1000")"
+        fi
+    done
+fi
+
+if ((SOAK)); then
+    if num "$SOAK_START_KIB" && num "$SOAK_END_KIB"; then
+        row "soak, ${SOAK_SECONDS} s mixed echo" "$MAIN_LABEL" "server RSS before → after first round → end (max)" "$(fmt_int "$SOAK_IDLE_KIB") → $(fmt_int "$SOAK_START_KIB") → $(fmt_int "$SOAK_END_KIB") KiB ($(fmt_int "$SOAK_MAX_KIB"))" "flat: end ≤ first round + 5 % + 1 MiB" "$(met "$SOAK_END_KIB <= $SOAK_START_KIB * 1.05 + 1024")"
+    else
+        row "soak, ${SOAK_SECONDS} s mixed echo" "$MAIN_LABEL" "server RSS" "not measured" "flat" "**no**"
+    fi
+    row "soak, ${SOAK_SECONDS} s mixed echo" "$MAIN_LABEL" "turns verified" "$((SOAK_TURNS - SOAK_FAILED)) of $SOAK_TURNS" "all" "$(met "$SOAK_FAILED == 0 && $SOAK_TURNS > 0")"
+fi
+
+{
+    echo "# wsecho benchmark"
+    echo
+    echo "- started: $STARTED_AT; took $((SECONDS / 60)) min $((SECONDS % 60)) s; options: ${*:-none}"
+    echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), Linux $(uname -r); load average at start: $START_LOAD"
+    if commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+        git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit+=" (with uncommitted changes)"
+    else
+        commit="none yet"
+    fi
+    echo "- commit: $commit"
+    echo "- client: wsload, $THREADS thread(s), on the same machine; echo rows ${ECHO_SECONDS} s after $WARMUP warm-up; open-file limit $FD_LIMIT"
+    [[ -n $CUSTOM ]] && echo "- server: BENCH_SERVER='$CUSTOM' (rows needing wsecho's --broadcast / --greeting-delay skipped)"
+    [[ -n $STOP_WARNINGS ]] && echo "- warnings: $STOP_WARNINGS"
+    echo "- latency is per message, measured by the client: send → complete echo (or delivery) read"
+    echo
+    printf '%s' "$TABLE"
+    echo
+    echo "Raw JSON of every run: target/bench/raw/."
+} >"$OUT/results.md"
+cat "$OUT/results.md"
+if grep -q '\*\*no\*\*' "$OUT/results.md"; then
+    say "some targets were not met (marked **no**)"
+fi

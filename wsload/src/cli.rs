@@ -1,0 +1,279 @@
+//! Command-line interface (clap derive) and the value parsers it needs.
+
+use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+/// Load generator and benchmark client for WebSocket servers.
+///
+/// Every mode is bounded in time and, unless --allow-remote is given, only
+/// talks to loopback addresses. Exit status: 0 when every check passed, 1 when
+/// a verification failed or the run could not be done, 2 for bad arguments.
+#[derive(Debug, Parser)]
+#[command(name = "wsload", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Closed-loop echo: each connection sends a message, waits for its echo,
+    /// checks it byte for byte, and sends the next.
+    Echo(EchoArgs),
+    /// Open many connections, keep them idle, measure the server's memory and
+    /// CPU, optionally the greeting timer's lateness, then check that every
+    /// connection still echoes.
+    Hold(HoldArgs),
+    /// Broadcast test: one sender, many listeners; checks that every listener
+    /// gets every message, in order, and measures delivery latency.
+    Fanout(FanoutArgs),
+    /// Wait until the server completes a WebSocket handshake (for scripts
+    /// that start a server and must not guess when it is ready).
+    Wait(WaitArgs),
+}
+
+/// Which server to load (first in every mode's help).
+#[derive(Debug, Args)]
+pub struct Server {
+    /// Server URL, e.g. ws://127.0.0.1:9001/
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+
+    /// Allow a server address outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+/// How to run and report (last in every mode's help).
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Worker threads, each running one event loop over a share of the connections
+    /// (1 leaves the most CPU to a server on the same machine).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+
+    /// Print one JSON object instead of the human-readable report.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most handshakes in flight at once while connecting.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub concurrency: u64,
+
+    /// Give up on connections that are not open after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Number of connections, each with one message in flight.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connections: u64,
+
+    /// Message payload size (bytes; suffixes k/KiB and m/MiB accepted).
+    #[arg(long, value_name = "BYTES", default_value = "32", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Length of the measured window.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Unmeasured traffic before the window (caches, TCP windows, CPU clocks).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Send text messages instead of binary ones.
+    #[arg(long)]
+    pub text: bool,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Number of connections to open and hold.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+
+    /// How long to keep the connections idle once all are open.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+
+    /// Server process id: report its RSS per connection and idle CPU time.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// The server's greeting delay: measure how late each connection's first
+    /// text message arrives relative to handshake completion plus this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub greeting_delay: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Listener connections (there is one sender connection besides them).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub listeners: u64,
+
+    /// Messages the sender sends.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub messages: u64,
+
+    /// Messages per second; 0 sends as fast as the socket accepts them.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    pub rate: u64,
+
+    /// Message payload size in bytes (at least 16: sequence number and timestamp).
+    #[arg(long, value_name = "BYTES", default_value = "32", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Give up (and report what is missing) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Longest duration any option accepts: every run must end by itself.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `10s`, `1.5s`, `250ms`, `100us`, `2m`, `1h`; a bare number means
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown time unit {other:?} in {text:?}")),
+    };
+    let duration = Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("{text:?} is out of range"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than 24h"));
+    }
+    Ok(duration)
+}
+
+/// Largest message size accepted: 16 MiB.
+const MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// Parses a byte count: `32`, `4096`, `4k`, `4KiB`, `1m`, `1MiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 32, 4096 or 4KiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1024,
+        "m" | "mib" | "mb" => 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    let size = value
+        .checked_mul(scale)
+        .filter(|&s| (1..=MAX_SIZE).contains(&s))
+        .ok_or_else(|| format!("size {text:?} must be between 1 byte and 16 MiB"))?;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("48h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32"), Ok(32));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("17MiB").is_err());
+        assert!(parse_size("4 GB").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn parses_an_echo_command_line() {
+        let cli = Cli::try_parse_from([
+            "wsload",
+            "echo",
+            "--url",
+            "ws://127.0.0.1:1",
+            "--connections",
+            "64",
+            "--size",
+            "4KiB",
+            "--duration",
+            "3s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Echo(args) = cli.command else {
+            panic!("expected echo");
+        };
+        assert_eq!((args.connections, args.size), (64, 4096));
+        assert!(args.common.json);
+        assert_eq!(args.common.threads, 1);
+    }
+}

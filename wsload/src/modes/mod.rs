@@ -1,0 +1,82 @@
+//! The load modes, one module each, and what they have in common.
+
+pub mod echo;
+pub mod fanout;
+pub mod hold;
+pub mod wait;
+
+use serde::Serialize;
+use std::fmt::Display;
+
+/// A finished run's figures: printable for people and as JSON for scripts.
+pub trait Report: Serialize {
+    /// True when every verification passed (decides the exit status).
+    fn passed(&self) -> bool;
+    /// Prints the human-readable report to stdout.
+    fn print_human(&self);
+}
+
+/// How many of `total` items part `index` of `parts` gets (the first
+/// `total % parts` parts get one extra).
+pub fn share(total: usize, parts: usize, index: usize) -> usize {
+    total / parts + usize::from(index < total % parts)
+}
+
+/// Counts failures and keeps the first one's description, which is usually
+/// the one that explains the rest.
+#[derive(Debug, Default, Clone)]
+pub struct Errors {
+    pub count: u64,
+    pub first: Option<String>,
+}
+
+impl Errors {
+    pub fn record(&mut self, what: impl Display) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(what.to_string());
+        }
+    }
+
+    pub fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// Prints one aligned `label value` line of a human-readable report.
+pub fn row(label: &str, value: impl Display) {
+    println!("  {label:<13} {value}");
+}
+
+/// `OK` or `FAILED`, for the last line of a report.
+pub fn verdict(passed: bool) -> &'static str {
+    if passed { "OK" } else { "FAILED" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up() {
+        for total in [0, 1, 5, 64, 10_001] {
+            for parts in 1..5 {
+                let sum: usize = (0..parts).map(|i| share(total, parts, i)).sum();
+                assert_eq!(sum, total);
+            }
+        }
+        assert_eq!(share(5, 2, 0), 3);
+        assert_eq!(share(5, 2, 1), 2);
+    }
+
+    #[test]
+    fn errors_keep_the_first() {
+        let mut e = Errors::default();
+        e.record("boom");
+        e.record("later");
+        assert_eq!((e.count, e.first.as_deref()), (2, Some("boom")));
+    }
+}

@@ -1,0 +1,572 @@
+//! The event loop: one `mio::Poll` driving many connections on one thread.
+//!
+//! wsload runs on the same two cores as the server it measures, so it must
+//! not spend a thread (and its stack and context switches) per connection.
+//! Each worker thread owns a share of the connections and multiplexes them
+//! with epoll; the mode code only sees callbacks through [`Handler`].
+//!
+//! Connection ids are dense: the n-th connection a worker opens has id n, so
+//! handlers can keep per-connection state in a plain `Vec`.
+
+use crate::conn::{Conn, Fragmented, MessageKind, Phase};
+use crate::frame::{self, Frame, MAX_PAYLOAD, Opcode};
+use crate::handshake::{self, HandshakeError};
+use crate::rng::Rng;
+use crate::target::Target;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One whole data message, borrowed from the receive buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub kind: MessageKind,
+    pub data: &'a [u8],
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// TCP connect failed.
+    Connect(io::Error),
+    /// The server's upgrade response was unacceptable.
+    Handshake(HandshakeError),
+    /// The handshake did not complete before the deadline.
+    TimedOut,
+    /// Read or write failed.
+    Io(io::Error),
+    /// The server broke the framing rules.
+    Protocol(String),
+    /// The server sent a close frame (with this status code, if any).
+    ClosedByServer(Option<u16>),
+    /// The TCP connection ended without a close frame.
+    Eof,
+    /// We asked to close and the server completed the closing handshake.
+    Normal,
+}
+
+impl CloseReason {
+    /// True if the connection was never opened.
+    pub fn before_open(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Connect(_) | CloseReason::Handshake(_) | CloseReason::TimedOut
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Connect(e) => write!(f, "connect failed: {e}"),
+            CloseReason::Handshake(e) => write!(f, "handshake failed: {e}"),
+            CloseReason::TimedOut => write!(f, "handshake timed out"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseReason::ClosedByServer(Some(code)) => {
+                write!(f, "server closed the connection (code {code})")
+            }
+            CloseReason::ClosedByServer(None) => write!(f, "server closed the connection"),
+            CloseReason::Eof => write!(f, "server dropped the TCP connection"),
+            CloseReason::Normal => write!(f, "closed normally"),
+        }
+    }
+}
+
+/// What a mode does with connection events.
+pub trait Handler {
+    /// The handshake of connection `id` completed at `now`.
+    fn on_open(&mut self, _id: usize, _conn: &mut Conn, _now: Instant) {}
+
+    /// A whole text or binary message arrived; `now` is taken right after
+    /// the read that completed it.
+    fn on_message(&mut self, id: usize, msg: Message<'_>, conn: &mut Conn, now: Instant);
+
+    /// Connection `id` is gone (or never opened).
+    fn on_close(&mut self, _id: usize, _reason: &CloseReason) {}
+
+    /// Lets [`Worker::run_until`] return early once the mode has all it needs.
+    fn is_done(&self) -> bool {
+        false
+    }
+}
+
+/// A handler that ignores everything, for the closing phase.
+struct Ignore;
+
+impl Handler for Ignore {
+    fn on_message(&mut self, _: usize, _: Message<'_>, _: &mut Conn, _: Instant) {}
+}
+
+/// Size of the shared read buffer. Reads land here first and only a frame
+/// split across two reads is copied into the connection's own buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// One event-loop thread's worth of connections.
+pub struct Worker {
+    target: Arc<Target>,
+    poll: Poll,
+    events: Events,
+    conns: Vec<Option<Conn>>,
+    scratch: Vec<u8>,
+    rng: Rng,
+    /// Connections still connecting or handshaking.
+    starting: usize,
+    /// Connections not yet closed (in any phase).
+    live: usize,
+}
+
+impl Worker {
+    pub fn new(target: Arc<Target>) -> io::Result<Worker> {
+        Ok(Worker {
+            target,
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            conns: Vec::new(),
+            scratch: vec![0; SCRATCH],
+            rng: Rng::from_entropy(),
+            starting: 0,
+            live: 0,
+        })
+    }
+
+    /// Opens `count` connections with at most `max_starting` handshakes in
+    /// flight, processing events for already open ones meanwhile. Returns
+    /// when every connection is open or has failed; connections still not
+    /// open at `deadline` are reported to the handler as timed out.
+    pub fn connect<H: Handler>(
+        &mut self,
+        count: usize,
+        max_starting: usize,
+        deadline: Instant,
+        h: &mut H,
+    ) -> io::Result<()> {
+        let first = self.conns.len();
+        let mut started = 0;
+        loop {
+            while started < count && self.starting < max_starting.max(1) {
+                self.start_connect(h);
+                started += 1;
+            }
+            if started == count && self.starting == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.poll_once(Some(deadline - now), h)?;
+        }
+        for id in first..self.conns.len() {
+            if self.conns[id]
+                .as_ref()
+                .is_some_and(|c| c.phase.is_starting())
+            {
+                self.remove(id, CloseReason::TimedOut, h);
+            }
+        }
+        for id in first + started..first + count {
+            h.on_close(id, &CloseReason::TimedOut);
+        }
+        Ok(())
+    }
+
+    fn start_connect<H: Handler>(&mut self, h: &mut H) {
+        let id = self.conns.len();
+        self.conns.push(None);
+        let stream = match TcpStream::connect(self.target.addr) {
+            Ok(s) => s,
+            Err(e) => return h.on_close(id, &CloseReason::Connect(e)),
+        };
+        let mut conn = Conn::new(stream, Rng::with_seed(self.rng.next_u64()));
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return h.on_close(id, &CloseReason::Connect(e));
+        }
+        self.conns[id] = Some(conn);
+        self.starting += 1;
+        self.live += 1;
+    }
+
+    /// Waits up to `timeout` for events and handles them.
+    pub fn poll_once<H: Handler>(
+        &mut self,
+        timeout: Option<Duration>,
+        h: &mut H,
+    ) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // Move the events out so handling them may borrow `self` mutably.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            let must_drain = event.is_read_closed() || event.is_error();
+            self.handle_event(
+                event.token().0,
+                readable,
+                event.is_writable(),
+                must_drain,
+                h,
+            );
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    /// Handles events until `deadline` or until the handler reports done.
+    pub fn run_until<H: Handler>(&mut self, deadline: Instant, h: &mut H) -> io::Result<()> {
+        while !h.is_done() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.poll_once(Some(deadline - now), h)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message on open connection `id` from outside a callback.
+    /// Returns false if the connection is not open (or just failed).
+    pub fn send<H: Handler>(
+        &mut self,
+        id: usize,
+        kind: MessageKind,
+        data: &[u8],
+        h: &mut H,
+    ) -> bool {
+        let Some(conn) = self.open_conn(id) else {
+            return false;
+        };
+        conn.send(kind, data);
+        if let Some(e) = conn.error.take() {
+            self.remove(id, CloseReason::Io(e), h);
+            return false;
+        }
+        true
+    }
+
+    /// The connection `id` if it is open.
+    pub fn open_conn(&mut self, id: usize) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .filter(|c| c.phase == Phase::Open)
+    }
+
+    /// Ids of all open connections.
+    pub fn open_ids(&self) -> Vec<usize> {
+        (0..self.conns.len())
+            .filter(|&id| {
+                self.conns[id]
+                    .as_ref()
+                    .is_some_and(|c| c.phase == Phase::Open)
+            })
+            .collect()
+    }
+
+    /// Closes every connection politely: sends a close frame, waits up to
+    /// `grace` for the server to finish the closing handshake and drop the
+    /// TCP connection, then drops whatever is left.
+    pub fn close_all(&mut self, grace: Duration) -> io::Result<()> {
+        for id in 0..self.conns.len() {
+            let Some(conn) = self.conns[id].as_mut() else {
+                continue;
+            };
+            match conn.phase {
+                Phase::Open => {
+                    conn.send_frame(Opcode::Close, &1000u16.to_be_bytes());
+                    conn.phase = Phase::Closing;
+                    if let Some(e) = conn.error.take() {
+                        self.remove(id, CloseReason::Io(e), &mut Ignore);
+                    }
+                }
+                Phase::Connecting | Phase::Handshaking => {
+                    self.remove(id, CloseReason::TimedOut, &mut Ignore);
+                }
+                Phase::Closing => {}
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while self.live > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.poll_once(Some(deadline - now), &mut Ignore)?;
+        }
+        self.conns.clear();
+        self.live = 0;
+        self.starting = 0;
+        Ok(())
+    }
+
+    fn remove<H: Handler>(&mut self, id: usize, reason: CloseReason, h: &mut H) {
+        // Dropping the socket closes it, which also removes it from epoll.
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        if conn.phase.is_starting() {
+            self.starting -= 1;
+        }
+        self.live -= 1;
+        drop(conn);
+        h.on_close(id, &reason);
+    }
+
+    fn handle_event<H: Handler>(
+        &mut self,
+        id: usize,
+        readable: bool,
+        writable: bool,
+        must_drain: bool,
+        h: &mut H,
+    ) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.phase == Phase::Connecting {
+            match connect_result(&conn.stream) {
+                Ok(false) => return,
+                Err(e) => return self.remove(id, CloseReason::Connect(e), h),
+                Ok(true) => {
+                    // Small messages must go out at once, not wait for Nagle.
+                    if let Err(e) = conn.stream.set_nodelay(true) {
+                        return self.remove(id, CloseReason::Connect(e), h);
+                    }
+                    let key = handshake::encode_key(self.rng.bytes16());
+                    conn.accept = handshake::accept_key(&key);
+                    let request =
+                        handshake::request(&self.target.host_header, &self.target.path, &key);
+                    conn.phase = Phase::Handshaking;
+                    conn.send_raw(request.as_bytes());
+                }
+            }
+        } else if writable && conn.has_pending_output() {
+            conn.flush();
+        }
+        let was_starting = conn.phase.is_starting();
+        let mut outcome = if readable {
+            self.read(id, must_drain, h)
+        } else {
+            None
+        };
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if was_starting && conn.phase == Phase::Open {
+            self.starting -= 1;
+        }
+        if outcome.is_none() {
+            outcome = conn.error.take().map(CloseReason::Io);
+        }
+        if let Some(reason) = outcome {
+            self.remove(id, reason, h);
+        }
+    }
+
+    /// Reads everything available on connection `id` and dispatches it.
+    ///
+    /// With edge-triggered epoll one must read until `WouldBlock`, but a
+    /// read that returns less than the buffer size has already emptied the
+    /// socket, so the extra system call is skipped (as tokio does) unless the
+    /// event says the peer closed, in which case we must read on to see EOF.
+    fn read<H: Handler>(&mut self, id: usize, must_drain: bool, h: &mut H) -> Option<CloseReason> {
+        let Worker { conns, scratch, .. } = self;
+        let conn = conns.get_mut(id).and_then(Option::as_mut)?;
+        loop {
+            match conn.stream.read(scratch) {
+                Ok(0) if conn.phase == Phase::Closing => return Some(CloseReason::Normal),
+                Ok(0) => return Some(CloseReason::Eof),
+                Ok(n) => {
+                    let now = Instant::now();
+                    if let Some(reason) = ingest(conn, id, &scratch[..n], h, now) {
+                        return Some(reason);
+                    }
+                    if n < scratch.len() && !must_drain {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(CloseReason::Io(e)),
+            }
+        }
+    }
+}
+
+/// Whether a non-blocking connect has finished (mio's documented recipe:
+/// check `SO_ERROR`, then whether the socket has a peer yet).
+fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Feeds freshly read bytes to a connection: completes the handshake, then
+/// parses frames. Bytes of an incomplete frame are kept in `conn.rx`.
+fn ingest<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    data: &[u8],
+    h: &mut H,
+    now: Instant,
+) -> Option<CloseReason> {
+    if conn.phase == Phase::Handshaking {
+        conn.rx.extend_from_slice(data);
+        match handshake::check_response(&conn.rx, &conn.accept) {
+            Ok(None) => return None,
+            Err(e) => return Some(CloseReason::Handshake(e)),
+            Ok(Some(head_len)) => {
+                conn.rx.drain(..head_len);
+                conn.phase = Phase::Open;
+                h.on_open(id, conn, now);
+                if conn.rx.is_empty() {
+                    return None;
+                }
+                // Frames arrived together with the response head.
+                return parse_buffered(conn, id, &[], h, now);
+            }
+        }
+    }
+    if conn.rx.is_empty() {
+        // Fast path: parse straight out of the shared read buffer.
+        let (used, outcome) = parse_frames(conn, id, data, h, now);
+        if outcome.is_none() {
+            conn.rx.extend_from_slice(&data[used..]);
+        }
+        return outcome;
+    }
+    parse_buffered(conn, id, data, h, now)
+}
+
+/// Parses `conn.rx` followed by `more`. The buffer is moved out while frames
+/// are dispatched, so handlers can use `conn` while borrowing the payload.
+fn parse_buffered<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    more: &[u8],
+    h: &mut H,
+    now: Instant,
+) -> Option<CloseReason> {
+    let mut rx = std::mem::take(&mut conn.rx);
+    rx.extend_from_slice(more);
+    let (used, outcome) = parse_frames(conn, id, &rx, h, now);
+    rx.drain(..used);
+    conn.rx = rx;
+    conn.trim_rx();
+    outcome
+}
+
+/// Dispatches every whole frame in `data`; returns the bytes consumed and
+/// the reason to close the connection, if any.
+fn parse_frames<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    data: &[u8],
+    h: &mut H,
+    now: Instant,
+) -> (usize, Option<CloseReason>) {
+    let mut used = 0;
+    loop {
+        match frame::decode(&data[used..]) {
+            Ok(None) => return (used, None),
+            Err(e) => return (used, Some(CloseReason::Protocol(e.to_string()))),
+            Ok(Some(frame)) => {
+                used += frame.len;
+                if let Some(reason) = dispatch(conn, id, frame, h, now) {
+                    return (used, Some(reason));
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one frame: data goes to the handler, pings are answered, a close
+/// frame from the server is answered and ends the connection.
+fn dispatch<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    frame: Frame<'_>,
+    h: &mut H,
+    now: Instant,
+) -> Option<CloseReason> {
+    let deliver = conn.phase == Phase::Open;
+    match frame.opcode {
+        Opcode::Text | Opcode::Binary => {
+            if conn.fragment.is_some() {
+                return Some(CloseReason::Protocol(
+                    "new message started inside a fragmented one".into(),
+                ));
+            }
+            let kind = if frame.opcode == Opcode::Text {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            if !frame.fin {
+                conn.fragment = Some(Fragmented {
+                    kind,
+                    data: frame.payload.to_vec(),
+                });
+            } else if deliver {
+                let msg = Message {
+                    kind,
+                    data: frame.payload,
+                };
+                h.on_message(id, msg, conn, now);
+            }
+        }
+        Opcode::Continuation => {
+            let Some(fragment) = conn.fragment.as_mut() else {
+                return Some(CloseReason::Protocol(
+                    "continuation frame without a message to continue".into(),
+                ));
+            };
+            if fragment.data.len() + frame.payload.len() > MAX_PAYLOAD {
+                return Some(CloseReason::Protocol(format!(
+                    "fragmented message exceeds {MAX_PAYLOAD} bytes"
+                )));
+            }
+            fragment.data.extend_from_slice(frame.payload);
+            if frame.fin {
+                let whole = conn.fragment.take().expect("checked above");
+                if deliver {
+                    let msg = Message {
+                        kind: whole.kind,
+                        data: &whole.data,
+                    };
+                    h.on_message(id, msg, conn, now);
+                }
+            }
+        }
+        Opcode::Ping => conn.send_frame(Opcode::Pong, frame.payload),
+        Opcode::Pong => {}
+        Opcode::Close => {
+            if conn.phase == Phase::Closing {
+                // Our close was answered; the server drops TCP next.
+                return None;
+            }
+            let code = frame
+                .payload
+                .get(..2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]));
+            conn.send_frame(Opcode::Close, frame.payload.get(..2).unwrap_or(&[]));
+            return Some(CloseReason::ClosedByServer(code));
+        }
+    }
+    conn.error.take().map(CloseReason::Io)
+}

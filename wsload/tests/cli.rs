@@ -1,0 +1,314 @@
+//! End-to-end tests: the real `wsload` binary against small WebSocket
+//! servers built on tungstenite, an independent implementation, so framing
+//! or handshake mistakes in wsload cannot hide behind a matching mistake in
+//! the server. Everything listens on 127.0.0.1 and every run lasts well
+//! under a few seconds.
+
+use serde_json::Value;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+use tungstenite::{Message, WebSocket};
+
+/// What the test server does with messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Echo,
+    /// Echo, but flip a byte of every third binary message.
+    Corrupt,
+    /// Send each message to every connected client.
+    Broadcast,
+}
+
+type Peers = Arc<Mutex<Vec<Sender<Message>>>>;
+
+/// Starts a thread-per-connection server on a free loopback port; returns
+/// its URL. `greeting` sends one text message that long after the handshake.
+fn server(behaviour: Behaviour, greeting: Option<Duration>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let peers: Peers = Arc::default();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let peers = peers.clone();
+            thread::spawn(move || serve(stream, behaviour, greeting, peers));
+        }
+    });
+    url
+}
+
+fn serve(stream: TcpStream, behaviour: Behaviour, greeting: Option<Duration>, peers: Peers) {
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    let opened = Instant::now();
+    let mut greet_at = greeting.map(|d| opened + d);
+    // A short read timeout lets one thread both read and forward broadcasts.
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .expect("timeout");
+    let (tx, rx): (Sender<Message>, Receiver<Message>) = mpsc::channel();
+    peers.lock().expect("peers").push(tx);
+    let mut count = 0u64;
+    loop {
+        if greet_at.is_some_and(|t| Instant::now() >= t) {
+            greet_at = None;
+            if ws
+                .send(Message::text("hello from the test server"))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match ws.read() {
+            Ok(msg @ (Message::Binary(_) | Message::Text(_))) => {
+                count += 1;
+                if !reply(&mut ws, behaviour, msg, count, &peers) {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if ws.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn reply(
+    ws: &mut WebSocket<TcpStream>,
+    behaviour: Behaviour,
+    msg: Message,
+    count: u64,
+    peers: &Peers,
+) -> bool {
+    match (behaviour, msg) {
+        (Behaviour::Broadcast, msg) => {
+            for peer in peers.lock().expect("peers").iter() {
+                let _ = peer.send(msg.clone());
+            }
+            true
+        }
+        (Behaviour::Corrupt, Message::Binary(data)) if count.is_multiple_of(3) => {
+            let mut data = data.to_vec();
+            data[0] ^= 0xFF;
+            ws.send(Message::binary(data)).is_ok()
+        }
+        (_, msg) => ws.send(msg).is_ok(),
+    }
+}
+
+fn wsload(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsload"))
+        .args(args)
+        .output()
+        .expect("run wsload")
+}
+
+/// Runs wsload with `--json` and returns its exit code and report.
+fn wsload_json(args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = wsload(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {stdout}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().expect("exit code"), report)
+}
+
+#[test]
+fn echo_passes_against_a_correct_server() {
+    let url = server(Behaviour::Echo, None);
+    let (code, r) = wsload_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--size",
+        "1000",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["opened"], 4);
+    assert!(r["messages"].as_u64().unwrap() > 10, "{r}");
+    assert_eq!(r["latency_us"]["count"], r["messages"]);
+    assert_eq!(r["mismatches"], 0);
+}
+
+#[test]
+fn echo_uses_large_frames_and_two_threads() {
+    let url = server(Behaviour::Echo, None);
+    let (code, r) = wsload_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "3",
+        "--size",
+        "70000",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--threads",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["threads"], 2);
+    assert!(r["messages"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn text_echo_counts_the_greeting_as_unsolicited() {
+    let url = server(Behaviour::Echo, Some(Duration::from_millis(100)));
+    let (code, r) = wsload_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--connections",
+        "2",
+        "--text",
+        "--duration",
+        "400ms",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["unsolicited"], 2);
+    assert_eq!(r["mismatches"], 0);
+}
+
+#[test]
+fn echo_fails_loudly_on_a_wrong_echo() {
+    let url = server(Behaviour::Corrupt, None);
+    let (code, r) = wsload_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(r["ok"], false);
+    assert!(r["mismatches"].as_u64().unwrap() >= 1);
+    assert!(
+        r["first_error"].as_str().unwrap().contains("differs"),
+        "{r}"
+    );
+}
+
+#[test]
+fn hold_measures_greetings_memory_and_still_echoes() {
+    let url = server(Behaviour::Echo, Some(Duration::from_millis(100)));
+    let pid = std::process::id().to_string();
+    let (code, r) = wsload_json(&[
+        "hold",
+        "--url",
+        &url,
+        "--connections",
+        "20",
+        "--hold",
+        "500ms",
+        "--greeting-delay",
+        "100ms",
+        "--pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["opened"], 20);
+    assert_eq!(r["greetings"], 20);
+    assert_eq!(r["lateness_us"]["count"], 20);
+    assert_eq!(r["still_echo"], 20);
+    assert!(r["rss_per_conn_kib"].is_number());
+    assert!(r["idle_cpu_s"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn fanout_checks_every_delivery() {
+    let url = server(Behaviour::Broadcast, Some(Duration::from_millis(50)));
+    for rate in ["0", "2000"] {
+        let (code, r) = wsload_json(&[
+            "fanout",
+            "--url",
+            &url,
+            "--listeners",
+            "5",
+            "--messages",
+            "200",
+            "--rate",
+            rate,
+        ]);
+        assert_eq!(code, 0, "{r}");
+        assert_eq!(r["delivered"], 1000);
+        assert_eq!(r["missing"], 0);
+        assert_eq!(r["out_of_order"], 0);
+        assert_eq!(r["latency_us"]["count"], 1000);
+    }
+}
+
+#[test]
+fn refuses_non_loopback_targets() {
+    let out = wsload(&["echo", "--url", "ws://192.0.2.1:9/"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(err.contains("--allow-remote"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error expected: {err}");
+}
+
+#[test]
+fn bad_arguments_exit_with_2() {
+    for args in [
+        &["echo", "--url", "ws://127.0.0.1:1", "--size", "0"][..],
+        &["echo", "--url", "ws://127.0.0.1:1", "--duration", "soon"],
+        &["hold", "--url", "ws://127.0.0.1:1", "--connections", "0"],
+        &["bogus"],
+    ] {
+        assert_eq!(wsload(args).status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    // Bind and drop to get a port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let out = wsload(&["echo", "--url", &url, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    let out = wsload(&["wait", "--url", &url, "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn wait_returns_once_the_server_answers() {
+    let url = server(Behaviour::Echo, None);
+    let out = wsload(&["wait", "--url", &url, "--timeout", "5s"]);
+    assert!(out.status.success(), "{out:?}");
+}
