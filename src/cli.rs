@@ -122,6 +122,19 @@ impl Args {
             }),
             None => None,
         };
+        // Pings are what keep a quiet but healthy client from looking dead: the idle timeout
+        // must leave room for at least one ping and its pong.
+        let ping = self.ping_interval.0.map(|s| s.0);
+        if let Some(Span(idle)) = self.idle_timeout.0
+            && ping.is_none_or(|ping| idle <= ping)
+        {
+            return Err(format!(
+                "--idle-timeout ({}) must be longer than --ping-interval ({}), or idle clients \
+                 that answer pings would be dropped; turn it off with --idle-timeout off",
+                Span(idle),
+                self.ping_interval
+            ));
+        }
         let max_connections = match self.max_connections {
             Some(n) => Some(usize::try_from(n).map_err(|_| "--max-connections is too large")?),
             None => None,
@@ -262,7 +275,7 @@ mod tests {
             "--max-backlog",
             "65536",
             "--ping-interval",
-            "off",
+            "500ms",
             "--idle-timeout",
             "1m",
             "--broadcast",
@@ -271,8 +284,13 @@ mod tests {
         assert_eq!(config.greeting.unwrap().delay, Duration::from_millis(500));
         assert_eq!(config.max_frame_size, 1 << 20);
         assert_eq!(config.max_backlog, 65536);
-        assert_eq!(config.ping_interval, None);
+        assert_eq!(config.ping_interval, Some(Duration::from_millis(500)));
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(60)));
+        let no_keepalive = parse(&["--ping-interval", "off", "--idle-timeout", "off"]).unwrap();
+        assert_eq!(
+            (no_keepalive.ping_interval, no_keepalive.idle_timeout),
+            (None, None)
+        );
         assert_eq!(config.mode, Mode::Broadcast);
         assert_eq!(parse(&["--greeting-delay", "0"]).unwrap().greeting, None);
     }
@@ -299,6 +317,17 @@ mod tests {
                 .unwrap_err()
                 .contains("--greeting-delay off")
         );
+        let too_short = parse(&["--idle-timeout", "10s"]).unwrap_err();
+        assert!(
+            too_short.contains("must be longer than --ping-interval (20s)"),
+            "{too_short}"
+        );
+        assert!(
+            parse(&["--ping-interval", "off"])
+                .unwrap_err()
+                .contains("(off)")
+        );
+        assert!(parse(&["--ping-interval", "off", "--idle-timeout", "off"]).is_ok());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl<'a> Client<'a> {
                 .next_deadline()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             let ready = poll::wait(
-                self.ws.get_ref().tcp().as_fd(),
+                Some(self.ws.get_ref().tcp().as_fd()),
                 interest,
                 self.inbox.waker(),
                 timeout,
@@ -343,10 +343,15 @@ impl<'a> Client<'a> {
         if let Some(after) = self.config.idle_timeout
             && now >= self.silence_start() + after
         {
+            let how = if self.backpressured() {
+                "timed out: it stopped reading what it was sent"
+            } else {
+                "timed out: nothing received, not even a pong"
+            };
             return Err(Ending {
                 code: 1006,
                 reason: String::new(),
-                how: "timed out: nothing received, not even a pong",
+                how,
             });
         }
         if let Some(every) = self.config.ping_interval
@@ -360,15 +365,20 @@ impl<'a> Client<'a> {
     }
 
     /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out.
+    /// When the server's Close is waiting for its reply, the close timeout already runs and
+    /// lingering does not extend it.
     fn linger(&mut self) {
-        let deadline = Instant::now() + self.config.close_timeout;
+        let deadline = match &self.closing {
+            Some((_, deadline)) => *deadline,
+            None => Instant::now() + self.config.close_timeout,
+        };
         while self.ws.get_ref().queued() > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             let write = Interest {
                 read: false,
                 write: true,
             };
-            let socket = self.ws.get_ref().tcp().as_fd();
+            let socket = Some(self.ws.get_ref().tcp().as_fd());
             if left.is_zero() || poll::wait(socket, write, self.inbox.waker(), Some(left)).is_err()
             {
                 return;

@@ -22,12 +22,14 @@ use crate::outbox::mailbox;
 use crate::site;
 use crate::socket::Socket;
 
-/// tungstenite reads the socket in chunks of this size into a buffer of at least this size,
-/// and zero-fills the whole buffer on every read, so every connection that ever received a
-/// byte keeps this much resident. Its default, 128 KiB, is most of what an idle connection
-/// costs; 4 KiB holds any small message in one read, and a bigger message makes tungstenite
-/// reserve room for the whole frame anyway, so large transfers still take few reads.
-pub const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// tungstenite reads the socket at most this much at a time, into a buffer of at least this
+/// size that it zero-fills before each read, so every connection that ever received a byte
+/// keeps this much resident. Its default, 128 KiB, would be most of what an idle connection
+/// costs. 2 KiB holds the small messages of chat-like traffic in one read and keeps an idle
+/// connection near 15 KiB in all (measured: scripts/bench.sh, hold rows); the price is more
+/// reads for big messages (a 4 KiB message takes three, a 16 MiB one eight thousand, which is
+/// still milliseconds).
+pub const READ_BUFFER_SIZE: usize = 2 * 1024;
 
 /// What every connection thread shares.
 #[derive(Debug)]
@@ -102,15 +104,7 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         let response = Response::text(503, "server shutting down");
         return refuse(&mut stream, peer, response, false);
     }
-    // The mailbox's waker is a file descriptor, which a server out of them cannot have: find
-    // out before the 101, so the client gets a 503 rather than a WebSocket that dies at once.
-    let (outbox, inbox) = match mailbox(config.max_backlog) {
-        Ok(mailbox) => mailbox,
-        Err(e) => {
-            let response = Response::text(503, format!("server out of resources: {e}"));
-            return refuse(&mut stream, peer, response, false);
-        }
-    };
+    let (outbox, inbox) = mailbox(config.max_backlog);
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(std::time::Duration::from_millis(1));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 /// Most header lines accepted; more gets 431. Browsers send about fifteen.
 pub const MAX_HEADERS: usize = 64;
 
+/// Bytes asked for per read of a request head: a browser's whole head, usually.
+const READ_CHUNK: usize = 1024;
+
 /// How long a response's sender waits for the client to finish with the connection, so that
 /// closing it does not reset a response the client has not read yet.
 const LINGER: Duration = Duration::from_secs(1);
@@ -71,7 +74,9 @@ pub enum HeadError {
 /// a head so far. Bytes after the head (a client may send its first WebSocket frame at once)
 /// are the caller's.
 pub fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<(Request, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // On the heap, not the stack: this runs on a connection's thread, and every stack page a
+    // thread ever touches stays in memory for as long as the connection lives.
+    let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let status = match parsed.parse(buf) {
         Ok(status) => status,
@@ -114,8 +119,8 @@ pub fn read_head(
     deadline: Instant,
     max_len: usize,
 ) -> Result<(Request, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    // Read straight into the heap buffer; see parse_head on why not a stack buffer.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         // The deadline covers the whole head, so a client dribbling a byte a second cannot
         // stretch it: each read may only wait for what is left.
@@ -124,7 +129,11 @@ pub fn read_head(
             return Err(HeadError::Timeout);
         }
         stream.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
-        let n = match stream.read(&mut chunk) {
+        let filled = buf.len();
+        buf.resize(filled + READ_CHUNK, 0);
+        let read = stream.read(&mut buf[filled..]);
+        buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+        let n = match read {
             Ok(0) => return Err(HeadError::Closed),
             Ok(n) => n,
             Err(e)
@@ -138,7 +147,7 @@ pub fn read_head(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(HeadError::Io(e)),
         };
-        buf.extend_from_slice(&chunk[..n]);
+        debug_assert!(n > 0);
         if let Some((request, len)) = parse_head(&buf, max_len)? {
             stream.set_read_timeout(None).map_err(HeadError::Io)?;
             return Ok((request, buf.split_off(len)));

@@ -136,8 +136,8 @@ mod tests {
     #[test]
     fn broadcast_reaches_every_member_until_it_leaves() {
         let hub = Arc::new(Hub::default());
-        let (a, a_in) = mailbox(1 << 20).unwrap();
-        let (b, b_in) = mailbox(1 << 20).unwrap();
+        let (a, a_in) = mailbox(1 << 20);
+        let (b, b_in) = mailbox(1 << 20);
         let member_a = hub.join(a);
         let _member_b = hub.join(b);
         assert_eq!(hub.broadcast(&Bytes::from_static(b"one")), 2);

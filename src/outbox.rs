@@ -3,7 +3,7 @@
 //! Only a connection's own thread ever writes to its socket, so frames can never interleave on
 //! the wire. Other threads (the greeting timer, a broadcasting client, shutdown) put a
 //! [`Delivery`] into the connection's [`Outbox`] instead: a `crossbeam-channel` queue plus a
-//! [`Waker`] that ends the thread's `poll` at once. Nothing here ever blocks the sender: a slow
+//! [`Waker`] that ends the thread's `ppoll` at once. Nothing here ever blocks the sender: a slow
 //! client only ever slows itself down.
 
 use std::sync::Arc;
@@ -55,17 +55,17 @@ pub struct Inbox {
 }
 
 /// Creates a connection's mailbox.
-pub fn mailbox(max_backlog: usize) -> std::io::Result<(Arc<Outbox>, Inbox)> {
+pub fn mailbox(max_backlog: usize) -> (Arc<Outbox>, Inbox) {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let outbox = Arc::new(Outbox {
         sender,
-        waker: Waker::new()?,
+        waker: Waker::new(),
         wake_pending: AtomicBool::new(false),
         backlog: AtomicUsize::new(0),
         max_backlog,
         overflowed: AtomicBool::new(false),
     });
-    Ok((Arc::clone(&outbox), Inbox { receiver, outbox }))
+    (Arc::clone(&outbox), Inbox { receiver, outbox })
 }
 
 impl Outbox {
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn deliveries_arrive_in_order_and_the_backlog_is_bounded() {
-        let (outbox, inbox) = mailbox(10).unwrap();
+        let (outbox, inbox) = mailbox(10);
         outbox.push(Bytes::from_static(b"123456")).unwrap();
         // Past the limit while a backlog exists: refused, and the client is marked.
         assert_eq!(
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_big_frame_reaches_a_client_that_has_caught_up() {
-        let (outbox, inbox) = mailbox(4).unwrap();
+        let (outbox, inbox) = mailbox(4);
         outbox.push(Bytes::from_static(b"0123456789")).unwrap();
         assert_eq!(inbox.drain().count(), 1);
         inbox.written(10);
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn pushing_to_a_closed_connection_is_refused() {
-        let (outbox, inbox) = mailbox(10).unwrap();
+        let (outbox, inbox) = mailbox(10);
         drop(inbox);
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(Refused::Gone));
     }

@@ -1,75 +1,62 @@
-//! Waiting on a socket and a [`Waker`] at once: the one place that calls `poll(2)`.
+//! Waiting on a socket and a [`Waker`] at once: the one place that calls `ppoll(2)`.
 //!
 //! A connection's thread must notice two things while it waits: bytes from its peer, and frames
 //! that other threads (the greeting timer, broadcasts, shutdown) have queued for it. A blocking
 //! `read()` can only notice the first, and tungstenite cannot split a blocking socket into a
 //! reading half and a writing half (tungstenite issues 113 and 311). So the socket is made
-//! non-blocking and the thread sleeps in `poll(2)` on two file descriptors: the socket, and an
-//! `eventfd` that other threads write to when they queue something. An idle connection is a
-//! thread asleep in the kernel: it costs no CPU, and it wakes the moment there is work.
+//! non-blocking and the thread sleeps in `ppoll(2)` on it, and another thread wakes it with a
+//! signal. An idle connection is a thread asleep in the kernel: it costs no CPU, and it wakes
+//! the moment there is work.
 //!
-//! This is the only module with `unsafe` code; each block is a plain system call on descriptors
-//! this module owns or borrows.
+//! Why a signal and not an `eventfd` or a pipe: those cost a file descriptor per connection,
+//! which halves how many connections fit under the open-file limit. A signal costs nothing
+//! until it is sent. The classic race (the signal arrives just before the thread goes to sleep,
+//! and is lost) is what `ppoll` exists to close: the signal stays blocked in the thread at all
+//! times except inside `ppoll`, which unblocks it atomically with going to sleep. A wake-up sent
+//! at any moment before is held pending by the kernel and ends the `ppoll` at once.
+//!
+//! The signal is `SIGURG`: ignored by default, so a stray one can never kill the process (Go's
+//! runtime picks it for the same reason). Its handler does nothing; being interrupted is the
+//! whole message.
+//!
+//! This is the only module with `unsafe` code; each block is a plain system call.
 
+use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
+/// The signal that wakes a waiting thread.
+const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
+
 /// Wakes a thread that waits in [`wait`]; any thread may call [`Waker::wake`].
-///
-/// On Linux this is one `eventfd`; elsewhere a non-blocking pipe.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Waker {
-    /// The end that `poll` watches.
-    read: OwnedFd,
-    /// The end that `wake` writes to (the same descriptor as `read` for an eventfd).
-    #[cfg(not(target_os = "linux"))]
-    write: OwnedFd,
+    /// Level-triggered, like an eventfd: set by [`Waker::wake`], cleared by [`Waker::reset`].
+    signalled: AtomicBool,
+    /// The thread inside [`wait`] right now, if any. The signal is only ever sent to a thread
+    /// registered here, under this lock, so never to one that has left or ended.
+    waiter: Mutex<Option<libc::pthread_t>>,
 }
 
 impl Waker {
-    /// Creates a waker that is not yet signalled.
-    #[cfg(target_os = "linux")]
-    pub fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        Ok(Waker {
-            read: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// Creates a waker that is not yet signalled.
-    #[cfg(not(target_os = "linux"))]
-    pub fn new() -> io::Result<Waker> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe writes.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and nothing else owns them.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        for fd in [&read, &write] {
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe {
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-        Ok(Waker { read, write })
+    pub fn new() -> Waker {
+        Waker::default()
     }
 
     /// Makes the waiting thread's next (or current) [`wait`] return with `woken` set.
-    ///
-    /// Never blocks: if the waker is already signalled, the write fails with `EAGAIN` (pipe
-    /// full or eventfd counter at its maximum) and the thread is going to wake up anyway.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
-        unsafe { libc::write(self.write_fd(), (&raw const one).cast(), 8) };
+        self.signalled.store(true, Ordering::SeqCst);
+        let waiter = self
+            .waiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(thread) = *waiter {
+            // SAFETY: `thread` is registered, so it is alive and inside `wait`.
+            unsafe { libc::pthread_kill(thread, WAKE_SIGNAL) };
+        }
     }
 
     /// Clears the signal, so the next [`wait`] sleeps until the next [`Waker::wake`].
@@ -77,28 +64,14 @@ impl Waker {
     /// Call it before looking at what was queued, never after: a `wake` that races with the
     /// look is then seen at the next wait instead of being lost.
     pub fn reset(&self) {
-        let mut buf = [0u8; 64];
-        // One read clears an eventfd; a pipe may hold several wake-ups, so read until empty.
-        // SAFETY: reads into a live buffer of the given length from a descriptor we own.
-        while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
-            == buf.len() as isize
-        {}
+        self.signalled.store(false, Ordering::SeqCst);
     }
 
-    #[cfg(target_os = "linux")]
-    fn write_fd(&self) -> i32 {
-        self.read.as_raw_fd()
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn write_fd(&self) -> i32 {
-        self.write.as_raw_fd()
-    }
-}
-
-impl AsFd for Waker {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
+    fn register(&self, thread: Option<libc::pthread_t>) {
+        *self
+            .waiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = thread;
     }
 }
 
@@ -120,14 +93,37 @@ pub struct Ready {
     pub woken: bool,
 }
 
-/// Sleeps until the socket is ready for `interest`, the waker is signalled, or `timeout` passes
-/// (`None` waits for ever). A timeout returns `Ready::default()`.
+/// Sleeps until the socket (if any) is ready for `interest`, the waker is signalled, or
+/// `timeout` passes (`None` waits for ever). It may also return early with nothing ready
+/// (another signal interrupted it), so callers decide what to do from the clock, not from
+/// the return.
 pub fn wait(
-    socket: BorrowedFd<'_>,
+    socket: Option<BorrowedFd<'_>>,
     interest: Interest,
     waker: &Waker,
     timeout: Option<Duration>,
 ) -> io::Result<Ready> {
+    let unblocked = block_wake_signal_in_this_thread();
+    // SAFETY: pthread_self has no preconditions.
+    waker.register(Some(unsafe { libc::pthread_self() }));
+    let ready = sleep(socket, interest, waker, timeout, &unblocked);
+    waker.register(None);
+    ready
+}
+
+fn sleep(
+    socket: Option<BorrowedFd<'_>>,
+    interest: Interest,
+    waker: &Waker,
+    timeout: Option<Duration>,
+    unblocked: &libc::sigset_t,
+) -> io::Result<Ready> {
+    if waker.signalled.load(Ordering::SeqCst) {
+        return Ok(Ready {
+            woken: true,
+            ..Ready::default()
+        });
+    }
     let mut events = 0;
     if interest.read {
         events |= libc::POLLIN;
@@ -135,41 +131,75 @@ pub fn wait(
     if interest.write {
         events |= libc::POLLOUT;
     }
-    let mut fds = [
-        libc::pollfd {
-            fd: socket.as_raw_fd(),
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: waker.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let timeout_ms = match timeout {
-        None => -1,
-        // Round up: a deadline 300 µs away must not turn into a 0 ms busy poll.
-        Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
-    };
-    loop {
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n >= 0 {
-            break;
-        }
+    // A negative descriptor is ignored by ppoll: waiting on the waker alone.
+    let fd = socket.map_or(-1, |s| s.as_raw_fd());
+    let mut fds = [libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }];
+    let timeout = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let timeout_ptr = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds`, the timespec and the signal set are live for the call.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, timeout_ptr, unblocked) };
+    if n < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
     let hangup = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-    let socket = fds[0].revents;
+    let revents = if n > 0 { fds[0].revents } else { 0 };
     Ok(Ready {
         // A hang-up or error is reported as readable: the next read returns it.
-        readable: socket & (libc::POLLIN | hangup) != 0,
-        writable: socket & libc::POLLOUT != 0,
-        woken: fds[1].revents & libc::POLLIN != 0,
+        readable: revents & (libc::POLLIN | hangup) != 0,
+        writable: revents & libc::POLLOUT != 0,
+        woken: waker.signalled.load(Ordering::SeqCst),
+    })
+}
+
+thread_local! {
+    /// This thread's signal mask with the wake signal unblocked, for `ppoll`; set on the
+    /// thread's first wait, when the signal gets blocked in it for good.
+    static UNBLOCKED: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
+}
+
+/// Blocks the wake signal in the calling thread (once) and returns the mask `ppoll` should
+/// sleep with. Installs the do-nothing handler the first time any thread gets here.
+fn block_wake_signal_in_this_thread() -> libc::sigset_t {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        extern "C" fn interrupted(_: libc::c_int) {}
+        // SAFETY: installs an async-signal-safe handler that does nothing. No SA_RESTART:
+        // the point is that the interrupted ppoll returns.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = interrupted as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut());
+        }
+    });
+    UNBLOCKED.with(|cell| {
+        if let Some(mask) = cell.get() {
+            return mask;
+        }
+        // SAFETY: sigset operations on live, initialised sets.
+        let mask = unsafe {
+            let mut wake: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut wake);
+            libc::sigaddset(&mut wake, WAKE_SIGNAL);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &wake, &mut previous);
+            libc::sigdelset(&mut previous, WAKE_SIGNAL);
+            previous
+        };
+        cell.set(Some(mask));
+        mask
     })
 }
 
@@ -177,20 +207,25 @@ pub fn wait(
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
     use std::sync::Arc;
 
     #[test]
     fn wake_from_another_thread_ends_the_wait() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let waker = Arc::new(Waker::new().unwrap());
+        let waker = Arc::new(Waker::new());
         let other = Arc::clone(&waker);
-        let thread = std::thread::spawn(move || other.wake());
-        let interest = Interest {
-            read: true,
+        let nothing = Interest {
+            read: false,
             write: false,
         };
-        let ready = wait(socket.as_fd(), interest, &waker, None).unwrap();
+        // The wake may come before, during or after the sleep starts: none may be lost.
+        let thread = std::thread::spawn(move || other.wake());
+        let ready = loop {
+            let ready = wait(None, nothing, &waker, None).unwrap();
+            if ready.woken {
+                break ready;
+            }
+        };
         thread.join().unwrap();
         assert_eq!(
             ready,
@@ -201,13 +236,7 @@ mod tests {
         );
 
         waker.reset();
-        let ready = wait(
-            socket.as_fd(),
-            interest,
-            &waker,
-            Some(Duration::from_millis(1)),
-        )
-        .unwrap();
+        let ready = wait(None, nothing, &waker, Some(Duration::from_millis(1))).unwrap();
         assert_eq!(ready, Ready::default(), "reset clears the signal");
     }
 
@@ -216,12 +245,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let waker = Waker::new().unwrap();
+        let waker = Waker::new();
         let both = Interest {
             read: true,
             write: true,
         };
-        let ready = wait(server.as_fd(), both, &waker, None).unwrap();
+        let ready = wait(Some(server.as_fd()), both, &waker, None).unwrap();
         assert!(ready.writable && !ready.readable);
 
         io::Write::write_all(&mut client, b"x").unwrap();
@@ -229,7 +258,7 @@ mod tests {
             read: true,
             write: false,
         };
-        let ready = wait(server.as_fd(), read_only, &waker, None).unwrap();
+        let ready = wait(Some(server.as_fd()), read_only, &waker, None).unwrap();
         assert!(ready.readable && !ready.woken);
     }
 }

@@ -25,8 +25,8 @@ use crate::poll::{self, Interest, Waker};
 /// 8 MiB default, which would spend the address space of 10,000 threads on nothing.
 pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
 
-/// Descriptors per connection: its socket and its waker's eventfd.
-pub const FDS_PER_CONNECTION: usize = 2;
+/// Descriptors per connection: its socket (the waker is a signal, see poll.rs).
+pub const FDS_PER_CONNECTION: usize = 1;
 
 /// Descriptors kept for everything else: standard streams, the listener, the log file,
 /// the shutdown waker, and room for a few more.
@@ -123,7 +123,7 @@ impl Server {
         };
         let signal = Signal {
             requested: AtomicBool::new(false),
-            waker: Waker::new().map_err(|e| Error::Io("shutdown waker", e))?,
+            waker: Waker::new(),
         };
         Ok(Server {
             listener,
@@ -191,7 +191,12 @@ impl Server {
                 read: backoff.is_none(),
                 write: false,
             };
-            poll::wait(self.listener.as_fd(), interest, &self.signal.waker, backoff)?;
+            poll::wait(
+                Some(self.listener.as_fd()),
+                interest,
+                &self.signal.waker,
+                backoff,
+            )?;
             if self.signal.requested.load(Ordering::SeqCst) {
                 return Ok(());
             }

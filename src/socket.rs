@@ -27,6 +27,8 @@ pub struct Socket {
     queued: usize,
     /// Set when a read returns data; see [`Socket::take_heard`].
     heard: bool,
+    /// Set when a read returned less than asked: the kernel had no more at that moment.
+    drained: bool,
 }
 
 #[derive(Debug)]
@@ -45,6 +47,7 @@ impl Socket {
             written_of_front: 0,
             queued: 0,
             heard: false,
+            drained: false,
         }
     }
 
@@ -125,9 +128,19 @@ impl Socket {
 }
 
 impl Read for Socket {
+    /// Reads from the socket, saving the system call that would only say "nothing more".
+    ///
+    /// tungstenite reads until the socket would block. But a read that returned less than it
+    /// asked for already proves the kernel had nothing more, so the next read answers
+    /// `WouldBlock` without asking; anything that arrived since makes the next `poll` return
+    /// at once. That is one system call less per message on the echo path.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if std::mem::take(&mut self.drained) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.tcp.read(buf)?;
         self.heard |= n > 0;
+        self.drained = n > 0 && n < buf.len();
         Ok(n)
     }
 }
@@ -157,7 +170,7 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (_outbox, inbox) = mailbox(usize::MAX).unwrap();
+        let (_outbox, inbox) = mailbox(usize::MAX);
         let mut socket = Socket::new(tcp);
 
         // Far more than the socket buffers hold, in frames of varied sizes.

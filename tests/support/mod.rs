@@ -34,7 +34,21 @@ impl Wsecho {
     /// Starts `wsecho --host 127.0.0.1 --port 0 --log-level debug ARGS` and waits for its
     /// ready line. Later flags override earlier ones, so ARGS may change any of these.
     pub fn start(args: &[&str]) -> Wsecho {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsecho"))
+        Wsecho::launch(Command::new(env!("CARGO_BIN_EXE_wsecho")), args)
+    }
+
+    /// Like [`Wsecho::start`], with the shell's `ulimit LIMITS` first (`-n 40` sets the
+    /// open-file limit, `-S -n 64` its soft limit only). The shell then becomes wsecho, so
+    /// [`Wsecho::pid`] is the server's.
+    pub fn start_with_ulimit(limits: &str, args: &[&str]) -> Wsecho {
+        let mut shell = Command::new("sh");
+        let script = format!("ulimit {limits} && exec \"$0\" \"$@\"");
+        shell.args(["-c", &script, env!("CARGO_BIN_EXE_wsecho")]);
+        Wsecho::launch(shell, args)
+    }
+
+    fn launch(mut command: Command, args: &[&str]) -> Wsecho {
+        let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--log-level", "debug"])
             .args(args)
             .stdin(Stdio::null())
