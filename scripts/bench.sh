@@ -117,15 +117,16 @@ if [[ -z $CUSTOM ]]; then
 fi
 
 # ------------------------------------------------------- file descriptors --
-# wsecho needs two descriptors per client (socket + eventfd), so 10,000
-# clients need over 20,000. Raising the hard limit needs root (and a
-# container that lets root do it); take whatever we can get.
+# wsecho needs one descriptor per client (its socket), so 10,000 clients need
+# a little over 10,000, and wsload as many again in its own process. Raising
+# the hard limit needs root (and a container that lets root do it); take
+# whatever we can get.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT=$(ulimit -Sn)
 say "open-file limit for the servers and wsload: $FD_LIMIT"
-if [[ $FD_LIMIT != unlimited ]] && ((FD_LIMIT < 20100)); then
-    say "warning: below the ~20,100 descriptors wsecho needs for 10,000 clients; the 10,000 rows may fall short"
+if [[ $FD_LIMIT != unlimited ]] && ((FD_LIMIT < 10100)); then
+    say "warning: below the ~10,100 descriptors wsecho needs for 10,000 clients; the 10,000 rows may fall short"
 fi
 
 # ---------------------------------------------------------------- servers --

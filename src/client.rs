@@ -5,6 +5,7 @@
 //! another thread queued something, or a deadline (ping, idle, close) is due. There is no tick:
 //! an idle connection sleeps until its next ping is due.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
@@ -69,6 +70,8 @@ pub struct Client<'a> {
     closing: Option<(Ending, Instant)>,
     /// The client's Close frame, once it arrived.
     client_close: Option<(u16, String)>,
+    /// Messages read in this round, to broadcast together when the round ends.
+    broadcasts: Vec<Bytes>,
 }
 
 impl<'a> Client<'a> {
@@ -93,15 +96,13 @@ impl<'a> Client<'a> {
             last_ping: now,
             closing: None,
             client_close: None,
+            broadcasts: Vec::new(),
         }
     }
 
     /// Serves the connection until it ends.
     pub fn run(mut self) -> Summary {
-        let ending = match self.serve() {
-            Ok(()) => unreachable!("serve only returns when the connection ends"),
-            Err(ending) => ending,
-        };
+        let Err(ending) = self.serve();
         self.linger();
         let _ = self.ws.get_ref().tcp().shutdown(Shutdown::Both);
         Summary {
@@ -111,8 +112,9 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// The loop; returns (as an `Err`) how the connection ended.
-    fn serve(&mut self) -> Result<(), Ending> {
+    /// The loop. It only ever ends with how the connection ended, so `?` can end it from
+    /// anywhere inside.
+    fn serve(&mut self) -> Result<Infallible, Ending> {
         loop {
             let interest = Interest {
                 read: !self.backpressured(),
@@ -176,18 +178,27 @@ impl<'a> Client<'a> {
 
     /// Reads every complete message the socket has, and acts on each.
     fn read_messages(&mut self) -> Result<(), Ending> {
+        let mut ended = None;
         while !self.backpressured() {
-            let message = match self.ws.read() {
-                Ok(message) => message,
+            match self.ws.read() {
+                Ok(message) => self.on_message(message),
                 Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(self.read_error(e)),
-            };
-            self.on_message(message);
+                Err(e) => {
+                    ended = Some(self.read_error(e));
+                    break;
+                }
+            }
+        }
+        // Everything this read brought in goes out to the others in one go: one wake-up per
+        // listener for a burst of messages, not one per message.
+        if !self.broadcasts.is_empty() {
+            self.hub.broadcast(&self.broadcasts);
+            self.broadcasts.clear();
         }
         if self.ws.get_mut().take_heard() {
             self.last_heard = Instant::now();
         }
-        Ok(())
+        ended.map_or(Ok(()), Err)
     }
 
     fn on_message(&mut self, message: Message) {
@@ -221,9 +232,7 @@ impl<'a> Client<'a> {
         self.hub.count_message();
         match self.config.mode {
             Mode::Echo => self.ws.get_mut().push(frame, false),
-            Mode::Broadcast => {
-                self.hub.broadcast(&frame);
-            }
+            Mode::Broadcast => self.broadcasts.push(frame),
         }
     }
 

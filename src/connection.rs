@@ -22,6 +22,15 @@ use crate::outbox::mailbox;
 use crate::site;
 use crate::socket::Socket;
 
+// What an idle connection keeps, about 14.5 KiB in all (scripts/bench.sh, hold rows):
+// - its thread's stack: two touched 4 KiB pages of the 256 KiB reserved (server.rs), one of
+//   them the thread's own bookkeeping; the handshake keeps its buffers on the heap so the
+//   stack stays that shallow;
+// - tungstenite's read buffer, READ_BUFFER_SIZE below, and its small state;
+// - the outbox (a channel and a waker), the socket's empty queue, and a hub entry;
+// - in the kernel, not counted above: the socket and its buffers. No other descriptor: the
+//   waker is a signal (poll.rs).
+
 /// tungstenite reads the socket at most this much at a time, into a buffer of at least this
 /// size that it zero-fills before each read, so every connection that ever received a byte
 /// keeps this much resident. Its default, 128 KiB, would be most of what an idle connection

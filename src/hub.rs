@@ -70,12 +70,13 @@ impl Hub {
         }
     }
 
-    /// Queues one encoded frame for every open connection. Returns how many took it.
-    pub fn broadcast(&self, frame: &Bytes) -> usize {
+    /// Queues encoded frames, in order, for every open connection, waking each connection
+    /// once. Returns how many connections took them.
+    pub fn broadcast(&self, frames: &[Bytes]) -> usize {
         let members = self.members();
         members
             .values()
-            .filter(|outbox| outbox.push(frame.clone()).is_ok())
+            .filter(|outbox| outbox.push_all(frames).is_ok())
             .count()
     }
 
@@ -140,9 +141,9 @@ mod tests {
         let (b, b_in) = mailbox(1 << 20);
         let member_a = hub.join(a);
         let _member_b = hub.join(b);
-        assert_eq!(hub.broadcast(&Bytes::from_static(b"one")), 2);
+        assert_eq!(hub.broadcast(&[Bytes::from_static(b"one")]), 2);
         drop(member_a);
-        assert_eq!(hub.broadcast(&Bytes::from_static(b"two")), 1);
+        assert_eq!(hub.broadcast(&[Bytes::from_static(b"two")]), 1);
         assert_eq!(a_in.drain().count(), 1);
         let b_got: Vec<_> = b_in.drain().collect();
         assert!(

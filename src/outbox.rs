@@ -75,6 +75,22 @@ impl Outbox {
     /// past the limit; the connection is then closed with 1008 by its own thread. (A single
     /// frame larger than the limit still goes to a client that has caught up.)
     pub fn push(&self, frame: Bytes) -> Result<(), Refused> {
+        let queued = self.enqueue(frame);
+        self.wake();
+        queued
+    }
+
+    /// Queues several frames, in order, and wakes the thread once for all of them.
+    pub fn push_all(&self, frames: &[Bytes]) -> Result<(), Refused> {
+        let queued = frames
+            .iter()
+            .try_for_each(|frame| self.enqueue(frame.clone()));
+        self.wake();
+        queued
+    }
+
+    /// Queues a frame without waking the thread; see [`Outbox::push`].
+    fn enqueue(&self, frame: Bytes) -> Result<(), Refused> {
         if self.overflowed.load(Ordering::Relaxed) {
             return Err(Refused::Backlog);
         }
@@ -83,14 +99,12 @@ impl Outbox {
         if before > 0 && before + len > self.max_backlog {
             self.backlog.fetch_sub(len, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
-            self.wake();
             return Err(Refused::Backlog);
         }
         if self.sender.send(Delivery::Frame(frame)).is_err() {
             self.backlog.fetch_sub(len, Ordering::Relaxed);
             return Err(Refused::Gone);
         }
-        self.wake();
         Ok(())
     }
 
