@@ -69,7 +69,28 @@ impl Shared {
 }
 
 /// Serves one connection to its end.
-pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+///
+/// Two steps in two functions that are never inlined into one: the request's locals (its
+/// head, headers, handshake answer) leave the stack before the WebSocket's loop begins. A
+/// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
+/// the two steps, not their sum.
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    if let Some(upgraded) = answer_request(stream, peer, shared) {
+        serve_websocket(upgraded, peer, shared);
+    }
+}
+
+/// A connection whose handshake has completed.
+struct Upgraded {
+    stream: TcpStream,
+    /// Bytes the client sent after its request head: the start of its first frame.
+    leftover: Vec<u8>,
+}
+
+/// Reads the request and answers it: plain HTTP (then the connection is done) or the
+/// WebSocket handshake.
+#[inline(never)]
+fn answer_request(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Upgraded> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let (request, leftover) = match http::read_head(&mut stream, deadline, config.max_request_head)
@@ -80,20 +101,28 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
                 "{peer} dropped: no complete request within {:?}",
                 config.handshake_timeout
             );
-            return;
+            return None;
         }
-        Err(HeadError::Closed) => return debug!("{peer} closed before sending a request"),
-        Err(HeadError::Io(e)) => return debug!("{peer} lost before sending a request: {e}"),
+        Err(HeadError::Closed) => {
+            debug!("{peer} closed before sending a request");
+            return None;
+        }
+        Err(HeadError::Io(e)) => {
+            debug!("{peer} lost before sending a request: {e}");
+            return None;
+        }
         Err(HeadError::TooLarge) => {
             let limit = config.max_request_head;
             let why = format!(
                 "request head over {limit} bytes or {} lines",
                 http::MAX_HEADERS
             );
-            return refuse(&mut stream, peer, Response::text(431, why), false);
+            refuse(&mut stream, peer, Response::text(431, why), false);
+            return None;
         }
         Err(HeadError::Malformed(why)) => {
-            return refuse(&mut stream, peer, Response::text(400, why), false);
+            refuse(&mut stream, peer, Response::text(400, why), false);
+            return None;
         }
     };
     let head_only = request.method == "HEAD";
@@ -103,17 +132,21 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
         );
-        return http::respond_and_close(&mut stream, &response, head_only);
+        http::respond_and_close(&mut stream, &response, head_only);
+        return None;
     }
     let accepted = match handshake::check(&request, config) {
         Ok(accepted) => accepted,
-        Err(response) => return refuse(&mut stream, peer, response, head_only),
+        Err(response) => {
+            refuse(&mut stream, peer, response, head_only);
+            return None;
+        }
     };
     if shared.shutting_down.load(Ordering::SeqCst) {
         let response = Response::text(503, "server shutting down");
-        return refuse(&mut stream, peer, response, false);
+        refuse(&mut stream, peer, response, false);
+        return None;
     }
-    let (outbox, inbox) = mailbox(config.max_backlog);
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(std::time::Duration::from_millis(1));
@@ -124,7 +157,8 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         // Frames are whole messages queued by us; Nagle's algorithm would only delay them.
         .and_then(|()| stream.set_nodelay(true));
     if let Err(e) = sent {
-        return debug!("{peer} lost during the handshake: {e}");
+        debug!("{peer} lost during the handshake: {e}");
+        return None;
     }
     let origin = request.header("origin").unwrap_or("none");
     let subprotocol = accepted
@@ -136,7 +170,15 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         request.target,
         subprotocol.unwrap_or_default()
     );
+    Some(Upgraded { stream, leftover })
+}
 
+/// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
+/// loop until the connection ends, and logs how it ended.
+#[inline(never)]
+fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
+    let config = &shared.config;
+    let (outbox, inbox) = mailbox(config.max_backlog);
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
@@ -148,10 +190,10 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
 
-    let socket = Socket::new(stream);
+    let socket = Socket::new(upgraded.stream);
     let ws = WebSocket::from_partially_read(
         socket,
-        leftover,
+        upgraded.leftover,
         Role::Server,
         Some(shared.websocket_config()),
     );
