@@ -3,7 +3,7 @@
 //! Like the hub of gorilla/websocket's chat example, but without a goroutine of its own: a
 //! broadcast is fanned out by the thread that received the message, under the hub's lock, so
 //! every client sees every broadcast in the one order the server received them. The fan-out
-//! only queues a shared frame and maybe writes one `eventfd` per client; it never touches a
+//! only queues a shared frame and maybe sends one wake-up signal per client; it never touches a
 //! socket, so it never waits for a slow client.
 
 use std::collections::HashMap;

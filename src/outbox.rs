@@ -38,7 +38,7 @@ pub struct Outbox {
     sender: Sender<Delivery>,
     waker: Waker,
     /// Set by the first sender that wakes the thread, cleared by the thread when it looks.
-    /// A burst of a thousand broadcasts then costs one `eventfd` write, not a thousand.
+    /// A burst of a thousand broadcasts then costs one wake-up, not a thousand.
     wake_pending: AtomicBool,
     /// Bytes handed over by other threads and not yet written to the socket.
     backlog: AtomicUsize,
@@ -134,7 +134,7 @@ impl Inbox {
 
     /// Takes everything queued so far. Call after `poll` reported the waker.
     pub fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
-        // Clear the flag and the eventfd before looking, so a delivery that races with the
+        // Clear the flag and the waker before looking, so a delivery that races with the
         // look wakes the next poll instead of being missed.
         self.outbox.wake_pending.swap(false, Ordering::AcqRel);
         self.outbox.waker.reset();

@@ -29,7 +29,7 @@ pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
 pub const FDS_PER_CONNECTION: usize = 1;
 
 /// Descriptors kept for everything else: standard streams, the listener, the log file,
-/// the shutdown waker, and room for a few more.
+/// the signal handler's pipe, and room for a few more.
 const RESERVED_FDS: usize = 32;
 
 /// When accept fails for lack of descriptors (EMFILE), it is retried after this pause,
