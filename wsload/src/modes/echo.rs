@@ -5,7 +5,7 @@
 //! measures how fast the server turns messages around, and the latency of
 //! every message in the measured window is recorded exactly.
 
-use super::{Errors, Report, row, share, verdict};
+use super::{Errors, Report, on_workers, row, verdict};
 use crate::cli::EchoArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -15,7 +15,6 @@ use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long to wait for the server to complete the closing handshakes.
@@ -252,21 +251,9 @@ pub fn run(args: &EchoArgs) -> Result<EchoReport> {
     let barrier = Barrier::new(threads);
     let cpu_before = sys::own_cpu_seconds();
 
-    let results: Vec<Result<EchoHandler<'_>>> = thread::scope(|s| {
-        let handles: Vec<_> = workers
-            .into_iter()
-            .enumerate()
-            .map(|(t, worker)| {
-                let (plan, barrier) = (&plan, &barrier);
-                let count = share(connections, threads, t);
-                s.spawn(move || run_worker(worker, plan, t, count, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("echo worker panicked"))
-            .collect()
-    });
+    let run = |worker, t, count| run_worker(worker, &plan, t, count, &barrier);
+    let (results, ()): (Vec<Result<EchoHandler<'_>>>, ()) =
+        on_workers(workers, connections, run, || ());
 
     let mut report = EchoReport {
         mode: "echo",

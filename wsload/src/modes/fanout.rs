@@ -11,7 +11,7 @@
 //! certainly registered with the server's broadcast group, so a message lost
 //! at the start is the server's fault, not a race in the benchmark.
 
-use super::{Errors, Report, row, share, verdict};
+use super::{Errors, Report, on_workers, row, verdict};
 use crate::cli::FanoutArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -22,7 +22,6 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// Sequence number that marks the sync message.
@@ -396,21 +395,9 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let barrier = Barrier::new(threads);
     let cpu_before = sys::own_cpu_seconds();
 
-    let results: Vec<Result<FanoutHandler<'_>>> = thread::scope(|s| {
-        let handles: Vec<_> = workers
-            .into_iter()
-            .enumerate()
-            .map(|(t, worker)| {
-                let (shared, barrier) = (&shared, &barrier);
-                let count = share(connections, threads, t);
-                s.spawn(move || run_worker(worker, shared, t, count, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("fanout worker panicked"))
-            .collect()
-    });
+    let run = |worker, t, count| run_worker(worker, &shared, t, count, &barrier);
+    let (results, ()): (Vec<Result<FanoutHandler<'_>>>, ()) =
+        on_workers(workers, connections, run, || ());
 
     let expected = args.listeners * args.messages;
     let mut report = FanoutReport {

@@ -6,7 +6,7 @@
 //! greeting timer fires on time when thousands are due at once. At the end
 //! every connection must still echo, proving none was silently lost.
 
-use super::{Errors, Report, row, share, verdict};
+use super::{Errors, Report, on_workers, row, verdict};
 use crate::cli::HoldArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -208,34 +208,23 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     let barrier = Barrier::new(threads + 1);
     let started = Instant::now();
 
-    let (results, server) = thread::scope(|s| {
-        let handles: Vec<_> = workers
-            .into_iter()
-            .enumerate()
-            .map(|(t, worker)| {
-                let (plan, barrier) = (&plan, &barrier);
-                let count = share(connections, threads, t);
-                s.spawn(move || run_worker(worker, plan, t, count, barrier))
-            })
-            .collect();
-        barrier.wait();
-        let open_s = started.elapsed().as_secs_f64();
-        let server = args.pid.map(|pid| -> Result<(u64, f64, f64)> {
-            let rss_after = sys::rss_bytes(pid)?;
-            let cpu_start = sys::cpu_seconds(pid)?;
-            thread::sleep(args.hold);
-            Ok((rss_after, cpu_start, sys::cpu_seconds(pid)?))
+    let run = |worker, t, count| run_worker(worker, &plan, t, count, &barrier);
+    let (results, server): (Vec<Result<HoldHandler>>, _) =
+        on_workers(workers, connections, run, || {
+            barrier.wait();
+            let open_s = started.elapsed().as_secs_f64();
+            let server = args.pid.map(|pid| -> Result<(u64, f64, f64)> {
+                let rss_after = sys::rss_bytes(pid)?;
+                let cpu_start = sys::cpu_seconds(pid)?;
+                thread::sleep(args.hold);
+                Ok((rss_after, cpu_start, sys::cpu_seconds(pid)?))
+            });
+            if args.pid.is_none() {
+                thread::sleep(args.hold);
+            }
+            barrier.wait();
+            (open_s, server)
         });
-        if args.pid.is_none() {
-            thread::sleep(args.hold);
-        }
-        barrier.wait();
-        let results: Vec<Result<HoldHandler>> = handles
-            .into_iter()
-            .map(|h| h.join().expect("hold worker panicked"))
-            .collect();
-        (results, (open_s, server))
-    });
 
     let handlers = results.into_iter().collect::<Result<Vec<_>>>()?;
     let (open_s, server) = (server.0, server.1.transpose()?);

@@ -5,8 +5,11 @@ pub mod fanout;
 pub mod hold;
 pub mod wait;
 
+use crate::worker::Worker;
+use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Display;
+use std::thread;
 
 /// A finished run's figures: printable for people and as JSON for scripts.
 pub trait Report: Serialize {
@@ -20,6 +23,36 @@ pub trait Report: Serialize {
 /// `total % parts` parts get one extra).
 pub fn share(total: usize, parts: usize, index: usize) -> usize {
     total / parts + usize::from(index < total % parts)
+}
+
+/// Runs every worker on a thread of its own, each with its share of `connections`:
+/// `run(worker, index, count)`. `meanwhile` runs on the calling thread while they work (the
+/// hold mode measures the server there). Returns the workers' results in order, and
+/// `meanwhile`'s.
+pub fn on_workers<T, R>(
+    workers: Vec<Worker>,
+    connections: usize,
+    run: impl Fn(Worker, usize, usize) -> Result<T> + Sync,
+    meanwhile: impl FnOnce() -> R,
+) -> (Vec<Result<T>>, R)
+where
+    T: Send,
+{
+    let threads = workers.len();
+    thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = workers
+            .into_iter()
+            .enumerate()
+            .map(|(t, worker)| s.spawn(move || run(worker, t, share(connections, threads, t))))
+            .collect();
+        let during = meanwhile();
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread panicked"))
+            .collect();
+        (results, during)
+    })
 }
 
 /// Counts failures and keeps the first one's description, which is usually
