@@ -5,7 +5,7 @@
 //! measures how fast the server turns messages around, and the latency of
 //! every message in the measured window is recorded exactly.
 
-use super::{Errors, Report, on_workers, row, verdict};
+use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::EchoArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -296,13 +296,7 @@ pub fn run(args: &EchoArgs) -> Result<EchoReport> {
     report.errors = errors.count;
     report.first_error = mismatches.first.or(errors.first);
     report.client_cpu_s = sys::own_cpu_seconds() - cpu_before;
-    if report.opened == 0 {
-        bail!(
-            "could not open any connection to {}: {}",
-            target.url,
-            report.first_error.as_deref().unwrap_or("unknown error")
-        );
-    }
+    ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.mismatches == 0
         && report.errors == 0
         && report.opened == connections

@@ -11,7 +11,7 @@
 //! certainly registered with the server's broadcast group, so a message lost
 //! at the start is the server's fault, not a race in the benchmark.
 
-use super::{Errors, Report, on_workers, row, verdict};
+use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::FanoutArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -455,13 +455,7 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     report.errors = errors.count;
     report.first_error = errors.first;
     report.client_cpu_s = sys::own_cpu_seconds() - cpu_before;
-    if report.opened == 0 {
-        bail!(
-            "could not open any connection to {}: {}",
-            target.url,
-            report.first_error.as_deref().unwrap_or("unknown error")
-        );
-    }
+    ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.opened == connections
         && report.missing == 0
         && report.out_of_order == 0

@@ -6,7 +6,7 @@
 //! greeting timer fires on time when thousands are due at once. At the end
 //! every connection must still echo, proving none was silently lost.
 
-use super::{Errors, Report, on_workers, row, verdict};
+use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::HoldArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -286,13 +286,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     report.dropped = dropped.count;
     report.bad_messages = bad.count;
     report.first_error = failures.first.or(dropped.first).or(bad.first);
-    if report.opened == 0 {
-        bail!(
-            "could not open any connection to {}: {}",
-            target.url,
-            report.first_error.as_deref().unwrap_or("unknown error")
-        );
-    }
+    ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.opened == connections
         && report.still_echo == connections
         && report.dropped == 0

@@ -55,6 +55,18 @@ where
     })
 }
 
+/// A run that could not open a single connection has nothing to report: it is an error,
+/// with the first failure as its cause.
+pub fn ensure_opened(opened: usize, url: &str, first_error: Option<&str>) -> Result<()> {
+    if opened == 0 {
+        anyhow::bail!(
+            "could not open any connection to {url}: {}",
+            first_error.unwrap_or("unknown error")
+        );
+    }
+    Ok(())
+}
+
 /// Counts failures and keeps the first one's description, which is usually
 /// the one that explains the rest.
 #[derive(Debug, Default, Clone)]
