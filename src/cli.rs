@@ -66,6 +66,21 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Most connections at once from one address (IPv6: one /64); more get 503; off: no cap.
+    #[arg(long, value_name = "N", default_value_t = Optional(None))]
+    pub max_connections_per_ip: Optional<Count>,
+
+    /// Most unfinished handshakes at once from one address (IPv6: one /64); more get 503;
+    /// off: no cap.
+    #[arg(long, value_name = "N", default_value_t = Optional(Some(Count(config::MAX_HANDSHAKES_PER_ADDRESS))))]
+    pub max_handshakes_per_ip: Optional<Count>,
+
+    /// Bytes the server may hold for all connections together (messages being received,
+    /// frames waiting to be sent); at it, reading pauses until memory frees.
+    /// [default: half the machine's memory]
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<Size>,
+
     /// Largest message accepted; larger gets Close 1009.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_MESSAGE_SIZE))]
     pub max_message_size: Size,
@@ -74,10 +89,14 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_FRAME_SIZE))]
     pub max_frame_size: Size,
 
-    /// Bytes queued for a client that is not reading; past it, broadcasts close it with 1008
-    /// and echo stops reading from it.
+    /// Bytes queued for a client and not yet read by it; past it, broadcast senders wait
+    /// until it is down to half, and echo stops reading from it.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_BACKLOG))]
     pub max_backlog: Size,
+
+    /// How long a broadcast listener may stay past --max-backlog before it is closed with 1008.
+    #[arg(long, value_name = "DURATION", default_value_t = Span(config::SEND_TIMEOUT))]
+    pub send_timeout: Span,
 
     /// Ping a client the server has not heard from for this long; 0 or off: never.
     #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::PING_INTERVAL))))]
@@ -139,6 +158,18 @@ impl Args {
             Some(n) => Some(usize::try_from(n).map_err(|_| "--max-connections is too large")?),
             None => None,
         };
+        // The ceiling must leave room for one largest message and its echo, or such a message
+        // could never be received.
+        if let Some(Size(memory)) = self.max_memory
+            && memory / 2 < self.max_message_size.0
+        {
+            return Err(format!(
+                "--max-memory ({}) must be at least twice --max-message-size ({}), so that \
+                 the largest message and its echo fit",
+                Size(memory),
+                self.max_message_size
+            ));
+        }
         Ok(Config {
             host: self.host.clone(),
             port: self.port,
@@ -154,9 +185,13 @@ impl Args {
             handshake_timeout: self.handshake_timeout.0,
             max_request_head: config::MAX_REQUEST_HEAD,
             max_connections,
+            max_connections_per_address: self.max_connections_per_ip.0.map(|c| c.0),
+            max_handshakes_per_address: self.max_handshakes_per_ip.0.map(|c| c.0),
+            max_memory: self.max_memory.map(|s| s.0),
             max_message_size: self.max_message_size.0,
             max_frame_size: self.max_frame_size.0,
             max_backlog: self.max_backlog.0,
+            send_timeout: self.send_timeout.0,
             ping_interval: self.ping_interval.0.map(|s| s.0),
             idle_timeout: self.idle_timeout.0.map(|s| s.0),
             close_timeout: self.close_timeout.0,
@@ -213,6 +248,46 @@ impl<T: fmt::Display> fmt::Display for Optional<T> {
             Some(value) => value.fmt(f),
             None => f.write_str("off"),
         }
+    }
+}
+
+/// A positive whole number, like `100`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl FromStr for Count {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Count, String> {
+        match text.trim().parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("expected a whole number above zero, got {text:?}")),
+            Ok(n) => Ok(Count(n)),
+        }
+    }
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A size for people to read in a log line: `11.7GiB`, `640KiB`, `12 bytes`.
+pub fn approx_size(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = None;
+    for next in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(next);
+    }
+    match unit {
+        None => format!("{bytes} bytes"),
+        Some(unit) if value.fract() == 0.0 => format!("{value}{unit}"),
+        Some(unit) => format!("{value:.1}{unit}"),
     }
 }
 

@@ -2,8 +2,14 @@
 //!
 //! The thread sleeps in `poll` on its socket and its outbox's waker (see `poll.rs`) and wakes
 //! for exactly four reasons: the client sent bytes, the socket has room for queued bytes,
-//! another thread queued something, or a deadline (ping, idle, close) is due. There is no tick:
-//! an idle connection sleeps until its next ping is due.
+//! another thread queued something (or freed what this connection waits for), or a deadline
+//! (ping, idle, close, send timeout) is due. There is no tick: an idle connection sleeps until
+//! its next ping is due.
+//!
+//! Reading is what the loop withholds to push back: it stops reading while its own client has
+//! not taken what it was sent (echo), while some listener is behind (broadcast, see
+//! `outbox.rs`), or while the server's memory is full (`budget.rs`). TCP flow control then
+//! makes the client wait, and nothing is lost.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -18,15 +24,30 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
+use crate::budget::Budget;
 use crate::config::{Config, Mode};
 use crate::frame;
 use crate::hub::Hub;
-use crate::outbox::{Delivery, Inbox};
+use crate::outbox::{Delivery, Inbox, WaitList};
 use crate::poll::{self, Interest};
 use crate::socket::Socket;
 
 /// Text longer than this is shortened in the debug log.
 const LOGGED_TEXT_CHARS: usize = 200;
+
+/// Broadcasts read in one round are fanned out together (one wake-up per listener for the
+/// lot), but never more than this many bytes at a time, so a round of big messages reaches the
+/// hub, and its flow control, message by message.
+const MAX_BROADCAST_BATCH: usize = 64 * 1024;
+
+/// What the loop is waiting for before it reads again, other than its own client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paused {
+    /// A listener is behind (broadcast flow control), since then.
+    ForListeners(Instant),
+    /// The server's memory is full, since then.
+    ForMemory(Instant),
+}
 
 /// How a connection ended: the close code and reason, and what happened, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +79,7 @@ pub struct Client<'a> {
     inbox: Inbox,
     config: &'a Config,
     hub: &'a Arc<Hub>,
+    budget: &'a Arc<Budget>,
     peer: SocketAddr,
     started: Instant,
     messages: u64,
@@ -70,8 +92,14 @@ pub struct Client<'a> {
     closing: Option<(Ending, Instant)>,
     /// The client's Close frame, once it arrived.
     client_close: Option<(u16, String)>,
-    /// Messages read in this round, to broadcast together when the round ends.
+    /// Messages read in this round, to broadcast together when the round ends, and their size.
     broadcasts: Vec<Bytes>,
+    batched: usize,
+    /// Set while reading waits for other connections; see [`Paused`].
+    paused: Option<Paused>,
+    /// The generation of each wait list this connection is on, if it is.
+    listed_for_listeners: Option<u64>,
+    listed_for_memory: Option<u64>,
 }
 
 impl<'a> Client<'a> {
@@ -80,6 +108,7 @@ impl<'a> Client<'a> {
         inbox: Inbox,
         config: &'a Config,
         hub: &'a Arc<Hub>,
+        budget: &'a Arc<Budget>,
         peer: SocketAddr,
     ) -> Client<'a> {
         let now = Instant::now();
@@ -88,6 +117,7 @@ impl<'a> Client<'a> {
             inbox,
             config,
             hub,
+            budget,
             peer,
             started: now,
             messages: 0,
@@ -97,6 +127,10 @@ impl<'a> Client<'a> {
             closing: None,
             client_close: None,
             broadcasts: Vec::new(),
+            batched: 0,
+            paused: None,
+            listed_for_listeners: None,
+            listed_for_memory: None,
         }
     }
 
@@ -116,8 +150,9 @@ impl<'a> Client<'a> {
     /// anywhere inside.
     fn serve(&mut self) -> Result<Infallible, Ending> {
         loop {
+            let read = self.may_read();
             let interest = Interest {
-                read: !self.backpressured(),
+                read,
                 write: self.ws.get_ref().queued() > 0,
             };
             let timeout = self
@@ -133,19 +168,70 @@ impl<'a> Client<'a> {
             if ready.woken {
                 self.take_deliveries();
             }
-            if ready.readable {
+            if ready.readable && read {
                 self.read_messages()?;
+            } else if ready.hangup {
+                // Not reading, and the peer is gone in both directions: nothing can come of it.
+                return Err(Ending {
+                    code: 1006,
+                    reason: String::new(),
+                    how: "connection lost while waiting to read",
+                });
             }
             self.send_queued()?;
             self.check_deadlines()?;
         }
     }
 
-    /// Echo mode stops reading while the client has not taken what it was already sent: the
-    /// client's unread echoes are then bounded by the backlog limit (plus one message), and
+    /// The loop stops reading while the client has not taken what it was already sent: its
+    /// unread echoes (or pongs) are then bounded by the backlog limit (plus one message), and
     /// TCP flow control slows the client down. Other clients are not affected.
     fn backpressured(&self) -> bool {
         self.ws.get_ref().queued() >= self.config.max_backlog
+    }
+
+    /// Whether the loop may read now. When other connections stand in the way (a listener is
+    /// behind, or memory is full) it joins the wait list of what it waits for, so that the
+    /// thread that frees it wakes this one; see `WaitList` on why no wake-up is lost.
+    fn may_read(&mut self) -> bool {
+        if self.backpressured() {
+            return false;
+        }
+        let now = Instant::now();
+        if self.config.mode == Mode::Broadcast {
+            let flow = self.hub.flow();
+            let outbox = self.inbox.outbox();
+            if wait_on(
+                flow.senders(),
+                outbox,
+                &mut self.listed_for_listeners,
+                || flow.congested(),
+            ) {
+                if !matches!(self.paused, Some(Paused::ForListeners(_))) {
+                    self.paused = Some(Paused::ForListeners(now));
+                }
+                return false;
+            }
+        }
+        let budget = self.budget;
+        let in_progress = self.ws.get_ref().in_progress();
+        if wait_on(
+            budget.waiting(),
+            self.inbox.outbox(),
+            &mut self.listed_for_memory,
+            || !budget.may_read(in_progress),
+        ) {
+            if !matches!(self.paused, Some(Paused::ForMemory(_))) {
+                self.paused = Some(Paused::ForMemory(now));
+                budget.note_full();
+            }
+            return false;
+        }
+        if self.paused.take().is_some() {
+            // Silence while the server would not read says nothing about the client.
+            self.last_heard = self.last_heard.max(now);
+        }
+        true
     }
 
     /// Moves what other threads queued into the socket's queue.
@@ -162,26 +248,23 @@ impl<'a> Client<'a> {
         if let Some((code, reason)) = close {
             self.start_close(code, reason, "closed by server");
         }
-        if self.inbox.overflowed() && self.closing.is_none() {
-            warn!(
-                "{} too slow: more than {} bytes queued and not read; closing it",
-                self.peer, self.config.max_backlog
-            );
-            self.ws.get_mut().discard_unsent(&self.inbox);
-            self.start_close(
-                1008,
-                "too slow: backlog limit exceeded",
-                "too slow, closed by server",
-            );
-        }
     }
 
     /// Reads every complete message the socket has, and acts on each.
     fn read_messages(&mut self) -> Result<(), Ending> {
         let mut ended = None;
-        while !self.backpressured() {
+        self.ws.get_mut().start_round();
+        while !self.backpressured() && !self.listeners_behind() {
             match self.ws.read() {
-                Ok(message) => self.on_message(message),
+                Ok(message) => {
+                    self.on_message(message);
+                    // Released only now: until its echo or broadcast frame exists (counted on
+                    // its own), the message's bytes are held twice.
+                    self.ws.get_mut().message_done();
+                    if self.batched >= MAX_BROADCAST_BATCH {
+                        self.fan_out();
+                    }
+                }
                 Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     ended = Some(self.read_error(e));
@@ -191,14 +274,26 @@ impl<'a> Client<'a> {
         }
         // Everything this read brought in goes out to the others in one go: one wake-up per
         // listener for a burst of messages, not one per message.
-        if !self.broadcasts.is_empty() {
-            self.hub.broadcast(&self.broadcasts);
-            self.broadcasts.clear();
-        }
+        self.fan_out();
         if self.ws.get_mut().take_heard() {
             self.last_heard = Instant::now();
         }
+        // Refused for lack of memory: the next may_read finds out and waits for room.
+        self.ws.get_mut().take_starved();
         ended.map_or(Ok(()), Err)
+    }
+
+    /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
+    fn listeners_behind(&self) -> bool {
+        self.config.mode == Mode::Broadcast && self.hub.flow().congested()
+    }
+
+    fn fan_out(&mut self) {
+        if !self.broadcasts.is_empty() {
+            self.hub.broadcast(&self.broadcasts);
+            self.broadcasts.clear();
+            self.batched = 0;
+        }
     }
 
     fn on_message(&mut self, message: Message) {
@@ -208,11 +303,11 @@ impl<'a> Client<'a> {
                 if self.config.panic_on_message.as_deref() == Some(text.as_str()) {
                     panic!("test hook: message {text:?} asked for a panic");
                 }
-                frame::text(text)
+                self.budget.hold(frame::text(text))
             }
             Message::Binary(data) => {
                 debug!("{} binary, {} bytes", self.peer, data.len());
-                frame::binary(data)
+                self.budget.hold(frame::binary(data))
             }
             // tungstenite has already queued the pong for a ping, and the close reply.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
@@ -232,7 +327,10 @@ impl<'a> Client<'a> {
         self.hub.count_message();
         match self.config.mode {
             Mode::Echo => self.ws.get_mut().push(frame, false),
-            Mode::Broadcast => self.broadcasts.push(frame),
+            Mode::Broadcast => {
+                self.batched += frame.len();
+                self.broadcasts.push(frame);
+            }
         }
     }
 
@@ -285,16 +383,23 @@ impl<'a> Client<'a> {
         }
     }
 
+    /// Queues the server's Close frame (tungstenite then refuses to send anything after it).
+    fn send_close(&mut self, code: u16, reason: &str) {
+        let close = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // Fails only when a Close was already sent, or the connection is unusable.
+        let _ = self.ws.close(Some(close));
+    }
+
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
     fn start_close(&mut self, code: u16, reason: &'static str, how: &'static str) {
         if self.closing.is_some() || !self.ws.can_write() {
             return;
         }
-        let close = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = self.ws.close(Some(close));
+        self.inbox.close_intake();
+        self.send_close(code, reason);
         let ending = Ending {
             code,
             reason: reason.to_string(),
@@ -323,19 +428,40 @@ impl<'a> Client<'a> {
         let idle = self
             .config
             .idle_timeout
-            .map(|after| self.silence_start() + after);
+            .zip(self.silence_start())
+            .map(|(after, start)| start + after);
         let close = self.closing.as_ref().map(|(_, deadline)| *deadline);
-        [ping, idle, close].into_iter().flatten().min()
+        let behind = self
+            .inbox
+            .behind_since()
+            .map(|since| since + self.config.send_timeout);
+        let starved = match self.paused {
+            Some(Paused::ForMemory(since)) => Some(since + self.stall_timeout()),
+            _ => None,
+        };
+        [ping, idle, close, behind, starved]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Silence is counted from the last sign of life: bytes received, or, while the server is
-    /// not reading because the client has not taken its echoes, bytes the client took.
-    fn silence_start(&self) -> Instant {
+    /// not reading because the client has not taken its echoes, bytes the client took. While
+    /// the server waits for other connections it does not listen, so silence is not counted.
+    fn silence_start(&self) -> Option<Instant> {
         if self.backpressured() {
-            self.last_sent
+            Some(self.last_sent)
+        } else if self.paused.is_some() {
+            None
         } else {
-            self.last_heard
+            Some(self.last_heard)
         }
+    }
+
+    /// How long a connection may wait for memory before it is closed with 1013: its idle
+    /// timeout, or the send timeout when idle clients are never dropped.
+    fn stall_timeout(&self) -> Duration {
+        self.config.idle_timeout.unwrap_or(self.config.send_timeout)
     }
 
     fn check_deadlines(&mut self) -> Result<(), Ending> {
@@ -349,8 +475,19 @@ impl<'a> Client<'a> {
                 how: "no reply to the server's Close in time",
             });
         }
+        if let Some(since) = self.inbox.behind_since()
+            && now >= since + self.config.send_timeout
+        {
+            return Err(self.close_too_slow(now - since));
+        }
+        if let Some(Paused::ForMemory(since)) = self.paused
+            && now >= since + self.stall_timeout()
+        {
+            return Err(self.close_for_memory(now - since));
+        }
         if let Some(after) = self.config.idle_timeout
-            && now >= self.silence_start() + after
+            && let Some(start) = self.silence_start()
+            && now >= start + after
         {
             let how = if self.backpressured() {
                 "timed out: it stopped reading what it was sent"
@@ -371,6 +508,53 @@ impl<'a> Client<'a> {
             self.last_ping = now;
         }
         Ok(())
+    }
+
+    /// A listener behind for the whole send timeout: it does not read, or too slowly to ever
+    /// catch up. It takes no more broadcasts, what it has not started receiving is dropped
+    /// (which lets the senders go on at once), and it gets 1008 and ends: a client that does
+    /// not read will not read the Close either, so its reply is not waited for, and nothing
+    /// more is read from it.
+    fn close_too_slow(&mut self, behind_for: Duration) -> Ending {
+        warn!(
+            "{} too slow: more than {} bytes queued and not read for {:.1?}; closing it",
+            self.peer, self.config.max_backlog, behind_for
+        );
+        self.inbox.close_intake();
+        self.ws.get_mut().discard_unsent(&self.inbox);
+        for delivery in self.inbox.drain() {
+            if let Delivery::Frame(frame) = delivery {
+                self.inbox.written(frame.len());
+            }
+        }
+        let reason = "too slow: not reading what it was sent";
+        self.send_close(1008, reason);
+        Ending {
+            code: 1008,
+            reason: reason.to_string(),
+            how: "too slow, closed by server",
+        }
+    }
+
+    /// A connection that could not read for its stall timeout because memory was full: it
+    /// gets 1013 (try again later) and ends now, without waiting for the reply, so that what
+    /// it held (a message half received, usually) is freed at once.
+    fn close_for_memory(&mut self, waited: Duration) -> Ending {
+        warn!(
+            "{} closed: the server's memory has been full for {:.1?} ({} of {} bytes in use)",
+            self.peer,
+            waited,
+            self.budget.used(),
+            self.budget.limit()
+        );
+        let reason = "try again later: server memory full";
+        self.inbox.close_intake();
+        self.send_close(1013, reason);
+        Ending {
+            code: 1013,
+            reason: reason.to_string(),
+            how: "memory full, closed by server",
+        }
     }
 
     /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out.
@@ -398,6 +582,24 @@ impl<'a> Client<'a> {
             }
         }
     }
+}
+
+/// Joins `list` while `blocked()` holds, and reports whether it still does. Joining happens
+/// before the second look, so a thread that unblocks in between sees this connection listed
+/// and wakes it (see `WaitList`). `listed` remembers the generation joined, to join only once.
+fn wait_on(
+    list: &WaitList,
+    outbox: &Arc<crate::outbox::Outbox>,
+    listed: &mut Option<u64>,
+    blocked: impl Fn() -> bool,
+) -> bool {
+    if !blocked() {
+        return false;
+    }
+    if !listed.is_some_and(|generation| list.still_listed(generation)) {
+        *listed = Some(list.add(outbox));
+    }
+    blocked()
 }
 
 /// The ending for a connection that broke without a close handshake.

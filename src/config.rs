@@ -30,10 +30,33 @@ pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Largest single frame accepted; larger gets Close 1009. tungstenite's default.
 pub const MAX_FRAME_SIZE: usize = 16 << 20;
 
-/// Bytes queued for one client and not yet taken by its socket. A client that stops reading
-/// stops the kernel taking its bytes; past this it gets Close 1008 (broadcasts) or stops being
-/// read from (echo), so one slow reader can never make the server's memory grow without bound.
+/// Bytes queued for one client and not yet taken by its socket. Past this a broadcast listener
+/// is *behind*: senders stop being read from until it is down to half (see `outbox.rs`); an
+/// echo client stops being read from until it takes its echoes. 4 MiB is a second of a fast
+/// home connection: enough that a reader who keeps up never sees it, small enough that ten
+/// thousand of them fit in memory.
 pub const MAX_BACKLOG: usize = 4 << 20;
+
+/// How long a broadcast listener may stay behind before it is closed with 1008. A client that
+/// keeps reading catches up well within it (half a backlog, 2 MiB, takes 10 s at 200 KiB/s),
+/// one that stopped reading, or takes a kilobyte a second, does not; and no client can hold the
+/// senders back for longer than this. gorilla/websocket's chat example waits 10 s for a write.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unfinished handshakes (connected, request not yet answered) allowed per client address.
+/// A browser opens one at a time per page; a load tester keeps a few dozen in flight (wsload
+/// 64, which this matches); a slowloris attacker wants them all, and gets 64 of the thousands
+/// of slots. Capping these per address cannot hurt users behind one shared NAT, whose
+/// handshakes each finish in milliseconds.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
+/// The default memory ceiling is this fraction (1/N) of the machine's memory (or of the
+/// container's limit): the rest is left to the kernel's socket buffers, the threads' stacks and
+/// the other programs on the machine.
+pub const MEMORY_FRACTION: u64 = 2;
+
+/// The memory ceiling when the machine's memory cannot be found out.
+pub const FALLBACK_MAX_MEMORY: usize = 1 << 30;
 
 /// How often the server pings a connection it has not heard from. Browsers answer pings
 /// automatically, so a well-behaved idle client stays connected for ever. WebSocket-Node, the
@@ -88,9 +111,18 @@ pub struct Config {
     /// Concurrent connections, handshakes included; past it new clients get 503.
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
+    /// Concurrent connections from one address (IPv6: one /64); `None`: no cap.
+    pub max_connections_per_address: Option<usize>,
+    /// Unfinished handshakes from one address (IPv6: one /64); `None`: no cap.
+    pub max_handshakes_per_address: Option<usize>,
+    /// Bytes held for all connections together (see `budget.rs`). `None`: derived from the
+    /// machine's memory at start.
+    pub max_memory: Option<usize>,
     pub max_message_size: usize,
     pub max_frame_size: usize,
     pub max_backlog: usize,
+    /// How long a broadcast listener may stay behind before it is closed with 1008.
+    pub send_timeout: Duration,
     /// `None` turns pings off.
     pub ping_interval: Option<Duration>,
     /// `None` never drops a silent client.
@@ -118,9 +150,13 @@ impl Default for Config {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_request_head: MAX_REQUEST_HEAD,
             max_connections: None,
+            max_connections_per_address: None,
+            max_handshakes_per_address: Some(MAX_HANDSHAKES_PER_ADDRESS),
+            max_memory: None,
             max_message_size: MAX_MESSAGE_SIZE,
             max_frame_size: MAX_FRAME_SIZE,
             max_backlog: MAX_BACKLOG,
+            send_timeout: SEND_TIMEOUT,
             ping_interval: Some(PING_INTERVAL),
             idle_timeout: Some(IDLE_TIMEOUT),
             close_timeout: CLOSE_TIMEOUT,

@@ -12,13 +12,14 @@ use log::{debug, info, warn};
 use tungstenite::WebSocket;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::admission::Ticket;
+use crate::budget::Budget;
 use crate::client::Client;
 use crate::config::Config;
 use crate::greeter::Greeter;
 use crate::handshake;
 use crate::http::{self, HeadError, Response};
 use crate::hub::Hub;
-use crate::outbox::mailbox;
 use crate::site;
 use crate::socket::Socket;
 
@@ -45,6 +46,8 @@ pub const READ_BUFFER_SIZE: usize = 2 * 1024;
 pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// The memory ceiling every connection counts against.
+    pub budget: Arc<Budget>,
     pub greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub shutting_down: AtomicBool,
@@ -74,8 +77,10 @@ impl Shared {
 /// head, headers, handshake answer) leave the stack before the WebSocket's loop begins. A
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    if let Some(upgraded) = answer_request(stream, peer, shared) {
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
+    let upgraded = answer_request(stream, peer, shared);
+    ticket.handshake_done();
+    if let Some(upgraded) = upgraded {
         serve_websocket(upgraded, peer, shared);
     }
 }
@@ -127,7 +132,7 @@ fn answer_request(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> O
     };
     let head_only = request.method == "HEAD";
     if !handshake::is_websocket_request(&request) {
-        let response = site::respond(&request, &shared.hub, config.demo_page);
+        let response = site::respond(&request, shared);
         info!(
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
@@ -178,7 +183,7 @@ fn answer_request(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> O
 #[inline(never)]
 fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     let config = &shared.config;
-    let (outbox, inbox) = mailbox(config.max_backlog);
+    let (outbox, inbox) = shared.hub.mailbox();
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
@@ -190,14 +195,14 @@ fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
 
-    let socket = Socket::new(upgraded.stream);
+    let socket = Socket::new(upgraded.stream, Arc::clone(&shared.budget));
     let ws = WebSocket::from_partially_read(
         socket,
         upgraded.leftover,
         Role::Server,
         Some(shared.websocket_config()),
     );
-    let summary = Client::new(ws, inbox, config, &shared.hub, peer).run();
+    let summary = Client::new(ws, inbox, config, &shared.hub, &shared.budget, peer).run();
     info!(
         "{peer} disconnected: {}, after {:.1?}, {} messages",
         summary.ending, summary.duration, summary.messages

@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::budget::Budget;
 use crate::config::Greeting;
 use crate::frame;
 use crate::outbox::Outbox;
@@ -37,12 +38,12 @@ struct Due {
 
 impl Greeter {
     /// Starts the timer thread.
-    pub fn start(greeting: Greeting) -> io::Result<Greeter> {
+    pub fn start(greeting: Greeting, budget: Arc<Budget>) -> io::Result<Greeter> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let delay = greeting.delay;
         thread::Builder::new()
             .name("greeter".into())
-            .spawn(move || run(&greeting.template, &receiver))?;
+            .spawn(move || run(&greeting.template, &receiver, &budget))?;
         Ok(Greeter { sender, delay })
     }
 
@@ -63,7 +64,7 @@ pub fn render(template: &str) -> String {
     template.replace("{time}", &now.to_string())
 }
 
-fn run(template: &str, receiver: &Receiver<Due>) {
+fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>) {
     // A min-heap on the due time. With one delay for all, due times arrive nearly in order, but
     // two connections finishing their handshakes at once may send theirs in either order.
     let mut pending: BinaryHeap<Reverse<ByTime>> = BinaryHeap::new();
@@ -87,7 +88,8 @@ fn run(template: &str, receiver: &Receiver<Due>) {
                 break;
             };
             if let Some(outbox) = due.outbox.upgrade() {
-                let frame = greeting.get_or_insert_with(|| frame::text(&render(template)));
+                let frame =
+                    greeting.get_or_insert_with(|| budget.hold(frame::text(&render(template))));
                 // Refused only if the client has gone or is closing: then it gets none.
                 let _ = outbox.push(frame.clone());
             }
@@ -119,7 +121,8 @@ impl Ord for ByTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Delivery, mailbox};
+    use crate::hub::Hub;
+    use crate::outbox::Delivery;
     use std::time::Duration;
 
     #[test]
@@ -139,9 +142,10 @@ mod tests {
             delay: Duration::from_millis(20),
             template: "hi".into(),
         };
-        let greeter = Greeter::start(greeting).unwrap();
-        let (live, live_inbox) = mailbox(1 << 20);
-        let (gone, gone_inbox) = mailbox(1 << 20);
+        let greeter = Greeter::start(greeting, Arc::new(Budget::new(1 << 20))).unwrap();
+        let hub = Hub::new(1 << 20);
+        let (live, live_inbox) = hub.mailbox();
+        let (gone, gone_inbox) = hub.mailbox();
         greeter.schedule(&live);
         greeter.schedule(&gone);
         drop(gone);

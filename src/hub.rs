@@ -3,8 +3,9 @@
 //! Like the hub of gorilla/websocket's chat example, but without a goroutine of its own: a
 //! broadcast is fanned out by the thread that received the message, under the hub's lock, so
 //! every client sees every broadcast in the one order the server received them. The fan-out
-//! only queues a shared frame and maybe sends one wake-up signal per client; it never touches a
-//! socket, so it never waits for a slow client.
+//! only queues a shared frame and maybe sends one wake-up per client; it never touches a
+//! socket, so it never waits for a slow client. When listeners fall behind, the hub's [`Flow`]
+//! makes the senders stop reading instead (see `outbox.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Flow, Inbox, Outbox, mailbox};
 
 /// Identifies a connection for as long as the server runs.
 pub type ConnectionId = u64;
 
 #[derive(Debug)]
 pub struct Hub {
+    flow: Arc<Flow>,
     members: Mutex<HashMap<ConnectionId, Arc<Outbox>>>,
     /// Signalled whenever a member leaves, for [`Hub::wait_until_empty`].
     left: Condvar,
@@ -45,9 +47,11 @@ impl Drop for Membership {
     }
 }
 
-impl Default for Hub {
-    fn default() -> Hub {
+impl Hub {
+    /// An empty hub whose listeners are behind past `max_backlog` queued bytes.
+    pub fn new(max_backlog: usize) -> Hub {
         Hub {
+            flow: Arc::new(Flow::new(max_backlog)),
             members: Mutex::new(HashMap::new()),
             left: Condvar::new(),
             next_id: AtomicU64::new(1),
@@ -59,6 +63,16 @@ impl Default for Hub {
 }
 
 impl Hub {
+    /// A new connection's mailbox, under this hub's flow control.
+    pub fn mailbox(&self) -> (Arc<Outbox>, Inbox) {
+        mailbox(&self.flow)
+    }
+
+    /// Broadcast flow control: whether senders must wait, and where.
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
     /// Adds an open connection.
     pub fn join(self: &Arc<Hub>, outbox: Arc<Outbox>) -> Membership {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -132,13 +146,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Delivery, mailbox};
+    use crate::outbox::Delivery;
 
     #[test]
     fn broadcast_reaches_every_member_until_it_leaves() {
-        let hub = Arc::new(Hub::default());
-        let (a, a_in) = mailbox(1 << 20);
-        let (b, b_in) = mailbox(1 << 20);
+        let hub = Arc::new(Hub::new(1 << 20));
+        let (a, a_in) = hub.mailbox();
+        let (b, b_in) = hub.mailbox();
         let member_a = hub.join(a);
         let _member_b = hub.join(b);
         assert_eq!(hub.broadcast(&[Bytes::from_static(b"one")]), 2);

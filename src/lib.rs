@@ -4,10 +4,13 @@
 //! a greeting; broadcasts and shutdown reach a client's thread through its outbox. The README
 //! explains the design; each module explains its part:
 //!
-//! - [`server`]: the listener, one thread per connection, limits, shutdown.
+//! - [`server`]: the listener, one thread per connection, shutdown.
+//! - [`admission`]: the connection limit and the per-address caps, checked at accept.
 //! - [`connection`]: one connection's life: HTTP request, handshake, then [`client`].
 //! - [`client`]: the loop a connection's thread runs after its handshake.
-//! - [`outbox`], [`poll`]: how other threads hand a connection work and wake it.
+//! - [`outbox`], [`poll`]: how other threads hand a connection work and wake it, and how
+//!   broadcasts are paced to the slowest reader.
+//! - [`budget`]: the memory ceiling shared by all connections.
 //! - [`socket`]: the outbound queue in front of each socket.
 //! - [`hub`]: the open connections, broadcasts and counts.
 //! - [`greeter`]: the one timer thread that sends every greeting.
@@ -15,6 +18,8 @@
 //! - [`frame`]: encoding outgoing frames once.
 //! - [`config`], [`cli`], [`logging`], [`error`]: settings, command line, logs, errors.
 
+pub mod admission;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,13 +1,29 @@
-//! How other threads hand work to a connection's thread.
+//! How other threads hand work to a connection's thread, and how broadcasts are paced.
 //!
 //! Only a connection's own thread ever writes to its socket, so frames can never interleave on
 //! the wire. Other threads (the greeting timer, a broadcasting client, shutdown) put a
 //! [`Delivery`] into the connection's [`Outbox`] instead: a `crossbeam-channel` queue plus a
-//! [`Waker`] that ends the thread's `ppoll` at once. Nothing here ever blocks the sender: a slow
-//! client only ever slows itself down.
+//! [`Waker`] that ends the thread's wait at once. Pushing never blocks the pusher.
+//!
+//! # Flow control
+//!
+//! Every outbox counts its *backlog*: bytes handed over by other threads and not yet taken by
+//! the socket. A listener whose backlog passes the high mark (`--max-backlog`) is *behind*.
+//! While any listener is behind, the hub is congested ([`Flow`]) and broadcasting connections
+//! stop reading: their clients' TCP windows close and the senders wait, rather than the
+//! listener being dropped or the server's memory growing. The listener is back once its
+//! backlog falls to the low mark (half the high mark), and the last one back wakes the waiting
+//! senders. The gap between the marks is what makes "catching up" mean something: a listener
+//! must take half a backlog's worth before senders go on, not one byte.
+//!
+//! A listener that stays behind for the send timeout (`--send-timeout`) is not reading, or
+//! reads too slowly to ever catch up: its own thread closes it with 1008, which frees the
+//! others. So no client holds the others back for longer than the send timeout, and a client
+//! that keeps reading is never dropped and never loses a message.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -23,13 +39,52 @@ pub enum Delivery {
     Close(u16, &'static str),
 }
 
-/// Why a [`Outbox::push`] was refused.
+/// Why a push was refused: the connection has ended or is closing, and takes no more frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The connection has ended.
-    Gone,
-    /// The client is too far behind: its backlog is past the limit. It is being closed.
-    Backlog,
+pub struct Gone;
+
+/// The hub-wide state of broadcast flow control: how many listeners are behind, and the
+/// senders waiting for them.
+#[derive(Debug)]
+pub struct Flow {
+    /// A backlog above this many bytes puts its listener behind.
+    high: usize,
+    /// A listener that is behind is back once its backlog is at or below this.
+    low: usize,
+    behind: AtomicUsize,
+    senders: WaitList,
+}
+
+impl Flow {
+    /// Flow control with `max_backlog` as the high mark.
+    pub fn new(max_backlog: usize) -> Flow {
+        Flow {
+            high: max_backlog,
+            low: max_backlog / 2,
+            behind: AtomicUsize::new(0),
+            senders: WaitList::default(),
+        }
+    }
+
+    /// Whether some listener is behind: broadcasting connections must not read.
+    pub fn congested(&self) -> bool {
+        self.behind.load(Ordering::SeqCst) > 0
+    }
+
+    /// Where a sender that found the hub congested waits.
+    pub fn senders(&self) -> &WaitList {
+        &self.senders
+    }
+
+    fn fell_behind(&self) {
+        self.behind.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn caught_up(&self) {
+        if self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.senders.wake_all();
+        }
+    }
 }
 
 /// The sending side of a connection's mailbox; shared by every thread that may send to it.
@@ -42,9 +97,13 @@ pub struct Outbox {
     wake_pending: AtomicBool,
     /// Bytes handed over by other threads and not yet written to the socket.
     backlog: AtomicUsize,
-    max_backlog: usize,
-    /// Set once the backlog limit was hit; the connection's thread then closes it with 1008.
-    overflowed: AtomicBool,
+    /// Set once the connection takes no more frames (it is closing or has ended).
+    closed: AtomicBool,
+    flow: Arc<Flow>,
+    /// Since when this listener has been behind, while it is. Changed only under this lock,
+    /// after a push or a write crossed a mark, so the flag and the hub's count always agree
+    /// with the backlog, whichever thread crossed last.
+    behind_since: Mutex<Option<Instant>>,
 }
 
 /// The receiving side, owned by the connection's thread.
@@ -54,34 +113,32 @@ pub struct Inbox {
     outbox: Arc<Outbox>,
 }
 
-/// Creates a connection's mailbox.
-pub fn mailbox(max_backlog: usize) -> (Arc<Outbox>, Inbox) {
+/// Creates a connection's mailbox, under the hub's flow control.
+pub fn mailbox(flow: &Arc<Flow>) -> (Arc<Outbox>, Inbox) {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let outbox = Arc::new(Outbox {
         sender,
         waker: Waker::new(),
         wake_pending: AtomicBool::new(false),
         backlog: AtomicUsize::new(0),
-        max_backlog,
-        overflowed: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        flow: Arc::clone(flow),
+        behind_since: Mutex::new(None),
     });
     (Arc::clone(&outbox), Inbox { receiver, outbox })
 }
 
 impl Outbox {
-    /// Queues an encoded frame and wakes the connection's thread.
-    ///
-    /// A frame is refused once the client already has a backlog and this frame would take it
-    /// past the limit; the connection is then closed with 1008 by its own thread. (A single
-    /// frame larger than the limit still goes to a client that has caught up.)
-    pub fn push(&self, frame: Bytes) -> Result<(), Refused> {
+    /// Queues an encoded frame and wakes the connection's thread. Never refused for being
+    /// behind: flow control slows the senders down instead (see the module's docs).
+    pub fn push(&self, frame: Bytes) -> Result<(), Gone> {
         let queued = self.enqueue(frame);
         self.wake();
         queued
     }
 
     /// Queues several frames, in order, and wakes the thread once for all of them.
-    pub fn push_all(&self, frames: &[Bytes]) -> Result<(), Refused> {
+    pub fn push_all(&self, frames: &[Bytes]) -> Result<(), Gone> {
         let queued = frames
             .iter()
             .try_for_each(|frame| self.enqueue(frame.clone()));
@@ -89,66 +146,170 @@ impl Outbox {
         queued
     }
 
-    /// Queues a frame without waking the thread; see [`Outbox::push`].
-    fn enqueue(&self, frame: Bytes) -> Result<(), Refused> {
-        if self.overflowed.load(Ordering::Relaxed) {
-            return Err(Refused::Backlog);
-        }
-        let len = frame.len();
-        let before = self.backlog.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before + len > self.max_backlog {
-            self.backlog.fetch_sub(len, Ordering::Relaxed);
-            self.overflowed.store(true, Ordering::Relaxed);
-            return Err(Refused::Backlog);
-        }
-        if self.sender.send(Delivery::Frame(frame)).is_err() {
-            self.backlog.fetch_sub(len, Ordering::Relaxed);
-            return Err(Refused::Gone);
-        }
-        Ok(())
-    }
-
     /// Asks the connection's thread to start the close handshake.
-    pub fn close(&self, code: u16, reason: &'static str) -> Result<(), Refused> {
+    pub fn close(&self, code: u16, reason: &'static str) -> Result<(), Gone> {
         self.sender
             .send(Delivery::Close(code, reason))
-            .map_err(|_| Refused::Gone)?;
+            .map_err(|_| Gone)?;
         self.wake();
         Ok(())
     }
 
-    fn wake(&self) {
+    /// Wakes the connection's thread without giving it anything: it looks again at whatever
+    /// it waits for (room in the hub, room in memory).
+    pub fn wake(&self) {
         // AcqRel pairs with the swap in `Inbox::drain`: whoever sees `true` knows the thread
         // has not looked yet and will see this delivery when it does.
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
     }
+
+    /// Queues a frame without waking the thread.
+    fn enqueue(&self, frame: Bytes) -> Result<(), Gone> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Gone);
+        }
+        let len = frame.len();
+        let before = self.backlog.fetch_add(len, Ordering::SeqCst);
+        if before <= self.flow.high && before + len > self.flow.high {
+            self.reassess();
+        }
+        if self.sender.send(Delivery::Frame(frame)).is_err() {
+            self.taken(len);
+            return Err(Gone);
+        }
+        Ok(())
+    }
+
+    /// Records that `len` bytes left the backlog.
+    fn taken(&self, len: usize) {
+        let before = self.backlog.fetch_sub(len, Ordering::SeqCst);
+        if before > self.flow.low && before - len <= self.flow.low {
+            self.reassess();
+        }
+    }
+
+    /// Sets or clears "behind" from the backlog as it is now; called after a mark was crossed.
+    fn reassess(&self) {
+        let mut since = self.behind_since();
+        let backlog = self.backlog.load(Ordering::SeqCst);
+        let closed = self.closed.load(Ordering::SeqCst);
+        match *since {
+            None if backlog > self.flow.high && !closed => {
+                *since = Some(Instant::now());
+                self.flow.fell_behind();
+            }
+            Some(_) if backlog <= self.flow.low || closed => {
+                *since = None;
+                self.flow.caught_up();
+            }
+            _ => {}
+        }
+    }
+
+    fn behind_since(&self) -> MutexGuard<'_, Option<Instant>> {
+        // Every change under this lock is one assignment: a poisoned lock is still consistent.
+        self.behind_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Inbox {
-    /// The waker to `poll` on.
+    /// The waker to wait on.
     pub fn waker(&self) -> &Waker {
         &self.outbox.waker
     }
 
-    /// Takes everything queued so far. Call after `poll` reported the waker.
+    /// The sending side of this mailbox, to join wait lists with.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Takes everything queued so far. Call after the wait reported the waker.
     pub fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
         // Clear the flag and the waker before looking, so a delivery that races with the
-        // look wakes the next poll instead of being missed.
+        // look wakes the next wait instead of being missed.
         self.outbox.wake_pending.swap(false, Ordering::AcqRel);
         self.outbox.waker.reset();
         self.receiver.try_iter()
     }
 
-    /// Records that `len` bytes of delivered frames reached the socket.
+    /// Records that `len` bytes of delivered frames reached the socket (or were dropped).
     pub fn written(&self, len: usize) {
-        self.outbox.backlog.fetch_sub(len, Ordering::Relaxed);
+        self.outbox.taken(len);
     }
 
-    /// True once a sender found the backlog full.
-    pub fn overflowed(&self) -> bool {
-        self.outbox.overflowed.load(Ordering::Relaxed)
+    /// Since when this connection has been behind, if it is.
+    pub fn behind_since(&self) -> Option<Instant> {
+        *self.outbox.behind_since()
+    }
+
+    /// Refuses every later push: the connection is closing. What is already queued is still
+    /// delivered (or dropped, after a Close) by the connection's thread.
+    pub fn close_intake(&self) {
+        self.outbox.closed.store(true, Ordering::SeqCst);
+        self.outbox.reassess();
+    }
+}
+
+impl Drop for Inbox {
+    /// A connection that ends is no longer behind, whatever it left queued.
+    fn drop(&mut self) {
+        self.close_intake();
+    }
+}
+
+/// Connections waiting for another thread to free something (room in the hub, or memory).
+///
+/// The protocol that loses no wake-up: a waiter first [adds](WaitList::add) itself, then
+/// looks again at what it waits for, and sleeps only if it is still missing. A freer first
+/// frees, then calls [`WaitList::wake_all`]. Both steps are sequentially consistent, so either
+/// the waiter's second look sees the room, or the freer sees the waiter in the list.
+#[derive(Debug, Default)]
+pub struct WaitList {
+    waiting: Mutex<Vec<Arc<Outbox>>>,
+    len: AtomicUsize,
+    /// Bumped by every [`WaitList::wake_all`]; a waiter that added itself in an earlier
+    /// generation has been taken off the list and must add itself again.
+    generation: AtomicU64,
+}
+
+impl WaitList {
+    /// Adds a waiter; returns the generation it was added in.
+    pub fn add(&self, outbox: &Arc<Outbox>) -> u64 {
+        let mut waiting = self.lock();
+        waiting.push(Arc::clone(outbox));
+        self.len.store(waiting.len(), Ordering::SeqCst);
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether a waiter added in `generation` is still on the list.
+    pub fn still_listed(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::SeqCst) == generation
+    }
+
+    /// Wakes and removes every waiter. Cheap when nobody waits: one atomic load.
+    pub fn wake_all(&self) {
+        if self.len.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let woken = {
+            let mut waiting = self.lock();
+            self.len.store(0, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            std::mem::take(&mut *waiting)
+        };
+        for outbox in woken {
+            outbox.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Outbox>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -156,33 +317,64 @@ impl Inbox {
 mod tests {
     use super::*;
 
+    fn frame(len: usize) -> Bytes {
+        Bytes::from(vec![0; len])
+    }
+
     #[test]
-    fn deliveries_arrive_in_order_and_the_backlog_is_bounded() {
-        let (outbox, inbox) = mailbox(10);
-        outbox.push(Bytes::from_static(b"123456")).unwrap();
-        // Past the limit while a backlog exists: refused, and the client is marked.
-        assert_eq!(
-            outbox.push(Bytes::from_static(b"789012")),
-            Err(Refused::Backlog)
-        );
-        assert!(inbox.overflowed());
+    fn deliveries_arrive_in_order() {
+        let flow = Arc::new(Flow::new(100));
+        let (outbox, inbox) = mailbox(&flow);
+        outbox.push(Bytes::from_static(b"one")).unwrap();
+        outbox.push_all(&[Bytes::from_static(b"two")]).unwrap();
         let got: Vec<_> = inbox.drain().collect();
-        assert!(matches!(&got[..], [Delivery::Frame(f)] if &f[..] == b"123456"));
+        assert!(matches!(&got[..], [Delivery::Frame(a), Delivery::Frame(b)]
+            if &a[..] == b"one" && &b[..] == b"two"));
     }
 
     #[test]
-    fn a_big_frame_reaches_a_client_that_has_caught_up() {
-        let (outbox, inbox) = mailbox(4);
-        outbox.push(Bytes::from_static(b"0123456789")).unwrap();
-        assert_eq!(inbox.drain().count(), 1);
-        inbox.written(10);
-        outbox.push(Bytes::from_static(b"0123456789")).unwrap();
+    fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
+        let flow = Arc::new(Flow::new(100));
+        let (outbox, inbox) = mailbox(&flow);
+        outbox.push(frame(60)).unwrap();
+        outbox.push(frame(60)).unwrap(); // 120 > 100: behind; never refused
+        assert!(flow.congested() && inbox.behind_since().is_some());
+        inbox.written(60); // 60: still above the low mark, 50
+        assert!(flow.congested());
+        inbox.written(10); // 50: caught up
+        assert!(!flow.congested() && inbox.behind_since().is_none());
     }
 
     #[test]
-    fn pushing_to_a_closed_connection_is_refused() {
-        let (outbox, inbox) = mailbox(10);
+    fn the_last_listener_to_catch_up_wakes_the_waiting_senders() {
+        let flow = Arc::new(Flow::new(10));
+        let (sender, sender_inbox) = mailbox(&flow);
+        let (listener, listener_inbox) = mailbox(&flow);
+        listener.push(frame(20)).unwrap();
+        let generation = flow.senders().add(&sender);
+        assert!(flow.senders().still_listed(generation));
+        let _ = sender_inbox.drain().count(); // clears the wake flag
+        listener_inbox.written(20);
+        assert!(!flow.congested());
+        assert!(
+            !flow.senders().still_listed(generation),
+            "taken off the list"
+        );
+        assert!(
+            sender_inbox.outbox().wake_pending.load(Ordering::SeqCst),
+            "and woken"
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_takes_nothing_and_is_never_behind() {
+        let flow = Arc::new(Flow::new(10));
+        let (outbox, inbox) = mailbox(&flow);
+        outbox.push(frame(20)).unwrap();
+        assert!(flow.congested());
         drop(inbox);
-        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(Refused::Gone));
+        assert!(!flow.congested());
+        assert_eq!(outbox.push(frame(1)), Err(Gone));
+        assert_eq!(outbox.close(1000, ""), Err(Gone));
     }
 }

@@ -89,6 +89,9 @@ pub struct Ready {
     pub readable: bool,
     /// The socket has room in its send buffer.
     pub writable: bool,
+    /// The peer hung up or the connection failed, in both directions: reported even when
+    /// the socket is not watched for reading.
+    pub hangup: bool,
     /// The waker was signalled.
     pub woken: bool,
 }
@@ -159,6 +162,7 @@ fn sleep(
         // A hang-up or error is reported as readable: the next read returns it.
         readable: revents & (libc::POLLIN | hangup) != 0,
         writable: revents & libc::POLLOUT != 0,
+        hangup: revents & hangup != 0,
         woken: waker.signalled.load(Ordering::SeqCst),
     })
 }

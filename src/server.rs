@@ -5,13 +5,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use log::{error, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::admission::{Admission, Refusal, Ticket};
+use crate::budget::Budget;
+use crate::config::{self, Config, Mode};
 use crate::connection::{self, Shared};
 use crate::error::Error;
 use crate::greeter::Greeter;
@@ -44,8 +46,8 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     signal: Arc<Signal>,
-    /// Threads alive (handshaking or open), for the connection limit.
-    active: Arc<AtomicUsize>,
+    /// The connection limit and the per-address caps, and what counts against them.
+    admission: Arc<Admission>,
     capacity: usize,
 }
 
@@ -109,15 +111,23 @@ impl Server {
             Some(n) => n,
             None => fits,
         };
+        let budget = Arc::new(Budget::new(memory_ceiling(&config)));
         let greeter = match &config.greeting {
-            Some(greeting) => {
-                Some(Greeter::start(greeting.clone()).map_err(|e| Error::Io("greeting timer", e))?)
-            }
+            Some(greeting) => Some(
+                Greeter::start(greeting.clone(), Arc::clone(&budget))
+                    .map_err(|e| Error::Io("greeting timer", e))?,
+            ),
             None => None,
         };
+        let admission = Admission::new(
+            capacity,
+            config.max_connections_per_address,
+            config.max_handshakes_per_address,
+        );
         let shared = Shared {
+            hub: Arc::new(Hub::new(config.max_backlog)),
             config,
-            hub: Arc::new(Hub::default()),
+            budget,
             greeter,
             shutting_down: AtomicBool::new(false),
         };
@@ -129,7 +139,7 @@ impl Server {
             listener,
             shared: Arc::new(shared),
             signal: Arc::new(signal),
-            active: Arc::new(AtomicUsize::new(0)),
+            admission: Arc::new(admission),
             capacity,
         })
     }
@@ -228,21 +238,22 @@ impl Server {
         }
     }
 
-    /// Gives an accepted connection its thread, or a 503 when the server is full.
+    /// Gives an accepted connection its thread, or a 503 when a cap is reached.
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
-        if self.active.load(Ordering::SeqCst) >= self.capacity {
-            let why = format!("connection limit ({}) reached", self.capacity);
-            return reject_busy(stream, peer, &why);
-        }
-        self.active.fetch_add(1, Ordering::SeqCst);
-        let guard = ActiveGuard(Arc::clone(&self.active));
+        let ticket: Ticket = match self.admission.admit(peer) {
+            Ok(ticket) => ticket,
+            Err(refusal) => return reject_busy(stream, refusal),
+        };
         let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new()
             .name("connection".into())
             .stack_size(CONNECTION_STACK_SIZE)
             .spawn(move || {
-                let _guard = guard;
-                let served = panic::catch_unwind(AssertUnwindSafe(|| connection::serve(stream, peer, &shared)));
+                // Dropped when the thread ends, panics included: the place is given back.
+                let mut ticket = ticket;
+                let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                    connection::serve(stream, peer, &shared, &mut ticket)
+                }));
                 if let Err(panic) = served {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -283,15 +294,6 @@ fn shut_down(shared: &Shared) -> Summary {
     summary
 }
 
-/// Decrements the live-thread count when a connection's thread ends, panics included.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Error)> {
     let mut last = None;
     for &addr in addrs {
@@ -311,9 +313,9 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
 
 /// Refuses a connection on the accepting thread, without blocking it: the short 503 fits in
 /// the socket's empty send buffer, and a client that does not read it loses nothing else.
-fn reject_busy(stream: TcpStream, peer: SocketAddr, why: &str) {
-    warn!("{peer} rejected: 503, {why}");
-    let response = Response::text(503, format!("server busy: {why}")).to_bytes(false);
+/// (Admission has logged it, at most once per address and interval.)
+fn reject_busy(stream: TcpStream, refusal: Refusal) {
+    let response = Response::text(503, format!("server busy: {refusal}")).to_bytes(false);
     let _ = stream.set_nonblocking(true);
     let _ = io::Write::write(&mut &stream, &response);
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -353,4 +355,56 @@ pub fn connection_capacity() -> usize {
     let capacity = fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
     info!("open-file limit {fds}: room for {capacity} connections");
     capacity.max(1)
+}
+
+/// The memory ceiling: the configured one, or a share of the machine's memory.
+fn memory_ceiling(config: &Config) -> usize {
+    if let Some(limit) = config.max_memory {
+        info!(
+            "memory ceiling {} (--max-memory)",
+            crate::cli::approx_size(limit)
+        );
+        return limit;
+    }
+    let (limit, from) = match physical_memory() {
+        Some(total) => (
+            usize::try_from(total / config::MEMORY_FRACTION).unwrap_or(usize::MAX),
+            format!(
+                "1/{} of this machine's {}",
+                config::MEMORY_FRACTION,
+                crate::cli::approx_size(usize::try_from(total).unwrap_or(usize::MAX))
+            ),
+        ),
+        None => (
+            config::FALLBACK_MAX_MEMORY,
+            "the machine's memory is unknown".to_string(),
+        ),
+    };
+    // Room for at least one largest message and its echo, whatever the machine.
+    let limit = limit.max(2 * config.max_message_size);
+    info!(
+        "memory ceiling {} ({from}); set it with --max-memory",
+        crate::cli::approx_size(limit)
+    );
+    limit
+}
+
+/// The machine's memory in bytes, or the container's limit (cgroup v2) when smaller.
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let machine = u64::try_from(pages)
+        .ok()
+        .zip(u64::try_from(page_size).ok())
+        .map(|(pages, size)| pages * size)
+        .filter(|&total| total > 0)?;
+    let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    Some(container.map_or(machine, |limit| limit.min(machine)))
 }

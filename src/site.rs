@@ -1,13 +1,15 @@
 //! The plain HTTP side of the port: the browser demo page and a health check.
 
+use crate::config::Mode;
+use crate::connection::Shared;
 use crate::http::{Request, Response};
-use crate::hub::Hub;
 
 /// The browser client: one self-contained file (HTML, CSS, JS), built into the binary.
 pub const DEMO_PAGE: &str = include_str!("demo/index.html");
 
 /// Answers a request that is not a WebSocket handshake.
-pub fn respond(request: &Request, hub: &Hub, demo_page: bool) -> Response {
+pub fn respond(request: &Request, shared: &Shared) -> Response {
+    let demo_page = shared.config.demo_page;
     if request.method != "GET" && request.method != "HEAD" {
         return Response::text(
             405,
@@ -26,7 +28,7 @@ pub fn respond(request: &Request, hub: &Hub, demo_page: bool) -> Response {
             status: 200,
             headers: vec![("Cache-Control", "no-store".into())],
             content_type: "application/json",
-            body: health(hub).into_bytes(),
+            body: health(shared).into_bytes(),
         },
         path => Response::text(
             404,
@@ -35,41 +37,79 @@ pub fn respond(request: &Request, hub: &Hub, demo_page: bool) -> Response {
     }
 }
 
-/// The `/healthz` body, for deployment checks.
-fn health(hub: &Hub) -> String {
+/// The `/healthz` body, for deployment checks (and the demo page, which shows the mode).
+fn health(shared: &Shared) -> String {
+    let hub = &shared.hub;
+    let mode = match shared.config.mode {
+        Mode::Echo => "echo",
+        Mode::Broadcast => "broadcast",
+    };
+    let greeting_delay_ms = match &shared.config.greeting {
+        Some(greeting) => greeting.delay.as_millis().to_string(),
+        None => "null".to_string(),
+    };
     format!(
-        "{{\"status\":\"ok\",\"connections\":{},\"uptime_seconds\":{},\"messages\":{}}}\n",
+        "{{\"status\":\"ok\",\"connections\":{},\"uptime_seconds\":{},\"messages\":{},\
+         \"mode\":\"{mode}\",\"greeting_delay_ms\":{greeting_delay_ms},\
+         \"memory_bytes\":{},\"memory_limit_bytes\":{}}}\n",
         hub.open_connections(),
         hub.uptime().as_secs(),
-        hub.messages()
+        hub.messages(),
+        shared.budget.used(),
+        shared.budget.limit(),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Budget;
+    use crate::config::Config;
     use crate::http::parse_head;
+    use crate::hub::Hub;
+    use std::sync::atomic::AtomicBool;
 
     fn get(method: &str, target: &str) -> Request {
         let raw = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n");
         parse_head(raw.as_bytes(), 8192).unwrap().unwrap().0
     }
 
+    fn shared(demo_page: bool) -> Shared {
+        Shared {
+            config: Config {
+                demo_page,
+                ..Config::default()
+            },
+            hub: std::sync::Arc::new(Hub::new(1 << 20)),
+            budget: std::sync::Arc::new(Budget::new(1 << 30)),
+            greeter: None,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
     #[test]
     fn routes() {
-        let hub = Hub::default();
-        assert_eq!(respond(&get("GET", "/"), &hub, true).status, 200);
+        let with_page = shared(true);
+        assert_eq!(respond(&get("GET", "/"), &with_page).status, 200);
         assert_eq!(
-            respond(&get("GET", "/index.html?x"), &hub, true).status,
+            respond(&get("GET", "/index.html?x"), &with_page).status,
             200
         );
-        assert_eq!(respond(&get("GET", "/"), &hub, false).status, 404);
-        assert_eq!(respond(&get("GET", "/nope"), &hub, true).status, 404);
-        assert_eq!(respond(&get("POST", "/"), &hub, true).status, 405);
-        let health = respond(&get("GET", "/healthz"), &hub, true);
+        assert_eq!(respond(&get("GET", "/"), &shared(false)).status, 404);
+        assert_eq!(respond(&get("GET", "/nope"), &with_page).status, 404);
+        assert_eq!(respond(&get("POST", "/"), &with_page).status, 405);
+        let health = respond(&get("GET", "/healthz"), &with_page);
         let body = String::from_utf8(health.body).unwrap();
         assert!(
             body.starts_with("{\"status\":\"ok\",\"connections\":0,"),
+            "{body}"
+        );
+        assert!(
+            body.contains("\"mode\":\"echo\",\"greeting_delay_ms\":2000,"),
+            "{body}"
+        );
+        assert!(
+            body.contains("\"memory_limit_bytes\":1073741824}"),
             "{body}"
         );
     }

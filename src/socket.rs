@@ -5,14 +5,28 @@
 //! appended to one queue, in order, as whole frames, and [`Socket::send_queued`] writes that
 //! queue to the socket when it has room, several frames per system call (`writev`). Because
 //! only the connection's own thread touches the queue and the socket, frames never interleave.
+//!
+//! Reads are counted against the server's memory ceiling (`budget.rs`): the bytes of a message
+//! still arriving are held by tungstenite until the message is whole, so the socket charges
+//! them as they are read and releases them at [`Socket::message_done`]. When the ceiling is
+//! reached a read answers "would block" without touching the socket, and the connection's loop
+//! waits for memory to free.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::budget::Budget;
 use crate::outbox::Inbox;
+
+/// Bytes read in one round of the connection's loop, at most. A client that sends faster than
+/// the server handles could otherwise keep its thread reading for ever, and deliveries and
+/// deadlines (pings, timeouts) would wait; past this the read answers "would block", the loop
+/// does its other work, and its next wait returns at once because bytes are waiting.
+pub const MAX_READ_PER_ROUND: usize = 256 * 1024;
 
 /// Frames per `writev` call; more just take another call. The slices live on the thread's
 /// stack, so this is kept small: 16 already makes a burst of small frames cost a sixteenth of
@@ -32,6 +46,13 @@ pub struct Socket {
     heard: bool,
     /// Set when a read returned less than asked: the kernel had no more at that moment.
     drained: bool,
+    budget: Arc<Budget>,
+    /// Bytes read since the last whole message: charged to the budget, held by tungstenite.
+    in_progress: usize,
+    /// Set when a read was refused for lack of memory; see [`Socket::take_starved`].
+    starved: bool,
+    /// Bytes read since [`Socket::start_round`].
+    read_this_round: usize,
 }
 
 #[derive(Debug)]
@@ -43,7 +64,7 @@ struct Queued {
 
 impl Socket {
     /// Wraps a connected socket, which must already be non-blocking.
-    pub fn new(tcp: TcpStream) -> Socket {
+    pub fn new(tcp: TcpStream, budget: Arc<Budget>) -> Socket {
         Socket {
             tcp,
             queue: VecDeque::new(),
@@ -51,7 +72,33 @@ impl Socket {
             queued: 0,
             heard: false,
             drained: false,
+            budget,
+            in_progress: 0,
+            starved: false,
+            read_this_round: 0,
         }
+    }
+
+    /// Starts a round of reading; see [`MAX_READ_PER_ROUND`].
+    pub fn start_round(&mut self) {
+        self.read_this_round = 0;
+    }
+
+    /// Bytes of the message now arriving that were read so far (an upper bound: a read may
+    /// also hold the start of the next message).
+    pub fn in_progress(&self) -> usize {
+        self.in_progress
+    }
+
+    /// Releases the bytes of the message that just became whole: from here they are the
+    /// message (and its echo, which the budget counts on its own).
+    pub fn message_done(&mut self) {
+        self.budget.release(std::mem::take(&mut self.in_progress));
+    }
+
+    /// Whether a read was refused for lack of memory since the last call.
+    pub fn take_starved(&mut self) -> bool {
+        std::mem::take(&mut self.starved)
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -141,7 +188,17 @@ impl Read for Socket {
         if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        if self.read_this_round >= MAX_READ_PER_ROUND {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if !self.budget.may_read(self.in_progress) {
+            self.starved = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.tcp.read(buf)?;
+        self.budget.charge(n);
+        self.in_progress += n;
+        self.read_this_round += n;
         self.heard |= n > 0;
         self.drained = n > 0 && n < buf.len();
         Ok(n)
@@ -151,7 +208,8 @@ impl Read for Socket {
 /// tungstenite writes its own frames (pongs, close) here; they join the queue like any other.
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.push(Bytes::copy_from_slice(buf), false);
+        let frame = self.budget.hold(buf.to_vec());
+        self.push(frame, false);
         Ok(buf.len())
     }
 
@@ -161,10 +219,17 @@ impl Write for Socket {
     }
 }
 
+impl Drop for Socket {
+    /// A connection that ends mid-message frees what it held.
+    fn drop(&mut self) {
+        self.message_done();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::mailbox;
+    use crate::hub::Hub;
     use std::net::TcpListener;
 
     #[test]
@@ -173,8 +238,8 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (_outbox, inbox) = mailbox(usize::MAX);
-        let mut socket = Socket::new(tcp);
+        let (_outbox, inbox) = Hub::new(usize::MAX).mailbox();
+        let mut socket = Socket::new(tcp, Arc::new(Budget::new(usize::MAX)));
 
         // Far more than the socket buffers hold, in frames of varied sizes.
         let frames: Vec<Bytes> = (0..200u32)

@@ -221,20 +221,7 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
 /// A raw connection that has completed the WebSocket handshake and will only do what the
 /// test makes it do (no automatic pongs or close replies).
 pub fn raw_websocket(addr: SocketAddr) -> TcpStream {
-    let mut tcp = raw(addr);
-    tcp.write_all(UPGRADE.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
+    upgrade(raw(addr))
 }
 
 /// A masked client frame, as RFC 6455 section 5.2 lays it out.
@@ -283,4 +270,45 @@ pub fn read_server_frame(tcp: &mut TcpStream) -> (bool, u8, Vec<u8>) {
 /// The close code in a Close frame's payload.
 pub fn close_code(payload: &[u8]) -> u16 {
     u16::from_be_bytes([payload[0], payload[1]])
+}
+
+/// A raw TCP connection from the loopback address `source` (any of 127.0.0.0/8), for tests
+/// that need "another client address".
+pub fn raw_from(source: &str, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp
+}
+
+/// Completes the WebSocket handshake on a raw connection (see [`raw_websocket`]).
+pub fn upgrade(mut tcp: TcpStream) -> TcpStream {
+    tcp.write_all(UPGRADE.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A line of `/proc/PID/status`, in KiB (`VmHWM` is the peak resident memory, `VmRSS` the
+/// current one). Linux only, like the tests that read it.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

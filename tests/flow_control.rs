@@ -1,0 +1,284 @@
+//! Broadcast flow control: a listener that keeps reading gets every message, in order, and is
+//! never dropped; one that stops reading, or reads too slowly to catch up, is closed with 1008
+//! within the send timeout, and nobody else waits longer than that.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{
+    PATIENCE, Wsecho, client_frame, close_code, proc_status_kib, raw_websocket, read_server_frame,
+};
+
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+
+/// Message `seq` of a burst: its number, then a pattern from it, so that a lost, repeated or
+/// reordered message is caught by its content.
+fn numbered(seq: u32, size: usize) -> Vec<u8> {
+    let mut payload = vec![seq as u8; size];
+    payload[..4].copy_from_slice(&seq.to_be_bytes());
+    payload
+}
+
+fn number_of(payload: &[u8], size: usize) -> u32 {
+    assert_eq!(payload.len(), size, "a message of the wrong size");
+    let seq = u32::from_be_bytes(payload[..4].try_into().unwrap());
+    assert!(
+        payload[4..].iter().all(|&b| b == seq as u8),
+        "message {seq} is corrupt"
+    );
+    seq
+}
+
+/// A client that sends `count` messages of `size` bytes as fast as the server takes them,
+/// and meanwhile reads its own copies (a sender is a listener too). Returns how many of its
+/// copies it read in order, and the longest wait between two of them.
+fn full_speed_sender(
+    server: &Wsecho,
+    count: u32,
+    size: usize,
+) -> thread::JoinHandle<(u32, Duration)> {
+    let tcp = raw_websocket(server.addr);
+    let mut writer = tcp.try_clone().unwrap();
+    thread::spawn(move || {
+        for seq in 0..count {
+            writer
+                .write_all(&client_frame(true, BINARY, &numbered(seq, size)))
+                .unwrap();
+        }
+    });
+    thread::spawn(move || read_in_order(tcp, count, size, None))
+}
+
+/// Reads `count` numbered binary messages, checking their order, optionally pausing after each
+/// one; returns how many arrived and the longest gap between two.
+fn read_in_order(
+    mut tcp: TcpStream,
+    count: u32,
+    size: usize,
+    pause: Option<Duration>,
+) -> (u32, Duration) {
+    let mut longest = Duration::ZERO;
+    let mut last = Instant::now();
+    for expected in 0..count {
+        let (fin, opcode, payload) = read_server_frame(&mut tcp);
+        assert!(
+            fin && opcode == BINARY,
+            "message {expected}: opcode {opcode}"
+        );
+        assert_eq!(number_of(&payload, size), expected, "out of order");
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        if let Some(pause) = pause {
+            thread::sleep(pause);
+        }
+    }
+    (count, longest)
+}
+
+/// Reads whatever the server sends until it sends Close; returns the close code, or `None`
+/// when the connection ends without one.
+fn close_code_eventually(tcp: &mut TcpStream) -> Option<u16> {
+    tcp.set_read_timeout(Some(PATIENCE * 3)).unwrap();
+    loop {
+        let mut head = [0u8; 2];
+        if tcp.read_exact(&mut head).is_err() {
+            return None;
+        }
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                tcp.read_exact(&mut n).ok()?;
+                u64::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                tcp.read_exact(&mut n).ok()?;
+                u64::from_be_bytes(n)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = Vec::new();
+        Read::by_ref(tcp).take(len).read_to_end(&mut payload).ok()?;
+        if head[0] & 0x0f == CLOSE {
+            return Some(close_code(&payload));
+        }
+    }
+}
+
+#[test]
+fn a_listener_reading_at_2_mb_per_s_gets_all_of_a_50_mib_burst_in_order() {
+    let server = Wsecho::start(&["--broadcast", "--greeting-delay", "off"]);
+    // 800 messages of 64 KiB: 50 MiB, twelve times the backlog limit.
+    let (count, size) = (800, 64 << 10);
+    let slow = raw_websocket(server.addr);
+    let slow_port = slow.local_addr().unwrap().port();
+    server.wait_for_log(&[&format!(":{slow_port} connected")]);
+    // 64 KiB per 32 ms: about 2 MB/s.
+    let reader =
+        thread::spawn(move || read_in_order(slow, count, size, Some(Duration::from_millis(32))));
+    let sender = full_speed_sender(&server, count, size);
+
+    assert_eq!(
+        sender.join().unwrap().0,
+        count,
+        "the sender heard all its messages"
+    );
+    assert_eq!(
+        reader.join().unwrap().0,
+        count,
+        "the slow reader got every message"
+    );
+    let log = server.log();
+    assert!(!log.contains("too slow"), "nobody was dropped:\n{log}");
+    assert!(!log.contains("code 1008"), "nobody was dropped:\n{log}");
+    // The senders waited for the reader instead of the server buffering the burst.
+    let peak = proc_status_kib(server.pid(), "VmHWM");
+    assert!(peak < 48 << 10, "peak memory {peak} KiB");
+}
+
+#[test]
+fn a_stalled_listener_is_closed_within_the_send_timeout_and_readers_get_everything() {
+    let server = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--max-backlog",
+        "256KiB",
+        "--send-timeout",
+        "2s",
+    ]);
+    let (count, size) = (400, 32 << 10); // 12.5 MiB: more than a stalled socket's buffers hold
+    let mut stalled = raw_websocket(server.addr);
+    let stalled_port = stalled.local_addr().unwrap().port();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let tcp = raw_websocket(server.addr);
+            thread::spawn(move || read_in_order(tcp, count, size, None))
+        })
+        .collect();
+    server.wait_for_log(&["connected"]);
+    let sender = full_speed_sender(&server, count, size);
+
+    for reader in readers {
+        let (got, longest_gap) = reader.join().unwrap();
+        assert_eq!(got, count);
+        // Held back by the stalled listener for its send timeout at most (plus slack for a
+        // busy machine), not for ever.
+        assert!(
+            longest_gap < Duration::from_secs(2 + 5),
+            "waited {longest_gap:?}"
+        );
+    }
+    assert_eq!(sender.join().unwrap().0, count);
+    server.wait_for_log(&[&format!(":{stalled_port} too slow"), "not read for"]);
+    server.wait_for_log(&[&format!(":{stalled_port} disconnected: code 1008")]);
+    // Its Close is behind the broadcasts it never read: it is there if it ever reads on.
+    assert!(matches!(
+        close_code_eventually(&mut stalled),
+        Some(1008) | None
+    ));
+}
+
+#[test]
+fn a_reader_taking_1_kib_per_second_is_closed_within_the_send_timeout() {
+    let server = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--max-backlog",
+        "256KiB",
+        "--send-timeout",
+        "2s",
+    ]);
+    let (count, size) = (400, 32 << 10);
+    let mut trickle = raw_websocket(server.addr);
+    let trickle_port = trickle.local_addr().unwrap().port();
+    server.wait_for_log(&[&format!(":{trickle_port} connected")]);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let slow_reader = thread::spawn(move || {
+        // 128 bytes every 125 ms: 1 KiB/s, until told to stop.
+        let mut chunk = [0u8; 128];
+        let mut total = 0;
+        while stopped.try_recv().is_err() {
+            match trickle.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            thread::sleep(Duration::from_millis(125));
+        }
+        total
+    });
+    let started = Instant::now();
+    let (got, _) = full_speed_sender(&server, count, size).join().unwrap();
+    assert_eq!(got, count, "the sender is not held back for ever");
+    server.wait_for_log(&[&format!(":{trickle_port} too slow")]);
+    server.wait_for_log(&[&format!(":{trickle_port} disconnected: code 1008")]);
+    assert!(started.elapsed() < PATIENCE);
+    stop.send(()).unwrap();
+    let read = slow_reader.join().unwrap();
+    assert!(read < 1 << 20, "it read {read} bytes");
+}
+
+#[test]
+fn a_sender_that_does_not_read_its_own_copies_is_closed_like_any_listener() {
+    let server = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--max-backlog",
+        "256KiB",
+        "--send-timeout",
+        "1s",
+    ]);
+    let listener = raw_websocket(server.addr);
+    let listener_port = listener.local_addr().unwrap().port();
+    let deaf = raw_websocket(server.addr);
+    let deaf_port = deaf.local_addr().unwrap().port();
+    server.wait_for_log(&[&format!(":{deaf_port} connected")]);
+    // The listener reads all the time, as fast as it can.
+    let (size, mut total) = (32 << 10, 0u32);
+    let reading = thread::spawn(move || {
+        let mut tcp = listener;
+        loop {
+            let (_, opcode, payload) = read_server_frame(&mut tcp);
+            if opcode == CLOSE {
+                panic!("the reading listener was closed: {}", close_code(&payload));
+            }
+            if payload == b"done" {
+                return tcp;
+            }
+            number_of(&payload, size);
+        }
+    });
+    // The deaf sender writes until the server stops reading it, and never reads.
+    let mut writer = deaf.try_clone().unwrap();
+    let flood = thread::spawn(move || {
+        let frame = client_frame(true, BINARY, &numbered(0, size));
+        while writer.write_all(&frame).is_ok() {
+            total += 1;
+        }
+        total
+    });
+    server.wait_for_log(&[&format!(":{deaf_port} too slow")]);
+    server.wait_for_log(&[&format!(":{deaf_port} disconnected: code 1008")]);
+    let sent = flood.join().unwrap();
+    assert!(sent < 4096, "the server kept reading it: {sent} messages");
+    drop(deaf);
+    // The listener that kept reading is still served.
+    let mut other = raw_websocket(server.addr);
+    other
+        .write_all(&client_frame(true, BINARY, b"done"))
+        .unwrap();
+    let _still_open = reading.join().unwrap();
+    assert!(
+        !server
+            .log()
+            .contains(&format!(":{listener_port} disconnected"))
+    );
+}
