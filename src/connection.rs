@@ -127,7 +127,7 @@ fn answer_request(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> O
     };
     let head_only = request.method == "HEAD";
     if !handshake::is_websocket_request(&request) {
-        let response = site::respond(&request, &shared.hub, config.demo_page);
+        let response = site::respond(&request, &shared.hub, config);
         info!(
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
