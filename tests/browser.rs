@@ -2,8 +2,8 @@
 //!
 //! Starts the wsecho binary on a free port, loads its page at `/` and uses it
 //! like a person would: send text and binary messages, receive the echoes and
-//! the greeting, close the connection, reconnect. Screenshots of the page go
-//! to `<target dir>/screenshots/`: `demo-page.png` (1280×800),
+//! the greeting, clear the log, close the connection, reconnect. Screenshots
+//! of the page go to `<target dir>/screenshots/`: `demo-page.png` (1200×900),
 //! `demo-page-phone.png` (375×740) and `demo-page-dark.png` (closed, dark).
 //!
 //! Needs Chromium: run `scripts/install-chromium.sh`, or set `$CHROMIUM`.
@@ -35,16 +35,11 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    /// Starts `wsecho --host 127.0.0.1 --port 0 ARGS`.
+    fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsecho"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--greeting-delay",
-                "1s",
-            ])
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,6 +84,17 @@ impl Server {
         server
     }
 
+    /// The WebSocket address the page should use: `ws://127.0.0.1:41234/`.
+    fn page_ws_url(&self) -> String {
+        format!("{}/", self.ws_url.trim_end_matches('/'))
+    }
+
+    /// Stops the server now, so that the page's next requests fail.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The page's address: `ws://127.0.0.1:41234` gives `http://127.0.0.1:41234/`.
     fn http_url(&self) -> String {
         let host_port = self
@@ -101,8 +107,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -179,6 +184,33 @@ fn type_into(browser: &mut Chromium, id: &str, text: &str) {
     browser.type_text(text).unwrap();
 }
 
+/// JavaScript: the text of the element with id `id` is exactly `text`.
+fn text_is(id: &str, text: &str) -> String {
+    format!(
+        "document.getElementById({}).textContent === {}",
+        js_str(id),
+        js_str(text)
+    )
+}
+
+/// Sets the number box with id `id` to `value`, as if typed over its content.
+#[track_caller]
+fn set_number(browser: &mut Chromium, id: &str, value: &str) {
+    let expr = format!("document.getElementById({}).select()", js_str(id));
+    js(browser, &expr);
+    browser.type_text(value).unwrap();
+}
+
+/// The number of entries in the log.
+#[track_caller]
+fn log_len(browser: &mut Chromium) -> u64 {
+    let len = js(browser, "document.querySelectorAll('#log > li').length");
+    len.as_u64().expect("a count")
+}
+
+/// JavaScript: the whole page fits in the window's height (no vertical scrolling).
+const PAGE_FITS: &str = "document.documentElement.scrollHeight <= innerHeight";
+
 /// Is the button with id `id` disabled?
 #[track_caller]
 fn disabled(browser: &mut Chromium, id: &str) -> bool {
@@ -188,17 +220,56 @@ fn disabled(browser: &mut Chromium, id: &str) -> bool {
 
 #[test]
 fn demo_page_talks_to_the_server() {
-    let server = Server::start();
+    let server = Server::start(&["--greeting-delay", "1s"]);
     let mut browser = Chromium::launch().expect("start Chromium");
     let b = &mut browser;
     let shots = screenshot_dir();
 
     // Load the page; it connects by itself.
-    b.set_viewport(1280, 800).unwrap();
+    b.set_viewport(1200, 900).unwrap();
     b.navigate(&server.http_url()).unwrap();
     wait(b, &status_is("open", "open"));
     assert!(!disabled(b, "send-text"), "Send is enabled when open");
     assert!(disabled(b, "reconnect"), "Reconnect is disabled when open");
+
+    // It asked /healthz what the server does, and says so.
+    wait(b, &text_is("server", "echo mode · greeting after 1 s"));
+
+    // The page fits the window: the log scrolls inside itself, not the page.
+    assert_eq!(
+        js(b, PAGE_FITS),
+        true,
+        "no vertical scrolling at 1200×900 on load"
+    );
+
+    // The console snippet uses this server's address, ws: for an http: page...
+    let snippet = js(b, "document.getElementById('snippet').textContent");
+    let expected = format!("new WebSocket('{}')", server.page_ws_url());
+    assert!(
+        snippet.as_str().unwrap().contains(&expected),
+        "the snippet has {expected}: {snippet}"
+    );
+    // ... and wss: for an https: one (the same code, given another scheme).
+    let secure = js(b, "snippet(socketUrl('https:', 'example.com:8443'))");
+    assert!(
+        secure
+            .as_str()
+            .unwrap()
+            .contains("new WebSocket('wss://example.com:8443/')"),
+        "the snippet on https: {secure}"
+    );
+
+    // Answers /healthz might give: only what it says is shown, nothing guessed.
+    let quiet = js(
+        b,
+        "describeServer({ mode: 'broadcast', greeting_delay_ms: null })",
+    );
+    assert_eq!(quiet, "broadcast mode · no greeting");
+    let old = js(b, "describeServer({ status: 'ok' })");
+    assert_eq!(
+        old, "mode unknown · greeting unknown",
+        "a server without the fields"
+    );
 
     // Type non-ASCII text and click Send: it goes out and comes back intact.
     type_into(b, "text", TEXT);
@@ -221,9 +292,31 @@ fn demo_page_talks_to_the_server() {
     let no_html = js(b, "document.getElementById('injected') === null");
     assert_eq!(no_html, true, "message text must not become HTML");
 
-    // Send binary: 8 bytes out, the same 8 bytes back.
+    // Send binary at the default size: 8 bytes out, the same 8 bytes back.
     let binary = "binary 8 bytes: 01 02 03 04 05 06 07 08";
     click(b, "send-binary");
+    wait(b, &log_has("out", binary));
+    wait(b, &log_has("in", binary));
+
+    // A size out of range is refused with a message, and nothing is sent.
+    let entries = log_len(b);
+    for bad in ["0", "1048577", "2.5"] {
+        set_number(b, "binary-size", bad);
+        click(b, "send-binary");
+        let error = js(b, "document.getElementById('binary-error').textContent");
+        assert!(
+            error.as_str().unwrap().contains("from 1 to 1048576"),
+            "size {bad} is refused with a message, got {error}"
+        );
+        assert_eq!(log_len(b), entries, "nothing is sent for size {bad}");
+    }
+
+    // A chosen size: 100 bytes, 01 02 03..., out and back. The message goes away.
+    set_number(b, "binary-size", "100");
+    let hidden = js(b, "document.getElementById('binary-error').hidden");
+    assert_eq!(hidden, true, "the size message goes away on typing");
+    click(b, "send-binary");
+    let binary = "binary 100 bytes: 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 …";
     wait(b, &log_has("out", binary));
     wait(b, &log_has("in", binary));
 
@@ -231,12 +324,45 @@ fn demo_page_talks_to_the_server() {
     wait(b, &log_has("in", "hello client !!!"));
 
     // Screenshots with a full log: laptop, then phone width.
+    assert_eq!(
+        js(b, PAGE_FITS),
+        true,
+        "no vertical scrolling with a full log"
+    );
     b.screenshot(&shots.join("demo-page.png")).unwrap();
     b.set_viewport(375, 740).unwrap();
     let fits = js(b, "document.documentElement.scrollWidth <= innerWidth");
     assert_eq!(fits, true, "no horizontal scrolling at phone width");
     b.screenshot(&shots.join("demo-page-phone.png")).unwrap();
-    b.set_viewport(1280, 800).unwrap();
+    b.set_viewport(1200, 900).unwrap();
+
+    // Many more messages: the log scrolls inside itself, following the newest
+    // entry, and the page still fits the window.
+    js(
+        b,
+        "for (let i = 1; i <= 40; i++) { \
+             document.getElementById('text').value = `message ${i}`; \
+             document.getElementById('composer').requestSubmit(); \
+         }",
+    );
+    wait(b, &log_has("in", "message 40"));
+    let log_scrolls = js(
+        b,
+        "(l => l.scrollHeight > l.clientHeight)(document.getElementById('log'))",
+    );
+    assert_eq!(log_scrolls, true, "the log scrolls inside itself");
+    wait(
+        b,
+        "(l => l.scrollTop + l.clientHeight >= l.scrollHeight - 2)(document.getElementById('log'))",
+    );
+    assert_eq!(js(b, PAGE_FITS), true, "the page still fits the window");
+
+    // Clear log empties it; the next entry shows up as usual.
+    click(b, "clear-log");
+    assert_eq!(log_len(b), 0, "Clear log empties the log");
+    type_into(b, "text", "after clearing");
+    click(b, "send-text");
+    wait(b, &log_has("in", "after clearing"));
 
     // Close: code 1000, and only Reconnect stays enabled.
     click(b, "close");
@@ -250,9 +376,11 @@ fn demo_page_talks_to_the_server() {
     b.screenshot(&shots.join("demo-page-dark.png")).unwrap();
     b.emulate_media("prefers-color-scheme", "light").unwrap();
 
-    // Reconnect: a new connection that echoes again.
+    // Reconnect: a new connection that echoes again, and /healthz asked again.
+    js(b, "document.getElementById('server').textContent = ''");
     click(b, "reconnect");
     wait(b, &status_is("open", "open"));
+    wait(b, &text_is("server", "echo mode · greeting after 1 s"));
     type_into(b, "text", "after reconnect");
     click(b, "send-text");
     wait(b, &log_has("in", "after reconnect"));
@@ -266,4 +394,30 @@ fn demo_page_talks_to_the_server() {
     assert!(errors.is_empty(), "errors in the page: {errors:?}");
     let error_entries = js(b, "document.querySelectorAll('#log > li.error').length");
     assert_eq!(error_entries, 0, "no error entries in the log");
+}
+
+#[test]
+fn demo_page_shows_broadcast_mode_and_the_greeting_delay() {
+    let mut server = Server::start(&["--broadcast", "--greeting-delay", "1500ms"]);
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+
+    b.set_viewport(1200, 900).unwrap();
+    b.navigate(&server.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    wait(
+        b,
+        &text_is("server", "broadcast mode · greeting after 1.5 s"),
+    );
+
+    // In broadcast mode the sender gets its own message too.
+    type_into(b, "text", "to everyone");
+    click(b, "send-text");
+    wait(b, &log_has("in", "to everyone"));
+
+    // With the server gone, /healthz cannot answer: the page does not guess.
+    server.stop();
+    wait(b, "document.getElementById('reconnect').disabled === false");
+    click(b, "reconnect");
+    wait(b, &text_is("server", "mode unknown"));
 }
