@@ -3,13 +3,16 @@
 # (with --broadcast) a message from one client reaching another.
 #
 # usage: scripts/smoke.sh [--broadcast] [URL]
+#        scripts/smoke.sh --install-only
 #
-#   URL          ws://HOST:PORT of a running wsecho. Without it, a local wsecho is built and
-#                started on a free loopback port (greeting after 1s; --broadcast if asked).
-#   --broadcast  also check broadcast; the server at URL must run with --broadcast.
+#   URL            ws://HOST:PORT of a running wsecho. Without it, a local wsecho is built and
+#                  started on a free loopback port (greeting after 1s; --broadcast if asked).
+#   --broadcast    also check broadcast; the server at URL must run with --broadcast.
+#   --install-only only make sure websocat is there (building it if needed), then exit.
 #
 # env: WEBSOCAT        websocat to use (default: on PATH, else target/tools/bin/websocat,
 #                      installed there with `cargo install --locked websocat` when missing)
+#      WSECHO_FEATURES cargo features for the local wsecho (e.g. portable-poll)
 #      SMOKE_TIMEOUT   seconds to wait for an echo (default 10)
 #      SMOKE_GREETING  seconds to wait for the greeting (default 15)
 #
@@ -20,11 +23,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ECHO_WAIT=${SMOKE_TIMEOUT:-10}
 GREETING_WAIT=${SMOKE_GREETING:-15}
 BROADCAST=0
+INSTALL_ONLY=0
 URL=""
 for arg in "$@"; do
     case "$arg" in
         --broadcast) BROADCAST=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --install-only) INSTALL_ONLY=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         ws://*|wss://*) URL=$arg ;;
         *) echo "smoke: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
@@ -53,16 +58,20 @@ elif command -v websocat >/dev/null; then
 else
     WEBSOCAT="$ROOT/target/tools/bin/websocat"
     if [[ ! -x "$WEBSOCAT" ]]; then
-        echo "smoke: websocat not found; installing it into target/tools (a few minutes, once)" >&2
+        echo "smoke: websocat not found; building it into target/tools/bin (about two minutes, once;" \
+            "cargo's progress follows)" >&2
         command -v cargo >/dev/null || die "websocat is missing and cargo is not installed to build it"
-        cargo install --locked --quiet --root "$ROOT/target/tools" websocat >&2 \
+        cargo install --locked --root "$ROOT/target/tools" websocat >&2 \
             || die "could not install websocat; install it (cargo install websocat) and run again"
     fi
 fi
 
+[[ $INSTALL_ONLY == 1 ]] && exit 0
+
 # --- the server -------------------------------------------------------------------------
 if [[ -z "$URL" ]]; then
-    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin wsecho || die "cargo build failed"
+    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin wsecho \
+        ${WSECHO_FEATURES:+--features "$WSECHO_FEATURES"} || die "cargo build failed"
     flags=(--host 127.0.0.1 --port 0 --greeting-delay 1s --log-level warn)
     [[ $BROADCAST == 1 ]] && flags+=(--broadcast)
     mkfifo "$TMP/ready"

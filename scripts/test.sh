@@ -1,15 +1,37 @@
 #!/usr/bin/env bash
-# Runs every test of the project, as on a fresh machine:
-#   1. installs Chromium for the browser test when it is missing (scripts/install-chromium.sh),
+# Runs every test of the project, as on a fresh machine (Linux: the tests read /proc and
+# drive Linux tools):
+#   1. installs what the tests need when it is missing: Chromium for the browser test
+#      (scripts/install-chromium.sh) and websocat for the smoke test (built once into
+#      target/tools/bin),
 #   2. cargo test for the whole workspace: unit tests, the integration tests in tests/ (a real
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
 #   3. the websocat smoke test (scripts/smoke.sh) against a local server, in echo mode and in
-#      broadcast mode (websocat is built into target/tools the first time).
+#      broadcast mode.
+#
+# usage: scripts/test.sh [--features FEATURES]
+#   --features portable-poll   test the portable backend (the one macOS and Windows use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+features=()
+case "${1:-}" in
+--features) features=(--features "$2") ;;
+"") ;;
+*) echo "test: unknown argument '$1' (usage: scripts/test.sh [--features FEATURES])" >&2; exit 2 ;;
+esac
+
+step() { echo "== test: $*" >&2; }
+
+step "checking for Chromium (browser test)"
 scripts/install-chromium.sh
-cargo test --workspace
+step "checking for websocat (smoke test)"
+scripts/smoke.sh --install-only
+step "cargo test --workspace ${features[*]}"
+cargo test --workspace "${features[@]}"
+export WSECHO_FEATURES="${features[1]:-}"
+step "smoke test, echo mode"
 scripts/smoke.sh
+step "smoke test, broadcast mode"
 scripts/smoke.sh --broadcast

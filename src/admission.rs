@@ -44,16 +44,6 @@ pub enum Refusal {
     AddressHandshakes(usize),
 }
 
-impl Refusal {
-    /// A short name for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Full(_) => "limit",
-            Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per-address",
-        }
-    }
-}
-
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -150,6 +140,7 @@ impl Admission {
     }
 
     /// Connections admitted and not yet ended.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.counts().active
     }

@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long = "subprotocol", value_name = "NAME")]
     pub subprotocols: Vec<String>,
 
-    /// Accept browser handshakes only from this origin, like https://example.com (repeatable).
+    /// Accept browser handshakes only from this origin, like `https://example.com` (repeatable).
     /// Without it every origin is accepted, as the tutorial's server does.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
@@ -63,8 +63,8 @@ pub struct Args {
 
     /// Most connections at once, handshakes included; more get 503.
     /// [default: from the open-file limit]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<Count>,
 
     /// Most connections at once from one address (IPv6: one /64); more get 503; off: no cap.
     #[arg(long, value_name = "N", default_value_t = Optional(None))]
@@ -154,10 +154,7 @@ impl Args {
                 self.ping_interval
             ));
         }
-        let max_connections = match self.max_connections {
-            Some(n) => Some(usize::try_from(n).map_err(|_| "--max-connections is too large")?),
-            None => None,
-        };
+        let max_connections = self.max_connections.map(|n| n.0);
         // The ceiling must leave room for one largest message and its echo, or such a message
         // could never be received.
         if let Some(Size(memory)) = self.max_memory
@@ -209,8 +206,13 @@ impl FromStr for Span {
 
     fn from_str(text: &str) -> Result<Span, String> {
         let expected = "expected a duration like 2s, 500ms or 1m";
-        let duration =
-            humantime::parse_duration(text.trim()).map_err(|e| format!("{expected} ({e})"))?;
+        let duration = match humantime::parse_duration(text.trim()) {
+            Ok(duration) => duration,
+            Err(_) if text.trim() == "off" => {
+                return Err(format!("{expected}; this one cannot be off"));
+            }
+            Err(_) => return Err(format!("{expected}, not {text:?}")),
+        };
         if duration.is_zero() {
             return Err(format!("{expected}, above zero"));
         }

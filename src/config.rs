@@ -84,6 +84,7 @@ pub enum Mode {
 /// The greeting sent once to each client, some time after it connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Greeting {
+    /// Time from the handshake to the greeting.
     pub delay: Duration,
     /// The text; `{time}` is replaced by the local date-time.
     pub template: String,
@@ -96,6 +97,7 @@ pub struct Config {
     pub host: String,
     /// TCP port; 0 picks a free one.
     pub port: u16,
+    /// Echo or broadcast.
     pub mode: Mode,
     /// `None` turns the greeting off.
     pub greeting: Option<Greeting>,
@@ -106,7 +108,9 @@ pub struct Config {
     /// Origins allowed to open a WebSocket; empty: all (see the README on cross-site
     /// WebSocket hijacking). A request without an Origin header (not a browser) is allowed.
     pub allowed_origins: Vec<String>,
+    /// Time a client has to send its whole request head; see [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
+    /// Largest request head; see [`MAX_REQUEST_HEAD`].
     pub max_request_head: usize,
     /// Concurrent connections, handshakes included; past it new clients get 503.
     /// `None`: derived from the open-file limit at start.
@@ -118,8 +122,11 @@ pub struct Config {
     /// Bytes held for all connections together (see `budget.rs`). `None`: derived from the
     /// machine's memory at start.
     pub max_memory: Option<usize>,
+    /// Largest message; see [`MAX_MESSAGE_SIZE`].
     pub max_message_size: usize,
+    /// Largest frame; see [`MAX_FRAME_SIZE`].
     pub max_frame_size: usize,
+    /// Bytes queued for a client before it counts as behind; see [`MAX_BACKLOG`].
     pub max_backlog: usize,
     /// How long a broadcast listener may stay behind before it is closed with 1008.
     pub send_timeout: Duration,
@@ -127,6 +134,7 @@ pub struct Config {
     pub ping_interval: Option<Duration>,
     /// `None` never drops a silent client.
     pub idle_timeout: Option<Duration>,
+    /// How long to wait for the reply to the server's Close; see [`CLOSE_TIMEOUT`].
     pub close_timeout: Duration,
     /// Test hook: a text message equal to this makes the connection's thread panic, to show that
     /// a panic in one connection is logged and the server goes on. Never set by the command line.

@@ -5,13 +5,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Why the server could not start or run.
 #[derive(Debug)]
 pub enum Error {
     /// The host name could not be resolved.
+    #[allow(missing_docs)] // the fields say it
     Resolve { host: String, source: io::Error },
     /// The address is taken, not ours, or needs privileges.
+    #[allow(missing_docs)]
     Bind { addr: SocketAddr, source: io::Error },
     /// The log file could not be opened for appending.
+    #[allow(missing_docs)]
     LogFile { path: PathBuf, source: io::Error },
     /// The log was already set up in this process.
     Logger(log::SetLoggerError),

@@ -1,41 +1,64 @@
 //! wsecho: the WebSocket server of a classic "native WebSocket" tutorial, done properly.
 //!
-//! One OS thread per client runs a [`tungstenite`] read loop; a timer thread sends each client
-//! a greeting; broadcasts and shutdown reach a client's thread through its outbox. The README
-//! explains the design; each module explains its part:
+//! It listens on one port, greets each client two seconds after it connects, echoes every
+//! message back to its sender (or, with `--broadcast`, sends it to everyone), and serves a
+//! browser demo page. It is built the simple way on purpose: a std `TcpListener`, one OS thread
+//! per client running a [`tungstenite`] loop, one timer thread for greetings, and channels
+//! between threads; no async runtime.
 //!
-//! - [`server`]: the listener, one thread per connection, shutdown.
-//! - [`admission`]: the connection limit and the per-address caps, checked at accept.
-//! - [`connection`]: one connection's life: HTTP request, handshake, then [`client`].
-//! - [`client`]: the loop a connection's thread runs after its handshake.
-//! - [`outbox`], [`poll`]: how other threads hand a connection work and wake it, and how
-//!   broadcasts are paced to the slowest reader.
-//! - [`budget`]: the memory ceiling shared by all connections.
-//! - [`socket`]: the outbound queue in front of each socket.
-//! - [`hub`]: the open connections, broadcasts and counts.
-//! - [`greeter`]: the one timer thread that sends every greeting.
-//! - [`http`], [`handshake`], [`site`]: HTTP requests, the WebSocket handshake, the demo page.
-//! - [`frame`]: encoding outgoing frames once.
-//! - [`config`], [`cli`], [`logging`], [`error`]: settings, command line, logs, errors.
+//! # Reading the code
+//!
+//! The folders follow what runs where. One message, from accept to echo:
+//!
+//! 1. [`server`] (the main thread) accepts a TCP connection, asks `admission` whether a cap
+//!    forbids it (the connection limit, per-address caps: a 503 if so), and starts its thread.
+//! 2. `connection` (that thread, from here on) reads the HTTP request with [`http`]: the demo
+//!    page and `/healthz` are answered by `http::site`, an upgrade is checked by
+//!    [`http::handshake`] and answered with 101.
+//! 3. `connection::client` is the loop the thread then runs: it sleeps in `sys::wait` on its
+//!    socket and its waker, reads a message with tungstenite, encodes the echo once
+//!    (`delivery::frame`) and queues it in `connection::socket`, which writes it out.
+//!
+//! One broadcast, to every listener:
+//!
+//! 4. The receiving thread hands the encoded frame to `delivery::hub`, which pushes it into
+//!    each connection's `delivery::outbox` and wakes each thread; each thread moves it to its
+//!    own socket queue. The greeting takes the same road from the timer thread,
+//!    `delivery::greeter`.
+//! 5. `delivery::outbox` also paces broadcasts to the slowest reader (flow control), and
+//!    `delivery::budget` keeps every byte held for clients under one memory ceiling.
+//!
+//! Beside them: [`config`] (every setting, every limit a named constant with its reason),
+//! [`cli`] (the command line), [`logging`], [`error`], and `sys`, the one folder that talks to
+//! the operating system (all the `unsafe` code, and the two backends that make the loop work on
+//! Linux, macOS and Windows).
+//!
+//! # Using it as a library
+//!
+//! ```no_run
+//! let server = wsecho::Server::bind(wsecho::Config::default())?;
+//! println!("{}", server.url());
+//! server.run()?;
+//! # Ok::<(), wsecho::Error>(())
+//! ```
+//!
+//! On Linux, Android, FreeBSD and OpenBSD a running server wakes its connection threads with
+//! the signal `SIGURG` and installs a process-wide handler for it that does nothing (see
+//! `sys/ppoll.rs`); a program embedding wsecho should leave that signal to it.
 
-pub mod admission;
-pub mod budget;
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admission;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod connection;
+mod connection;
+mod delivery;
 pub mod error;
-pub mod frame;
-pub mod greeter;
-pub mod handshake;
 pub mod http;
-pub mod hub;
 pub mod logging;
-pub mod outbox;
-pub mod poll;
 pub mod server;
-pub mod site;
-pub mod socket;
+mod sys;
 
 pub use config::{Config, Greeting, Mode};
 pub use error::Error;

@@ -12,6 +12,22 @@ use simplelog::{
 
 use crate::error::Error;
 
+/// Time stamps like `2026-11-24T22:34:19.648642+00:00`: RFC 3339 with exactly six digits of
+/// fraction, so that the columns of a log line up (the RFC 3339 default drops trailing zeros).
+const TIME_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6][offset_hour sign:mandatory]:[offset_minute]"
+);
+
+/// "1 connection", "2 connections": a count and its noun, for log lines.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Sets up logging at `level` to standard error and, if given, appended to `file`.
 ///
 /// Call it before starting threads: finding the local UTC offset for timestamps is only
@@ -19,7 +35,7 @@ use crate::error::Error;
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
     let mut builder = ConfigBuilder::new();
     builder
-        .set_time_format_rfc3339()
+        .set_time_format_custom(TIME_FORMAT)
         .set_level_padding(LevelPadding::Right)
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)

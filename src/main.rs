@@ -2,7 +2,8 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -13,6 +14,11 @@ use wsecho::{Error, Server};
 /// Exit status for a second Ctrl-C: the shell's usual 128 + SIGINT.
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// Signals that arrive within this long after the first one was acknowledged are the same
+/// request: `timeout`, a service manager or a shell may send SIGTERM to the process and to its
+/// group at once, and a person's second Ctrl-C takes far longer than this.
+const SIGNALS_TOGETHER: Duration = Duration::from_millis(250);
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -20,7 +26,7 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(first_line(&e.render().to_string())),
+        Err(e) => return fail(one_line(&e)),
     };
     let config = match args.config() {
         Ok(config) => config,
@@ -36,23 +42,33 @@ fn run(args: &Args, config: wsecho::Config) -> Result<(), Error> {
     wsecho::logging::init(args.log_level, args.log_file.as_deref())?;
     let server = Server::bind(config)?;
 
+    // The handler goes in before the ready line: a script that waits for the line and then
+    // sends SIGTERM must get a graceful shutdown, never the default "killed by a signal".
+    let handle = server.shutdown_handle();
+    let acknowledged: Mutex<Option<Instant>> = Mutex::new(None);
+    ctrlc::set_handler(move || {
+        let mut acknowledged = acknowledged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *acknowledged {
+            None => {
+                info!("shutdown requested; press Ctrl-C again to exit at once");
+                handle.shutdown();
+                *acknowledged = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() < SIGNALS_TOGETHER => {} // the same request
+            Some(_) => {
+                eprintln!("wsecho: exiting at once");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        }
+    })
+    .map_err(Error::Signal)?;
+
     // The one line on standard output: scripts wait for it to know the server is ready.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", server.url()).and_then(|()| stdout.flush());
     drop(stdout);
-
-    let handle = server.shutdown_handle();
-    let presses = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            info!("shutdown requested; press Ctrl-C again to exit at once");
-            handle.shutdown();
-        } else {
-            eprintln!("wsecho: exiting at once");
-            std::process::exit(EXIT_INTERRUPTED);
-        }
-    })
-    .map_err(Error::Signal)?;
 
     server.run()?;
     Ok(())
@@ -64,6 +80,21 @@ fn fail(message: impl AsRef<str>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or(text).trim_end()
+/// clap's error on one line, keeping what it says would be accepted: its first line, the
+/// possible values, its tip, and where to read more.
+fn one_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut text = lines.next().unwrap_or("error: bad arguments").to_string();
+    for line in lines {
+        if line.starts_with("[possible values") {
+            text.push(' ');
+            text.push_str(line);
+        } else if let Some(tip) = line.strip_prefix("tip: ") {
+            text.push_str("; ");
+            text.push_str(tip);
+        }
+    }
+    text.push_str("; see --help");
+    text
 }

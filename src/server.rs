@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +11,16 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use crate::admission::{Admission, Refusal, Ticket};
-use crate::budget::Budget;
 use crate::config::{self, Config, Mode};
 use crate::connection::{self, Shared};
+use crate::delivery::budget::Budget;
+use crate::delivery::greeter::Greeter;
+use crate::delivery::hub::Hub;
 use crate::error::Error;
-use crate::greeter::Greeter;
 use crate::http::Response;
-use crate::hub::Hub;
-use crate::poll::{self, Interest, Waker};
+use crate::logging::count;
+use crate::sys::{self, Interest, Waker};
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Stack reserved for each connection's thread. Only the pages a thread touches use memory
 /// (an idle connection touches a few KiB), so this is address space, not RAM; it is far above
@@ -27,12 +28,17 @@ use crate::poll::{self, Interest, Waker};
 /// 8 MiB default, which would spend the address space of 10,000 threads on nothing.
 pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
 
-/// Descriptors per connection: its socket (the waker is a signal, see poll.rs).
-pub const FDS_PER_CONNECTION: usize = 1;
-
 /// Descriptors kept for everything else: standard streams, the listener, the log file,
 /// the signal handler's pipe, and room for a few more.
 const RESERVED_FDS: usize = 32;
+
+/// Where the system has no open-file limit (Windows), the default connection cap: a thread
+/// each, so a number a desktop machine's memory holds (about 20 KiB each when idle).
+const UNLIMITED_CAPACITY: usize = 10_000;
+
+/// An open-file limit above this is taken as this: a system's "unlimited" hard limit can be
+/// 2^63, and no machine runs that many threads.
+const MAX_DESCRIPTORS: usize = 1 << 24;
 
 /// When accept fails for lack of descriptors (EMFILE), it is retried after this pause,
 /// doubling up to [`MAX_ACCEPT_BACKOFF`]: the pending connection keeps the listener
@@ -75,9 +81,11 @@ impl ShutdownHandle {
 pub struct Summary {
     /// WebSocket connections served over the server's life.
     pub connections: u64,
+    /// Messages received from clients over the server's life.
     pub messages: u64,
     /// Connections open at shutdown, and how many of them had not finished closing in time.
     pub open_at_shutdown: usize,
+    /// How many of those had not finished closing when the server stopped waiting.
     pub unfinished: usize,
 }
 
@@ -166,6 +174,7 @@ impl Server {
         Arc::clone(&self.shared.hub)
     }
 
+    /// A handle that shuts this server down from another thread (a signal handler, a test).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(Arc::clone(&self.signal))
     }
@@ -201,12 +210,7 @@ impl Server {
                 read: backoff.is_none(),
                 write: false,
             };
-            poll::wait(
-                Some(self.listener.as_fd()),
-                interest,
-                &self.signal.waker,
-                backoff,
-            )?;
+            sys::wait(Some(&self.listener), interest, &self.signal.waker, backoff)?;
             if self.signal.requested.load(Ordering::SeqCst) {
                 return Ok(());
             }
@@ -219,7 +223,7 @@ impl Server {
                         self.admit(stream, peer);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_out_of_descriptors(&e) => {
+                    Err(e) if sys::is_out_of_descriptors(&e) => {
                         if backoff.is_none() {
                             warn!("cannot accept connections: {e}; retrying with backoff");
                         }
@@ -273,8 +277,13 @@ impl Server {
 /// Closes every client with 1001 and waits for them, at most the close timeout.
 fn shut_down(shared: &Shared) -> Summary {
     shared.shutting_down.store(true, Ordering::SeqCst);
-    let open = shared.hub.close_all(1001, "server shutting down");
-    info!("shutting down: closing {open} connections");
+    let open = shared
+        .hub
+        .close_all(CloseCode::Away, "server shutting down");
+    info!(
+        "shutting down: closing {}",
+        count(open as u64, "connection")
+    );
     // A client's thread gives the reply close_timeout, then lingers at most that long
     // more to send what is left; a little more covers the threads' own work.
     let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
@@ -287,9 +296,11 @@ fn shut_down(shared: &Shared) -> Summary {
         unfinished,
     };
     info!(
-        "stopped: served {} connections and {} messages; closed {open} open connections, \
-         {unfinished} still closing at exit",
-        summary.connections, summary.messages
+        "stopped: served {} and {}; closed {} open at shutdown, {unfinished} still closing at \
+         exit",
+        count(summary.connections, "connection"),
+        count(summary.messages, "message"),
+        count(open as u64, "connection"),
     );
     summary
 }
@@ -321,39 +332,27 @@ fn reject_busy(stream: TcpStream, refusal: Refusal) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Raises the open-file soft limit to the hard limit, and derives how many connections fit.
+/// Raises the open-file limit, and derives how many connections fit under it.
 pub fn connection_capacity() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(fds) = sys::raise_open_file_limit() else {
+        info!("no open-file limit here: room for {UNLIMITED_CAPACITY} connections");
+        return UNLIMITED_CAPACITY;
     };
-    // SAFETY: getrlimit/setrlimit read and write a live rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024 / FDS_PER_CONNECTION;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    let fds = usize::try_from(limit.rlim_cur)
+    let fds = usize::try_from(fds)
         .unwrap_or(usize::MAX)
-        .min(1 << 24);
-    let capacity = fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
-    info!("open-file limit {fds}: room for {capacity} connections");
+        .min(MAX_DESCRIPTORS);
+    let capacity = fds.saturating_sub(RESERVED_FDS) / sys::FDS_PER_CONNECTION;
+    info!(
+        "open-file limit {fds}: room for {capacity} connections ({} descriptor{} each, waiting \
+         with {})",
+        sys::FDS_PER_CONNECTION,
+        if sys::FDS_PER_CONNECTION == 1 {
+            ""
+        } else {
+            "s"
+        },
+        sys::BACKEND
+    );
     capacity.max(1)
 }
 
@@ -366,7 +365,7 @@ fn memory_ceiling(config: &Config) -> usize {
         );
         return limit;
     }
-    let (limit, from) = match physical_memory() {
+    let (limit, from) = match sys::physical_memory() {
         Some(total) => (
             usize::try_from(total / config::MEMORY_FRACTION).unwrap_or(usize::MAX),
             format!(
@@ -387,24 +386,4 @@ fn memory_ceiling(config: &Config) -> usize {
         crate::cli::approx_size(limit)
     );
     limit
-}
-
-/// The machine's memory in bytes, or the container's limit (cgroup v2) when smaller.
-fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf only reads system configuration.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let machine = u64::try_from(pages)
-        .ok()
-        .zip(u64::try_from(page_size).ok())
-        .map(|(pages, size)| pages * size)
-        .filter(|&total| total > 0)?;
-    let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    Some(container.map_or(machine, |limit| limit.min(machine)))
 }

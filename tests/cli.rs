@@ -42,6 +42,30 @@ fn bad_flag_values_are_one_line_errors() {
 }
 
 #[test]
+fn an_error_line_still_says_what_would_be_accepted() {
+    let output = wsecho(&["--log-level", "loud"]);
+    assert_one_line_error(
+        &output,
+        "[possible values: off, error, warn, info, debug, trace]; see --help",
+    );
+    let output = wsecho(&["--frobnicate"]);
+    assert_one_line_error(&output, "unexpected argument '--frobnicate' found");
+    assert_one_line_error(&output, "; see --help");
+    let output = wsecho(&["--max-connections", "0"]);
+    assert_one_line_error(&output, "expected a whole number above zero, got \"0\"");
+    let output = wsecho(&["--close-timeout", "off"]);
+    assert_one_line_error(
+        &output,
+        "expected a duration like 2s, 500ms or 1m; this one cannot be off",
+    );
+    let output = wsecho(&["--send-timeout", "soonish"]);
+    assert_one_line_error(
+        &output,
+        "expected a duration like 2s, 500ms or 1m, not \"soonish\"",
+    );
+}
+
+#[test]
 fn a_port_in_use_is_a_one_line_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use sha1::{Digest, Sha1};
 use wsecho::Config;
-use wsecho::handshake::{self, check, is_websocket_request};
+use wsecho::http::handshake::{self, check, is_websocket_request};
 use wsecho::http::{HeadError, MAX_HEADERS, Request, parse_head, read_head};
 
 /// The server's cap on a request head.

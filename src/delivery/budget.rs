@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use log::warn;
 
-use crate::outbox::WaitList;
+use crate::delivery::outbox::WaitList;
 
 /// A message in progress past this size counts as big: it must leave the reserve alone.
 /// Chat-like traffic (the tutorial's) is well below it; file-sized messages are above.

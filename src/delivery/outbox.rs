@@ -27,8 +27,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::poll::Waker;
+use crate::sys::Waker;
 
 /// Something for a connection's thread to do.
 #[derive(Debug)]
@@ -36,7 +37,7 @@ pub enum Delivery {
     /// Write this encoded frame (see `frame.rs`) as it is.
     Frame(Bytes),
     /// Start the close handshake with this code and reason.
-    Close(u16, &'static str),
+    Close(CloseCode, &'static str),
 }
 
 /// Why a push was refused: the connection has ended or is closing, and takes no more frames.
@@ -147,7 +148,7 @@ impl Outbox {
     }
 
     /// Asks the connection's thread to start the close handshake.
-    pub fn close(&self, code: u16, reason: &'static str) -> Result<(), Gone> {
+    pub fn close(&self, code: CloseCode, reason: &'static str) -> Result<(), Gone> {
         self.sender
             .send(Delivery::Close(code, reason))
             .map_err(|_| Gone)?;
@@ -375,6 +376,6 @@ mod tests {
         drop(inbox);
         assert!(!flow.congested());
         assert_eq!(outbox.push(frame(1)), Err(Gone));
-        assert_eq!(outbox.close(1000, ""), Err(Gone));
+        assert_eq!(outbox.close(CloseCode::Normal, ""), Err(Gone));
     }
 }

@@ -63,10 +63,10 @@ fn health(shared: &Shared) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::Budget;
     use crate::config::Config;
+    use crate::delivery::budget::Budget;
+    use crate::delivery::hub::Hub;
     use crate::http::parse_head;
-    use crate::hub::Hub;
     use std::sync::atomic::AtomicBool;
 
     fn get(method: &str, target: &str) -> Request {

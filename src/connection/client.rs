@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +23,13 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::budget::Budget;
 use crate::config::{Config, Mode};
-use crate::frame;
-use crate::hub::Hub;
-use crate::outbox::{Delivery, Inbox, WaitList};
-use crate::poll::{self, Interest};
-use crate::socket::Socket;
+use crate::connection::socket::Socket;
+use crate::delivery::budget::Budget;
+use crate::delivery::frame;
+use crate::delivery::hub::Hub;
+use crate::delivery::outbox::{Delivery, Inbox, WaitList};
+use crate::sys::{self, Interest};
 
 /// Text longer than this is shortened in the debug log.
 const LOGGED_TEXT_CHARS: usize = 200;
@@ -52,16 +51,22 @@ enum Paused {
 /// How a connection ended: the close code and reason, and what happened, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ending {
-    /// The close code: the client's, the one the server sent, or 1006 when the connection
-    /// ended without a Close frame (RFC 6455 section 7.1.5).
-    pub code: u16,
+    /// The close code: the client's, the one the server sent, or 1006 (`Abnormal`) when the
+    /// connection ended without a Close frame (RFC 6455 section 7.1.5).
+    pub code: CloseCode,
     pub reason: String,
     pub how: &'static str,
 }
 
 impl fmt::Display for Ending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "code {} {:?} ({})", self.code, self.reason, self.how)
+        write!(
+            f,
+            "code {} {:?} ({})",
+            u16::from(self.code),
+            self.reason,
+            self.how
+        )
     }
 }
 
@@ -91,7 +96,7 @@ pub struct Client<'a> {
     /// Set once the server has sent its Close frame: how it closed, and the reply's deadline.
     closing: Option<(Ending, Instant)>,
     /// The client's Close frame, once it arrived.
-    client_close: Option<(u16, String)>,
+    client_close: Option<(CloseCode, String)>,
     /// Messages read in this round, to broadcast together when the round ends, and their size.
     broadcasts: Vec<Bytes>,
     batched: usize,
@@ -138,6 +143,7 @@ impl<'a> Client<'a> {
     pub fn run(mut self) -> Summary {
         let Err(ending) = self.serve();
         self.linger();
+        self.inbox.waker().forget(self.ws.get_ref().tcp());
         let _ = self.ws.get_ref().tcp().shutdown(Shutdown::Both);
         Summary {
             ending,
@@ -158,8 +164,8 @@ impl<'a> Client<'a> {
             let timeout = self
                 .next_deadline()
                 .map(|at| at.saturating_duration_since(Instant::now()));
-            let ready = poll::wait(
-                Some(self.ws.get_ref().tcp().as_fd()),
+            let ready = sys::wait(
+                Some(self.ws.get_ref().tcp()),
                 interest,
                 self.inbox.waker(),
                 timeout,
@@ -173,7 +179,7 @@ impl<'a> Client<'a> {
             } else if ready.hangup {
                 // Not reading, and the peer is gone in both directions: nothing can come of it.
                 return Err(Ending {
-                    code: 1006,
+                    code: CloseCode::Abnormal,
                     reason: String::new(),
                     how: "connection lost while waiting to read",
                 });
@@ -312,10 +318,12 @@ impl<'a> Client<'a> {
             // tungstenite has already queued the pong for a ping, and the close reply.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
             Message::Close(frame) => {
-                let (code, reason) = frame.as_ref().map_or((1005, String::new()), |f| {
-                    (u16::from(f.code), f.reason.to_string())
-                });
-                debug!("{} sent Close {code} {reason:?}", self.peer);
+                let (code, reason) = frame
+                    .as_ref()
+                    .map_or((CloseCode::Status, String::new()), |f| {
+                        (f.code, f.reason.to_string())
+                    });
+                debug!("{} sent Close {} {reason:?}", self.peer, u16::from(code));
                 self.client_close = Some((code, reason));
                 return;
             }
@@ -342,19 +350,22 @@ impl<'a> Client<'a> {
             WsError::Io(e) => return lost("connection lost", &e),
             WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
                 return Ending {
-                    code: 1006,
+                    code: CloseCode::Abnormal,
                     reason: String::new(),
                     how: "closed without a Close frame",
                 };
             }
-            WsError::Protocol(e) => (1002, format!("protocol error: {e}")),
-            WsError::Utf8(_) => (1007, "invalid UTF-8 in a text message".to_string()),
-            WsError::Capacity(e) => (1009, format!("too big: {e}")),
-            other => (1011, format!("internal error: {other}")),
+            WsError::Protocol(e) => (CloseCode::Protocol, format!("protocol error: {e}")),
+            WsError::Utf8(_) => (
+                CloseCode::Invalid,
+                "invalid UTF-8 in a text message".to_string(),
+            ),
+            WsError::Capacity(e) => (CloseCode::Size, format!("too big: {e}")),
+            other => (CloseCode::Error, format!("internal error: {other}")),
         };
         info!("{} failed the connection: {reason}", self.peer);
         let close = CloseFrame {
-            code: CloseCode::from(code),
+            code,
             reason: close_reason(&reason).into(),
         };
         // Errors here only mean the connection is already unusable; linger() ends it either way.
@@ -376,7 +387,7 @@ impl<'a> Client<'a> {
                 how: "closed by client",
             },
             (None, None) => Ending {
-                code: 1006,
+                code: CloseCode::Abnormal,
                 reason: String::new(),
                 how: "closed",
             },
@@ -384,9 +395,9 @@ impl<'a> Client<'a> {
     }
 
     /// Queues the server's Close frame (tungstenite then refuses to send anything after it).
-    fn send_close(&mut self, code: u16, reason: &str) {
+    fn send_close(&mut self, code: CloseCode, reason: &str) {
         let close = CloseFrame {
-            code: CloseCode::from(code),
+            code,
             reason: reason.into(),
         };
         // Fails only when a Close was already sent, or the connection is unusable.
@@ -394,7 +405,7 @@ impl<'a> Client<'a> {
     }
 
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
-    fn start_close(&mut self, code: u16, reason: &'static str, how: &'static str) {
+    fn start_close(&mut self, code: CloseCode, reason: &'static str, how: &'static str) {
         if self.closing.is_some() || !self.ws.can_write() {
             return;
         }
@@ -495,7 +506,7 @@ impl<'a> Client<'a> {
                 "timed out: nothing received, not even a pong"
             };
             return Err(Ending {
-                code: 1006,
+                code: CloseCode::Abnormal,
                 reason: String::new(),
                 how,
             });
@@ -528,9 +539,9 @@ impl<'a> Client<'a> {
             }
         }
         let reason = "too slow: not reading what it was sent";
-        self.send_close(1008, reason);
+        self.send_close(CloseCode::Policy, reason);
         Ending {
-            code: 1008,
+            code: CloseCode::Policy,
             reason: reason.to_string(),
             how: "too slow, closed by server",
         }
@@ -549,9 +560,9 @@ impl<'a> Client<'a> {
         );
         let reason = "try again later: server memory full";
         self.inbox.close_intake();
-        self.send_close(1013, reason);
+        self.send_close(CloseCode::Again, reason);
         Ending {
-            code: 1013,
+            code: CloseCode::Again,
             reason: reason.to_string(),
             how: "memory full, closed by server",
         }
@@ -571,9 +582,8 @@ impl<'a> Client<'a> {
                 read: false,
                 write: true,
             };
-            let socket = Some(self.ws.get_ref().tcp().as_fd());
-            if left.is_zero() || poll::wait(socket, write, self.inbox.waker(), Some(left)).is_err()
-            {
+            let socket = Some(self.ws.get_ref().tcp());
+            if left.is_zero() || sys::wait(socket, write, self.inbox.waker(), Some(left)).is_err() {
                 return;
             }
             self.inbox.waker().reset();
@@ -589,7 +599,7 @@ impl<'a> Client<'a> {
 /// and wakes it (see `WaitList`). `listed` remembers the generation joined, to join only once.
 fn wait_on(
     list: &WaitList,
-    outbox: &Arc<crate::outbox::Outbox>,
+    outbox: &Arc<crate::delivery::outbox::Outbox>,
     listed: &mut Option<u64>,
     blocked: impl Fn() -> bool,
 ) -> bool {
@@ -605,7 +615,7 @@ fn wait_on(
 /// The ending for a connection that broke without a close handshake.
 fn lost(what: &'static str, error: &std::io::Error) -> Ending {
     Ending {
-        code: 1006,
+        code: CloseCode::Abnormal,
         reason: error.to_string(),
         how: what,
     }

@@ -13,8 +13,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::outbox::{Flow, Inbox, Outbox, mailbox};
+use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
 
 /// Identifies a connection for as long as the server runs.
 pub type ConnectionId = u64;
@@ -95,7 +96,7 @@ impl Hub {
     }
 
     /// Asks every open connection to close with this code and reason. Returns how many.
-    pub fn close_all(&self, code: u16, reason: &'static str) -> usize {
+    pub fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
         let members = self.members();
         members
             .values()
@@ -146,7 +147,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Delivery;
+    use crate::delivery::outbox::Delivery;
 
     #[test]
     fn broadcast_reaches_every_member_until_it_leaves() {

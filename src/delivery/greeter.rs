@@ -16,10 +16,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::budget::Budget;
 use crate::config::Greeting;
-use crate::frame;
-use crate::outbox::Outbox;
+use crate::delivery::budget::Budget;
+use crate::delivery::frame;
+use crate::delivery::outbox::Outbox;
 
 /// Where connections schedule their greeting. Dropping every clone stops the thread.
 #[derive(Debug, Clone)]
@@ -121,8 +121,8 @@ impl Ord for ByTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
-    use crate::outbox::Delivery;
+    use crate::delivery::hub::Hub;
+    use crate::delivery::outbox::Delivery;
     use std::time::Duration;
 
     #[test]
@@ -152,13 +152,13 @@ mod tests {
         drop(gone_inbox);
 
         // Wait on the waker alone, as a connection's thread would between messages.
-        let nothing = crate::poll::Interest {
+        let nothing = crate::sys::Interest {
             read: false,
             write: false,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !crate::poll::wait(
-            None,
+        while !crate::sys::wait(
+            None::<&std::net::TcpStream>,
             nothing,
             live_inbox.waker(),
             Some(Duration::from_secs(1)),

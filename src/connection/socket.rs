@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::budget::Budget;
-use crate::outbox::Inbox;
+use crate::delivery::budget::Budget;
+use crate::delivery::outbox::Inbox;
 
 /// Bytes read in one round of the connection's loop, at most. A client that sends faster than
 /// the server handles could otherwise keep its thread reading for ever, and deliveries and
@@ -229,7 +229,7 @@ impl Drop for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
+    use crate::delivery::hub::Hub;
     use std::net::TcpListener;
 
     #[test]

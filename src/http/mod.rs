@@ -4,6 +4,9 @@
 //! handed to `handshake.rs` (a WebSocket upgrade) or `site.rs` (the demo page and `/healthz`).
 //! One request per connection: every plain HTTP response says `Connection: close`.
 
+pub mod handshake;
+pub(crate) mod site;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
@@ -21,11 +24,13 @@ const LINGER: Duration = Duration::from_secs(1);
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// `GET`, `HEAD`, ...
     pub method: String,
     /// The request target as sent, e.g. `/` or `/chat?room=1`.
     pub target: String,
     /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
+    /// Every header line, name and value, in order.
     pub headers: Vec<(String, String)>,
 }
 
@@ -65,6 +70,7 @@ pub enum HeadError {
     TooLarge,
     /// Not HTTP: 400, with what was wrong.
     Malformed(String),
+    /// The connection failed while the head was read.
     Io(io::Error),
 }
 
@@ -158,9 +164,13 @@ pub fn read_head(
 /// A short HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
+    /// The status code, like 200 or 404.
     pub status: u16,
+    /// Extra headers, besides the ones every response has.
     pub headers: Vec<(&'static str, String)>,
+    /// The `Content-Type`.
     pub content_type: &'static str,
+    /// The body.
     pub body: Vec<u8>,
 }
 
@@ -177,6 +187,7 @@ impl Response {
         }
     }
 
+    /// The response with one more header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self

@@ -1,6 +1,9 @@
 //! One accepted TCP connection, from its first byte to its last: read the request head, answer
-//! plain HTTP or complete the WebSocket handshake, then serve the client (`client.rs`).
-//! Each runs on its own thread, spawned by `server.rs`.
+//! plain HTTP or complete the WebSocket handshake, then serve the client (`client.rs`, with its
+//! outgoing queue in `socket.rs`). Each runs on its own thread, spawned by `server.rs`.
+
+pub(crate) mod client;
+pub(crate) mod socket;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -10,18 +13,19 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use tungstenite::WebSocket;
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::admission::Ticket;
-use crate::budget::Budget;
-use crate::client::Client;
 use crate::config::Config;
-use crate::greeter::Greeter;
-use crate::handshake;
+use crate::connection::client::Client;
+use crate::connection::socket::Socket;
+use crate::delivery::budget::Budget;
+use crate::delivery::greeter::Greeter;
+use crate::delivery::hub::Hub;
+use crate::http::handshake;
+use crate::http::site;
 use crate::http::{self, HeadError, Response};
-use crate::hub::Hub;
-use crate::site;
-use crate::socket::Socket;
 
 // What an idle connection keeps, about 14.5 KiB in all (scripts/bench.sh, hold rows):
 // - its thread's stack: two touched 4 KiB pages of the 256 KiB reserved (server.rs), one of
@@ -78,9 +82,7 @@ impl Shared {
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
 pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
-    let upgraded = answer_request(stream, peer, shared);
-    ticket.handshake_done();
-    if let Some(upgraded) = upgraded {
+    if let Some(upgraded) = answer_request(stream, peer, shared, ticket) {
         serve_websocket(upgraded, peer, shared);
     }
 }
@@ -95,11 +97,19 @@ struct Upgraded {
 /// Reads the request and answers it: plain HTTP (then the connection is done) or the
 /// WebSocket handshake.
 #[inline(never)]
-fn answer_request(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Upgraded> {
+fn answer_request(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    ticket: &mut Ticket,
+) -> Option<Upgraded> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
-    let (request, leftover) = match http::read_head(&mut stream, deadline, config.max_request_head)
-    {
+    let head = http::read_head(&mut stream, deadline, config.max_request_head);
+    // Whatever came of it, the client is no longer one whose request may never come: what
+    // follows is the server's own quick work, so it stops counting as an unfinished handshake.
+    ticket.handshake_done();
+    let (request, leftover) = match head {
         Ok(head) => head,
         Err(HeadError::Timeout) => {
             info!(
@@ -187,7 +197,7 @@ fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
-        let _ = outbox.close(1001, "server shutting down");
+        let _ = outbox.close(CloseCode::Away, "server shutting down");
     }
     if let Some(greeter) = &shared.greeter {
         greeter.schedule(&outbox);
@@ -204,8 +214,10 @@ fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     );
     let summary = Client::new(ws, inbox, config, &shared.hub, &shared.budget, peer).run();
     info!(
-        "{peer} disconnected: {}, after {:.1?}, {} messages",
-        summary.ending, summary.duration, summary.messages
+        "{peer} disconnected: {}, after {:.1?}, {}",
+        summary.ending,
+        summary.duration,
+        crate::logging::count(summary.messages, "message")
     );
 }
 

@@ -1,0 +1,289 @@
+//! Everything that asks the operating system for something std does not offer: the one
+//! folder with `unsafe` code (the rest of the crate denies it), and the one place that knows
+//! which system it runs on.
+//!
+//! It offers the rest of the server a small interface:
+//!
+//! - [`wait`]: sleep until a socket is ready, a [`Waker`] is woken, or a timeout passes;
+//! - [`Waker::wake`]: end another thread's [`wait`] at once, from any thread;
+//! - [`raise_open_file_limit`] and [`is_out_of_descriptors`]: how many sockets fit, and what
+//!   running out looks like;
+//! - [`physical_memory`]: what the default memory ceiling is a share of.
+//!
+//! # Why a waker at all
+//!
+//! A connection's thread must notice two things while it waits: bytes from its peer, and frames
+//! that other threads (the greeting timer, broadcasts, shutdown) have queued for it. A blocking
+//! `read()` can only notice the first, and tungstenite cannot split a blocking socket into a
+//! reading half and a writing half (tungstenite issues 113 and 311). So the socket is made
+//! non-blocking, the thread sleeps in one system call that watches the socket *and* a waker,
+//! and other threads wake it. An idle connection is a thread asleep in the kernel: no CPU, no
+//! tick, and it wakes the moment there is work.
+//!
+//! # Two backends, one contract
+//!
+//! - `ppoll.rs`, on Linux, Android, FreeBSD and OpenBSD: `ppoll(2)` on the socket, woken by a
+//!   signal. One descriptor per connection, the socket itself.
+//! - `portable.rs` everywhere else (macOS, Windows, ...), and on Linux with the cargo feature
+//!   `portable-poll`: the `polling` crate (kqueue with `EVFILT_USER`, IOCP with a completion
+//!   packet, epoll with an eventfd), one poller per connection.
+//!
+//! Both keep the same promises: a wake-up is never lost (one sent before the sleep ends it at
+//! once), wake-ups are prompt (no polling tick), an idle thread costs no CPU, and only the
+//! connection's own thread ever touches its socket. `.ci/run` runs the whole test suite with
+//! each backend on Linux.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::time::Duration;
+
+#[cfg(all(
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "openbsd"
+    ),
+    not(feature = "portable-poll")
+))]
+#[path = "ppoll.rs"]
+mod backend;
+
+#[cfg(not(all(
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "openbsd"
+    ),
+    not(feature = "portable-poll")
+)))]
+#[path = "portable.rs"]
+mod backend;
+
+pub use backend::{BACKEND, FDS_PER_CONNECTION, Waker};
+
+/// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
+/// (Windows), as std's `TcpStream` and `TcpListener` do.
+#[cfg(unix)]
+pub trait Source: std::os::fd::AsFd {}
+#[cfg(unix)]
+impl<T: std::os::fd::AsFd> Source for T {}
+
+/// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
+/// (Windows), as std's `TcpStream` and `TcpListener` do.
+#[cfg(windows)]
+pub trait Source: std::os::windows::io::AsSocket {}
+#[cfg(windows)]
+impl<T: std::os::windows::io::AsSocket> Source for T {}
+
+/// What [`wait`] watches the socket for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    /// Wake when bytes arrive (or the peer hangs up).
+    pub read: bool,
+    /// Wake when the send buffer has room.
+    pub write: bool,
+}
+
+/// What [`wait`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The socket has bytes to read, or its peer hung up or failed (a read will tell which).
+    pub readable: bool,
+    /// The socket has room in its send buffer.
+    pub writable: bool,
+    /// The peer hung up or the connection failed, in both directions: reported even when
+    /// the socket is not watched for reading.
+    pub hangup: bool,
+    /// The waker was woken.
+    pub woken: bool,
+}
+
+/// Sleeps until the socket (if any) is ready for `interest`, the waker is woken, or `timeout`
+/// passes (`None` waits for ever). It may also return early with nothing ready, so callers
+/// decide what to do from the clock, not from the return.
+///
+/// Only one thread waits on a given waker (its connection's); a waker serves one socket.
+pub fn wait<S: Source>(
+    socket: Option<&S>,
+    interest: Interest,
+    waker: &Waker,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    backend::wait(socket, interest, waker, timeout)
+}
+
+/// Raises the open-file soft limit as far as the hard limit allows, and returns the limit now
+/// in force; `None` where there is no such limit (Windows: sockets are bounded by memory).
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        unix::raise_open_file_limit()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Whether an `accept` failed for lack of descriptors or kernel memory: a condition that
+/// passes as other connections close, to retry with backoff rather than give up.
+pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+    #[cfg(windows)]
+    {
+        /// WSAEMFILE and WSAENOBUFS: too many sockets, no buffer space.
+        const OUT_OF_SOCKETS: [i32; 2] = [10024, 10055];
+        error
+            .raw_os_error()
+            .is_some_and(|code| OUT_OF_SOCKETS.contains(&code))
+    }
+}
+
+/// The machine's memory in bytes, or the container's limit when it is smaller (Linux cgroup
+/// v2); `None` where it cannot be found out.
+pub fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        unix::physical_memory()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+#[cfg(unix)]
+mod unix {
+    /// Where Linux's cgroup v2 says how much memory this container may use.
+    const CGROUP_MEMORY_MAX: &str = "/sys/fs/cgroup/memory.max";
+
+    pub fn raise_open_file_limit() -> Option<u64> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a live rlimit struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads a live rlimit struct. It may refuse (macOS refuses an
+            // unlimited hard limit for files): the old limit then stays, which is still right.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        #[allow(clippy::useless_conversion)] // rlim_t is u64 on most systems, not all
+        u64::try_from(limit.rlim_cur).ok()
+    }
+
+    pub fn physical_memory() -> Option<u64> {
+        // SAFETY: sysconf only reads system configuration.
+        let (pages, page_size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let machine = u64::try_from(pages)
+            .ok()
+            .zip(u64::try_from(page_size).ok())
+            .map(|(pages, size)| pages.saturating_mul(size))
+            .filter(|&total| total > 0)?;
+        let container = std::fs::read_to_string(CGROUP_MEMORY_MAX)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        Some(container.map_or(machine, |limit| limit.min(machine)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    const NOTHING: Interest = Interest {
+        read: false,
+        write: false,
+    };
+
+    #[test]
+    fn wake_from_another_thread_ends_the_wait() {
+        let waker = Arc::new(Waker::new());
+        let other = Arc::clone(&waker);
+        // The wake may come before, during or after the sleep starts: none may be lost.
+        let thread = std::thread::spawn(move || other.wake());
+        let ready = loop {
+            let ready = wait(None::<&TcpStream>, NOTHING, &waker, None).unwrap();
+            if ready.woken {
+                break ready;
+            }
+        };
+        thread.join().unwrap();
+        assert_eq!(
+            ready,
+            Ready {
+                woken: true,
+                ..Ready::default()
+            }
+        );
+
+        waker.reset();
+        let ready = wait(
+            None::<&TcpStream>,
+            NOTHING,
+            &waker,
+            Some(Duration::from_millis(1)),
+        );
+        assert_eq!(ready.unwrap(), Ready::default(), "reset clears the wake-up");
+    }
+
+    #[test]
+    fn socket_readiness_is_reported() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let waker = Waker::new();
+        let both = Interest {
+            read: true,
+            write: true,
+        };
+        let ready = wait(Some(&server), both, &waker, None).unwrap();
+        assert!(ready.writable && !ready.readable);
+
+        io::Write::write_all(&mut client, b"x").unwrap();
+        let read_only = Interest {
+            read: true,
+            write: false,
+        };
+        let ready = loop {
+            let ready = wait(Some(&server), read_only, &waker, None).unwrap();
+            if ready.readable {
+                break ready;
+            }
+        };
+        assert!(ready.readable && !ready.woken);
+        waker.forget(&server);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_known_on_unix() {
+        assert_eq!(raise_open_file_limit().is_some(), cfg!(unix));
+        assert!(physical_memory().is_some() || !cfg!(unix));
+    }
+}
