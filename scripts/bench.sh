@@ -2,12 +2,17 @@
 # Benchmarks wsecho with wsload and writes a Markdown table to
 # target/bench/results.md (and prints it).
 #
-# Usage: scripts/bench.sh [--quick] [--soak] [--compare]
+# Usage: scripts/bench.sh [--quick] [--soak] [--compare] [--portable]
 #   --quick    3 s echo rows instead of 10 s
 #   --soak     add 10 minutes of mixed echo traffic, sampling the server's RSS
 #   --compare  also build tokio-tungstenite's echo example and tungstenite's
 #              server example from their published crates and run the echo
 #              rows against them (the targets refer to their figures)
+#   --portable also build wsecho with its portable-poll feature (the portable
+#              waker/poll backend) into target/portable and run the echo rows
+#              1×32 B, 64×32 B, 64×4 KiB and hold 1,000 against it, labelled
+#              "wsecho (portable backend)". If that build fails, the script
+#              says so in one line and goes on without those rows.
 #
 # Environment (all optional):
 #   WSECHO_BIN      use this wsecho binary instead of building the workspace's
@@ -20,18 +25,27 @@
 #   BENCH_THREADS   wsload worker threads (default 1: on two cores every
 #                   client thread competes with the server)
 #   BENCH_SOAK_SECONDS  length of --soak (default 600)
+#   BENCH_ONLY      run only these groups of rows, comma-separated, e.g.
+#                   BENCH_ONLY=burst or BENCH_ONLY=echo,hold:
+#                     echo      echo rows (also --compare's and --portable's)
+#                     hold      hold 1,000 and 10,000 idle (and --portable's)
+#                     greeting  10,000 greetings due at once
+#                     fanout    fan-out 100 × 1,000
+#                     burst     broadcast burst with one slow reader
+#                   --soak runs when asked for, whatever BENCH_ONLY says.
 #
 # Every server and client it starts listens on or connects to 127.0.0.1
 # only, every run is bounded in time, and the whole script is bounded too; on
 # exit (normal, error or Ctrl-C) it stops everything it started.
 set -euo pipefail
 
-QUICK=0 SOAK=0 COMPARE=0
+QUICK=0 SOAK=0 COMPARE=0 PORTABLE=0
 for arg in "$@"; do
     case "$arg" in
     --quick) QUICK=1 ;;
     --soak) SOAK=1 ;;
     --compare) COMPARE=1 ;;
+    --portable) PORTABLE=1 ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
@@ -45,10 +59,22 @@ done
 
 SOAK_SECONDS=${BENCH_SOAK_SECONDS:-600}
 
+GROUPS_ALL="echo hold greeting fanout burst"
+ONLY=${BENCH_ONLY:-}
+for group in ${ONLY//,/ }; do
+    if [[ " $GROUPS_ALL " != *" $group "* ]]; then
+        echo "bench: unknown group '$group' in BENCH_ONLY (groups: ${GROUPS_ALL// /, })" >&2
+        exit 2
+    fi
+done
+want() { # want GROUP: true if BENCH_ONLY is unset or names GROUP
+    [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]
+}
+
 # Bound the whole run: re-run this script under timeout(1). Each wsload run is
 # bounded by itself, this catches anything else (a build that hangs, say).
 if [[ -z ${BENCH_UNDER_TIMEOUT:-} ]]; then
-    budget=$((40 * 60 + COMPARE * 15 * 60 + SOAK * (SOAK_SECONDS + 5 * 60)))
+    budget=$((40 * 60 + COMPARE * 15 * 60 + PORTABLE * 15 * 60 + SOAK * (SOAK_SECONDS + 5 * 60)))
     export BENCH_UNDER_TIMEOUT=1
     exec timeout --foreground --kill-after=30 "$budget" bash "$0" "$@"
 fi
@@ -62,6 +88,9 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsecho-bench.XXXXXX")
 THREADS=${BENCH_THREADS:-1}
 ECHO_SECONDS=$((QUICK ? 3 : 10))
 WARMUP=1s
+# The burst row: 800 messages of 64 KiB (50 MiB) at full speed to 10
+# listeners and one more that reads 2 MiB/s.
+BURST_LISTENERS=10 BURST_MESSAGES=800 BURST_SIZE=65536 BURST_RATE=2097152
 
 say() { echo "bench: $*" >&2; }
 die() {
@@ -116,6 +145,28 @@ if [[ -z $CUSTOM ]]; then
     [[ -x $WSECHO ]] || die "$WSECHO not found (set WSECHO_BIN or BENCH_SERVER)"
 fi
 
+# The portable backend: the same source built with the portable-poll feature,
+# in a target directory of its own so that it never replaces the default
+# binary. A failed build skips its rows, not the whole run.
+PORTABLE_BIN="" PORTABLE_NOTE=""
+PORTABLE_LABEL="wsecho (portable backend)"
+if ((PORTABLE)) && [[ -n $CUSTOM ]]; then
+    PORTABLE_NOTE="not run: --portable measures wsecho, not BENCH_SERVER"
+    say "--portable is ignored with BENCH_SERVER"
+elif ((PORTABLE)) && (want echo || want hold); then
+    say "building wsecho with --features portable-poll (release, target/portable)"
+    build_log="$OUT/portable-build.log"
+    if (cd "$ROOT" && cargo build --release -p wsecho --features portable-poll \
+        --target-dir "$ROOT/target/portable") >"$build_log" 2>&1 &&
+        [[ -x $ROOT/target/portable/release/wsecho ]]; then
+        PORTABLE_BIN=$ROOT/target/portable/release/wsecho
+    else
+        why=$(grep -m1 '^error' "$build_log" || tail -1 "$build_log")
+        PORTABLE_NOTE="not built, rows skipped: ${why:-no output}"
+        say "--portable: building wsecho with --features portable-poll failed (${why:-no output}); skipping the portable-backend rows (full log: target/bench/portable-build.log)"
+    fi
+fi
+
 # ------------------------------------------------------- file descriptors --
 # wsecho needs one descriptor per client (its socket), so 10,000 clients need
 # a little over 10,000, and wsload as many again in its own process. Raising
@@ -134,10 +185,15 @@ SERVER_URL=""
 SERVER_LABEL=""
 
 start_wsecho() { # start_wsecho [extra wsecho flags]: sets SERVER_PID and SERVER_URL
-    local fifo="$WORK/stdout.fifo" fd line
+    start_wsecho_binary "$WSECHO" wsecho "$@"
+}
+
+start_wsecho_binary() { # start_wsecho_binary BINARY LABEL [extra wsecho flags]
+    local binary=$1 label=$2 fifo="$WORK/stdout.fifo" fd line
+    shift 2
     rm -f "$fifo"
     mkfifo "$fifo"
-    "$WSECHO" --host 127.0.0.1 --port 0 --log-level off --greeting-delay off "$@" \
+    "$binary" --host 127.0.0.1 --port 0 --log-level off --greeting-delay off "$@" \
         >"$fifo" 2>"$WORK/server.err" &
     SERVER_PID=$!
     exec {fd}<"$fifo"
@@ -153,7 +209,7 @@ start_wsecho() { # start_wsecho [extra wsecho flags]: sets SERVER_PID and SERVER
     exec {fd}<&-
     [[ $line == ws://* ]] || die "wsecho printed '$line' instead of its URL"
     SERVER_URL=$line
-    SERVER_LABEL="wsecho"
+    SERVER_LABEL=$label
 }
 
 free_port() { # a port nobody listens on (checked by trying to connect)
@@ -194,7 +250,9 @@ start_custom() { # BENCH_SERVER with {addr} replaced
 
 start_default_server() { # wsecho with default flags, or BENCH_SERVER when given
     if [[ -n $CUSTOM ]]; then start_custom; else start_wsecho; fi
+    MAIN_LABEL=$SERVER_LABEL
 }
+MAIN_LABEL=wsecho
 
 stop_server() {
     local status=0
@@ -202,9 +260,9 @@ stop_server() {
     SERVER_PID=""
     stop_pid "$DRAIN_PID" || true
     DRAIN_PID=""
-    if [[ $SERVER_LABEL == wsecho && $status -ne 0 ]]; then
-        say "warning: wsecho exited with status $status on SIGTERM"
-        STOP_WARNINGS+="wsecho exited with status $status on SIGTERM. "
+    if [[ $SERVER_LABEL == wsecho* && $status -ne 0 ]]; then
+        say "warning: $SERVER_LABEL exited with status $status on SIGTERM"
+        STOP_WARNINGS+="$SERVER_LABEL exited with status $status on SIGTERM. "
     fi
 }
 STOP_WARNINGS=""
@@ -243,9 +301,12 @@ jerr() {
     echo "$text"
 }
 
-echo_rows() { # echo_rows PREFIX URL
-    local prefix=$1 url=$2 spec c s
-    for spec in 1x32 16x32 64x32 64x4096; do
+ECHO_SPECS="1x32 16x32 64x32 64x4096"
+PORTABLE_ECHO_SPECS="1x32 64x32 64x4096"
+
+echo_rows() { # echo_rows PREFIX URL [SPECS]: connections x size, e.g. "1x32 64x4096"
+    local prefix=$1 url=$2 spec_list=${3:-$ECHO_SPECS} spec c s
+    for spec in $spec_list; do
         c=${spec%x*} s=${spec#*x}
         run "$prefix-echo-$spec" echo --url "$url" --connections "$c" --size "$s" \
             --duration "${ECHO_SECONDS}s" --warmup "$WARMUP"
@@ -257,7 +318,7 @@ STARTED_AT=$(date -u '+%Y-%m-%d %H:%M UTC')
 SECONDS=0
 
 # Comparison servers first: wsecho's targets refer to their figures.
-if ((COMPARE)); then
+if ((COMPARE)) && want echo; then
     CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench}
     CMP="$CACHE/compare"
     say "building the comparison servers in $CMP"
@@ -314,29 +375,62 @@ EOF
     fi
 fi
 
-start_default_server
-MAIN_LABEL=$SERVER_LABEL
-echo_rows main "$SERVER_URL"
-stop_server
-
-for n in 1000 10000; do
+if want echo; then
     start_default_server
-    run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
+    echo_rows main "$SERVER_URL"
     stop_server
-done
+fi
+
+if want hold; then
+    for n in 1000 10000; do
+        start_default_server
+        run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
+        stop_server
+    done
+fi
 
 if [[ -z $CUSTOM ]]; then
-    # All 10,000 handshakes as fast as possible, so their greetings fall due
-    # together.
-    start_wsecho --greeting-delay 2s
-    run main-greeting-10000 hold --url "$SERVER_URL" --connections 10000 --hold 5s \
-        --greeting-delay 2s --concurrency 1000
-    stop_server
+    if want greeting; then
+        # All 10,000 handshakes as fast as possible, so their greetings fall
+        # due together.
+        start_wsecho --greeting-delay 2s
+        run main-greeting-10000 hold --url "$SERVER_URL" --connections 10000 --hold 5s \
+            --greeting-delay 2s --concurrency 1000
+        stop_server
+    fi
 
-    start_wsecho --broadcast
-    run main-fanout-full fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 0
-    run main-fanout-500 fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 500
-    stop_server
+    if want fanout; then
+        start_wsecho --broadcast
+        run main-fanout-full fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 0
+        run main-fanout-500 fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 500
+        stop_server
+    fi
+
+    if want burst; then
+        # A 50 MiB burst that one listener reads at only 2 MiB/s: with the
+        # default flow control (--max-backlog 4 MiB, --send-timeout 10 s) the
+        # sender must be slowed to that pace, and the slow reader, which never
+        # stops reading, must get every message and never be closed. About
+        # 25 s; wsload gives up after 60 s.
+        start_wsecho --broadcast
+        run main-burst fanout --url "$SERVER_URL" --listeners "$BURST_LISTENERS" \
+            --messages "$BURST_MESSAGES" --size "$BURST_SIZE" --rate 0 \
+            --slow-listener "$BURST_RATE" --timeout 60s
+        stop_server
+    fi
+fi
+
+if [[ -n $PORTABLE_BIN ]]; then
+    if want echo; then
+        start_wsecho_binary "$PORTABLE_BIN" "$PORTABLE_LABEL"
+        echo_rows port "$SERVER_URL" "$PORTABLE_ECHO_SPECS"
+        stop_server
+    fi
+    if want hold; then
+        start_wsecho_binary "$PORTABLE_BIN" "$PORTABLE_LABEL"
+        run port-hold-1000 hold --url "$SERVER_URL" --connections 1000 --hold 10s --pid "$SERVER_PID"
+        stop_server
+    fi
 fi
 
 SOAK_IDLE_KIB="" SOAK_START_KIB="" SOAK_END_KIB="" SOAK_MAX_KIB="" SOAK_TURNS=0 SOAK_FAILED=0
@@ -406,9 +500,9 @@ checks_cell() { # the verification outcome of an echo run
     fi
 }
 
-echo_table() { # echo_table PREFIX LABEL
-    local prefix=$1 label=$2 spec name title target m tt tp
-    for spec in 1x32 16x32 64x32 64x4096; do
+echo_table() { # echo_table PREFIX LABEL [SPECS]
+    local prefix=$1 label=$2 spec_list=${3:-$ECHO_SPECS} spec name title target m tt tp
+    for spec in $spec_list; do
         name="$prefix-echo-$spec"
         title="echo ${spec%x*}×${spec#*x} B"
         [[ $spec == 64x4096 ]] && title="echo 64×4 KiB"
@@ -419,10 +513,10 @@ echo_table() { # echo_table PREFIX LABEL
         local msgs p99
         msgs=$(jget "$name" msgs_per_s)
         p99=$(jget "$name" p99_us)
-        # Throughput target.
+        # Throughput target (wsecho's, whichever backend).
         target="—" m="—"
-        if [[ $prefix == main ]]; then
-            tt=$(jget tt-echo-$spec msgs_per_s)
+        if [[ $prefix == main || $prefix == port ]]; then
+            tt=$(jget "tt-echo-$spec" msgs_per_s)
             case $spec in
             64x32)
                 if num "$tt"; then
@@ -443,17 +537,17 @@ echo_table() { # echo_table PREFIX LABEL
         row "$title" "$label" "msgs/s (MB/s)" "$(fmt_int "$msgs") ($(jget "$name" mb_per_s | awk '{ printf "%.1f", $1 }'))" "$target" "$m"
         # Latency target.
         target="—" m="—"
-        if [[ $prefix == main ]]; then
+        if [[ $prefix == main || $prefix == port ]]; then
             case $spec in
             1x32)
-                tp=$(jget tung-echo-$spec p99_us)
+                tp=$(jget "tung-echo-$spec" p99_us)
                 if num "$tp"; then
                     target="p99 ≤ tungstenite example ($(fmt_us "$tp"))"
                     m=$(met "$p99 <= $tp")
                 else target="p99 ≤ tungstenite example (run --compare)"; fi
                 ;;
             64x32)
-                tp=$(jget tt-echo-$spec p99_us)
+                tp=$(jget "tt-echo-$spec" p99_us)
                 if num "$tp"; then
                     target="p99 ≤ tokio-tungstenite ($(fmt_us "$tp"))"
                     m=$(met "$p99 <= $tp")
@@ -468,18 +562,20 @@ echo_table() { # echo_table PREFIX LABEL
     done
 }
 
-hold_table() { # hold_table N LABEL
-    local n=$1 label=$2 name="main-hold-$1" title
+hold_table() { # hold_table N LABEL [PREFIX]
+    local n=$1 label=$2 prefix=${3:-main} title
+    local name="$prefix-hold-$n"
     title="hold $(fmt_int "$n") idle"
     if [[ ! -f $RAW/$name.json ]]; then
         missing_row "$title" "$label" "$name" "all open and still echoing"
         return
     fi
-    local opened echo_ok rss cpu
+    local opened echo_ok rss cpu fds
     opened=$(jget "$name" opened)
     echo_ok=$(jget "$name" still_echo)
     rss=$(jget "$name" rss_per_conn_kib)
     cpu=$(jget "$name" idle_cpu_s)
+    fds=$(jget "$name" fds_per_conn)
     local detail=""
     [[ $(jget "$name" ok) == true ]] || detail=" ($(jerr "$name"))"
     row "$title" "$label" "opened / still echo" "$opened / $echo_ok of $n$detail" "all" "$(met "$opened == $n && $echo_ok == $n")"
@@ -489,17 +585,35 @@ hold_table() { # hold_table N LABEL
     else
         row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 16 KiB, < 0.05 s" "**no**"
     fi
+    # Open descriptors (/proc/PID/fd) after all connected minus before, per
+    # connection: 1 is the client's socket alone.
+    if num "$fds"; then
+        local target="—" other
+        if [[ $prefix != main ]]; then
+            other=$(jget "main-hold-$n" fds_per_conn)
+            num "$other" && target="— (wsecho: $(awk -v v="$other" 'BEGIN { printf "%.2f", v }'))"
+        fi
+        row "$title" "$label" "server file descriptors per connection" "$(awk -v v="$fds" 'BEGIN { printf "%.2f", v }') ($(fmt_int "$(jget "$name" fds_before)") → $(fmt_int "$(jget "$name" fds_after)"))" "$target" "—"
+    else
+        row "$title" "$label" "server file descriptors per connection" "not measured" "—" "—"
+    fi
 }
 
-if ((COMPARE)); then
+if ((COMPARE)) && want echo; then
     echo_table tt "tokio-tungstenite example"
     [[ -f $RAW/tung-echo-1x32.json ]] && echo_table tung "tungstenite example"
 fi
-echo_table main "$MAIN_LABEL"
-hold_table 1000 "$MAIN_LABEL"
-hold_table 10000 "$MAIN_LABEL"
+if want echo; then
+    echo_table main "$MAIN_LABEL"
+    [[ -n $PORTABLE_BIN ]] && echo_table port "$PORTABLE_LABEL" "$PORTABLE_ECHO_SPECS"
+fi
+if want hold; then
+    hold_table 1000 "$MAIN_LABEL"
+    [[ -n $PORTABLE_BIN ]] && hold_table 1000 "$PORTABLE_LABEL" port
+    hold_table 10000 "$MAIN_LABEL"
+fi
 
-if [[ -z $CUSTOM ]]; then
+if [[ -z $CUSTOM ]] && want greeting; then
     name=main-greeting-10000
     if [[ -f $RAW/$name.json ]]; then
         greeted=$(jget $name greetings)
@@ -508,6 +622,9 @@ if [[ -z $CUSTOM ]]; then
     else
         missing_row "greeting, 10,000 at once" wsecho $name "p99 lateness < 50 ms"
     fi
+fi
+
+if [[ -z $CUSTOM ]] && want fanout; then
     for rate in full 500; do
         name=main-fanout-$rate
         title="fan-out 100 × 1,000 at $([[ $rate == full ]] && echo "full speed" || echo "500/s")"
@@ -525,6 +642,37 @@ if [[ -z $CUSTOM ]]; then
             row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 1 ms" "$(met "$(jget $name p99_us) < 1000")"
         fi
     done
+fi
+
+if [[ -z $CUSTOM ]] && want burst; then
+    name=main-burst
+    title="broadcast burst, $BURST_MESSAGES × $((BURST_SIZE / 1024)) KiB at full speed to $BURST_LISTENERS + 1 slow reader ($(calc "$BURST_RATE / 1048576") MiB/s)"
+    if [[ ! -f $RAW/$name.json ]]; then
+        missing_row "$title" wsecho $name "all delivered in order, no close"
+    else
+        closed=$(jget $name slow_closed_by_server) code=$(jget $name slow_close_code)
+        closed_cell=no not_closed=1
+        if [[ $closed != false ]]; then
+            closed_cell="yes" not_closed=0
+            num "$code" && closed_cell="yes ($code)"
+        fi
+        detail=""
+        [[ $(jget $name ok) == true ]] || detail=" ($(jerr $name))"
+        row "$title" wsecho "slow reader: delivered / missing / out of order / closed" \
+            "$(fmt_int "$(jget $name slow_delivered)") / $(jget $name slow_missing) / $(jget $name slow_out_of_order) / $closed_cell$detail" \
+            "all, in order, not closed" \
+            "$(met "$(jget $name slow_missing) == 0 && $(jget $name slow_out_of_order) == 0 && $(jget $name slow_duplicates) == 0 && $not_closed")"
+        took=$(jget $name slow_last_delivery_s)
+        # Reading every frame (payload + 10 bytes of header) at the rate.
+        ideal=$(calc "$BURST_MESSAGES * ($BURST_SIZE + 10) / $BURST_RATE")
+        row "$title" wsecho "time for the burst (slow reader's last delivery)" \
+            "$(if num "$took"; then awk -v v="$took" 'BEGIN { printf "%.2f s", v }'; else echo "no delivery"; fi)" \
+            "— (reading it all at the rate: $(awk -v v="$ideal" 'BEGIN { printf "%.1f s", v }'))" "—"
+        delivered=$(jget $name delivered) missing=$(jget $name missing) ooo=$(jget $name out_of_order)
+        row "$title" wsecho "fast listeners: delivered / missing / out of order" \
+            "$(fmt_int "$delivered") / $missing / $ooo" "all, in order" \
+            "$(met "$missing == 0 && $ooo == 0 && $(jget $name duplicates) == 0")"
+    fi
 fi
 
 if ((SOAK)); then
@@ -549,6 +697,14 @@ fi
     echo "- commit: $commit"
     echo "- client: wsload, $THREADS thread(s), on the same machine; echo rows ${ECHO_SECONDS} s after $WARMUP warm-up; open-file limit $FD_LIMIT"
     [[ -n $CUSTOM ]] && echo "- server: BENCH_SERVER='$CUSTOM' (rows needing wsecho's --broadcast / --greeting-delay skipped)"
+    [[ -n $ONLY ]] && echo "- only these groups of rows: $ONLY (BENCH_ONLY)"
+    if ((PORTABLE)); then
+        if [[ -n $PORTABLE_BIN ]]; then
+            echo "- $PORTABLE_LABEL: wsecho built with --features portable-poll (target/portable)"
+        else
+            echo "- $PORTABLE_LABEL: ${PORTABLE_NOTE:-no rows selected}"
+        fi
+    fi
     [[ -n $STOP_WARNINGS ]] && echo "- warnings: $STOP_WARNINGS"
     echo "- latency is per message, measured by the client: send → complete echo (or delivery) read"
     echo

@@ -145,6 +145,12 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Add one more listener that reads its socket at most this many bytes per
+    /// second (e.g. 2MiB or 2000000), to see a server pace a burst to a slow
+    /// reader; it is checked like the others and reported apart.
+    #[arg(long, value_name = "BYTES_PER_SECOND", value_parser = parse_rate)]
+    pub slow_listener: Option<u64>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -193,14 +199,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Largest message size accepted: 16 MiB.
 const MAX_SIZE: usize = 16 * 1024 * 1024;
 
+/// Largest reading rate accepted: 1 GiB/s (nothing slow about it).
+const MAX_RATE: u64 = 1024 * 1024 * 1024;
+
 /// Parses a byte count: `32`, `4096`, `4k`, `4KiB`, `1m`, `1MiB`.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
+fn parse_bytes(text: &str) -> Result<u64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number
+    let value: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size like 32, 4096 or 4KiB"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
@@ -209,11 +217,33 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "m" | "mib" | "mb" => 1024 * 1024,
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
-    let size = value
+    value
         .checked_mul(scale)
-        .filter(|&s| (1..=MAX_SIZE).contains(&s))
-        .ok_or_else(|| format!("size {text:?} must be between 1 byte and 16 MiB"))?;
-    Ok(size)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+/// Parses a message size: a byte count between 1 byte and 16 MiB.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let size = parse_bytes(text)?;
+    usize::try_from(size)
+        .ok()
+        .filter(|s| (1..=MAX_SIZE).contains(s))
+        .ok_or_else(|| format!("size {text:?} must be between 1 byte and 16 MiB"))
+}
+
+/// Parses a rate in bytes per second: a byte count like `2MiB` or `2000000`,
+/// optionally followed by `/s`, between 1 byte and 1 GiB.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let count = text.strip_suffix("/s").unwrap_or(text).trim_end();
+    let rate = parse_bytes(count)?;
+    if !(1..=MAX_RATE).contains(&rate) {
+        return Err(format!(
+            "rate {text:?} must be between 1 byte and 1 GiB per second"
+        ));
+    }
+    Ok(rate)
 }
 
 #[cfg(test)]
@@ -251,6 +281,26 @@ mod tests {
         assert!(parse_size("17MiB").is_err());
         assert!(parse_size("4 GB").is_err());
         assert!(parse_size("lots").is_err());
+        assert_eq!(
+            parse_size("17MiB"),
+            Err("size \"17MiB\" must be between 1 byte and 16 MiB".into())
+        );
+        assert_eq!(
+            parse_size("4 GB"),
+            Err("unknown size unit \"gb\" in \"4 GB\"".into())
+        );
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_rate("2000000"), Ok(2_000_000));
+        assert_eq!(parse_rate("512k/s"), Ok(512 << 10));
+        assert_eq!(parse_rate("64MiB"), Ok(64 << 20));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("2048MiB").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("99999999999999999999").is_err());
     }
 
     #[test]
@@ -275,5 +325,24 @@ mod tests {
         assert_eq!((args.connections, args.size), (64, 4096));
         assert!(args.common.json);
         assert_eq!(args.common.threads, 1);
+    }
+
+    #[test]
+    fn parses_a_slow_listener() {
+        let cli = Cli::try_parse_from([
+            "wsload",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1",
+            "--size",
+            "64KiB",
+            "--slow-listener",
+            "2MiB",
+        ])
+        .unwrap();
+        let Command::Fanout(args) = cli.command else {
+            panic!("expected fanout");
+        };
+        assert_eq!((args.size, args.slow_listener), (65536, Some(2 << 20)));
     }
 }

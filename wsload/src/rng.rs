@@ -5,26 +5,15 @@
 //! benchmark a fast generator seeded from the kernel is plenty, and it costs a
 //! few instructions per frame instead of a system call.
 
-/// xorshift64* (Vigna), seeded from `getrandom(2)`.
+/// xorshift64* (Vigna), seeded from the operating system.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
-    /// A generator seeded from the kernel's random pool (falling back to the
-    /// clock and an address if that fails, which only weakens the masking).
+    /// A generator seeded from the kernel's random pool (`getrandom(2)` on
+    /// Linux; elsewhere the OS-seeded keys of std's `RandomState`).
     pub fn from_entropy() -> Rng {
-        let mut seed = [0u8; 8];
-        // SAFETY: the buffer is valid for writes of `seed.len()` bytes.
-        let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-        let mut value = u64::from_ne_bytes(seed);
-        if got != seed.len() as isize {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            value ^= now ^ (&seed as *const _ as u64);
-        }
-        Rng::with_seed(value)
+        Rng::with_seed(os_seed())
     }
 
     /// A generator with a fixed seed (zero is replaced, as xorshift would
@@ -58,6 +47,33 @@ impl Rng {
         out[8..].copy_from_slice(&self.next_u64().to_ne_bytes());
         out
     }
+}
+
+/// 64 random bits from `getrandom(2)`, falling back to the clock and an
+/// address if that fails, which only weakens the masking.
+#[cfg(target_os = "linux")]
+fn os_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: the buffer is valid for writes of `seed.len()` bytes.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let mut value = u64::from_ne_bytes(seed);
+    if got != seed.len() as isize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        value ^= now ^ (&seed as *const _ as u64);
+    }
+    value
+}
+
+/// 64 random bits where `getrandom(2)` may not exist: std seeds each
+/// `RandomState` from the operating system's random source, so the hash of
+/// nothing under fresh keys is as good a seed.
+#[cfg(not(target_os = "linux"))]
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::hash::RandomState::new().build_hasher().finish()
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ fn echo_fails_loudly_on_a_wrong_echo() {
 fn hold_measures_greetings_memory_and_still_echoes() {
     let url = server(Behaviour::Echo, Some(Duration::from_millis(100)));
     let pid = std::process::id().to_string();
-    let (code, r) = wsload_json(&[
+    let mut args = vec![
         "hold",
         "--url",
         &url,
@@ -233,16 +233,24 @@ fn hold_measures_greetings_memory_and_still_echoes() {
         "500ms",
         "--greeting-delay",
         "100ms",
-        "--pid",
-        &pid,
-    ]);
+    ];
+    // The server's figures come from /proc.
+    let linux = cfg!(target_os = "linux");
+    if linux {
+        args.extend(["--pid", &pid]);
+    }
+    let (code, r) = wsload_json(&args);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["opened"], 20);
     assert_eq!(r["greetings"], 20);
     assert_eq!(r["lateness_us"]["count"], 20);
     assert_eq!(r["still_echo"], 20);
-    assert!(r["rss_per_conn_kib"].is_number());
-    assert!(r["idle_cpu_s"].as_f64().unwrap() >= 0.0);
+    if linux {
+        assert!(r["rss_per_conn_kib"].is_number());
+        assert!(r["fds_per_conn"].is_number());
+        assert!(r["fds_after"].as_u64().unwrap() >= 1);
+        assert!(r["idle_cpu_s"].as_f64().unwrap() >= 0.0);
+    }
 }
 
 #[test]
@@ -266,6 +274,53 @@ fn fanout_checks_every_delivery() {
         assert_eq!(r["out_of_order"], 0);
         assert_eq!(r["latency_us"]["count"], 1000);
     }
+}
+
+#[test]
+fn fanout_slow_listener_reads_at_its_rate_and_gets_everything() {
+    let url = server(Behaviour::Broadcast, None);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "3",
+        "--messages",
+        "100",
+        "--size",
+        "1KiB",
+        "--slow-listener",
+        "64KiB",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["delivered"], 300);
+    assert_eq!(r["slow_rate"], 65536);
+    assert_eq!(r["slow_delivered"], 100);
+    assert_eq!(r["slow_missing"], 0);
+    assert_eq!(r["slow_out_of_order"], 0);
+    assert_eq!(r["slow_closed_by_server"], false);
+    assert!(r["slow_close_code"].is_null());
+    // 100 frames of 1028 bytes at 64 KiB/s take at least 1.5 s to read.
+    let took = r["slow_last_delivery_s"].as_f64().unwrap();
+    assert!((1.4..15.0).contains(&took), "{took}");
+}
+
+#[test]
+fn fanout_without_a_slow_listener_has_no_slow_fields() {
+    let url = server(Behaviour::Broadcast, None);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "2",
+        "--messages",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r.get("slow_delivered").is_none(), "{r}");
 }
 
 #[test]

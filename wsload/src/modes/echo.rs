@@ -273,7 +273,7 @@ pub fn run(args: &EchoArgs) -> Result<EchoReport> {
         mismatches: 0,
         errors: 0,
         first_error: None,
-        client_cpu_s: 0.0,
+        client_cpu_s: None,
         ok: false,
     };
     let mut latencies = Vec::new();
@@ -295,7 +295,9 @@ pub fn run(args: &EchoArgs) -> Result<EchoReport> {
     report.mismatches = mismatches.count;
     report.errors = errors.count;
     report.first_error = mismatches.first.or(errors.first);
-    report.client_cpu_s = sys::own_cpu_seconds() - cpu_before;
+    report.client_cpu_s = sys::own_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(now, before)| now - before);
     ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.mismatches == 0
         && report.errors == 0
@@ -328,8 +330,9 @@ pub struct EchoReport {
     /// Connections that failed to open or died during the run.
     pub errors: u64,
     pub first_error: Option<String>,
-    /// CPU time wsload itself used, to show what the measurement cost.
-    pub client_cpu_s: f64,
+    /// CPU time wsload itself used, to show what the measurement cost (none
+    /// where the system has no `getrusage`).
+    pub client_cpu_s: Option<f64>,
     pub ok: bool,
 }
 
@@ -362,7 +365,9 @@ impl Report for EchoReport {
         if let Some(first) = &self.first_error {
             row("first error", first);
         }
-        row("client cpu", format!("{:.2} s", self.client_cpu_s));
+        if let Some(cpu) = self.client_cpu_s {
+            row("client cpu", format!("{cpu:.2} s"));
+        }
         row("result", verdict(self.ok));
     }
 }

@@ -10,6 +10,11 @@
 //! until every listener has seen one. A listener that receives it is
 //! certainly registered with the server's broadcast group, so a message lost
 //! at the start is the server's fault, not a race in the benchmark.
+//!
+//! With `--slow-listener RATE` one more listener, on a thread of its own,
+//! reads its socket at most RATE bytes per second (see `fanout/slow.rs`).
+
+mod slow;
 
 use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::FanoutArgs;
@@ -30,8 +35,11 @@ const SYNC: u64 = u64::MAX;
 const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// How long to wait for every listener to see a sync message.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the last send, how long to wait for stragglers before declaring
-/// messages missing.
+/// Once everything is sent, how long nothing may arrive before what is still
+/// missing is declared lost. Counted from the last arrival, not the last
+/// send: a server pacing a slow reader holds the sender back by reading it
+/// late, so its last messages may still be on the way seconds after the
+/// sender's socket took them.
 const DRAIN: Duration = Duration::from_secs(2);
 /// Full speed: messages sent back to back before looking at incoming data.
 const BURST: usize = 64;
@@ -50,6 +58,9 @@ struct Shared {
     concurrency: usize,
     connect_deadline: Instant,
     timeout: Duration,
+    /// Listeners that must see a sync message before counting starts: the
+    /// fast ones and the slow one, if any.
+    sync_target: usize,
     /// Listeners that have received a sync message.
     synced: AtomicUsize,
     /// When the sender finished, in ns since `base` (-1: not yet).
@@ -62,6 +73,41 @@ impl Shared {
     fn ns_since_base(&self, t: Instant) -> i64 {
         stats::nanos(t.saturating_duration_since(self.base))
     }
+
+    /// True once the sender has sent everything and nothing has arrived for
+    /// the drain time, both before `now`; `last_arrival_ns` is when the
+    /// caller last received a message (ns since `base`).
+    fn drained(&self, last_arrival_ns: i64, now: Instant) -> bool {
+        let done_ns = self.send_done_ns.load(Ordering::Acquire);
+        done_ns >= 0 && self.ns_since_base(now) > done_ns.max(last_arrival_ns) + stats::nanos(DRAIN)
+    }
+}
+
+/// What a listener makes of a binary message.
+enum Payload {
+    Sync,
+    Counted { seq: u64, sent_ns: i64 },
+}
+
+/// Reads a binary message's sequence number (and send time), or says why it
+/// is not one the sender sent.
+fn classify(data: &[u8], shared: &Shared) -> Result<Payload, String> {
+    if data.len() != shared.size {
+        return Err(format!(
+            "message of {} bytes, expected {}",
+            data.len(),
+            shared.size
+        ));
+    }
+    let seq = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    if seq == SYNC {
+        return Ok(Payload::Sync);
+    }
+    if seq >= shared.messages {
+        return Err(format!("unknown sequence number {seq}"));
+    }
+    let sent_ns = i64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    Ok(Payload::Counted { seq, sent_ns })
 }
 
 /// What one listener has seen.
@@ -71,6 +117,48 @@ struct Listener {
     /// One bit per sequence number, to count distinct deliveries.
     seen: Vec<u64>,
     distinct: u64,
+}
+
+/// How a counted message arrived at a listener.
+struct Arrival {
+    /// Its sequence number was the previous one plus one.
+    in_order: bool,
+    /// Not seen before (not a duplicate).
+    new: bool,
+}
+
+impl Listener {
+    /// A listener expecting `messages` counted messages (0 for the sender,
+    /// which needs no bitmap).
+    fn new(messages: u64) -> Listener {
+        Listener {
+            synced: false,
+            next: 0,
+            seen: vec![0; messages.div_ceil(64) as usize],
+            distinct: 0,
+        }
+    }
+
+    /// Notes a sync message; the first one counts this listener as synced.
+    fn sync(&mut self, shared: &Shared) {
+        if !self.synced {
+            self.synced = true;
+            shared.synced.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Notes counted message `seq` (below the number of messages).
+    fn record(&mut self, seq: u64) -> Arrival {
+        let in_order = seq == self.next;
+        self.next = seq + 1;
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        let new = self.seen[word] & bit == 0;
+        if new {
+            self.seen[word] |= bit;
+            self.distinct += 1;
+        }
+        Arrival { in_order, new }
+    }
 }
 
 struct FanoutHandler<'a> {
@@ -87,6 +175,8 @@ struct FanoutHandler<'a> {
     duplicates: u64,
     latencies_ns: Vec<i64>,
     last_delivery_ns: i64,
+    /// When this worker last received a binary message of any kind.
+    last_arrival_ns: i64,
     texts: u64,
     sender_echoes: u64,
     errors: Errors,
@@ -96,21 +186,18 @@ struct FanoutHandler<'a> {
 
 impl<'a> FanoutHandler<'a> {
     fn new(shared: &'a Shared, thread: usize, count: usize) -> Self {
-        let words = shared.messages.div_ceil(64) as usize;
         let sender_gid = shared.listeners;
         let sender = (0..count).find(|&id| thread + id * shared.threads == sender_gid);
         let local_listeners = count - usize::from(sender.is_some());
         let listeners = (0..count)
-            .map(|id| Listener {
-                synced: false,
-                next: 0,
+            .map(|id| {
                 // The sender needs no bitmap.
-                seen: if Some(id) == sender {
-                    Vec::new()
+                let counted = if Some(id) == sender {
+                    0
                 } else {
-                    vec![0; words]
-                },
-                distinct: 0,
+                    shared.messages
+                };
+                Listener::new(counted)
             })
             .collect();
         FanoutHandler {
@@ -126,6 +213,7 @@ impl<'a> FanoutHandler<'a> {
             duplicates: 0,
             latencies_ns: Vec::with_capacity(local_listeners * shared.messages as usize),
             last_delivery_ns: 0,
+            last_arrival_ns: 0,
             texts: 0,
             sender_echoes: 0,
             errors: Errors::default(),
@@ -149,6 +237,7 @@ impl Handler for FanoutHandler<'_> {
             return;
         }
         let shared = self.shared;
+        self.last_arrival_ns = shared.ns_since_base(now);
         let is_sync = msg.data.get(..8) == Some(&SYNC.to_le_bytes()[..]);
         if Some(id) == self.sender {
             // Broadcast includes the sender itself; count its copies of the
@@ -156,45 +245,24 @@ impl Handler for FanoutHandler<'_> {
             self.sender_echoes += u64::from(!is_sync);
             return;
         }
-        if msg.data.len() != shared.size {
-            let gid = self.global_id(id);
-            self.errors.record(format!(
-                "listener {gid}: message of {} bytes, expected {}",
-                msg.data.len(),
-                shared.size
-            ));
-            return;
-        }
-        let seq = u64::from_le_bytes(msg.data[..8].try_into().expect("8 bytes"));
-        let sent_ns = i64::from_le_bytes(msg.data[8..16].try_into().expect("8 bytes"));
-        let listener = &mut self.listeners[id];
-        if seq == SYNC {
-            if !listener.synced {
-                listener.synced = true;
-                shared.synced.fetch_add(1, Ordering::AcqRel);
+        let (seq, sent_ns) = match classify(msg.data, shared) {
+            Ok(Payload::Counted { seq, sent_ns }) => (seq, sent_ns),
+            Ok(Payload::Sync) => return self.listeners[id].sync(shared),
+            Err(why) => {
+                let gid = self.global_id(id);
+                return self.errors.record(format!("listener {gid}: {why}"));
             }
-            return;
-        }
-        if seq >= shared.messages {
-            let gid = self.global_id(id);
-            self.errors
-                .record(format!("listener {gid}: unknown sequence number {seq}"));
-            return;
-        }
+        };
         let now_ns = shared.ns_since_base(now);
         self.latencies_ns.push(now_ns - sent_ns);
         self.last_delivery_ns = self.last_delivery_ns.max(now_ns);
-        if seq != listener.next {
-            self.out_of_order += 1;
-        }
-        listener.next = seq + 1;
-        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if listener.seen[word] & bit != 0 {
+        let listener = &mut self.listeners[id];
+        let arrival = listener.record(seq);
+        self.out_of_order += u64::from(!arrival.in_order);
+        if !arrival.new {
             self.duplicates += 1;
             return;
         }
-        listener.seen[word] |= bit;
-        listener.distinct += 1;
         self.delivered += 1;
         if listener.distinct == shared.messages {
             self.complete += 1;
@@ -233,13 +301,13 @@ impl Sender {
     fn step(&mut self, worker: &mut Worker, h: &mut FanoutHandler<'_>, now: Instant) -> Duration {
         let shared = h.shared;
         if self.start.is_none() {
-            if shared.synced.load(Ordering::Acquire) < shared.listeners {
+            if shared.synced.load(Ordering::Acquire) < shared.sync_target {
                 if now >= self.sync_deadline {
                     let synced = shared.synced.load(Ordering::Acquire);
                     h.errors.record(format!(
                         "only {synced} of {} listeners received the sync message within {:?}; \
                          is the server in broadcast mode?",
-                        shared.listeners, SYNC_TIMEOUT
+                        shared.sync_target, SYNC_TIMEOUT
                     ));
                     shared.abort.store(true, Ordering::Release);
                     return Duration::ZERO;
@@ -308,8 +376,8 @@ impl Sender {
 
 /// Runs one worker thread: connect, wait for all threads, then deliver (and,
 /// on the thread that owns the sender connection, send) until every local
-/// listener has everything, the drain time after the last send is over, or
-/// the timeout strikes.
+/// listener has everything, nothing has arrived for the drain time after
+/// the last send, or the timeout strikes.
 fn run_worker<'a>(
     mut worker: Worker,
     shared: &'a Shared,
@@ -350,8 +418,7 @@ fn run_worker<'a>(
                 if h.complete == h.local_listeners {
                     break;
                 }
-                let done_ns = shared.send_done_ns.load(Ordering::Acquire);
-                if done_ns >= 0 && shared.ns_since_base(now) > done_ns + stats::nanos(DRAIN) {
+                if shared.drained(h.last_arrival_ns, now) {
                     break;
                 }
             }
@@ -375,6 +442,13 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let listeners = args.listeners as usize;
     let connections = listeners + 1;
     let threads = usize::from(args.common.threads).min(connections);
+    let connect_deadline = Instant::now() + args.common.connect_timeout;
+    // Connected first, so that a failure is a clear error rather than a
+    // sync message that never arrives.
+    let slow_listener = args
+        .slow_listener
+        .map(|rate| slow::SlowListener::connect(&target, rate, connect_deadline))
+        .transpose()?;
     let shared = Shared {
         base: Instant::now(),
         threads,
@@ -383,8 +457,9 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         rate: args.rate,
         size: args.size,
         concurrency: args.common.concurrency as usize,
-        connect_deadline: Instant::now() + args.common.connect_timeout,
+        connect_deadline,
         timeout: args.timeout,
+        sync_target: listeners + usize::from(slow_listener.is_some()),
         synced: AtomicUsize::new(0),
         send_done_ns: AtomicI64::new(-1),
         abort: AtomicBool::new(false),
@@ -396,8 +471,11 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let cpu_before = sys::own_cpu_seconds();
 
     let run = |worker, t, count| run_worker(worker, &shared, t, count, &barrier);
-    let (results, ()): (Vec<Result<FanoutHandler<'_>>>, ()) =
-        on_workers(workers, connections, run, || ());
+    // The slow listener reads on this thread while the workers run.
+    let (results, slow): (Vec<Result<FanoutHandler<'_>>>, _) =
+        on_workers(workers, connections, run, || {
+            slow_listener.map(|l| l.run(&shared, Instant::now() + args.timeout))
+        });
 
     let expected = args.listeners * args.messages;
     let mut report = FanoutReport {
@@ -419,9 +497,10 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         latency_us: Summary::default(),
         text_messages: 0,
         sender_echoes: 0,
+        slow: None,
         errors: 0,
         first_error: None,
-        client_cpu_s: 0.0,
+        client_cpu_s: None,
         ok: false,
     };
     let mut latencies = Vec::with_capacity(expected as usize);
@@ -452,15 +531,36 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         }
     }
     report.latency_us = stats::summarize_ns(&mut latencies);
+    if let (Some(outcome), Some(rate)) = (slow, args.slow_listener) {
+        report.text_messages += outcome.texts;
+        report.slow = Some(SlowListenerReport {
+            slow_rate: rate,
+            slow_delivered: outcome.delivered,
+            slow_missing: args.messages - outcome.delivered,
+            slow_out_of_order: outcome.out_of_order,
+            slow_duplicates: outcome.duplicates,
+            slow_bytes: outcome.bytes,
+            slow_closed_by_server: outcome.closed_by_server,
+            slow_close_code: outcome.close_code,
+            slow_last_delivery_s: first_send_ns
+                .zip(outcome.last_delivery_ns)
+                .map(|(first, last)| (last - first) as f64 / 1e9),
+            slow_error: outcome.errors.first.clone(),
+        });
+        errors.merge(outcome.errors);
+    }
     report.errors = errors.count;
     report.first_error = errors.first;
-    report.client_cpu_s = sys::own_cpu_seconds() - cpu_before;
+    report.client_cpu_s = sys::own_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(now, before)| now - before);
     ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.opened == connections
         && report.missing == 0
         && report.out_of_order == 0
         && report.duplicates == 0
-        && report.errors == 0;
+        && report.errors == 0
+        && report.slow.as_ref().is_none_or(SlowListenerReport::passed);
     Ok(report)
 }
 
@@ -494,10 +594,83 @@ pub struct FanoutReport {
     pub text_messages: u64,
     /// Broadcast copies the sender received of its own messages.
     pub sender_echoes: u64,
+    /// With --slow-listener: its figures, as `slow_*` fields beside these.
+    #[serde(flatten)]
+    pub slow: Option<SlowListenerReport>,
+    /// Problems, the slow listener's included.
     pub errors: u64,
     pub first_error: Option<String>,
-    pub client_cpu_s: f64,
+    pub client_cpu_s: Option<f64>,
     pub ok: bool,
+}
+
+/// What the slow listener (`--slow-listener`) received. The fields carry a
+/// `slow_` prefix because they sit beside the report's own in the JSON.
+#[derive(Debug, Serialize)]
+pub struct SlowListenerReport {
+    /// Bytes per second it read at most.
+    pub slow_rate: u64,
+    /// Distinct counted messages received (of `messages`).
+    pub slow_delivered: u64,
+    pub slow_missing: u64,
+    pub slow_out_of_order: u64,
+    pub slow_duplicates: u64,
+    /// Bytes it read after the handshake, frame headers included.
+    pub slow_bytes: u64,
+    /// Whether the server ended the connection (a close frame or a dropped
+    /// TCP connection) before the listener was done.
+    pub slow_closed_by_server: bool,
+    /// The code of the server's close frame (1008: too slow).
+    pub slow_close_code: Option<u16>,
+    /// Seconds from the first counted send to the listener's last delivery.
+    pub slow_last_delivery_s: Option<f64>,
+    /// Its first problem (I/O or protocol error, the server's close).
+    pub slow_error: Option<String>,
+}
+
+impl SlowListenerReport {
+    fn passed(&self) -> bool {
+        self.slow_missing == 0
+            && self.slow_out_of_order == 0
+            && self.slow_duplicates == 0
+            && !self.slow_closed_by_server
+            && self.slow_error.is_none()
+    }
+
+    fn line(&self) -> String {
+        let ending = match (self.slow_closed_by_server, self.slow_close_code) {
+            (false, _) => "not closed".to_string(),
+            (true, Some(code)) => format!("closed by the server (code {code})"),
+            (true, None) => "closed by the server (no close frame)".to_string(),
+        };
+        let last = self
+            .slow_last_delivery_s
+            .map_or("no delivery".to_string(), |s| {
+                format!("last delivery {s:.2} s after the first send")
+            });
+        format!(
+            "{} of {} at {}: {} missing, {} out of order, {} duplicates, {ending}; {last}",
+            self.slow_delivered,
+            self.slow_delivered + self.slow_missing,
+            per_second(self.slow_rate),
+            self.slow_missing,
+            self.slow_out_of_order,
+            self.slow_duplicates,
+        )
+    }
+}
+
+/// A byte rate for people: `2.00 MiB/s`, `500.0 KiB/s`, `300 B/s`.
+fn per_second(rate: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let r = rate as f64;
+    if r >= KIB * KIB {
+        format!("{:.2} MiB/s", r / KIB / KIB)
+    } else if r >= KIB {
+        format!("{:.1} KiB/s", r / KIB)
+    } else {
+        format!("{rate} B/s")
+    }
 }
 
 impl Report for FanoutReport {
@@ -541,11 +714,16 @@ impl Report for FanoutReport {
                 self.text_messages, self.sender_echoes
             ),
         );
+        if let Some(slow) = &self.slow {
+            row("slow listener", slow.line());
+        }
         row("errors", self.errors);
         if let Some(first) = &self.first_error {
             row("first error", first);
         }
-        row("client cpu", format!("{:.2} s", self.client_cpu_s));
+        if let Some(cpu) = self.client_cpu_s {
+            row("client cpu", format!("{cpu:.2} s"));
+        }
         row("result", verdict(self.ok));
     }
 }

@@ -201,6 +201,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         hold: args.hold,
     };
     let rss_before = args.pid.map(sys::rss_bytes).transpose()?;
+    let fds_before = args.pid.map(sys::open_fds).transpose()?;
     let workers = (0..threads)
         .map(|_| Worker::new(target.clone()))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -213,11 +214,17 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         on_workers(workers, connections, run, || {
             barrier.wait();
             let open_s = started.elapsed().as_secs_f64();
-            let server = args.pid.map(|pid| -> Result<(u64, f64, f64)> {
+            let server = args.pid.map(|pid| -> Result<ServerFigures> {
                 let rss_after = sys::rss_bytes(pid)?;
+                let fds_after = sys::open_fds(pid)?;
                 let cpu_start = sys::cpu_seconds(pid)?;
                 thread::sleep(args.hold);
-                Ok((rss_after, cpu_start, sys::cpu_seconds(pid)?))
+                Ok(ServerFigures {
+                    rss_after,
+                    fds_after,
+                    cpu_start,
+                    cpu_end: sys::cpu_seconds(pid)?,
+                })
             });
             if args.pid.is_none() {
                 thread::sleep(args.hold);
@@ -240,6 +247,9 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         rss_before_kib: rss_before.map(|b| b / 1024),
         rss_after_kib: None,
         rss_per_conn_kib: None,
+        fds_before,
+        fds_after: None,
+        fds_per_conn: None,
         idle_cpu_s: None,
         greeting_delay_s: args.greeting_delay.map(|d| d.as_secs_f64()),
         greetings: 0,
@@ -271,13 +281,18 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         dropped.merge(h.dropped);
         bad.merge(h.bad_messages);
     }
-    if let Some((rss_after, cpu_start, cpu_end)) = server {
-        report.rss_after_kib = Some(rss_after / 1024);
+    if let Some(server) = server {
+        report.rss_after_kib = Some(server.rss_after / 1024);
+        report.fds_after = Some(server.fds_after);
         if let (Some(before), true) = (rss_before, report.opened > 0) {
-            let growth = rss_after as f64 - before as f64;
+            let growth = server.rss_after as f64 - before as f64;
             report.rss_per_conn_kib = Some(growth / 1024.0 / report.opened as f64);
         }
-        report.idle_cpu_s = Some(cpu_end - cpu_start);
+        if let (Some(before), true) = (fds_before, report.opened > 0) {
+            let growth = server.fds_after as f64 - before as f64;
+            report.fds_per_conn = Some(growth / report.opened as f64);
+        }
+        report.idle_cpu_s = Some(server.cpu_end - server.cpu_start);
     }
     if args.greeting_delay.is_some() {
         report.lateness_us = Some(stats::summarize_ns(&mut lateness_ns));
@@ -293,6 +308,15 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         && report.bad_messages == 0
         && (args.greeting_delay.is_none() || report.greetings == connections);
     Ok(report)
+}
+
+/// The server's figures taken once every connection is open (`--pid`).
+struct ServerFigures {
+    rss_after: u64,
+    fds_after: u64,
+    /// CPU seconds at the start and the end of the idle window.
+    cpu_start: f64,
+    cpu_end: f64,
 }
 
 /// How late `actual` is relative to `due`, in signed nanoseconds (negative:
@@ -322,6 +346,11 @@ pub struct HoldReport {
     pub rss_after_kib: Option<u64>,
     /// (RSS after all opened - RSS before) / connections opened.
     pub rss_per_conn_kib: Option<f64>,
+    /// File descriptors the server had open before connecting (`/proc/PID/fd`).
+    pub fds_before: Option<u64>,
+    pub fds_after: Option<u64>,
+    /// (descriptors after all opened - before) / connections opened.
+    pub fds_per_conn: Option<f64>,
     /// Server CPU seconds (user + system) during the idle window.
     pub idle_cpu_s: Option<f64>,
     pub greeting_delay_s: Option<f64>,
@@ -362,6 +391,13 @@ impl Report for HoldReport {
             row(
                 "server RSS",
                 format!("{before} KiB -> {after} KiB, {per:.2} KiB per connection"),
+            );
+        }
+        if let (Some(before), Some(after)) = (self.fds_before, self.fds_after) {
+            let per = self.fds_per_conn.unwrap_or(0.0);
+            row(
+                "server fds",
+                format!("{before} -> {after}, {per:.2} per connection"),
             );
         }
         if let Some(cpu) = self.idle_cpu_s {
