@@ -2,8 +2,9 @@
 # Runs every test of the project, as on a fresh machine (Linux: the tests read /proc and
 # drive Linux tools):
 #   1. installs what the tests need when it is missing: Chromium for the browser test
-#      (scripts/install-chromium.sh) and websocat for the smoke test (built once into
-#      target/tools/bin),
+#      (scripts/install-chromium.sh), Debian's prometheus package for `promtool` (the metrics
+#      format check) and openssl (key formats, SNI) through scripts/need.sh, and websocat for
+#      the smoke test (built once into target/tools/bin),
 #   2. cargo test for the whole workspace: unit tests, the integration tests in tests/ (a real
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
@@ -26,6 +27,9 @@ step() { echo "== test: $*" >&2; }
 
 step "checking for Chromium (browser test)"
 scripts/install-chromium.sh
+step "checking for promtool and openssl (metrics and TLS tests)"
+scripts/need.sh promtool prometheus
+scripts/need.sh openssl openssl
 step "checking for websocat (smoke test)"
 scripts/smoke.sh --install-only
 step "cargo test --workspace ${features[*]}"

@@ -47,6 +47,30 @@ pub struct Args {
     #[arg(long)]
     pub no_demo_page: bool,
 
+    /// Do not serve Prometheus metrics at /metrics (it then gets 404).
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Speak TLS only (wss://, https://) with this certificate chain (PEM, server certificate
+    /// first); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "WSECHO_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted); needs
+    /// --tls-cert. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "WSECHO_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// A subprotocol the server speaks, chosen when a client offers it (repeatable, in order
     /// of preference). Without it no subprotocol is ever selected.
     #[arg(long = "subprotocol", value_name = "NAME")]
@@ -177,6 +201,12 @@ impl Args {
             },
             greeting,
             demo_page: !self.no_demo_page,
+            metrics: !self.no_metrics,
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| crate::tls::TlsFiles { cert, key }),
             subprotocols: self.subprotocols.clone(),
             allowed_origins: self.allowed_origins.clone(),
             handshake_timeout: self.handshake_timeout.0,

@@ -103,6 +103,10 @@ pub struct Config {
     pub greeting: Option<Greeting>,
     /// Serve the browser demo page at `/`.
     pub demo_page: bool,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
+    /// Speak TLS only (`wss://`, `https://`) with these files; `None`: plain.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Subprotocols the server speaks, in order of preference; empty: none.
     pub subprotocols: Vec<String>,
     /// Origins allowed to open a WebSocket; empty: all (see the README on cross-site
@@ -153,6 +157,8 @@ impl Default for Config {
                 template: DEFAULT_GREETING.to_string(),
             }),
             demo_page: true,
+            metrics: true,
+            tls: None,
             subprotocols: Vec::new(),
             allowed_origins: Vec::new(),
             handshake_timeout: HANDSHAKE_TIMEOUT,

@@ -19,6 +19,8 @@ pub enum Error {
     LogFile { path: PathBuf, source: io::Error },
     /// The log was already set up in this process.
     Logger(log::SetLoggerError),
+    /// The TLS certificate or key could not be used.
+    Tls(crate::tls::TlsError),
     /// The Ctrl-C / SIGTERM handler could not be installed.
     Signal(ctrlc::Error),
     /// Some other system call failed; the text says during what.
@@ -35,6 +37,7 @@ impl fmt::Display for Error {
             }
             Error::Logger(e) => write!(f, "cannot set up logging: {e}"),
             Error::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
+            Error::Tls(e) => write!(f, "{e}"),
             Error::Io(during, e) => write!(f, "{during}: {e}"),
         }
     }
@@ -49,6 +52,7 @@ impl std::error::Error for Error {
             | Error::Io(_, source) => Some(source),
             Error::Logger(e) => Some(e),
             Error::Signal(e) => Some(e),
+            Error::Tls(e) => Some(e),
         }
     }
 }

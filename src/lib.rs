@@ -57,8 +57,10 @@ mod delivery;
 pub mod error;
 pub mod http;
 pub mod logging;
+mod metrics;
 pub mod server;
 mod sys;
+pub mod tls;
 
 pub use config::{Config, Greeting, Mode};
 pub use error::Error;

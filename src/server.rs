@@ -19,7 +19,9 @@ use crate::delivery::hub::Hub;
 use crate::error::Error;
 use crate::http::Response;
 use crate::logging::count;
+use crate::metrics::Metrics;
 use crate::sys::{self, Interest, Waker};
+use crate::tls::Tls;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Stack reserved for each connection's thread. Only the pages a thread touches use memory
@@ -57,6 +59,26 @@ pub struct Server {
     capacity: usize,
 }
 
+/// Reloads a running server's TLS certificate: new connections get the new one, open ones
+/// keep theirs, and files that do not load leave the old certificate in use.
+#[derive(Debug, Clone)]
+pub struct TlsReloader(Arc<Tls>);
+
+impl TlsReloader {
+    /// Reads the certificate and key files again; on error the old certificate stays.
+    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
+        self.0.reload()
+    }
+
+    /// The files it reads.
+    pub fn files(&self) -> &crate::tls::TlsFiles {
+        self.0.files()
+    }
+}
+
+/// The status of a refused connection: Service Unavailable.
+const BUSY: u16 = 503;
+
 /// Asks a running server to shut down; clone it into a signal handler or a test.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle(Arc<Signal>);
@@ -93,6 +115,12 @@ impl Server {
     /// Binds the listening socket and starts the greeting timer. Nothing is accepted until
     /// [`run`](Server::run); a client that connects before is held in the kernel's backlog.
     pub fn bind(config: Config) -> Result<Server, Error> {
+        // The files first: a bad certificate is the likelier mistake, and reported before
+        // anything else happens.
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(Tls::load(files.clone()).map_err(Error::Tls)?)),
+            None => None,
+        };
         let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
             .to_socket_addrs()
             .map_err(|source| Error::Resolve {
@@ -120,9 +148,10 @@ impl Server {
             None => fits,
         };
         let budget = Arc::new(Budget::new(memory_ceiling(&config)));
+        let metrics = Arc::new(Metrics::default());
         let greeter = match &config.greeting {
             Some(greeting) => Some(
-                Greeter::start(greeting.clone(), Arc::clone(&budget))
+                Greeter::start(greeting.clone(), Arc::clone(&budget), Arc::clone(&metrics))
                     .map_err(|e| Error::Io("greeting timer", e))?,
             ),
             None => None,
@@ -136,6 +165,8 @@ impl Server {
             hub: Arc::new(Hub::new(config.max_backlog)),
             config,
             budget,
+            tls,
+            metrics,
             greeter,
             shutting_down: AtomicBool::new(false),
         };
@@ -159,19 +190,27 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// The URL clients connect to, like `ws://127.0.0.1:3000`.
+    /// The URL clients connect to, like `ws://127.0.0.1:3000` (`wss://` with TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.local_addr())
+        let scheme = if self.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
+    /// A handle that reloads the TLS certificate (on SIGHUP, say); `None` without TLS.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.shared
+            .tls
+            .as_ref()
+            .map(|tls| TlsReloader(Arc::clone(tls)))
     }
 
     /// How many connections are accepted at once.
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// The hub, for its counts.
-    pub fn hub(&self) -> Arc<Hub> {
-        Arc::clone(&self.shared.hub)
     }
 
     /// A handle that shuts this server down from another thread (a signal handler, a test).
@@ -246,7 +285,14 @@ impl Server {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let ticket: Ticket = match self.admission.admit(peer) {
             Ok(ticket) => ticket,
-            Err(refusal) => return reject_busy(stream, refusal),
+            Err(refusal) => {
+                self.shared.metrics.http_response(BUSY);
+                self.shared.metrics.reject(match refusal {
+                    Refusal::Full(_) => "limit",
+                    Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per_address",
+                });
+                return reject_busy(stream, refusal);
+            }
         };
         let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new()
@@ -326,7 +372,7 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
 /// the socket's empty send buffer, and a client that does not read it loses nothing else.
 /// (Admission has logged it, at most once per address and interval.)
 fn reject_busy(stream: TcpStream, refusal: Refusal) {
-    let response = Response::text(503, format!("server busy: {refusal}")).to_bytes(false);
+    let response = Response::text(BUSY, format!("server busy: {refusal}")).to_bytes(false);
     let _ = stream.set_nonblocking(true);
     let _ = io::Write::write(&mut &stream, &response);
     let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::config::{Config, Mode};
+use crate::connection::Shared;
 use crate::connection::socket::Socket;
 use crate::delivery::budget::Budget;
 use crate::delivery::frame;
 use crate::delivery::hub::Hub;
 use crate::delivery::outbox::{Delivery, Inbox, WaitList};
+use crate::metrics::{Metrics, Tally};
 use crate::sys::{self, Interest};
 
 /// Text longer than this is shortened in the debug log.
@@ -85,6 +87,12 @@ pub struct Client<'a> {
     config: &'a Config,
     hub: &'a Arc<Hub>,
     budget: &'a Arc<Budget>,
+    metrics: &'a Metrics,
+    /// This round's messages and bytes, for the metrics.
+    tally: Tally,
+    /// Set when reading stopped with input left unread (in tungstenite's buffer, say): the
+    /// socket may never signal it, so the next round reads before it sleeps.
+    read_pending: bool,
     peer: SocketAddr,
     started: Instant,
     messages: u64,
@@ -111,18 +119,19 @@ impl<'a> Client<'a> {
     pub fn new(
         ws: WebSocket<Socket>,
         inbox: Inbox,
-        config: &'a Config,
-        hub: &'a Arc<Hub>,
-        budget: &'a Arc<Budget>,
+        shared: &'a Shared,
         peer: SocketAddr,
     ) -> Client<'a> {
         let now = Instant::now();
         Client {
             ws,
             inbox,
-            config,
-            hub,
-            budget,
+            config: &shared.config,
+            hub: &shared.hub,
+            budget: &shared.budget,
+            metrics: &shared.metrics,
+            tally: Tally::default(),
+            read_pending: false,
             peer,
             started: now,
             messages: 0,
@@ -143,8 +152,9 @@ impl<'a> Client<'a> {
     pub fn run(mut self) -> Summary {
         let Err(ending) = self.serve();
         self.linger();
+        self.tally.flush(self.metrics);
         self.inbox.waker().forget(self.ws.get_ref().tcp());
-        let _ = self.ws.get_ref().tcp().shutdown(Shutdown::Both);
+        self.ws.get_mut().close();
         Summary {
             ending,
             messages: self.messages,
@@ -159,11 +169,17 @@ impl<'a> Client<'a> {
             let read = self.may_read();
             let interest = Interest {
                 read,
-                write: self.ws.get_ref().queued() > 0,
+                write: self.ws.get_ref().wants_write(),
             };
-            let timeout = self
-                .next_deadline()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            // Input the socket will not signal (left in tungstenite's or rustls's buffers) is
+            // read now rather than slept on.
+            let unsignalled = read && (self.read_pending || self.ws.get_mut().buffered_input());
+            let timeout = if unsignalled {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            };
             let ready = sys::wait(
                 Some(self.ws.get_ref().tcp()),
                 interest,
@@ -174,7 +190,7 @@ impl<'a> Client<'a> {
             if ready.woken {
                 self.take_deliveries();
             }
-            if ready.readable && read {
+            if (ready.readable || unsignalled) && read {
                 self.read_messages()?;
             } else if ready.hangup {
                 // Not reading, and the peer is gone in both directions: nothing can come of it.
@@ -184,6 +200,9 @@ impl<'a> Client<'a> {
                     how: "connection lost while waiting to read",
                 });
             }
+            // Counted before they go out, so that a client that got its echo and then asks
+            // /metrics sees it counted.
+            self.tally.flush(self.metrics);
             self.send_queued()?;
             self.check_deadlines()?;
         }
@@ -247,7 +266,11 @@ impl<'a> Client<'a> {
             match delivery {
                 // After a Close, nothing more may be sent (section 5.5.1): drop the frame.
                 Delivery::Frame(frame) if !self.ws.can_write() => self.inbox.written(frame.len()),
-                Delivery::Frame(frame) => self.ws.get_mut().push(frame, true),
+                Delivery::Frame(frame) => {
+                    self.tally.sent += 1;
+                    self.tally.sent_bytes += frame.len() as u64;
+                    self.ws.get_mut().push(frame, true);
+                }
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
         }
@@ -260,6 +283,8 @@ impl<'a> Client<'a> {
     fn read_messages(&mut self) -> Result<(), Ending> {
         let mut ended = None;
         self.ws.get_mut().start_round();
+        // Stays true if the loop stops for pushback before the stream said "would block".
+        self.read_pending = true;
         while !self.backpressured() && !self.listeners_behind() {
             match self.ws.read() {
                 Ok(message) => {
@@ -271,7 +296,10 @@ impl<'a> Client<'a> {
                         self.fan_out();
                     }
                 }
-                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.read_pending = false;
+                    break;
+                }
                 Err(e) => {
                     ended = Some(self.read_error(e));
                     break;
@@ -296,6 +324,7 @@ impl<'a> Client<'a> {
 
     fn fan_out(&mut self) {
         if !self.broadcasts.is_empty() {
+            self.metrics.broadcasts.inc_by(self.broadcasts.len() as u64);
             self.hub.broadcast(&self.broadcasts);
             self.broadcasts.clear();
             self.batched = 0;
@@ -303,6 +332,7 @@ impl<'a> Client<'a> {
     }
 
     fn on_message(&mut self, message: Message) {
+        let payload_len = message.len();
         let frame = match &message {
             Message::Text(text) => {
                 debug!("{} text {:?}", self.peer, shorten(text));
@@ -333,8 +363,14 @@ impl<'a> Client<'a> {
         }
         self.messages += 1;
         self.hub.count_message();
+        self.tally.received += 1;
+        self.tally.received_bytes += payload_len as u64;
         match self.config.mode {
-            Mode::Echo => self.ws.get_mut().push(frame, false),
+            Mode::Echo => {
+                self.tally.sent += 1;
+                self.tally.sent_bytes += frame.len() as u64;
+                self.ws.get_mut().push(frame, false);
+            }
             Mode::Broadcast => {
                 self.batched += frame.len();
                 self.broadcasts.push(frame);
@@ -538,6 +574,7 @@ impl<'a> Client<'a> {
                 self.inbox.written(frame.len());
             }
         }
+        self.metrics.slow_clients_closed.inc();
         let reason = "too slow: not reading what it was sent";
         self.send_close(CloseCode::Policy, reason);
         Ending {
@@ -558,6 +595,7 @@ impl<'a> Client<'a> {
             self.budget.used(),
             self.budget.limit()
         );
+        self.metrics.reject("memory");
         let reason = "try again later: server memory full";
         self.inbox.close_intake();
         self.send_close(CloseCode::Again, reason);
@@ -576,7 +614,7 @@ impl<'a> Client<'a> {
             Some((_, deadline)) => *deadline,
             None => Instant::now() + self.config.close_timeout,
         };
-        while self.ws.get_ref().queued() > 0 {
+        while self.ws.get_ref().wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
             let write = Interest {
                 read: false,

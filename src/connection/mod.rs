@@ -4,12 +4,23 @@
 
 pub(crate) mod client;
 pub(crate) mod socket;
+pub(crate) mod transport;
 
-use std::io::Write;
+/// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The HTTP status of a completed WebSocket handshake.
+const SWITCHING_PROTOCOLS: u16 = 101;
+
+/// The least time given to a write or a peek at the end of the handshake deadline, so that a
+/// deadline just passed still lets the answer go out (a zero timeout would mean "none").
+const MIN_WRITE_TIME: Duration = Duration::from_millis(1);
+
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use tungstenite::WebSocket;
@@ -20,12 +31,15 @@ use crate::admission::Ticket;
 use crate::config::Config;
 use crate::connection::client::Client;
 use crate::connection::socket::Socket;
+use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::Hub;
 use crate::http::handshake;
 use crate::http::site;
-use crate::http::{self, HeadError, Response};
+use crate::http::{self, Conn, HeadError, Response};
+use crate::metrics::Metrics;
+use crate::tls::Tls;
 
 // What an idle connection keeps, about 14.5 KiB in all (scripts/bench.sh, hold rows):
 // - its thread's stack: two touched 4 KiB pages of the 256 KiB reserved (server.rs), one of
@@ -52,6 +66,10 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// The memory ceiling every connection counts against.
     pub budget: Arc<Budget>,
+    /// TLS, when the port speaks it.
+    pub tls: Option<Arc<Tls>>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<Metrics>,
     pub greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub shutting_down: AtomicBool,
@@ -89,23 +107,27 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut 
 
 /// A connection whose handshake has completed.
 struct Upgraded {
-    stream: TcpStream,
+    transport: Transport,
     /// Bytes the client sent after its request head: the start of its first frame.
     leftover: Vec<u8>,
 }
 
 /// Reads the request and answers it: plain HTTP (then the connection is done) or the
-/// WebSocket handshake.
+/// WebSocket handshake. With TLS, the TLS handshake comes first, under the same deadline.
 #[inline(never)]
 fn answer_request(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     ticket: &mut Ticket,
 ) -> Option<Upgraded> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
-    let head = http::read_head(&mut stream, deadline, config.max_request_head);
+    let mut transport = match &shared.tls {
+        None => Transport::Plain(stream),
+        Some(tls) => start_tls(stream, peer, tls, deadline, shared)?,
+    };
+    let head = http::read_head(&mut transport, deadline, config.max_request_head);
     // Whatever came of it, the client is no longer one whose request may never come: what
     // follows is the server's own quick work, so it stops counting as an unfinished handshake.
     ticket.handshake_done();
@@ -122,6 +144,10 @@ fn answer_request(
             debug!("{peer} closed before sending a request");
             return None;
         }
+        Err(HeadError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            info!("{peer} dropped: TLS handshake failed: {e}");
+            return None;
+        }
         Err(HeadError::Io(e)) => {
             debug!("{peer} lost before sending a request: {e}");
             return None;
@@ -132,11 +158,23 @@ fn answer_request(
                 "request head over {limit} bytes or {} lines",
                 http::MAX_HEADERS
             );
-            refuse(&mut stream, peer, Response::text(431, why), false);
+            refuse(
+                &mut transport,
+                peer,
+                shared,
+                Response::text(431, why),
+                false,
+            );
             return None;
         }
         Err(HeadError::Malformed(why)) => {
-            refuse(&mut stream, peer, Response::text(400, why), false);
+            refuse(
+                &mut transport,
+                peer,
+                shared,
+                Response::text(400, why),
+                false,
+            );
             return None;
         }
     };
@@ -147,52 +185,122 @@ fn answer_request(
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
         );
-        http::respond_and_close(&mut stream, &response, head_only);
+        shared.metrics.http_response(response.status);
+        http::respond_and_close(&mut transport, &response, head_only);
         return None;
     }
     let accepted = match handshake::check(&request, config) {
         Ok(accepted) => accepted,
         Err(response) => {
-            refuse(&mut stream, peer, response, head_only);
+            refuse(&mut transport, peer, shared, response, head_only);
             return None;
         }
     };
     if shared.shutting_down.load(Ordering::SeqCst) {
         let response = Response::text(503, "server shutting down");
-        refuse(&mut stream, peer, response, false);
+        refuse(&mut transport, peer, shared, response, false);
         return None;
     }
     let left = deadline
         .saturating_duration_since(Instant::now())
-        .max(std::time::Duration::from_millis(1));
-    let sent = stream
+        .max(MIN_WRITE_TIME);
+    let sent = transport
         .set_write_timeout(Some(left))
-        .and_then(|()| stream.write_all(&handshake::switching_protocols(&accepted)))
-        .and_then(|()| stream.set_nonblocking(true))
-        // Frames are whole messages queued by us; Nagle's algorithm would only delay them.
-        .and_then(|()| stream.set_nodelay(true));
-    if let Err(e) = sent {
-        debug!("{peer} lost during the handshake: {e}");
-        return None;
-    }
+        .and_then(|()| transport.write_all(&handshake::switching_protocols(&accepted)))
+        .and_then(|()| transport.flush());
+    let transport = match sent.and_then(|()| transport.into_nonblocking()) {
+        Ok(transport) => transport,
+        Err(e) => {
+            debug!("{peer} lost during the handshake: {e}");
+            return None;
+        }
+    };
+    shared.metrics.http_response(SWITCHING_PROTOCOLS);
     let origin = request.header("origin").unwrap_or("none");
     let subprotocol = accepted
         .subprotocol
         .as_deref()
         .map(|p| format!(", subprotocol {p}"));
     info!(
-        "{peer} connected: path {}, origin {origin}{}",
+        "{peer} connected: path {}, origin {origin}{}{}",
         request.target,
-        subprotocol.unwrap_or_default()
+        subprotocol.unwrap_or_default(),
+        if transport.is_tls() { ", TLS" } else { "" }
     );
-    Some(Upgraded { stream, leftover })
+    Some(Upgraded {
+        transport,
+        leftover,
+    })
+}
+
+/// Begins TLS on an accepted socket, or refuses what is not TLS: a browser or `curl` speaking
+/// plain HTTP to the TLS port gets a plain 400 that says what to use instead; anything else
+/// that does not start like a TLS handshake is dropped. One log line at most either way.
+fn start_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &Tls,
+    deadline: Instant,
+    shared: &Shared,
+) -> Option<Transport> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut first = [0u8; 1];
+    let peeked = stream
+        .set_read_timeout(Some(left.max(MIN_WRITE_TIME)))
+        .and_then(|()| stream.peek(&mut first));
+    match peeked {
+        Ok(0) => {
+            debug!("{peer} closed before sending a request");
+            None
+        }
+        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => match tls.accept() {
+            Ok(session) => Some(Transport::tls(stream, session)),
+            Err(e) => {
+                warn!("{peer} dropped: cannot start a TLS session: {e}");
+                None
+            }
+        },
+        Ok(_) if first[0].is_ascii_uppercase() => {
+            let why = "this port speaks TLS only: use https:// or wss://";
+            refuse(
+                &mut Transport::Plain(stream),
+                peer,
+                shared,
+                Response::text(400, why),
+                false,
+            );
+            None
+        }
+        Ok(_) => {
+            info!(
+                "{peer} dropped: not a TLS handshake (first byte {:#04x})",
+                first[0]
+            );
+            None
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            info!(
+                "{peer} dropped: no TLS handshake within {:?}",
+                shared.config.handshake_timeout
+            );
+            None
+        }
+        Err(e) => {
+            debug!("{peer} lost before sending a request: {e}");
+            None
+        }
+    }
 }
 
 /// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
 /// loop until the connection ends, and logs how it ended.
 #[inline(never)]
 fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
-    let config = &shared.config;
     let (outbox, inbox) = shared.hub.mailbox();
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
@@ -205,14 +313,22 @@ fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
 
-    let socket = Socket::new(upgraded.stream, Arc::clone(&shared.budget));
+    let socket = Socket::new(upgraded.transport, Arc::clone(&shared.budget));
     let ws = WebSocket::from_partially_read(
         socket,
         upgraded.leftover,
         Role::Server,
         Some(shared.websocket_config()),
     );
-    let summary = Client::new(ws, inbox, config, &shared.hub, &shared.budget, peer).run();
+    shared.metrics.connections_accepted.inc();
+    shared.metrics.connections_open.inc();
+    let summary = Client::new(ws, inbox, shared, peer).run();
+    shared.metrics.connections_open.dec();
+    shared
+        .metrics
+        .connections_closed
+        .get_or_create(&crate::metrics::Ending::of(summary.ending.code))
+        .inc();
     info!(
         "{peer} disconnected: {}, after {:.1?}, {}",
         summary.ending,
@@ -221,9 +337,21 @@ fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
     );
 }
 
-/// Sends an error response, logs the rejection once, and closes the connection.
-fn refuse(stream: &mut TcpStream, peer: SocketAddr, response: Response, head_only: bool) {
+/// Sends an error response, logs and counts the rejection once, and closes the connection.
+fn refuse(
+    transport: &mut Transport,
+    peer: SocketAddr,
+    shared: &Shared,
+    response: Response,
+    head_only: bool,
+) {
     let why = String::from_utf8_lossy(&response.body);
     warn!("{peer} rejected: {} {}", response.status, why.trim_end());
-    http::respond_and_close(stream, &response, head_only);
+    shared.metrics.http_response(response.status);
+    shared.metrics.reject(match response.status {
+        403 => "origin",
+        503 => "shutting_down",
+        _ => "bad_request",
+    });
+    http::respond_and_close(transport, &response, head_only);
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::outbox::Inbox;
 
@@ -36,7 +37,7 @@ const MAX_FRAMES_PER_WRITE: usize = 16;
 
 #[derive(Debug)]
 pub struct Socket {
-    tcp: TcpStream,
+    transport: Transport,
     queue: VecDeque<Queued>,
     /// How much of the front frame is already written.
     written_of_front: usize,
@@ -64,9 +65,9 @@ struct Queued {
 
 impl Socket {
     /// Wraps a connected socket, which must already be non-blocking.
-    pub fn new(tcp: TcpStream, budget: Arc<Budget>) -> Socket {
+    pub fn new(transport: Transport, budget: Arc<Budget>) -> Socket {
         Socket {
-            tcp,
+            transport,
             queue: VecDeque::new(),
             written_of_front: 0,
             queued: 0,
@@ -101,8 +102,25 @@ impl Socket {
         std::mem::take(&mut self.starved)
     }
 
+    /// The TCP socket underneath, to wait on.
     pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+        self.transport.tcp()
+    }
+
+    /// Whether the loop should wait for room to write: frames are queued, or TLS bytes are.
+    pub fn wants_write(&self) -> bool {
+        self.queued > 0 || self.transport.pending_output()
+    }
+
+    /// Whether input waits inside the transport (decrypted TLS) that the socket will not
+    /// signal: the loop must read before it sleeps.
+    pub fn buffered_input(&mut self) -> bool {
+        self.transport.buffered_input()
+    }
+
+    /// Ends the stream: TLS's close_notify if it takes it, then the socket.
+    pub fn close(&mut self) {
+        self.transport.close();
     }
 
     /// Appends an encoded frame to the queue.
@@ -126,6 +144,8 @@ impl Socket {
     /// Bytes of outbox frames are reported to `inbox` as they leave, which is what lets other
     /// threads queue more for this client.
     pub fn send_queued(&mut self, inbox: &Inbox) -> io::Result<bool> {
+        // TLS bytes of its own (handshake, alerts) and frames already encrypted go first.
+        self.transport.flush_pending()?;
         let mut progress = false;
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
@@ -135,7 +155,7 @@ impl Socket {
                 *slot = IoSlice::new(&queued.frame[skip..]);
                 count += 1;
             }
-            let mut n = match self.tcp.write_vectored(&slices[..count]) {
+            let mut n = match self.transport.write_vectored_frames(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -195,12 +215,14 @@ impl Read for Socket {
             self.starved = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.tcp.read(buf)?;
+        let n = self.transport.read(buf)?;
         self.budget.charge(n);
         self.in_progress += n;
         self.read_this_round += n;
         self.heard |= n > 0;
-        self.drained = n > 0 && n < buf.len();
+        // Only a plain socket's short read proves the kernel had no more: TLS reads a record
+        // at a time, and a record can end before the bytes the kernel holds.
+        self.drained = !self.transport.is_tls() && n > 0 && n < buf.len();
         Ok(n)
     }
 }
@@ -239,7 +261,7 @@ mod tests {
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (_outbox, inbox) = Hub::new(usize::MAX).mailbox();
-        let mut socket = Socket::new(tcp, Arc::new(Budget::new(usize::MAX)));
+        let mut socket = Socket::new(Transport::Plain(tcp), Arc::new(Budget::new(usize::MAX)));
 
         // Far more than the socket buffers hold, in frames of varied sizes.
         let frames: Vec<Bytes> = (0..200u32)

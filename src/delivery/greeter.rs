@@ -20,6 +20,7 @@ use crate::config::Greeting;
 use crate::delivery::budget::Budget;
 use crate::delivery::frame;
 use crate::delivery::outbox::Outbox;
+use crate::metrics::Metrics;
 
 /// Where connections schedule their greeting. Dropping every clone stops the thread.
 #[derive(Debug, Clone)]
@@ -38,12 +39,16 @@ struct Due {
 
 impl Greeter {
     /// Starts the timer thread.
-    pub fn start(greeting: Greeting, budget: Arc<Budget>) -> io::Result<Greeter> {
+    pub fn start(
+        greeting: Greeting,
+        budget: Arc<Budget>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Greeter> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let delay = greeting.delay;
         thread::Builder::new()
             .name("greeter".into())
-            .spawn(move || run(&greeting.template, &receiver, &budget))?;
+            .spawn(move || run(&greeting.template, &receiver, &budget, &metrics))?;
         Ok(Greeter { sender, delay })
     }
 
@@ -64,7 +69,7 @@ pub fn render(template: &str) -> String {
     template.replace("{time}", &now.to_string())
 }
 
-fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>) {
+fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>, metrics: &Metrics) {
     // A min-heap on the due time. With one delay for all, due times arrive nearly in order, but
     // two connections finishing their handshakes at once may send theirs in either order.
     let mut pending: BinaryHeap<Reverse<ByTime>> = BinaryHeap::new();
@@ -90,8 +95,12 @@ fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>) {
             if let Some(outbox) = due.outbox.upgrade() {
                 let frame =
                     greeting.get_or_insert_with(|| budget.hold(frame::text(&render(template))));
-                // Refused only if the client has gone or is closing: then it gets none.
-                let _ = outbox.push(frame.clone());
+                // Refused only if the client has gone or is closing: then it gets none. Counted
+                // before the wake-up, so that whoever the client tells sees the count.
+                if outbox.enqueue(frame.clone()).is_ok() {
+                    metrics.greetings.inc();
+                    outbox.wake();
+                }
             }
         }
     }
@@ -142,7 +151,13 @@ mod tests {
             delay: Duration::from_millis(20),
             template: "hi".into(),
         };
-        let greeter = Greeter::start(greeting, Arc::new(Budget::new(1 << 20))).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let greeter = Greeter::start(
+            greeting,
+            Arc::new(Budget::new(1 << 20)),
+            Arc::clone(&metrics),
+        )
+        .unwrap();
         let hub = Hub::new(1 << 20);
         let (live, live_inbox) = hub.mailbox();
         let (gone, gone_inbox) = hub.mailbox();
@@ -173,5 +188,10 @@ mod tests {
         }
         let got: Vec<_> = live_inbox.drain().collect();
         assert!(matches!(&got[..], [Delivery::Frame(f)] if f[..] == frame::text("hi")[..]));
+        assert_eq!(
+            metrics.greetings.get(),
+            1,
+            "one greeting counted, none for the gone client"
+        );
     }
 }

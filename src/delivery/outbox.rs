@@ -130,15 +130,8 @@ pub fn mailbox(flow: &Arc<Flow>) -> (Arc<Outbox>, Inbox) {
 }
 
 impl Outbox {
-    /// Queues an encoded frame and wakes the connection's thread. Never refused for being
-    /// behind: flow control slows the senders down instead (see the module's docs).
-    pub fn push(&self, frame: Bytes) -> Result<(), Gone> {
-        let queued = self.enqueue(frame);
-        self.wake();
-        queued
-    }
-
-    /// Queues several frames, in order, and wakes the thread once for all of them.
+    /// Queues several frames, in order, and wakes the thread once for all of them. Never
+    /// refused for being behind: flow control slows the senders down instead (see above).
     pub fn push_all(&self, frames: &[Bytes]) -> Result<(), Gone> {
         let queued = frames
             .iter()
@@ -166,8 +159,8 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame without waking the thread.
-    fn enqueue(&self, frame: Bytes) -> Result<(), Gone> {
+    /// Queues a frame without waking the thread; [`Outbox::wake`] it afterwards.
+    pub fn enqueue(&self, frame: Bytes) -> Result<(), Gone> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Gone);
         }
@@ -326,7 +319,7 @@ mod tests {
     fn deliveries_arrive_in_order() {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow);
-        outbox.push(Bytes::from_static(b"one")).unwrap();
+        outbox.push_all(&[Bytes::from_static(b"one")]).unwrap();
         outbox.push_all(&[Bytes::from_static(b"two")]).unwrap();
         let got: Vec<_> = inbox.drain().collect();
         assert!(matches!(&got[..], [Delivery::Frame(a), Delivery::Frame(b)]
@@ -337,8 +330,8 @@ mod tests {
     fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow);
-        outbox.push(frame(60)).unwrap();
-        outbox.push(frame(60)).unwrap(); // 120 > 100: behind; never refused
+        outbox.push_all(&[frame(60)]).unwrap();
+        outbox.push_all(&[frame(60)]).unwrap(); // 120 > 100: behind; never refused
         assert!(flow.congested() && inbox.behind_since().is_some());
         inbox.written(60); // 60: still above the low mark, 50
         assert!(flow.congested());
@@ -351,7 +344,7 @@ mod tests {
         let flow = Arc::new(Flow::new(10));
         let (sender, sender_inbox) = mailbox(&flow);
         let (listener, listener_inbox) = mailbox(&flow);
-        listener.push(frame(20)).unwrap();
+        listener.push_all(&[frame(20)]).unwrap();
         let generation = flow.senders().add(&sender);
         assert!(flow.senders().still_listed(generation));
         let _ = sender_inbox.drain().count(); // clears the wake flag
@@ -371,11 +364,11 @@ mod tests {
     fn a_closed_connection_takes_nothing_and_is_never_behind() {
         let flow = Arc::new(Flow::new(10));
         let (outbox, inbox) = mailbox(&flow);
-        outbox.push(frame(20)).unwrap();
+        outbox.push_all(&[frame(20)]).unwrap();
         assert!(flow.congested());
         drop(inbox);
         assert!(!flow.congested());
-        assert_eq!(outbox.push(frame(1)), Err(Gone));
+        assert_eq!(outbox.push_all(&[frame(1)]), Err(Gone));
         assert_eq!(outbox.close(CloseCode::Normal, ""), Err(Gone));
     }
 }

@@ -14,6 +14,35 @@ use std::time::{Duration, Instant};
 /// Most header lines accepted; more gets 431. Browsers send about fifteen.
 pub const MAX_HEADERS: usize = 64;
 
+/// A stream HTTP can be spoken on: plain TCP, or TLS (`connection/transport.rs`), with
+/// timeouts so that a silent client cannot hold a thread.
+pub trait Conn: Read + Write {
+    /// Bounds the next reads (`None`: no bound).
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Bounds the next writes (`None`: no bound).
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Says "no more from us" (and, on TLS, ends the session first).
+    fn shutdown_write(&mut self);
+}
+
+impl Conn for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+/// After a response, at most this much of what the client still sends is read and dropped
+/// while waiting for it to close; a client that sends more is cut off.
+const MAX_DRAINED: usize = 64 * 1024;
+
 /// Bytes asked for per read of a request head: a browser's whole head, usually.
 const READ_CHUNK: usize = 1024;
 
@@ -120,8 +149,8 @@ pub fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<(Request, usize)>
 /// Reads one request head from a blocking stream before `deadline`.
 ///
 /// Returns the request and any bytes the client sent after it.
-pub fn read_head(
-    stream: &mut TcpStream,
+pub fn read_head<S: Conn>(
+    stream: &mut S,
     deadline: Instant,
     max_len: usize,
 ) -> Result<(Request, Vec<u8>), HeadError> {
@@ -220,16 +249,20 @@ impl Response {
 /// destroy the response before the client reads it. So: send, shut down our sending side,
 /// and read (and drop) whatever the client still sends until it closes too, for at most a
 /// second.
-pub fn respond_and_close(stream: &mut TcpStream, response: &Response, head_only: bool) {
+pub fn respond_and_close<S: Conn>(stream: &mut S, response: &Response, head_only: bool) {
     let _ = stream.set_write_timeout(Some(LINGER));
-    if stream.write_all(&response.to_bytes(head_only)).is_err() {
+    if stream
+        .write_all(&response.to_bytes(head_only))
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
         return;
     }
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.shutdown_write();
     let deadline = Instant::now() + LINGER;
     let mut sink = [0u8; 1024];
     let mut drained = 0;
-    while drained < 64 * 1024 {
+    while drained < MAX_DRAINED {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return;

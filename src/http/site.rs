@@ -24,6 +24,15 @@ pub fn respond(request: &Request, shared: &Shared) -> Response {
             content_type: "text/html; charset=utf-8",
             body: DEMO_PAGE.as_bytes().to_vec(),
         },
+        "/metrics" if shared.config.metrics => Response {
+            status: 200,
+            headers: vec![("Cache-Control", "no-store".into())],
+            content_type: crate::metrics::CONTENT_TYPE,
+            body: shared
+                .metrics
+                .render(shared.budget.used(), shared.budget.limit())
+                .into_bytes(),
+        },
         "/healthz" => Response {
             status: 200,
             headers: vec![("Cache-Control", "no-store".into())],
@@ -82,6 +91,8 @@ mod tests {
             },
             hub: std::sync::Arc::new(Hub::new(1 << 20)),
             budget: std::sync::Arc::new(Budget::new(1 << 30)),
+            tls: None,
+            metrics: std::sync::Arc::default(),
             greeter: None,
             shutting_down: AtomicBool::new(false),
         }
@@ -112,5 +123,23 @@ mod tests {
             body.contains("\"memory_limit_bytes\":1073741824}"),
             "{body}"
         );
+        let metrics = respond(&get("GET", "/metrics"), &with_page);
+        assert_eq!(
+            metrics.content_type,
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = String::from_utf8(metrics.body).unwrap();
+        assert!(
+            text.contains("wsecho_memory_limit_bytes 1073741824"),
+            "{text}"
+        );
+        let off = Shared {
+            config: Config {
+                metrics: false,
+                ..Config::default()
+            },
+            ..shared(true)
+        };
+        assert_eq!(respond(&get("GET", "/metrics"), &off).status, 404);
     }
 }

@@ -71,11 +71,15 @@ impl Wsecho {
             .unwrap();
         let url = url.trim().to_string();
         assert!(
-            url.starts_with("ws://127.0.0.1:"),
+            url.starts_with("ws://127.0.0.1:") || url.starts_with("wss://127.0.0.1:"),
             "ready line {url:?}, log: {:?}",
             log.0.lock()
         );
-        let addr = url.trim_start_matches("ws://").parse().unwrap();
+        let addr = url
+            .trim_start_matches("ws://")
+            .trim_start_matches("wss://")
+            .parse()
+            .unwrap();
         Wsecho {
             child,
             url,
