@@ -147,6 +147,7 @@ impl Server {
             Some(n) => n,
             None => fits,
         };
+        sys::return_freed_memory();
         let budget = Arc::new(Budget::new(memory_ceiling(&config)));
         let metrics = Arc::new(Metrics::default());
         let greeter = match &config.greeting {

@@ -22,8 +22,9 @@ const CEILING_MIB: u64 = 64;
 
 /// What the server may hold beyond the ceiling, documented in the README: its own baseline
 /// (binary, threads, buffers: about 6 MiB), one read of 2 KiB per connection past the check,
-/// and the frame buffer tungstenite keeps per connection (up to one frame, 1 MiB here).
-const SLACK_MIB: u64 = 32;
+/// the frame buffer tungstenite keeps per connection (up to one frame: 1 MiB here, 12 MiB for
+/// the twelve), and the allocator's own overhead. Without the ceiling the peak is over 300 MiB.
+const SLACK_MIB: u64 = 48;
 
 /// How a big message ended for its client.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,7 +136,6 @@ fn clients_streaming_big_messages_stay_under_the_ceiling_and_small_messages_flow
         );
     }
     let peak_mib = proc_status_kib(server.pid(), "VmHWM") >> 10;
-    eprintln!("peak {peak_mib} MiB, outcomes {outcomes:?}");
     assert!(
         peak_mib < CEILING_MIB + SLACK_MIB,
         "peak memory {peak_mib} MiB, {outcomes:?}"

@@ -8,7 +8,8 @@
 //! - [`Waker::wake`]: end another thread's [`wait`] at once, from any thread;
 //! - [`raise_open_file_limit`] and [`is_out_of_descriptors`]: how many sockets fit, and what
 //!   running out looks like;
-//! - [`physical_memory`]: what the default memory ceiling is a share of.
+//! - [`physical_memory`]: what the default memory ceiling is a share of, and
+//!   [`return_freed_memory`]: so that what the ceiling counts is what the process holds.
 //!
 //! # Why a waker at all
 //!
@@ -145,6 +146,28 @@ pub fn is_out_of_descriptors(error: &io::Error) -> bool {
         error
             .raw_os_error()
             .is_some_and(|code| OUT_OF_SOCKETS.contains(&code))
+    }
+}
+
+/// Allocations at least this big get their own memory map from glibc's allocator, and go back
+/// to the system when freed. glibc's default starts at 128 KiB but raises itself to the size of
+/// any such block freed (up to 32 MiB), after which big message buffers come from its heaps,
+/// where freed memory is kept for reuse by the thread's arena only: with a thread per
+/// connection, memory freed by one connection then stays resident while another allocates
+/// anew, and the process holds more than the memory ceiling counts. Fixed at 256 KiB, a freed
+/// big message is returned at once, at the cost of an `mmap` and `munmap` per message over it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// Tells the memory allocator to give big blocks back when they are freed (see
+/// [`MMAP_THRESHOLD`]); elsewhere than with glibc, nothing to do.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets an allocator parameter; it fails (returns 0) only for an
+        // unknown parameter, which leaves the default in place.
+        let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+        debug_assert_eq!(set, 1, "mallopt(M_MMAP_THRESHOLD) refused");
     }
 }
 
