@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     PATIENCE, Wsecho, client_frame, close_code, proc_status_kib, raw_websocket, read_server_frame,
+    try_read_server_frame,
 };
 
 const BINARY: u8 = 0x2;
@@ -86,26 +87,8 @@ fn read_in_order(
 fn close_code_eventually(tcp: &mut TcpStream) -> Option<u16> {
     tcp.set_read_timeout(Some(PATIENCE * 3)).unwrap();
     loop {
-        let mut head = [0u8; 2];
-        if tcp.read_exact(&mut head).is_err() {
-            return None;
-        }
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut n = [0u8; 2];
-                tcp.read_exact(&mut n).ok()?;
-                u64::from(u16::from_be_bytes(n))
-            }
-            127 => {
-                let mut n = [0u8; 8];
-                tcp.read_exact(&mut n).ok()?;
-                u64::from_be_bytes(n)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = Vec::new();
-        Read::by_ref(tcp).take(len).read_to_end(&mut payload).ok()?;
-        if head[0] & 0x0f == CLOSE {
+        let (_, opcode, payload) = try_read_server_frame(tcp).ok()?;
+        if opcode == CLOSE {
             return Some(close_code(&payload));
         }
     }

@@ -4,12 +4,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 
 use support::{
     Wsecho, client_frame, close_code, connect, next_data, proc_status_kib, raw_websocket,
+    try_read_server_frame,
 };
 use tungstenite::Message;
 
@@ -38,32 +39,10 @@ enum Outcome {
 /// Reads server frames until an echo or a Close arrives (a lost connection counts as 1006).
 fn outcome(mut tcp: TcpStream) -> Outcome {
     loop {
-        let mut head = [0u8; 2];
-        if tcp.read_exact(&mut head).is_err() {
+        let Ok((_, opcode, payload)) = try_read_server_frame(&mut tcp) else {
             return Outcome::Closed(1006);
-        }
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut n = [0u8; 2];
-                tcp.read_exact(&mut n).unwrap();
-                u64::from(u16::from_be_bytes(n))
-            }
-            127 => {
-                let mut n = [0u8; 8];
-                tcp.read_exact(&mut n).unwrap();
-                u64::from_be_bytes(n)
-            }
-            n => u64::from(n),
         };
-        let mut payload = Vec::new();
-        if Read::by_ref(&mut tcp)
-            .take(len)
-            .read_to_end(&mut payload)
-            .is_err()
-        {
-            return Outcome::Closed(1006);
-        }
-        match head[0] & 0x0f {
+        match opcode {
             CLOSE => return Outcome::Closed(close_code(&payload)),
             BINARY => {
                 assert!(payload.iter().all(|&b| b == 0x5a), "the echo is corrupt");

@@ -250,25 +250,30 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// One unmasked server frame read from a raw connection: (fin, opcode, payload).
 pub fn read_server_frame(tcp: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    try_read_server_frame(tcp).expect("a server frame")
+}
+
+/// Like [`read_server_frame`], for a connection that may end instead.
+pub fn try_read_server_frame(tcp: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
     let mut head = [0u8; 2];
-    tcp.read_exact(&mut head).unwrap();
+    tcp.read_exact(&mut head)?;
     assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
     let len = match head[1] & 0x7f {
         126 => {
             let mut n = [0u8; 2];
-            tcp.read_exact(&mut n).unwrap();
+            tcp.read_exact(&mut n)?;
             u16::from_be_bytes(n) as usize
         }
         127 => {
             let mut n = [0u8; 8];
-            tcp.read_exact(&mut n).unwrap();
+            tcp.read_exact(&mut n)?;
             u64::from_be_bytes(n) as usize
         }
         n => n as usize,
     };
     let mut payload = vec![0; len];
-    tcp.read_exact(&mut payload).unwrap();
-    (head[0] & 0x80 != 0, head[0] & 0x0f, payload)
+    tcp.read_exact(&mut payload)?;
+    Ok((head[0] & 0x80 != 0, head[0] & 0x0f, payload))
 }
 
 /// The close code in a Close frame's payload.
