@@ -11,6 +11,7 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use crate::admission::{Admission, Refusal, Ticket};
+use crate::cluster::Cluster;
 use crate::config::{self, Config, Mode};
 use crate::connection::{self, Shared};
 use crate::delivery::budget::Budget;
@@ -104,6 +105,8 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::Io("listener setup", e))?;
+        // Before anything is logged: a refused password is one line, like a port in use.
+        let cluster = config.cluster.as_ref().map(Cluster::connect).transpose()?;
 
         // Raised and logged with --max-connections too: the connections it allows need
         // their descriptors all the same.
@@ -132,8 +135,13 @@ impl Server {
             config.max_connections_per_address,
             config.max_handshakes_per_address,
         );
+        let hub = Arc::new(Hub::new(config.max_backlog));
+        if let Some(cluster) = cluster {
+            let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
+            hub.join_cluster(cluster.start(&hub, &budget, max_message, max_backlog)?);
+        }
         let shared = Shared {
-            hub: Arc::new(Hub::new(config.max_backlog)),
+            hub,
             config,
             budget,
             greeter,
@@ -288,6 +296,9 @@ fn shut_down(shared: &Shared) -> Summary {
     // more to send what is left; a little more covers the threads' own work.
     let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
     shared.hub.wait_until_empty(wait);
+    if let Some(cluster) = shared.hub.cluster() {
+        cluster.stop();
+    }
     let unfinished = shared.hub.open_connections();
     let summary = Summary {
         connections: shared.hub.accepted(),

@@ -296,7 +296,7 @@ impl<'a> Client<'a> {
 
     fn fan_out(&mut self) {
         if !self.broadcasts.is_empty() {
-            self.hub.broadcast(&self.broadcasts);
+            self.hub.publish(&self.broadcasts);
             self.broadcasts.clear();
             self.batched = 0;
         }
