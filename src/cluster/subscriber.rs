@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use super::publisher::set_timeouts;
 use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, lock, wire};
@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// A subscription silent for this long is pinged; no answer within [`TICK`] is an outage.
 const PING_AFTER: Duration = Duration::from_secs(5);
+
+/// A pause of the subscriber this long is logged at info: Redis buffered for that long.
+const LONG_PAUSE: Duration = Duration::from_secs(1);
 
 /// "Malformed message on the channel" is logged at most once per this interval.
 const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -224,8 +227,13 @@ impl Subscriber {
                 || !budget.may_read(0),
             );
             if !behind && !full {
-                if let Some(since) = paused_since {
-                    debug!("redis: subscriber read again after {:.1?}", since.elapsed());
+                match paused_since.map(|since| since.elapsed()) {
+                    Some(paused) if paused >= LONG_PAUSE => info!(
+                        "redis: the subscriber did not read for {paused:.1?} while a listener \
+                         was behind or memory was full; Redis held the channel's messages"
+                    ),
+                    Some(paused) => debug!("redis: subscriber read again after {paused:.1?}"),
+                    None => {}
                 }
                 return;
             }
