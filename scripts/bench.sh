@@ -32,7 +32,13 @@
 #                     greeting  10,000 greetings due at once
 #                     fanout    fan-out 100 × 1,000
 #                     burst     broadcast burst with one slow reader
+#                     cluster   fan-out 100 × 1,000 across two instances
+#                               on one redis-server (--redis): the sender
+#                               on one, the listeners spread over both;
+#                               needs redis-server (installed with
+#                               scripts/install-redis.sh when missing)
 #                   --soak runs when asked for, whatever BENCH_ONLY says.
+#   REDIS_SERVER    redis-server for the cluster rows (default: on PATH)
 #
 # Every server and client it starts listens on or connects to 127.0.0.1
 # only, every run is bounded in time, and the whole script is bounded too; on
@@ -59,7 +65,7 @@ done
 
 SOAK_SECONDS=${BENCH_SOAK_SECONDS:-600}
 
-GROUPS_ALL="echo hold greeting fanout burst"
+GROUPS_ALL="echo hold greeting fanout burst cluster"
 ONLY=${BENCH_ONLY:-}
 for group in ${ONLY//,/ }; do
     if [[ " $GROUPS_ALL " != *" $group "* ]]; then
@@ -102,6 +108,7 @@ die() {
 SERVER_PID=""
 DRAIN_PID=""
 SAMPLER_PID=""
+CLUSTER_PIDS=() # the cluster rows' redis-server, instances and their stdout drains
 
 stop_pid() { # stop_pid PID: TERM, wait up to 10 s, then KILL; returns its exit status
     local pid=$1 status=0
@@ -121,6 +128,7 @@ cleanup() {
     stop_pid "$SAMPLER_PID" || true
     stop_pid "$SERVER_PID" || true
     stop_pid "$DRAIN_PID" || true
+    for pid in "${CLUSTER_PIDS[@]}"; do stop_pid "$pid" || true; done
     rm -rf "$WORK"
     exit "$status"
 }
@@ -420,6 +428,65 @@ if [[ -z $CUSTOM ]]; then
     fi
 fi
 
+# ------------------------------------------------------------ the cluster --
+# Two wsecho instances on one redis-server, all on this machine: the sender
+# on the first, 100 listeners spread over both (50 each), so half of the
+# deliveries cross from one instance to the other through Redis, and all of
+# them make the round trip through Redis (the sender's instance fans out what
+# its subscription receives, in Redis's order).
+CLUSTER_NOTE=""
+redis_ping() { # redis_ping PORT: true when a Redis answers PING there
+    local reply=""
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf 'PING\r\n' >&3
+    IFS= read -r -t 2 reply <&3 || true
+    exec 3>&-
+    [[ $reply == +PONG* ]]
+}
+healthz_says() { # healthz_says URL TEXT: true when ws://HOST:PORT's /healthz contains TEXT
+    local hostport=${1#ws://} body=""
+    { exec 4<>"/dev/tcp/${hostport%:*}/${hostport##*:}"; } 2>/dev/null || return 1
+    printf 'GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n' >&4
+    body=$(timeout 2 cat <&4 || true)
+    exec 4>&-
+    [[ $body == *"$2"* ]]
+}
+if [[ -z $CUSTOM ]] && want cluster; then
+    REDIS_BIN=${REDIS_SERVER:-redis-server}
+    if ! command -v "$REDIS_BIN" >/dev/null && ! "$ROOT/scripts/install-redis.sh"; then
+        CLUSTER_NOTE="not run: no redis-server (scripts/install-redis.sh could not install one)"
+        say "cluster: $CLUSTER_NOTE"
+    else
+        REDIS_BIN=${REDIS_SERVER:-redis-server}
+        redis_port=$(free_port)
+        "$REDIS_BIN" --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+            --dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
+        CLUSTER_PIDS+=($!)
+        for _ in $(seq 100); do redis_ping "$redis_port" && break; sleep 0.1; done
+        redis_ping "$redis_port" || die "redis-server did not answer PING on port $redis_port"
+        say "cluster: redis-server $("$REDIS_BIN" --version | cut -d' ' -f3) on port $redis_port"
+        CLUSTER_URLS=()
+        for _ in 1 2; do
+            start_wsecho --broadcast --redis "redis://127.0.0.1:$redis_port/0"
+            CLUSTER_URLS+=("$SERVER_URL")
+            CLUSTER_PIDS+=("$SERVER_PID" "$DRAIN_PID")
+            SERVER_PID="" DRAIN_PID=""
+        done
+        # Each instance has subscribed once its /healthz says so (bounded wait).
+        for url in "${CLUSTER_URLS[@]}"; do
+            for _ in $(seq 100); do healthz_says "$url" '"redis":"up"' && break; sleep 0.1; done
+            healthz_says "$url" '"redis":"up"' || die "wsecho at $url did not join Redis"
+        done
+        spread=(--listener-url "${CLUSTER_URLS[0]}" --listener-url "${CLUSTER_URLS[1]}")
+        run cluster-fanout-full fanout --url "${CLUSTER_URLS[0]}" "${spread[@]}" \
+            --listeners 100 --messages 1000 --rate 0
+        run cluster-fanout-500 fanout --url "${CLUSTER_URLS[0]}" "${spread[@]}" \
+            --listeners 100 --messages 1000 --rate 500
+        for pid in "${CLUSTER_PIDS[@]}"; do stop_pid "$pid" || true; done
+        CLUSTER_PIDS=()
+    fi
+fi
+
 if [[ -n $PORTABLE_BIN ]]; then
     if want echo; then
         start_wsecho_binary "$PORTABLE_BIN" "$PORTABLE_LABEL"
@@ -640,6 +707,34 @@ if [[ -z $CUSTOM ]] && want fanout; then
             row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "—" "—"
         else
             row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 1 ms" "$(met "$(jget $name p99_us) < 1000")"
+        fi
+    done
+fi
+
+if [[ -z $CUSTOM ]] && want cluster; then
+    for rate in full 500; do
+        name=cluster-fanout-$rate
+        title="cluster: fan-out 100 × 1,000 at $([[ $rate == full ]] && echo "full speed" || echo "500/s"), 2 instances + Redis"
+        label="wsecho ×2, --redis"
+        if [[ ! -f $RAW/$name.json ]]; then
+            if [[ -n $CLUSTER_NOTE ]]; then
+                row "$title" "$label" "result" "$CLUSTER_NOTE" "all delivered in order" "**no**"
+            else
+                missing_row "$title" "$label" $name "all delivered in order"
+            fi
+            continue
+        fi
+        delivered=$(jget $name delivered) missing=$(jget $name missing) ooo=$(jget $name out_of_order)
+        row "$title" "$label" "delivered / missing / out of order" "$(fmt_int "$delivered") / $missing / $ooo" "all, in order" "$(met "$missing == 0 && $ooo == 0 && $(jget $name duplicates) == 0")"
+        [[ $rate == full ]] && row "$title" "$label" "deliveries/s" "$(fmt_int "$(jget $name deliveries_per_s)")" "—" "—"
+        row "$title" "$label" "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "—" "—"
+        # What Redis adds: the same row on one instance alone (the fanout group).
+        single=main-fanout-$rate
+        if [[ -f $RAW/$single.json ]]; then
+            added="$(fmt_us "$(calc "$(jget $name p50_us) - $(jget $single p50_us)")") / $(fmt_us "$(calc "$(jget $name p99_us) - $(jget $single p99_us)")")"
+            row "$title" "$label" "latency added over one instance, p50 / p99" "$added" "—" "—"
+        else
+            row "$title" "$label" "latency added over one instance, p50 / p99" "not measured: run the fanout group too (BENCH_ONLY=fanout,cluster)" "—" "—"
         fi
     done
 fi

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Smoke test of a wsecho server with websocat: text echo, binary echo, the greeting, and
-# (with --broadcast) a message from one client reaching another.
+# (with --broadcast) a message from one client reaching another, or (with --cluster) text and
+# binary from a client of one instance reaching a client of another, both ways.
 #
 # usage: scripts/smoke.sh [--broadcast] [URL]
+#        scripts/smoke.sh --cluster [URL1 URL2]
 #        scripts/smoke.sh --install-only
 #
 #   URL            ws://HOST:PORT of a running wsecho. Without it, a local wsecho is built and
 #                  started on a free loopback port (greeting after 1s; --broadcast if asked).
 #   --broadcast    also check broadcast; the server at URL must run with --broadcast.
+#   --cluster      check a cluster (--broadcast --redis): URL1 and URL2 are two instances of
+#                  one deployment (two ports of it, or each instance's own address behind the
+#                  load balancer). Without them, a local redis-server (in a temporary folder,
+#                  on a free loopback port) and two local instances on it are started; that
+#                  needs redis-server (scripts/install-redis.sh installs it).
 #   --install-only only make sure websocat is there (building it if needed), then exit.
 #
 # env: WEBSOCAT        websocat to use (default: on PATH, else target/tools/bin/websocat,
@@ -15,6 +22,7 @@
 #      WSECHO_FEATURES cargo features for the local wsecho (e.g. portable-poll)
 #      SMOKE_TIMEOUT   seconds to wait for an echo (default 10)
 #      SMOKE_GREETING  seconds to wait for the greeting (default 15)
+#      REDIS_SERVER    redis-server for --cluster without URLs (default: on PATH)
 #
 # Exits 0 when every check passed, 1 when one failed, 2 when it could not run at all.
 set -euo pipefail
@@ -23,17 +31,30 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ECHO_WAIT=${SMOKE_TIMEOUT:-10}
 GREETING_WAIT=${SMOKE_GREETING:-15}
 BROADCAST=0
+CLUSTER=0
 INSTALL_ONLY=0
 URL=""
+URLS=()
 for arg in "$@"; do
     case "$arg" in
         --broadcast) BROADCAST=1 ;;
+        --cluster) CLUSTER=1 ;;
         --install-only) INSTALL_ONLY=1 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
-        ws://*|wss://*) URL=$arg ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        ws://*|wss://*) URL=$arg; URLS+=("$arg") ;;
         *) echo "smoke: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
+if [[ $CLUSTER == 1 ]]; then
+    case ${#URLS[@]} in
+        0) ;;
+        2) URL=${URLS[0]} ;;
+        *) echo "smoke: --cluster takes two URLs, of two instances (or none, for a local cluster)" >&2; exit 2 ;;
+    esac
+elif ((${#URLS[@]} > 1)); then
+    echo "smoke: one URL, or --cluster and two (see --help)" >&2
+    exit 2
+fi
 
 TMP=$(mktemp -d)
 PIDS=()
@@ -69,17 +90,63 @@ fi
 [[ $INSTALL_ONLY == 1 ]] && exit 0
 
 # --- the server -------------------------------------------------------------------------
+# start_wsecho NAME FLAGS...: a local wsecho; sets STARTED_URL. The server prints its URL when
+# it is ready to accept: wait for that line, not a sleep.
+start_wsecho() {
+    local name=$1
+    shift
+    mkfifo "$TMP/$name.ready"
+    "$ROOT/target/debug/wsecho" --host 127.0.0.1 --port 0 --greeting-delay 1s --log-level warn \
+        "$@" >"$TMP/$name.ready" &
+    PIDS+=($!)
+    read -r -t 30 STARTED_URL <"$TMP/$name.ready" || die "the local wsecho ($name) did not start"
+}
+
+# A local Redis for a local cluster: a free loopback port, a temporary folder, no persistence.
+start_redis() {
+    local program=${REDIS_SERVER:-redis-server} port="" reply="" try
+    command -v "$program" >/dev/null ||
+        die "--cluster without URLs needs redis-server (scripts/install-redis.sh installs it)"
+    for try in $(seq 50); do
+        port=$((20000 + RANDOM % 20000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+    done
+    "$program" --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$TMP" \
+        --logfile "$TMP/redis.log" --daemonize no &
+    PIDS+=($!)
+    # Ready when it answers PING; each try is a connection attempt, bounded overall.
+    for try in $(seq 100); do
+        if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+            printf 'PING\r\n' >&3
+            IFS= read -r -t 2 reply <&3 || true
+            exec 3>&-
+            [[ $reply == +PONG* ]] && break
+        fi
+        sleep 0.1
+    done
+    [[ $reply == +PONG* ]] || die "the local redis-server did not answer PING (log: $TMP/redis.log)"
+    REDIS_URL_LOCAL="redis://127.0.0.1:$port/0"
+    echo "smoke: started a local redis-server at $REDIS_URL_LOCAL"
+}
+
 if [[ -z "$URL" ]]; then
     cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin wsecho \
         ${WSECHO_FEATURES:+--features "$WSECHO_FEATURES"} || die "cargo build failed"
-    flags=(--host 127.0.0.1 --port 0 --greeting-delay 1s --log-level warn)
-    [[ $BROADCAST == 1 ]] && flags+=(--broadcast)
-    mkfifo "$TMP/ready"
-    "$ROOT/target/debug/wsecho" "${flags[@]}" >"$TMP/ready" &
-    PIDS+=($!)
-    # The server prints its URL when it is ready to accept: wait for that line, not a sleep.
-    read -r -t 30 URL <"$TMP/ready" || die "the local wsecho did not start"
-    echo "smoke: started a local wsecho at $URL"
+    if [[ $CLUSTER == 1 ]]; then
+        start_redis
+        for name in one two; do
+            start_wsecho "$name" --broadcast --redis "$REDIS_URL_LOCAL"
+            URLS+=("$STARTED_URL")
+        done
+        URL=${URLS[0]}
+        echo "smoke: started two local wsecho instances on it: ${URLS[*]}"
+    else
+        flags=()
+        [[ $BROADCAST == 1 ]] && flags+=(--broadcast)
+        start_wsecho server "${flags[@]}"
+        URL=$STARTED_URL
+        echo "smoke: started a local wsecho at $URL"
+    fi
 fi
 echo "smoke: testing $URL with $WEBSOCAT"
 
@@ -87,10 +154,11 @@ echo "smoke: testing $URL with $WEBSOCAT"
 # connect NAME: a websocat client whose input and output are this shell's file descriptors
 # ${NAME}_in and ${NAME}_out. Text lines go out as text; lines starting with B are base64
 # and go out as binary; binary that comes in is printed the same way.
+# connect NAME [URL]: to $URL unless another is given.
 connect() {
     local name=$1 fifo="$TMP/$1" in out
     mkfifo "$fifo.in" "$fifo.out"
-    "$WEBSOCAT" --text --binary-prefix B --base64 "$URL" <"$fifo.in" >"$fifo.out" 2>"$fifo.err" &
+    "$WEBSOCAT" --text --binary-prefix B --base64 "${2:-$URL}" <"$fifo.in" >"$fifo.out" 2>"$fifo.err" &
     PIDS+=($!)
     exec {in}>"$fifo.in" {out}<"$fifo.out"
     printf -v "${name}_in" %s "$in"
@@ -148,6 +216,34 @@ if [[ $BROADCAST == 1 ]]; then
         fi
     else
         not_ok "broadcast: bob's message did not reach both clients"
+    fi
+fi
+
+if [[ $CLUSTER == 1 ]]; then
+    # carol is on the second instance. She has joined once she hears her own message; alice's
+    # instance may still be (re)joining Redis, so a message that does not arrive is sent
+    # again, a few times, before the check fails.
+    connect carol "${URLS[1]}"
+    send carol "carol joined $$"
+    if expect carol "carol joined $$" "$ECHO_WAIT"; then
+        across() { # across FROM TO WHAT LINE: FROM sends LINE until TO hears it
+            local from=$1 to=$2 what=$3 line=$4 try
+            for try in 1 2 3 4 5; do
+                send "$from" "$line"
+                if expect "$to" "$line" 2 2>/dev/null; then
+                    ok "cluster: $what"
+                    return
+                fi
+            done
+            expect "$to" "$line" 1 || true # prints what $to received instead
+            not_ok "cluster: $what"
+        }
+        across alice carol "text from ${URLS[0]} to ${URLS[1]}" "alice to the cluster $$ ✓"
+        across carol alice "text from ${URLS[1]} to ${URLS[0]}" "carol to the cluster $$"
+        across alice carol "binary from ${URLS[0]} to ${URLS[1]}" \
+            "B$(printf '\x00\xff cluster %s' "$$" | base64 | tr -d '\n')"
+    else
+        not_ok "cluster: carol (on ${URLS[1]}) did not hear her own message"
     fi
 fi
 

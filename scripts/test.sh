@@ -2,14 +2,15 @@
 # Runs every test of the project, as on a fresh machine (Linux: the tests read /proc and
 # drive Linux tools):
 #   1. installs what the tests need when it is missing: Chromium for the browser test
-#      (scripts/install-chromium.sh), Debian's prometheus package for `promtool` (the metrics
+#      (scripts/install-chromium.sh), redis-server for the cluster tests
+#      (scripts/install-redis.sh), Debian's prometheus package for `promtool` (the metrics
 #      format check) and openssl (key formats, SNI) through scripts/need.sh, and websocat for
 #      the smoke test (built once into target/tools/bin),
 #   2. cargo test for the whole workspace: unit tests, the integration tests in tests/ (a real
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
 #   3. the websocat smoke test (scripts/smoke.sh) against a local server, in echo mode and in
-#      broadcast mode.
+#      broadcast mode, and against a local cluster of two instances on one redis-server.
 #
 # usage: scripts/test.sh [--features FEATURES]
 #   --features portable-poll   test the portable backend (the one macOS and Windows use)
@@ -30,6 +31,8 @@ scripts/install-chromium.sh
 step "checking for promtool and openssl (metrics and TLS tests)"
 scripts/need.sh promtool prometheus
 scripts/need.sh openssl openssl
+step "checking for redis-server (cluster tests)"
+scripts/install-redis.sh
 step "checking for websocat (smoke test)"
 scripts/smoke.sh --install-only
 step "cargo test --workspace ${features[*]}"
@@ -39,3 +42,5 @@ step "smoke test, echo mode"
 scripts/smoke.sh
 step "smoke test, broadcast mode"
 scripts/smoke.sh --broadcast
+step "smoke test, a cluster of two instances on one Redis"
+scripts/smoke.sh --cluster

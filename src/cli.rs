@@ -10,7 +10,7 @@ use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use log::LevelFilter;
 
-use crate::config::{self, Config, Greeting, Mode};
+use crate::config::{self, ClusterConfig, Config, Greeting, Mode};
 
 /// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
 /// and serves a browser demo page at http://HOST:PORT/.
@@ -134,6 +134,16 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::CLOSE_TIMEOUT))]
     pub close_timeout: Span,
 
+    /// Join a cluster of instances through this Redis, like `redis://:PASSWORD@HOST:6379/0`
+    /// (`rediss://` for TLS). Every client of every instance then gets every broadcast. Needs
+    /// --broadcast. Prefer REDIS_URL for a password: the command line is visible to others.
+    #[arg(long, value_name = "URL", env = "REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// The Redis pub/sub channel the cluster shares.
+    #[arg(long, value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
+    pub redis_channel: String,
+
     /// Log level: off, error, warn, info (connections), debug (every message), trace.
     #[arg(
         long,
@@ -191,6 +201,7 @@ impl Args {
                 self.max_message_size
             ));
         }
+        let cluster = self.cluster()?;
         Ok(Config {
             host: self.host.clone(),
             port: self.port,
@@ -222,8 +233,28 @@ impl Args {
             ping_interval: self.ping_interval.0.map(|s| s.0),
             idle_timeout: self.idle_timeout.0.map(|s| s.0),
             close_timeout: self.close_timeout.0,
+            cluster,
             panic_on_message: None,
         })
+    }
+
+    /// The cluster to join, from --redis (or REDIS_URL) and --redis-channel.
+    fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
+        let Some(url) = &self.redis else {
+            return Ok(None);
+        };
+        if !self.broadcast {
+            return Err("--redis (or REDIS_URL) needs --broadcast: a cluster shares broadcasts,                         and an echo goes to its sender only"
+                .to_string());
+        }
+        crate::cluster::check_url(url)?;
+        if self.redis_channel.is_empty() {
+            return Err("--redis-channel is empty".to_string());
+        }
+        Ok(Some(ClusterConfig {
+            redis_url: url.clone(),
+            channel: self.redis_channel.clone(),
+        }))
     }
 }
 
@@ -435,6 +466,28 @@ mod tests {
                 .contains("(off)")
         );
         assert!(parse(&["--ping-interval", "off", "--idle-timeout", "off"]).is_ok());
+    }
+
+    #[test]
+    fn redis_needs_broadcast_and_a_url_that_parses() {
+        let config = parse(&["--broadcast", "--redis", "redis://:pw@127.0.0.1:6380/2"]).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.redis_url, "redis://:pw@127.0.0.1:6380/2");
+        assert_eq!(cluster.channel, "wsecho");
+        assert!(!format!("{cluster:?}").contains("pw@"), "{cluster:?}");
+        let named = parse(&[
+            "--broadcast",
+            "--redis",
+            "rediss://h/0",
+            "--redis-channel",
+            "room",
+        ]);
+        assert_eq!(named.unwrap().cluster.unwrap().channel, "room");
+        let error = parse(&["--redis", "redis://127.0.0.1/"]).unwrap_err();
+        assert!(error.contains("needs --broadcast"), "{error}");
+        let error = parse(&["--broadcast", "--redis", "127.0.0.1:6379"]).unwrap_err();
+        assert!(error.contains("not a Redis URL"), "{error}");
+        assert_eq!(parse(&["--broadcast"]).unwrap().cluster, None);
     }
 
     #[test]

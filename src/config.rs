@@ -72,6 +72,30 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// drops the socket anyway. Also bounds how long shutdown waits.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The Redis pub/sub channel a cluster of instances shares, unless `--redis-channel` names
+/// another (instances on one Redis with different channels are different clusters).
+pub const DEFAULT_REDIS_CHANNEL: &str = "wsecho";
+
+/// Joining a cluster of instances through Redis (`--redis`): every client of every instance
+/// then receives every broadcast (see the README's "Running several instances").
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS.
+    pub redis_url: String,
+    /// The channel the instances publish and subscribe to.
+    pub channel: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    /// Without the URL's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &crate::cluster::shown_url(&self.redis_url))
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
 /// What the server does with each message it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -140,6 +164,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// How long to wait for the reply to the server's Close; see [`CLOSE_TIMEOUT`].
     pub close_timeout: Duration,
+    /// The cluster to join (broadcast mode only); `None`: this instance alone.
+    pub cluster: Option<ClusterConfig>,
     /// Test hook: a text message equal to this makes the connection's thread panic, to show that
     /// a panic in one connection is logged and the server goes on. Never set by the command line.
     #[doc(hidden)]
@@ -174,6 +200,7 @@ impl Default for Config {
             ping_interval: Some(PING_INTERVAL),
             idle_timeout: Some(IDLE_TIMEOUT),
             close_timeout: CLOSE_TIMEOUT,
+            cluster: None,
             panic_on_message: None,
         }
     }

@@ -25,6 +25,8 @@ pub enum Error {
     Signal(ctrlc::Error),
     /// Some other system call failed; the text says during what.
     Io(&'static str, io::Error),
+    /// The cluster's Redis cannot be joined, and retrying would not help (a refused password).
+    Redis(String),
 }
 
 impl fmt::Display for Error {
@@ -39,6 +41,7 @@ impl fmt::Display for Error {
             Error::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
             Error::Tls(e) => write!(f, "{e}"),
             Error::Io(during, e) => write!(f, "{during}: {e}"),
+            Error::Redis(why) => write!(f, "cannot join the cluster: {why}"),
         }
     }
 }
@@ -53,6 +56,7 @@ impl std::error::Error for Error {
             Error::Logger(e) => Some(e),
             Error::Signal(e) => Some(e),
             Error::Tls(e) => Some(e),
+            Error::Redis(_) => None,
         }
     }
 }

@@ -28,6 +28,10 @@
 //! 5. `delivery::outbox` also paces broadcasts to the slowest reader (flow control), and
 //!    `delivery::budget` keeps every byte held for clients under one memory ceiling.
 //!
+//! With `--redis`, `cluster` joins the instance to others: a client's broadcast goes to Redis
+//! through a publisher thread, and a subscriber thread fans the channel out into the hub, so
+//! that every client of every instance sees every broadcast in Redis's one order.
+//!
 //! Beside them: [`config`] (every setting, every limit a named constant with its reason),
 //! [`cli`] (the command line), [`logging`], [`error`], and `sys`, the one folder that talks to
 //! the operating system (all the `unsafe` code, and the two backends that make the loop work on
@@ -51,6 +55,7 @@
 
 mod admission;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod connection;
 mod delivery;

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub memory_bytes: Gauge<i64, AtomicI64>,
     /// The memory ceiling.
     pub memory_limit_bytes: Gauge<i64, AtomicI64>,
+    /// With `--redis`: 1 while the link to Redis is up, 0 while it is down (registered only
+    /// then, so that a lone instance does not report a link it does not have).
+    pub redis_up: Option<Gauge<i64, AtomicI64>>,
+    /// With `--redis`: outages of the link since start.
+    pub redis_outages: Option<Gauge<i64, AtomicI64>>,
 }
 
 /// The `code` label of closed connections: the class of close code they ended with.
@@ -102,6 +107,13 @@ pub struct Rejection {
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        Metrics::new(false)
+    }
+}
+
+impl Metrics {
+    /// The metrics of a server; `cluster`: it is one instance of a cluster (`--redis`).
+    pub fn new(cluster: bool) -> Metrics {
         let metrics = Metrics {
             registry: Registry::with_prefix("wsecho"),
             connections_open: Gauge::default(),
@@ -118,12 +130,12 @@ impl Default for Metrics {
             slow_clients_closed: Counter::default(),
             memory_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            redis_up: cluster.then(Gauge::default),
+            redis_outages: cluster.then(Gauge::default),
         };
         metrics.registered()
     }
-}
 
-impl Metrics {
     fn registered(mut self) -> Metrics {
         let r = &mut self.registry;
         r.register(
@@ -196,6 +208,20 @@ impl Metrics {
             Unit::Bytes,
             self.memory_limit_bytes.clone(),
         );
+        if let Some(up) = &self.redis_up {
+            r.register(
+                "redis_up",
+                "1 while the link to Redis is up, 0 while it is down",
+                up.clone(),
+            );
+        }
+        if let Some(outages) = &self.redis_outages {
+            r.register(
+                "redis_outages",
+                "Outages of the link to Redis since start",
+                outages.clone(),
+            );
+        }
         self
     }
 
@@ -209,8 +235,20 @@ impl Metrics {
         self.rejections.get_or_create(&Rejection { reason }).inc();
     }
 
-    /// The exposition text, with the memory readings taken now.
-    pub fn render(&self, memory_used: usize, memory_limit: usize) -> String {
+    /// The exposition text, with the readings taken now: memory, and the Redis link as
+    /// `(up, outages)` when there is one.
+    pub fn render(
+        &self,
+        memory_used: usize,
+        memory_limit: usize,
+        redis: Option<(bool, u64)>,
+    ) -> String {
+        if let (Some(gauge), Some((up, _))) = (&self.redis_up, redis) {
+            gauge.set(i64::from(up));
+        }
+        if let (Some(gauge), Some((_, outages))) = (&self.redis_outages, redis) {
+            gauge.set(i64::try_from(outages).unwrap_or(i64::MAX));
+        }
         self.memory_bytes
             .set(i64::try_from(memory_used).unwrap_or(i64::MAX));
         self.memory_limit_bytes
@@ -263,7 +301,11 @@ mod tests {
             .connections_closed
             .get_or_create(&Ending::of(CloseCode::Policy))
             .inc();
-        let text = metrics.render(5, 10);
+        let text = metrics.render(5, 10, None);
+        assert!(!text.contains("redis"), "no link, no link metrics:\n{text}");
+        let clustered = Metrics::new(true).render(0, 1, Some((true, 2)));
+        assert!(clustered.contains("wsecho_redis_up 1"), "{clustered}");
+        assert!(clustered.contains("wsecho_redis_outages 2"), "{clustered}");
         for line in [
             "# TYPE wsecho_connections_open gauge",
             "# HELP wsecho_connections_accepted_total WebSocket connections opened",

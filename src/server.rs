@@ -11,6 +11,7 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use crate::admission::{Admission, Refusal, Ticket};
+use crate::cluster::Cluster;
 use crate::config::{self, Config, Mode};
 use crate::connection::{self, Shared};
 use crate::delivery::budget::Budget;
@@ -132,6 +133,8 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::Io("listener setup", e))?;
+        // Before anything is logged: a refused password is one line, like a port in use.
+        let cluster = config.cluster.as_ref().map(Cluster::connect).transpose()?;
 
         // Raised and logged with --max-connections too: the connections it allows need
         // their descriptors all the same.
@@ -149,7 +152,7 @@ impl Server {
         };
         sys::return_freed_memory();
         let budget = Arc::new(Budget::new(memory_ceiling(&config)));
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.cluster.is_some()));
         let greeter = match &config.greeting {
             Some(greeting) => Some(
                 Greeter::start(greeting.clone(), Arc::clone(&budget), Arc::clone(&metrics))
@@ -162,8 +165,13 @@ impl Server {
             config.max_connections_per_address,
             config.max_handshakes_per_address,
         );
+        let hub = Arc::new(Hub::new(config.max_backlog));
+        if let Some(cluster) = cluster {
+            let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
+            hub.join_cluster(cluster.start(&hub, &budget, max_message, max_backlog)?);
+        }
         let shared = Shared {
-            hub: Arc::new(Hub::new(config.max_backlog)),
+            hub,
             config,
             budget,
             tls,
@@ -335,6 +343,9 @@ fn shut_down(shared: &Shared) -> Summary {
     // more to send what is left; a little more covers the threads' own work.
     let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
     shared.hub.wait_until_empty(wait);
+    if let Some(cluster) = shared.hub.cluster() {
+        cluster.stop();
+    }
     let unfinished = shared.hub.open_connections();
     let summary = Summary {
         connections: shared.hub.accepted(),

@@ -325,7 +325,7 @@ impl<'a> Client<'a> {
     fn fan_out(&mut self) {
         if !self.broadcasts.is_empty() {
             self.metrics.broadcasts.inc_by(self.broadcasts.len() as u64);
-            self.hub.broadcast(&self.broadcasts);
+            self.hub.publish(&self.broadcasts);
             self.broadcasts.clear();
             self.batched = 0;
         }

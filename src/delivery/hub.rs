@@ -6,15 +6,19 @@
 //! only queues a shared frame and maybe sends one wake-up per client; it never touches a
 //! socket, so it never waits for a slow client. When listeners fall behind, the hub's [`Flow`]
 //! makes the senders stop reading instead (see `outbox.rs`).
+//!
+//! In a cluster (`--redis`) a client's broadcast goes to Redis first ([`Hub::publish`]), and
+//! what comes back on the channel is fanned out here, in Redis's order (see `cluster/`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::cluster::Cluster;
 use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
 
 /// Identifies a connection for as long as the server runs.
@@ -32,6 +36,8 @@ pub struct Hub {
     /// WebSocket connections accepted, over the server's life.
     accepted: AtomicU64,
     started: Instant,
+    /// The cluster this instance belongs to, if it was started with `--redis`.
+    cluster: OnceLock<Cluster>,
 }
 
 /// A connection's place in the hub; leaving is dropping it, even when its thread panics.
@@ -59,6 +65,7 @@ impl Hub {
             messages: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             started: Instant::now(),
+            cluster: OnceLock::new(),
         }
     }
 }
@@ -93,6 +100,29 @@ impl Hub {
             .values()
             .filter(|outbox| outbox.push_all(frames).is_ok())
             .count()
+    }
+
+    /// Sends a client's broadcasts to everyone: in a cluster, to Redis, which sends them back to
+    /// every instance, this one included; otherwise straight to every local connection.
+    pub fn publish(&self, frames: &[Bytes]) {
+        match self.cluster.get() {
+            Some(cluster) => cluster.publish(self, frames),
+            None => {
+                self.broadcast(frames);
+            }
+        }
+    }
+
+    /// Makes this hub's broadcasts go through `cluster`. Once, at start.
+    pub fn join_cluster(&self, cluster: Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            unreachable!("an instance joins one cluster, once");
+        }
+    }
+
+    /// The cluster this instance belongs to, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
     }
 
     /// Asks every open connection to close with this code and reason. Returns how many.

@@ -20,6 +20,11 @@
 //! reads too slowly to ever catch up: its own thread closes it with 1008, which frees the
 //! others. So no client holds the others back for longer than the send timeout, and a client
 //! that keeps reading is never dropped and never loses a message.
+//!
+//! In a cluster (`--redis`, see `cluster/`) one more thing makes the hub congested: the queue
+//! of broadcasts waiting to be published to Redis, when it is past its own high mark (Redis is
+//! slower than the senders). Senders wait for it exactly as for a listener; it is never closed
+//! for it, since it drains as fast as Redis answers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +58,8 @@ pub struct Flow {
     /// A listener that is behind is back once its backlog is at or below this.
     low: usize,
     behind: AtomicUsize,
+    /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
+    publish_full: AtomicBool,
     senders: WaitList,
 }
 
@@ -63,13 +70,31 @@ impl Flow {
             high: max_backlog,
             low: max_backlog / 2,
             behind: AtomicUsize::new(0),
+            publish_full: AtomicBool::new(false),
             senders: WaitList::default(),
         }
     }
 
-    /// Whether some listener is behind: broadcasting connections must not read.
+    /// Whether some listener is behind, or the cluster's publish queue is full: broadcasting
+    /// connections must not read.
     pub fn congested(&self) -> bool {
+        self.listeners_behind() || self.publish_full.load(Ordering::SeqCst)
+    }
+
+    /// Whether some listener is behind. The cluster's subscriber waits for this only: what it
+    /// reads from Redis goes to listeners, never into the publish queue.
+    pub fn listeners_behind(&self) -> bool {
         self.behind.load(Ordering::SeqCst) > 0
+    }
+
+    /// Records whether the cluster's publish queue is past its high mark. Clearing it wakes the
+    /// waiting senders when no listener is behind either (the last listener to catch up wakes
+    /// them otherwise: both stores come before both loads, so one of the two sees the other).
+    pub fn set_publish_full(&self, full: bool) {
+        self.publish_full.store(full, Ordering::SeqCst);
+        if !full && !self.listeners_behind() {
+            self.senders.wake_all();
+        }
     }
 
     /// Where a sender that found the hub congested waits.
@@ -82,6 +107,8 @@ impl Flow {
     }
 
     fn caught_up(&self) {
+        // Woken even while the publish queue is full: the cluster's subscriber waits for the
+        // listeners only; a sender woken too early looks again and waits again.
         if self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.senders.wake_all();
         }

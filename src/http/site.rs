@@ -30,11 +30,23 @@ pub fn respond(request: &Request, shared: &Shared) -> Response {
             content_type: crate::metrics::CONTENT_TYPE,
             body: shared
                 .metrics
-                .render(shared.budget.used(), shared.budget.limit())
+                .render(
+                    shared.budget.used(),
+                    shared.budget.limit(),
+                    shared.hub.cluster().map(|c| {
+                        let health = c.health();
+                        (health.up, health.outages)
+                    }),
+                )
                 .into_bytes(),
         },
         "/healthz" => Response {
-            status: 200,
+            // A cluster member whose Redis link is down serves its own clients only: 503, so
+            // that a load balancer's health check sends new clients elsewhere.
+            status: match shared.hub.cluster() {
+                Some(cluster) if !cluster.health().up => 503,
+                _ => 200,
+            },
             headers: vec![("Cache-Control", "no-store".into())],
             content_type: "application/json",
             body: health(shared).into_bytes(),
@@ -57,10 +69,18 @@ fn health(shared: &Shared) -> String {
         Some(greeting) => greeting.delay.as_millis().to_string(),
         None => "null".to_string(),
     };
+    let cluster = shared.hub.cluster().map(|cluster| cluster.health());
+    let status = match cluster {
+        Some(health) if !health.up => "degraded",
+        _ => "ok",
+    };
+    let cluster = cluster
+        .map(|health| health.json_fields())
+        .unwrap_or_default();
     format!(
-        "{{\"status\":\"ok\",\"connections\":{},\"uptime_seconds\":{},\"messages\":{},\
+        "{{\"status\":\"{status}\",\"connections\":{},\"uptime_seconds\":{},\"messages\":{},\
          \"mode\":\"{mode}\",\"greeting_delay_ms\":{greeting_delay_ms},\
-         \"memory_bytes\":{},\"memory_limit_bytes\":{}}}\n",
+         \"memory_bytes\":{},\"memory_limit_bytes\":{}{cluster}}}\n",
         hub.open_connections(),
         hub.uptime().as_secs(),
         hub.messages(),

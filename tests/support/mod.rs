@@ -47,6 +47,13 @@ impl Wsecho {
         Wsecho::launch(shell, args)
     }
 
+    /// Like [`Wsecho::start`], with these environment variables set for the server.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Wsecho {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsecho"));
+        command.envs(env.iter().copied());
+        Wsecho::launch(command, args)
+    }
+
     fn launch(mut command: Command, args: &[&str]) -> Wsecho {
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--log-level", "debug"])

@@ -145,6 +145,13 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Connect the listeners to this server instead of --url (repeatable: they
+    /// are spread over the URLs in turn), while the sender stays on --url: a
+    /// broadcast crosses a cluster of instances. Loopback only, like --url,
+    /// unless --allow-remote is given.
+    #[arg(long = "listener-url", value_name = "URL")]
+    pub listener_urls: Vec<String>,
+
     /// Add one more listener that reads its socket at most this many bytes per
     /// second (e.g. 2MiB or 2000000), to see a server pace a burst to a slow
     /// reader; it is checked like the others and reported apart.

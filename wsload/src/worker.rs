@@ -105,9 +105,14 @@ impl Handler for Ignore {
 /// split across two reads is copied into the connection's own buffer.
 const SCRATCH: usize = 64 * 1024;
 
+/// Which server a connection goes to, by its local id (see [`Worker::with_route`]).
+pub type Route = Arc<dyn Fn(usize) -> Arc<Target> + Send + Sync>;
+
 /// One event-loop thread's worth of connections.
 pub struct Worker {
     target: Arc<Target>,
+    /// Other servers for some connections; `None`: every connection goes to `target`.
+    route: Option<Route>,
     poll: Poll,
     events: Events,
     conns: Vec<Option<Conn>>,
@@ -123,6 +128,7 @@ impl Worker {
     pub fn new(target: Arc<Target>) -> io::Result<Worker> {
         Ok(Worker {
             target,
+            route: None,
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             conns: Vec::new(),
@@ -131,6 +137,22 @@ impl Worker {
             starting: 0,
             live: 0,
         })
+    }
+
+    /// A worker whose connection with local id `id` goes to `route(id)`: fanout's listeners
+    /// spread over several instances of a cluster.
+    pub fn with_route(target: Arc<Target>, route: Route) -> io::Result<Worker> {
+        let mut worker = Worker::new(target)?;
+        worker.route = Some(route);
+        Ok(worker)
+    }
+
+    /// The server of connection `id`.
+    fn target_of(&self, id: usize) -> Arc<Target> {
+        match &self.route {
+            Some(route) => route(id),
+            None => Arc::clone(&self.target),
+        }
     }
 
     /// Opens `count` connections with at most `max_starting` handshakes in
@@ -177,7 +199,7 @@ impl Worker {
     fn start_connect<H: Handler>(&mut self, h: &mut H) {
         let id = self.conns.len();
         self.conns.push(None);
-        let stream = match TcpStream::connect(self.target.addr) {
+        let stream = match TcpStream::connect(self.target_of(id).addr) {
             Ok(s) => s,
             Err(e) => return h.on_close(id, &CloseReason::Connect(e)),
         };
@@ -330,6 +352,11 @@ impl Worker {
         must_drain: bool,
         h: &mut H,
     ) {
+        // Only a connection that is connecting needs its server (for its handshake).
+        let connecting = self.conns.get(id).and_then(Option::as_ref);
+        let target = connecting
+            .is_some_and(|c| c.phase == Phase::Connecting)
+            .then(|| self.target_of(id));
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -344,8 +371,8 @@ impl Worker {
                     }
                     let key = handshake::encode_key(self.rng.bytes16());
                     conn.accept = handshake::accept_key(&key);
-                    let request =
-                        handshake::request(&self.target.host_header, &self.target.path, &key);
+                    let target = target.as_ref().expect("looked up for a connecting one");
+                    let request = handshake::request(&target.host_header, &target.path, &key);
                     conn.phase = Phase::Handshaking;
                     conn.send_raw(request.as_bytes());
                 }

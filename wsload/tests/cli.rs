@@ -324,6 +324,40 @@ fn fanout_without_a_slow_listener_has_no_slow_fields() {
 }
 
 #[test]
+fn fanout_spreads_listeners_over_listener_urls() {
+    // Two spellings of one broadcasting server stand for two instances of a cluster.
+    let url = server(Behaviour::Broadcast, None);
+    let other = url.replace("127.0.0.1", "localhost") + "/other";
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listener-url",
+        &url,
+        "--listener-url",
+        &other,
+        "--listeners",
+        "4",
+        "--messages",
+        "50",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["delivered"], 200);
+    assert_eq!(r["listener_urls"][1], other.as_str());
+    // The loopback rule holds for listener URLs too.
+    let out = wsload(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listener-url",
+        "ws://192.0.2.1:9/",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[test]
 fn refuses_non_loopback_targets() {
     let out = wsload(&["echo", "--url", "ws://192.0.2.1:9/"]);
     assert_eq!(out.status.code(), Some(1));

@@ -464,8 +464,28 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         send_done_ns: AtomicI64::new(-1),
         abort: AtomicBool::new(false),
     };
+    // Listeners on --listener-url servers, in turn; the sender (the last global id) on --url.
+    let listener_targets = args
+        .listener_urls
+        .iter()
+        .map(|url| target::resolve(url, args.server.allow_remote).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
     let workers = (0..threads)
-        .map(|_| Worker::new(target.clone()))
+        .map(|t| {
+            if listener_targets.is_empty() {
+                return Worker::new(target.clone());
+            }
+            let (main, spread) = (target.clone(), listener_targets.clone());
+            let route = move |id: usize| {
+                let gid = t + id * threads;
+                if gid == listeners {
+                    Arc::clone(&main)
+                } else {
+                    Arc::clone(&spread[gid % spread.len()])
+                }
+            };
+            Worker::with_route(target.clone(), Arc::new(route))
+        })
         .collect::<std::io::Result<Vec<_>>>()?;
     let barrier = Barrier::new(threads);
     let cpu_before = sys::own_cpu_seconds();
@@ -481,6 +501,7 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let mut report = FanoutReport {
         mode: "fanout",
         url: target.url.clone(),
+        listener_urls: args.listener_urls.clone(),
         listeners: args.listeners,
         messages: args.messages,
         rate: args.rate,
@@ -568,7 +589,10 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
 #[derive(Debug, Serialize)]
 pub struct FanoutReport {
     pub mode: &'static str,
+    /// The sender's server (and the listeners', without --listener-url).
     pub url: String,
+    /// The listeners' servers, with --listener-url.
+    pub listener_urls: Vec<String>,
     pub listeners: u64,
     pub messages: u64,
     /// Messages per second asked for; 0 means full speed.
@@ -688,6 +712,9 @@ impl Report for FanoutReport {
             "fanout {}: {} listeners x {} messages of {} B at {rate}, {} thread(s)",
             self.url, self.listeners, self.messages, self.size, self.threads
         );
+        if !self.listener_urls.is_empty() {
+            row("listeners on", self.listener_urls.join(", "));
+        }
         row(
             "opened",
             format!("{} of {}", self.opened, self.listeners + 1),
