@@ -32,6 +32,14 @@
 //! through a publisher thread, and a subscriber thread fans the channel out into the hub, so
 //! that every client of every instance sees every broadcast in Redis's one order.
 //!
+//! With `--redis`, step 4 goes through Redis first: `cluster` publishes the frame on the
+//! cluster's channel, and its subscriber thread fans out what Redis delivers, in Redis's
+//! order, on every instance.
+//!
+//! With TLS, [`tls`] holds the certificate every connection starts from, and
+//! `connection::transport` runs rustls inside the connection's own loop. `metrics` counts
+//! what happens for `GET /metrics`.
+//!
 //! Beside them: [`config`] (every setting, every limit a named constant with its reason),
 //! [`cli`] (the command line), [`logging`], [`error`], and `sys`, the one folder that talks to
 //! the operating system (all the `unsafe` code, and the two backends that make the loop work on

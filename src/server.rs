@@ -176,12 +176,14 @@ impl Server {
             budget,
             tls,
             metrics,
+            out_of_descriptors_logged: std::sync::Mutex::new(None),
             greeter,
             shutting_down: AtomicBool::new(false),
         };
         let signal = Signal {
             requested: AtomicBool::new(false),
-            waker: Waker::new(),
+            waker: Waker::try_new()
+                .map_err(|e| Error::Io("creating the accept loop's waker", e))?,
         };
         Ok(Server {
             listener,

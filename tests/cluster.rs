@@ -243,10 +243,9 @@ fn an_unreachable_redis_at_start_starts_degraded_and_joins_when_it_comes() {
     assert_eq!(next_data(&mut ws), Message::text("through redis"));
     let (status, body) = healthz(&instance);
     assert_eq!(status, 200, "{body}");
-    assert!(
-        body.contains("\"redis_published\":1,\"redis_received\":1"),
-        "{body}"
-    );
+    // (Received, not published: the publisher counts once Redis has answered, which may come
+    // after the message is back.)
+    assert!(body.contains("\"redis_received\":1"), "{body}");
     drop(redis);
 }
 

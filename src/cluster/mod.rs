@@ -217,9 +217,12 @@ impl Joining {
             handover,
             stopped,
         };
+        let mailbox = hub
+            .mailbox()
+            .map_err(|e| Error::Io("creating the Redis subscriber's waker", e))?;
         thread::Builder::new()
             .name("redis-subscriber".into())
-            .spawn(move || subscriber.run(first))
+            .spawn(move || subscriber.run(first, mailbox))
             .map_err(|e| Error::Io("starting the Redis subscriber thread", e))?;
         Ok(Cluster {
             queue,

@@ -85,11 +85,15 @@ struct Pause {
 
 impl Subscriber {
     /// Keeps the link up until the server stops: connect, subscribe, read; on any failure,
-    /// back off and start again. `first` is the pair connected at start, if any.
-    pub fn run(self, mut first: Option<(redis::Connection, redis::Connection)>) {
-        // A mailbox of its own, outside the hub (it receives no broadcasts): its waker is what
-        // the wait lists wake.
-        let (outbox, inbox) = self.hub.mailbox();
+    /// back off and start again. `first` is the pair connected at start, if any. `mailbox` is
+    /// the thread's own, outside the hub (it receives no broadcasts): its waker is what the
+    /// wait lists wake.
+    pub fn run(
+        self,
+        mut first: Option<(redis::Connection, redis::Connection)>,
+        mailbox: (Arc<Outbox>, Inbox),
+    ) {
+        let (outbox, inbox) = mailbox;
         let mut pause = Pause {
             inbox,
             listed_for_listeners: None,

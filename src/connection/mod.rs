@@ -9,6 +9,9 @@ pub(crate) mod transport;
 /// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Refusals for lack of descriptors are logged at most once per this interval.
+const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The HTTP status of a completed WebSocket handshake.
 const SWITCHING_PROTOCOLS: u16 = 101;
 
@@ -35,6 +38,7 @@ use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::Hub;
+use crate::delivery::outbox::{Inbox, Outbox};
 use crate::http::handshake;
 use crate::http::site;
 use crate::http::{self, Conn, HeadError, Response};
@@ -70,6 +74,8 @@ pub struct Shared {
     pub tls: Option<Arc<Tls>>,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// When a refusal for lack of descriptors was last logged.
+    pub out_of_descriptors_logged: std::sync::Mutex<Option<Instant>>,
     pub greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub shutting_down: AtomicBool,
@@ -100,9 +106,43 @@ impl Shared {
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
 pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
+    // The mailbox first: its waker may need descriptors (the portable backend's poller), and
+    // a client the server cannot wake is better told "busy" than upgraded and dropped.
+    let mailbox = match shared.hub.mailbox() {
+        Ok(mailbox) => mailbox,
+        Err(e) => return refuse_out_of_descriptors(stream, peer, shared, &e),
+    };
     if let Some(upgraded) = answer_request(stream, peer, shared, ticket) {
-        serve_websocket(upgraded, peer, shared);
+        serve_websocket(upgraded, mailbox, peer, shared);
     }
+}
+
+/// Refuses a connection the server cannot give a waker: 503 at once, before reading, and one
+/// log line per [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`] however many are refused.
+fn refuse_out_of_descriptors(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    error: &io::Error,
+) {
+    let mut logged = shared
+        .out_of_descriptors_logged
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if logged.is_none_or(|at| at.elapsed() >= OUT_OF_DESCRIPTORS_LOG_INTERVAL) {
+        *logged = Some(Instant::now());
+        warn!(
+            "{peer} rejected: 503, cannot wait for it ({error}); such refusals are logged once \
+             per {}s",
+            OUT_OF_DESCRIPTORS_LOG_INTERVAL.as_secs()
+        );
+    }
+    drop(logged);
+    shared.metrics.http_response(503);
+    shared.metrics.reject("limit");
+    let response = Response::text(503, "server busy: out of descriptors");
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(&response.to_bytes(false));
 }
 
 /// A connection whose handshake has completed.
@@ -300,8 +340,12 @@ fn start_tls(
 /// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
 /// loop until the connection ends, and logs how it ended.
 #[inline(never)]
-fn serve_websocket(upgraded: Upgraded, peer: SocketAddr, shared: &Shared) {
-    let (outbox, inbox) = shared.hub.mailbox();
+fn serve_websocket(
+    upgraded: Upgraded,
+    (outbox, inbox): (Arc<Outbox>, Inbox),
+    peer: SocketAddr,
+    shared: &Shared,
+) {
     let _membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.

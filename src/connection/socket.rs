@@ -260,7 +260,7 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (_outbox, inbox) = Hub::new(usize::MAX).mailbox();
+        let (_outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
         let mut socket = Socket::new(Transport::Plain(tcp), Arc::new(Budget::new(usize::MAX)));
 
         // Far more than the socket buffers hold, in frames of varied sizes.

@@ -159,8 +159,8 @@ mod tests {
         )
         .unwrap();
         let hub = Hub::new(1 << 20);
-        let (live, live_inbox) = hub.mailbox();
-        let (gone, gone_inbox) = hub.mailbox();
+        let (live, live_inbox) = hub.mailbox().unwrap();
+        let (gone, gone_inbox) = hub.mailbox().unwrap();
         greeter.schedule(&live);
         greeter.schedule(&gone);
         drop(gone);

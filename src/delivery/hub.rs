@@ -72,7 +72,7 @@ impl Hub {
 
 impl Hub {
     /// A new connection's mailbox, under this hub's flow control.
-    pub fn mailbox(&self) -> (Arc<Outbox>, Inbox) {
+    pub fn mailbox(&self) -> std::io::Result<(Arc<Outbox>, Inbox)> {
         mailbox(&self.flow)
     }
 
@@ -182,8 +182,8 @@ mod tests {
     #[test]
     fn broadcast_reaches_every_member_until_it_leaves() {
         let hub = Arc::new(Hub::new(1 << 20));
-        let (a, a_in) = hub.mailbox();
-        let (b, b_in) = hub.mailbox();
+        let (a, a_in) = hub.mailbox().unwrap();
+        let (b, b_in) = hub.mailbox().unwrap();
         let member_a = hub.join(a);
         let _member_b = hub.join(b);
         assert_eq!(hub.broadcast(&[Bytes::from_static(b"one")]), 2);

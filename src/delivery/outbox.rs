@@ -141,19 +141,20 @@ pub struct Inbox {
     outbox: Arc<Outbox>,
 }
 
-/// Creates a connection's mailbox, under the hub's flow control.
-pub fn mailbox(flow: &Arc<Flow>) -> (Arc<Outbox>, Inbox) {
+/// Creates a connection's mailbox, under the hub's flow control. Fails only when the system
+/// refuses the waker (the portable backend's poller needs descriptors).
+pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let outbox = Arc::new(Outbox {
         sender,
-        waker: Waker::new(),
+        waker: Waker::try_new()?,
         wake_pending: AtomicBool::new(false),
         backlog: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
         flow: Arc::clone(flow),
         behind_since: Mutex::new(None),
     });
-    (Arc::clone(&outbox), Inbox { receiver, outbox })
+    Ok((Arc::clone(&outbox), Inbox { receiver, outbox }))
 }
 
 impl Outbox {
@@ -345,7 +346,7 @@ mod tests {
     #[test]
     fn deliveries_arrive_in_order() {
         let flow = Arc::new(Flow::new(100));
-        let (outbox, inbox) = mailbox(&flow);
+        let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox.push_all(&[Bytes::from_static(b"one")]).unwrap();
         outbox.push_all(&[Bytes::from_static(b"two")]).unwrap();
         let got: Vec<_> = inbox.drain().collect();
@@ -356,7 +357,7 @@ mod tests {
     #[test]
     fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
         let flow = Arc::new(Flow::new(100));
-        let (outbox, inbox) = mailbox(&flow);
+        let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox.push_all(&[frame(60)]).unwrap();
         outbox.push_all(&[frame(60)]).unwrap(); // 120 > 100: behind; never refused
         assert!(flow.congested() && inbox.behind_since().is_some());
@@ -369,8 +370,8 @@ mod tests {
     #[test]
     fn the_last_listener_to_catch_up_wakes_the_waiting_senders() {
         let flow = Arc::new(Flow::new(10));
-        let (sender, sender_inbox) = mailbox(&flow);
-        let (listener, listener_inbox) = mailbox(&flow);
+        let (sender, sender_inbox) = mailbox(&flow).unwrap();
+        let (listener, listener_inbox) = mailbox(&flow).unwrap();
         listener.push_all(&[frame(20)]).unwrap();
         let generation = flow.senders().add(&sender);
         assert!(flow.senders().still_listed(generation));
@@ -390,7 +391,7 @@ mod tests {
     #[test]
     fn a_closed_connection_takes_nothing_and_is_never_behind() {
         let flow = Arc::new(Flow::new(10));
-        let (outbox, inbox) = mailbox(&flow);
+        let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox.push_all(&[frame(20)]).unwrap();
         assert!(flow.congested());
         drop(inbox);

@@ -113,6 +113,7 @@ mod tests {
             budget: std::sync::Arc::new(Budget::new(1 << 30)),
             tls: None,
             metrics: std::sync::Arc::default(),
+            out_of_descriptors_logged: std::sync::Mutex::new(None),
             greeter: None,
             shutting_down: AtomicBool::new(false),
         }

@@ -75,28 +75,24 @@ impl std::fmt::Debug for Waker {
     }
 }
 
-impl Default for Waker {
-    fn default() -> Waker {
-        Waker::new()
-    }
-}
-
 impl Waker {
-    /// A waker nobody has woken yet, with its own poller.
-    ///
-    /// # Panics
-    ///
-    /// When the system refuses a poller (out of descriptors or memory): the connection's
-    /// thread panics, which drops that one connection and is logged (see `server.rs`).
-    pub fn new() -> Waker {
-        Waker {
-            poller: Poller::new().expect("the system refused a poller"),
+    /// A waker nobody has woken yet, with its own poller; fails when the system refuses a
+    /// poller (out of descriptors, usually).
+    pub fn try_new() -> io::Result<Waker> {
+        Ok(Waker {
+            poller: Poller::new()?,
             woken: AtomicBool::new(false),
             state: Mutex::new(State {
                 events: Events::with_capacity(EVENTS_PER_WAIT),
                 registered: None,
             }),
-        }
+        })
+    }
+
+    /// Like [`Waker::try_new`], for tests: panics when the system refuses a poller.
+    #[cfg(test)]
+    pub fn new() -> Waker {
+        Waker::try_new().expect("the system refused a poller")
     }
 
     /// Makes the waiting thread's next (or current) wait return with `woken` set.
