@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # Smoke test of a wsecho server with websocat: text echo, binary echo, the greeting, and
 # (with --broadcast) a message from one client reaching another, or (with --cluster) text and
-# binary from a client of one instance reaching a client of another, both ways.
+# binary from a client of one instance reaching a client of another, both ways; over ws:// or
+# wss://.
 #
-# usage: scripts/smoke.sh [--broadcast] [URL]
+# usage: scripts/smoke.sh [--broadcast] [--tls | URL]
 #        scripts/smoke.sh --cluster [URL1 URL2]
 #        scripts/smoke.sh --install-only
 #
-#   URL            ws://HOST:PORT of a running wsecho. Without it, a local wsecho is built and
-#                  started on a free loopback port (greeting after 1s; --broadcast if asked).
+#   URL            ws://HOST:PORT or wss://HOST:PORT of a running wsecho. Without it, a local
+#                  wsecho is built and started on a free loopback port (greeting after 1s;
+#                  --broadcast if asked).
 #   --broadcast    also check broadcast; the server at URL must run with --broadcast.
 #   --cluster      check a cluster (--broadcast --redis): URL1 and URL2 are two instances of
 #                  one deployment (two ports of it, or each instance's own address behind the
 #                  load balancer). Without them, a local redis-server (in a temporary folder,
 #                  on a free loopback port) and two local instances on it are started; that
 #                  needs redis-server (scripts/install-redis.sh installs it).
+#   --tls          the local wsecho serves wss:// (--tls-cert, --tls-key) with a certificate
+#                  authority and a server certificate made with the openssl command in a
+#                  temporary folder; websocat trusts that authority for this run only.
 #   --install-only only make sure websocat is there (building it if needed), then exit.
 #
 # env: WEBSOCAT        websocat to use (default: on PATH, else target/tools/bin/websocat,
 #                      installed there with `cargo install --locked websocat` when missing)
+#      SMOKE_CA        a CA certificate (PEM) to trust for a wss:// URL, e.g. a test
+#                      deployment's own CA. It is passed to websocat as SSL_CERT_FILE: its TLS is
+#                      OpenSSL's (through native-tls), which reads that variable in place of the
+#                      system's CA bundle. Not needed for a certificate the system trusts.
 #      WSECHO_FEATURES cargo features for the local wsecho (e.g. portable-poll)
 #      SMOKE_TIMEOUT   seconds to wait for an echo (default 10)
 #      SMOKE_GREETING  seconds to wait for the greeting (default 15)
@@ -32,6 +41,7 @@ ECHO_WAIT=${SMOKE_TIMEOUT:-10}
 GREETING_WAIT=${SMOKE_GREETING:-15}
 BROADCAST=0
 CLUSTER=0
+TLS=0
 INSTALL_ONLY=0
 URL=""
 URLS=()
@@ -39,12 +49,18 @@ for arg in "$@"; do
     case "$arg" in
         --broadcast) BROADCAST=1 ;;
         --cluster) CLUSTER=1 ;;
+        --tls) TLS=1 ;;
         --install-only) INSTALL_ONLY=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         ws://*|wss://*) URL=$arg; URLS+=("$arg") ;;
         *) echo "smoke: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
+if [[ $TLS == 1 && -n "$URL" ]]; then
+    echo "smoke: --tls starts a local server; for a running one give its wss:// URL" \
+        "(and SMOKE_CA if the system does not trust its certificate)" >&2
+    exit 2
+fi
 if [[ $CLUSTER == 1 ]]; then
     case ${#URLS[@]} in
         0) ;;
@@ -88,6 +104,36 @@ else
 fi
 
 [[ $INSTALL_ONLY == 1 ]] && exit 0
+
+# --- TLS ----------------------------------------------------------------------------------
+# websocat checks a wss:// server's certificate against OpenSSL's trust store; SSL_CERT_FILE
+# replaces its CA bundle for this process and its children only.
+if [[ -n "${SMOKE_CA:-}" ]]; then
+    [[ -r "$SMOKE_CA" ]] || die "SMOKE_CA=$SMOKE_CA is not a readable file"
+    export SSL_CERT_FILE="$SMOKE_CA"
+fi
+
+# make_certificates DIR: a certificate authority (ca.pem) and a server certificate for
+# 127.0.0.1 and localhost that it signed (cert.pem, key.pem), valid for a day.
+make_certificates() {
+    local dir=$1 ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    command -v openssl >/dev/null \
+        || die "--tls needs the openssl command (Debian: scripts/need.sh openssl openssl)"
+    {
+        openssl req -x509 "${ec[@]}" -days 1 -subj "/CN=wsecho smoke test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" &&
+        openssl req "${ec[@]}" -subj "/CN=localhost" -keyout "$dir/key.pem" -out "$dir/cert.csr" &&
+        printf '%s\n' "basicConstraints=CA:FALSE" "extendedKeyUsage=serverAuth" \
+            "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$dir/cert.ext" &&
+        openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+            -CAcreateserial -days 1 -extfile "$dir/cert.ext" -out "$dir/cert.pem"
+    } >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        die "openssl could not make the certificates"
+    }
+}
 
 # --- the server -------------------------------------------------------------------------
 # start_wsecho NAME FLAGS...: a local wsecho; sets STARTED_URL. The server prints its URL when
@@ -143,12 +189,20 @@ if [[ -z "$URL" ]]; then
     else
         flags=()
         [[ $BROADCAST == 1 ]] && flags+=(--broadcast)
+        if [[ $TLS == 1 ]]; then
+            mkdir "$TMP/pki"
+            make_certificates "$TMP/pki"
+            flags+=(--tls-cert "$TMP/pki/cert.pem" --tls-key "$TMP/pki/key.pem")
+            export SSL_CERT_FILE="$TMP/pki/ca.pem"
+        fi
         start_wsecho server "${flags[@]}"
         URL=$STARTED_URL
         echo "smoke: started a local wsecho at $URL"
     fi
 fi
-echo "smoke: testing $URL with $WEBSOCAT"
+trusting=""
+[[ $URL == wss://* && ( $TLS == 1 || -n "${SMOKE_CA:-}" ) ]] && trusting=", trusting the CA in $SSL_CERT_FILE"
+echo "smoke: testing $URL with $WEBSOCAT$trusting"
 
 # --- clients ----------------------------------------------------------------------------
 # connect NAME: a websocat client whose input and output are this shell's file descriptors
@@ -247,5 +301,9 @@ if [[ $CLUSTER == 1 ]]; then
     fi
 fi
 
+if ((failed > 0)) && grep -qs "certificate verify failed" "$TMP"/*.err; then
+    echo "smoke: websocat does not trust the server's certificate; set SMOKE_CA to the CA" \
+        "certificate (PEM) that signed it"
+fi
 echo "smoke: $passed passed, $failed failed"
 ((failed == 0))

@@ -10,7 +10,8 @@
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
 #   3. the websocat smoke test (scripts/smoke.sh) against a local server, in echo mode and in
-#      broadcast mode, and against a local cluster of two instances on one redis-server.
+#      broadcast mode, over ws:// and then over wss:// (a certificate made with openssl), and
+#      against a local cluster of two instances on one redis-server.
 #
 # usage: scripts/test.sh [--features FEATURES]
 #   --features portable-poll   test the portable backend (the one macOS and Windows use)
@@ -28,7 +29,7 @@ step() { echo "== test: $*" >&2; }
 
 step "checking for Chromium (browser test)"
 scripts/install-chromium.sh
-step "checking for promtool and openssl (metrics and TLS tests)"
+step "checking for promtool and openssl (metrics and TLS tests, TLS smoke test)"
 scripts/need.sh promtool prometheus
 scripts/need.sh openssl openssl
 step "checking for redis-server (cluster tests)"
@@ -42,5 +43,9 @@ step "smoke test, echo mode"
 scripts/smoke.sh
 step "smoke test, broadcast mode"
 scripts/smoke.sh --broadcast
+step "smoke test over TLS (wss://), echo mode"
+scripts/smoke.sh --tls
+step "smoke test over TLS (wss://), broadcast mode"
+scripts/smoke.sh --tls --broadcast
 step "smoke test, a cluster of two instances on one Redis"
 scripts/smoke.sh --cluster

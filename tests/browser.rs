@@ -6,10 +6,16 @@
 //! of the page go to `<target dir>/screenshots/`: `demo-page.png` (1200×900),
 //! `demo-page-phone.png` (375×740) and `demo-page-dark.png` (closed, dark).
 //!
+//! A second run serves the page over `https://` with a certificate made for the
+//! test: the page must pick `wss://` by itself. Chromium trusts exactly that
+//! certificate, by the hash of its public key, and nothing on the machine changes.
+//!
 //! Needs Chromium: run `scripts/install-chromium.sh`, or set `$CHROMIUM`.
 
 #[path = "support/chromium.rs"]
 mod chromium;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,6 +25,7 @@ use std::thread;
 use std::time::Duration;
 
 use chromium::Chromium;
+use pki::Pki;
 use serde_json::Value;
 
 /// An upper bound for anything to happen; the test never waits for a set time.
@@ -30,7 +37,7 @@ const TEXT: &str = "héllo wörld ✓ 你好";
 /// The wsecho server, running until dropped.
 struct Server {
     child: Child,
-    /// The URL it printed, e.g. `ws://127.0.0.1:41234`.
+    /// The URL it printed, e.g. `ws://127.0.0.1:41234` (`wss://` with TLS).
     ws_url: String,
 }
 
@@ -77,14 +84,16 @@ impl Server {
             Err(e) => panic!("wsecho printed no URL line ({e})"),
         };
         assert!(
-            server.ws_url.starts_with("ws://127.0.0.1:"),
+            server.ws_url.starts_with("ws://127.0.0.1:")
+                || server.ws_url.starts_with("wss://127.0.0.1:"),
             "unexpected first line from wsecho: {:?}",
             server.ws_url
         );
         server
     }
 
-    /// The WebSocket address the page should use: `ws://127.0.0.1:41234/`.
+    /// The WebSocket address the page should use: `ws://127.0.0.1:41234/`
+    /// (`wss://...` with TLS).
     fn page_ws_url(&self) -> String {
         format!("{}/", self.ws_url.trim_end_matches('/'))
     }
@@ -95,13 +104,14 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// The page's address: `ws://127.0.0.1:41234` gives `http://127.0.0.1:41234/`.
+    /// The page's address: `ws://127.0.0.1:41234` gives `http://127.0.0.1:41234/`,
+    /// `wss://127.0.0.1:41234` gives `https://127.0.0.1:41234/`.
     fn http_url(&self) -> String {
-        let host_port = self
-            .ws_url
-            .trim_start_matches("ws://")
-            .trim_end_matches('/');
-        format!("http://{host_port}/")
+        let (scheme, rest) = match self.ws_url.strip_prefix("wss://") {
+            Some(rest) => ("https", rest),
+            None => ("http", self.ws_url.trim_start_matches("ws://")),
+        };
+        format!("{scheme}://{}/", rest.trim_end_matches('/'))
     }
 }
 
@@ -420,4 +430,85 @@ fn demo_page_shows_broadcast_mode_and_the_greeting_delay() {
     wait(b, "document.getElementById('reconnect').disabled === false");
     click(b, "reconnect");
     wait(b, &text_is("server", "mode unknown"));
+}
+
+#[test]
+fn demo_page_talks_to_the_server_over_https() {
+    let pki = Pki::new("browser");
+    let tls = pki.tls_args();
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["--greeting-delay", "1s"]);
+    let server = Server::start(&args);
+    let page = server.http_url();
+    assert!(page.starts_with("https://127.0.0.1:"), "{page}");
+
+    // A browser that does not know the certificate refuses the page: the pin below is what
+    // makes the rest work, not a machine that trusts anything.
+    {
+        let mut stranger = Chromium::launch().expect("start Chromium");
+        let refused = stranger
+            .navigate(&page)
+            .expect_err("an unknown CA is refused");
+        assert!(refused.to_string().contains("ERR_CERT"), "{refused}");
+    }
+
+    // Trust exactly our certificate: the SHA-256 of its public key.
+    let pin = format!("--ignore-certificate-errors-spki-list={}", pki.spki_sha256);
+    let mut browser = Chromium::launch_with(&[pin]).expect("start Chromium");
+    let b = &mut browser;
+    b.set_viewport(1200, 900).unwrap();
+    b.navigate(&page).unwrap();
+    wait(b, &status_is("open", "open"));
+    assert_eq!(js(b, "location.protocol"), "https:");
+
+    // The page chose wss:// from its own scheme, and shows it.
+    let wss = server.page_ws_url();
+    assert!(wss.starts_with("wss://127.0.0.1:"), "{wss}");
+    assert_eq!(js(b, "url"), wss.as_str(), "the page's own URL");
+    assert_eq!(js(b, "ws.url"), wss.as_str(), "the socket it opened");
+    wait(b, &text_is("url", &wss));
+    wait(b, &log_has("event", &wss));
+
+    // /healthz over https, as the page asks it.
+    wait(b, &text_is("server", "echo mode · greeting after 1 s"));
+
+    // The console snippet gives the wss:// address.
+    let snippet = js(b, "document.getElementById('snippet').textContent");
+    let expected = format!("new WebSocket('{wss}')");
+    assert!(
+        snippet.as_str().unwrap().contains(&expected),
+        "the snippet has {expected}: {snippet}"
+    );
+
+    // Text and binary echo over TLS.
+    type_into(b, "text", TEXT);
+    click(b, "send-text");
+    wait(b, &log_has("out", TEXT));
+    wait(b, &log_has("in", TEXT));
+    set_number(b, "binary-size", "100");
+    click(b, "send-binary");
+    let binary = "binary 100 bytes: 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 …";
+    wait(b, &log_has("out", binary));
+    wait(b, &log_has("in", binary));
+
+    // The greeting, a second after connecting.
+    wait(b, &log_has("in", "hello client !!!"));
+
+    // Close and reconnect, again over wss://.
+    click(b, "close");
+    wait(b, &status_is("closed", "1000"));
+    click(b, "reconnect");
+    wait(b, &status_is("open", "open"));
+    type_into(b, "text", "after reconnect");
+    click(b, "send-text");
+    wait(b, &log_has("in", "after reconnect"));
+
+    let errors: Vec<&String> = b
+        .console()
+        .iter()
+        .filter(|line| line.starts_with("uncaught") || line.starts_with("console.error"))
+        .collect();
+    assert!(errors.is_empty(), "errors in the page: {errors:?}");
+    let error_entries = js(b, "document.querySelectorAll('#log > li.error').length");
+    assert_eq!(error_entries, 0, "no error entries in the log");
 }

@@ -97,6 +97,11 @@ fn help_lists_every_option_with_its_default() {
         "--greeting-delay <DURATION>",
         "[default: 2s]",
         "--no-demo-page",
+        "--no-metrics",
+        "--tls-cert <PEM>",
+        "[env: WSECHO_TLS_CERT=",
+        "--tls-key <PEM>",
+        "[env: WSECHO_TLS_KEY=",
         "--subprotocol",
         "--allow-origin",
         "--handshake-timeout",
@@ -128,6 +133,18 @@ fn help_lists_every_option_with_its_default() {
         "--log-file",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
+    }
+}
+
+#[test]
+fn version_prints_the_name_and_the_cargo_version() {
+    for flag in ["--version", "-V"] {
+        let output = wsecho(&[flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let expected = format!("wsecho {}\n", env!("CARGO_PKG_VERSION"));
+        assert_eq!(stdout, expected, "{flag}");
+        assert!(output.stderr.is_empty(), "{flag}");
     }
 }
 

@@ -1,19 +1,19 @@
 //! TLS: `wss://` and `https://` on one port, with a certificate authority made at test time
 //! and clients that trust only it.
 
+#[path = "support/pki.rs"]
+mod pki;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use pki::Pki;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -22,63 +22,12 @@ use tungstenite::{Message, WebSocket};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-/// A certificate authority, and a certificate for localhost and 127.0.0.1 it signed, as PEM
-/// files in a folder of their own (removed on drop).
-struct Pki {
-    dir: PathBuf,
-    ca: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("wsecho-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut pki = Pki {
-            dir,
-            ca: String::new(),
-        };
-        pki.issue("cert.pem", "key.pem");
-        pki
-    }
-
-    /// A new authority and a certificate from it, written to these file names.
-    fn issue(&mut self, cert: &str, key: &str) {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "wsecho test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let issued = params.signed_by(&server_key, &ca).unwrap();
-        std::fs::write(self.dir.join(cert), issued.pem()).unwrap();
-        std::fs::write(self.dir.join(key), server_key.serialize_pem()).unwrap();
-        self.ca = ca.pem();
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn start(&self, extra: &[&str]) -> Wsecho {
-        let (cert, key) = (self.path("cert.pem"), self.path("key.pem"));
-        let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
-        args.extend_from_slice(extra);
-        Wsecho::start(&args)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts wsecho with the certificate and key of `pki`, and `extra`.
+fn start(pki: &Pki, extra: &[&str]) -> Wsecho {
+    let tls = pki.tls_args();
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    Wsecho::start(&args)
 }
 
 /// A client TLS configuration that trusts only `ca_pem`.
@@ -140,13 +89,16 @@ fn data(ws: &mut WebSocket<Tls>) -> Message {
 #[test]
 fn text_binary_greeting_broadcast_and_close_over_wss() {
     let pki = Pki::new("session");
-    let server = pki.start(&[
-        "--broadcast",
-        "--greeting-delay",
-        "300ms",
-        "--greeting",
-        "hi {time}",
-    ]);
+    let server = start(
+        &pki,
+        &[
+            "--broadcast",
+            "--greeting-delay",
+            "300ms",
+            "--greeting",
+            "hi {time}",
+        ],
+    );
     assert!(server.url.starts_with("wss://127.0.0.1:"), "{}", server.url);
     let mut alice = wss(server.addr, &pki.ca);
     let mut bob = wss(server.addr, &pki.ca);
@@ -183,7 +135,7 @@ fn text_binary_greeting_broadcast_and_close_over_wss() {
 #[test]
 fn the_demo_page_healthz_and_metrics_are_served_over_https() {
     let pki = Pki::new("https");
-    let server = pki.start(&[]);
+    let server = start(&pki, &[]);
     let page = https(
         server.addr,
         &pki.ca,
@@ -213,7 +165,7 @@ fn the_demo_page_healthz_and_metrics_are_served_over_https() {
 #[test]
 fn a_client_that_trusts_another_authority_is_refused_by_its_own_check() {
     let pki = Pki::new("untrusted");
-    let server = pki.start(&[]);
+    let server = start(&pki, &[]);
     let other = Pki::new("other-ca");
     let refused = tls_to(server.addr, &other.ca);
     assert!(
@@ -242,7 +194,7 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, Duration) {
 #[test]
 fn plain_http_garbage_and_stalled_handshakes_each_end_with_one_line_at_most() {
     let pki = Pki::new("bad-clients");
-    let server = pki.start(&["--handshake-timeout", "1s"]);
+    let server = start(&pki, &["--handshake-timeout", "1s"]);
 
     let (answer, _) = raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let answer = String::from_utf8_lossy(&answer);
@@ -306,7 +258,7 @@ fn presented_certificate(addr: SocketAddr, options: &[&str]) -> String {
 #[test]
 fn clients_without_sni_or_with_another_name_get_the_one_certificate() {
     let pki = Pki::new("sni");
-    let server = pki.start(&[]);
+    let server = start(&pki, &[]);
     let ours = std::fs::read_to_string(pki.dir.join("cert.pem")).unwrap();
     for options in [&["-noservername"][..], &["-servername", "other.example"]] {
         assert_eq!(
@@ -427,7 +379,7 @@ fn replace(path: &Path, with: &Path) {
 #[test]
 fn sighup_rotates_the_certificate_for_new_connections_only() {
     let mut pki = Pki::new("rotation");
-    let server = pki.start(&["--greeting-delay", "off"]);
+    let server = start(&pki, &["--greeting-delay", "off"]);
     let old_ca = pki.ca.clone();
     let mut before = wss(server.addr, &old_ca);
 

@@ -89,6 +89,12 @@ pub struct Chromium {
 impl Chromium {
     /// Finds a browser, starts it and opens a blank page.
     pub fn launch() -> Result<Chromium> {
+        Chromium::launch_with(&[])
+    }
+
+    /// [`Chromium::launch`], with more command-line switches for the browser, such as
+    /// `--ignore-certificate-errors-spki-list=...`.
+    pub fn launch_with(switches: &[String]) -> Result<Chromium> {
         let browser = find_browser()?;
         let profile_dir = new_profile_dir()?;
         let mut child = Command::new(&browser)
@@ -104,6 +110,7 @@ impl Chromium {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile_dir.display()))
+            .args(switches)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
