@@ -37,8 +37,17 @@
 #                               on one, the listeners spread over both;
 #                               needs redis-server (installed with
 #                               scripts/install-redis.sh when missing)
+#                     tls       hold 1,000 and 10,000 idle and echo 64×32 B
+#                               over TLS (wss://), each printed beside its
+#                               plain row with the difference, TLS − plain
 #                   --soak runs when asked for, whatever BENCH_ONLY says.
 #   REDIS_SERVER    redis-server for the cluster rows (default: on PATH)
+#
+# The tls rows make a certificate authority and a server certificate for
+# localhost and 127.0.0.1 (EC P-256) with the openssl command into the run's
+# temporary folder, start wsecho with --tls-cert/--tls-key, and have wsload
+# trust only that authority (--ca). Without openssl, or with BENCH_SERVER,
+# they are skipped with a note.
 #
 # Every server and client it starts listens on or connects to 127.0.0.1
 # only, every run is bounded in time, and the whole script is bounded too; on
@@ -65,7 +74,7 @@ done
 
 SOAK_SECONDS=${BENCH_SOAK_SECONDS:-600}
 
-GROUPS_ALL="echo hold greeting fanout burst cluster"
+GROUPS_ALL="echo hold greeting fanout burst cluster tls"
 ONLY=${BENCH_ONLY:-}
 for group in ${ONLY//,/ }; do
     if [[ " $GROUPS_ALL " != *" $group "* ]]; then
@@ -215,7 +224,7 @@ start_wsecho_binary() { # start_wsecho_binary BINARY LABEL [extra wsecho flags]
     cat <&"$fd" >/dev/null &
     DRAIN_PID=$!
     exec {fd}<&-
-    [[ $line == ws://* ]] || die "wsecho printed '$line' instead of its URL"
+    [[ $line == ws://* || $line == wss://* ]] || die "wsecho printed '$line' instead of its URL"
     SERVER_URL=$line
     SERVER_LABEL=$label
 }
@@ -274,6 +283,51 @@ stop_server() {
     fi
 }
 STOP_WARNINGS=""
+
+# -------------------------------------------------------------------- tls --
+# A certificate authority and a server certificate it issued, for the tls
+# rows: made afresh for every run, in the temporary folder (removed on exit).
+TLS_DIR="$WORK/tls" TLS_NOTE=""
+TLS_OPTS=() # wsload's TLS options
+make_tls_files() { # sets TLS_NOTE when the files cannot be made
+    local log="$WORK/openssl.log"
+    if ! command -v openssl >/dev/null; then
+        TLS_NOTE="not run: the openssl command is not installed"
+        return
+    fi
+    mkdir -p "$TLS_DIR"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$TLS_DIR/server.ext"
+    if openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
+        -subj "/CN=wsecho bench CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" >"$log" 2>&1 &&
+        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=localhost" \
+            -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" >>"$log" 2>&1 &&
+        openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+            -set_serial "0x$(openssl rand -hex 8)" -days 2 -extfile "$TLS_DIR/server.ext" \
+            -out "$TLS_DIR/server.pem" >>"$log" 2>&1; then
+        # The certificate names localhost: wsload sends that as SNI, as a
+        # browser opening wss://localhost:PORT would.
+        TLS_OPTS=(--ca "$TLS_DIR/ca.pem" --server-name localhost)
+    else
+        TLS_NOTE="not run: openssl could not make the certificates ($(grep -m1 -i error "$log" || tail -1 "$log"))"
+    fi
+}
+TLS_LABEL="wsecho over TLS"
+if want tls; then
+    if [[ -n $CUSTOM ]]; then
+        TLS_NOTE="not run: the tls rows measure wsecho, not BENCH_SERVER"
+    else
+        make_tls_files
+    fi
+    [[ -n $TLS_NOTE ]] && say "tls rows: $TLS_NOTE"
+fi
+start_wsecho_tls() { # wsecho with default flags, serving wss:// with the run's certificate
+    start_wsecho_binary "$WSECHO" "$TLS_LABEL" \
+        --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key"
+    [[ $SERVER_URL == wss://* ]] || die "wsecho with --tls-cert printed $SERVER_URL, not a wss:// URL"
+}
 
 # ------------------------------------------------------------------- runs --
 # run NAME wsload-arguments...: runs wsload with --json, keeps the JSON in
@@ -395,6 +449,20 @@ if want hold; then
         run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
         stop_server
     done
+fi
+
+if want tls && [[ -z $TLS_NOTE ]]; then
+    # The same hold rows over wss://: the same sizes, idle time and figures.
+    for n in 1000 10000; do
+        start_wsecho_tls
+        run "tls-hold-$n" hold --url "$SERVER_URL" "${TLS_OPTS[@]}" --connections "$n" \
+            --hold 10s --pid "$SERVER_PID"
+        stop_server
+    done
+    start_wsecho_tls
+    run tls-echo-64x32 echo --url "$SERVER_URL" "${TLS_OPTS[@]}" --connections 64 --size 32 \
+        --duration "${ECHO_SECONDS}s" --warmup "$WARMUP"
+    stop_server
 fi
 
 if [[ -z $CUSTOM ]]; then
@@ -629,12 +697,29 @@ echo_table() { # echo_table PREFIX LABEL [SPECS]
     done
 }
 
-hold_table() { # hold_table N LABEL [PREFIX]
+# beside NAME KEY FORMAT GROUP: a Target cell showing the plain row's figure
+# beside a TLS row's, or how to get it.
+beside() {
+    local v
+    v=$(jget "$1" "$2")
+    if num "$v"; then
+        echo "— (plain: $(awk -v v="$v" -v f="$3" 'BEGIN { printf f, v }'))"
+    else
+        echo "— (plain: add the $4 group)"
+    fi
+}
+
+hold_table() { # hold_table N LABEL [PREFIX]; PREFIX tls: TLS rows, with the plain figures beside
     local n=$1 label=$2 prefix=${3:-main} title
-    local name="$prefix-hold-$n"
+    local name="$prefix-hold-$n" plain="main-hold-$n"
     title="hold $(fmt_int "$n") idle"
+    [[ $prefix == tls ]] && title+=" over TLS"
     if [[ ! -f $RAW/$name.json ]]; then
-        missing_row "$title" "$label" "$name" "all open and still echoing"
+        if [[ $prefix == tls && -n $TLS_NOTE ]]; then
+            row "$title" "$label" "result" "$TLS_NOTE" "—" "—"
+        else
+            missing_row "$title" "$label" "$name" "all open and still echoing"
+        fi
         return
     fi
     local opened echo_ok rss cpu fds
@@ -646,9 +731,16 @@ hold_table() { # hold_table N LABEL [PREFIX]
     local detail=""
     [[ $(jget "$name" ok) == true ]] || detail=" ($(jerr "$name"))"
     row "$title" "$label" "opened / still echo" "$opened / $echo_ok of $n$detail" "all" "$(met "$opened == $n && $echo_ok == $n")"
-    if num "$rss" && num "$cpu"; then
+    if num "$rss" && num "$cpu" && [[ $prefix == tls ]]; then
+        # wsecho's targets are for plain connections: the TLS rows show the
+        # plain figures beside theirs instead.
+        row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "$(beside "$plain" rss_per_conn_kib "%.2f KiB" hold)" "—"
+        row "$title" "$label" "server CPU over 10 s idle" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "$(beside "$plain" idle_cpu_s "%.3f s" hold)" "—"
+    elif num "$rss" && num "$cpu"; then
         row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "≤ 16 KiB" "$(met "$rss <= 16")"
         row "$title" "$label" "server CPU over 10 s idle" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "< 0.05 s" "$(met "$cpu < 0.05")"
+    elif [[ $prefix == tls ]]; then
+        row "$title" "$label" "server RSS and idle CPU" "not measured" "—" "**no**"
     else
         row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 16 KiB, < 0.05 s" "**no**"
     fi
@@ -656,13 +748,65 @@ hold_table() { # hold_table N LABEL [PREFIX]
     # connection: 1 is the client's socket alone.
     if num "$fds"; then
         local target="—" other
-        if [[ $prefix != main ]]; then
-            other=$(jget "main-hold-$n" fds_per_conn)
+        if [[ $prefix == tls ]]; then
+            target=$(beside "$plain" fds_per_conn "%.2f" hold)
+        elif [[ $prefix != main ]]; then
+            other=$(jget "$plain" fds_per_conn)
             num "$other" && target="— (wsecho: $(awk -v v="$other" 'BEGIN { printf "%.2f", v }'))"
         fi
         row "$title" "$label" "server file descriptors per connection" "$(awk -v v="$fds" 'BEGIN { printf "%.2f", v }') ($(fmt_int "$(jget "$name" fds_before)") → $(fmt_int "$(jget "$name" fds_after)"))" "$target" "—"
     else
         row "$title" "$label" "server file descriptors per connection" "not measured" "—" "—"
+    fi
+}
+
+# difference TLS PLAIN KEY FORMAT: TLS's figure minus the plain one, signed,
+# or "n/a" when either is missing.
+difference() {
+    local a b
+    a=$(jget "$1" "$3") b=$(jget "$2" "$3")
+    if num "$a" && num "$b"; then
+        awk -v a="$a" -v b="$b" -v f="$4" 'BEGIN { printf f, a - b }'
+    else
+        echo "n/a"
+    fi
+}
+
+tls_hold_difference() { # tls_hold_difference N: the TLS − plain line under the TLS hold rows
+    local n=$1 t="tls-hold-$1" p="main-hold-$1"
+    [[ -f $RAW/$t.json && -f $RAW/$p.json ]] || return 0
+    row "hold $(fmt_int "$n") idle: TLS − plain" wsecho \
+        "server RSS per connection / CPU over 10 s idle / descriptors per connection" \
+        "$(difference "$t" "$p" rss_per_conn_kib "%+.2f KiB") / $(difference "$t" "$p" idle_cpu_s "%+.3f s") / $(difference "$t" "$p" fds_per_conn "%+.2f")" \
+        "—" "—"
+}
+
+tls_echo_table() { # the echo row over TLS, beside the plain one
+    local name=tls-echo-64x32 plain=main-echo-64x32 title="echo 64×32 B over TLS"
+    if [[ ! -f $RAW/$name.json ]]; then
+        if [[ -n $TLS_NOTE ]]; then
+            row "$title" "$TLS_LABEL" "result" "$TLS_NOTE" "—" "—"
+        else
+            missing_row "$title" "$TLS_LABEL" "$name" "all verified"
+        fi
+        return
+    fi
+    local plain_msgs="— (plain: add the echo group)" plain_latency="— (plain: add the echo group)"
+    if [[ -f $RAW/$plain.json ]]; then
+        plain_msgs="— (plain: $(fmt_int "$(jget "$plain" msgs_per_s)"))"
+        plain_latency="— (plain: $(latency_cell "$plain"))"
+    fi
+    row "$title" "$TLS_LABEL" "msgs/s (MB/s)" "$(fmt_int "$(jget "$name" msgs_per_s)") ($(jget "$name" mb_per_s | awk '{ printf "%.1f", $1 }'))" "$plain_msgs" "—"
+    row "$title" "$TLS_LABEL" "latency p50 / p99 / p99.9 / max" "$(latency_cell "$name")" "$plain_latency" "—"
+    local m="**no**"
+    [[ $(jget "$name" ok) == true ]] && m="yes"
+    row "$title" "$TLS_LABEL" "echo checks" "$(checks_cell "$name")" "all verified" "$m"
+    if [[ -f $RAW/$plain.json ]]; then
+        local t p
+        t=$(jget "$name" msgs_per_s) p=$(jget "$plain" msgs_per_s)
+        row "echo 64×32 B: TLS − plain" wsecho "msgs/s / p99 latency" \
+            "$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%+.0f (%+.0f %%)", t - p, p > 0 ? 100 * (t - p) / p : 0 }') / $(difference "$name" "$plain" p99_us "%+.0f µs")" \
+            "—" "—"
     fi
 }
 
@@ -674,11 +818,18 @@ if want echo; then
     echo_table main "$MAIN_LABEL"
     [[ -n $PORTABLE_BIN ]] && echo_table port "$PORTABLE_LABEL" "$PORTABLE_ECHO_SPECS"
 fi
-if want hold; then
-    hold_table 1000 "$MAIN_LABEL"
-    [[ -n $PORTABLE_BIN ]] && hold_table 1000 "$PORTABLE_LABEL" port
-    hold_table 10000 "$MAIN_LABEL"
-fi
+want tls && tls_echo_table
+# Each hold size: the plain rows, then the same over TLS and the difference.
+for n in 1000 10000; do
+    if want hold; then
+        hold_table "$n" "$MAIN_LABEL"
+        [[ $n == 1000 && -n $PORTABLE_BIN ]] && hold_table 1000 "$PORTABLE_LABEL" port
+    fi
+    if want tls; then
+        hold_table "$n" "$TLS_LABEL" tls
+        tls_hold_difference "$n"
+    fi
+done
 
 if [[ -z $CUSTOM ]] && want greeting; then
     name=main-greeting-10000
@@ -798,6 +949,13 @@ fi
             echo "- $PORTABLE_LABEL: wsecho built with --features portable-poll (target/portable)"
         else
             echo "- $PORTABLE_LABEL: ${PORTABLE_NOTE:-no rows selected}"
+        fi
+    fi
+    if want tls; then
+        if [[ -n $TLS_NOTE ]]; then
+            echo "- $TLS_LABEL: $TLS_NOTE"
+        else
+            echo "- $TLS_LABEL: wss:// with TLS 1.3 as rustls negotiates it, an EC P-256 certificate for localhost issued by a CA made for this run (openssl); wsload trusts only that CA and sends SNI localhost; no session resumption"
         fi
     fi
     [[ -n $STOP_WARNINGS ]] && echo "- warnings: $STOP_WARNINGS"

@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive) and the value parsers it needs.
 
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Load generator and benchmark client for WebSocket servers.
@@ -35,13 +36,23 @@ pub enum Command {
 /// Which server to load (first in every mode's help).
 #[derive(Debug, Args)]
 pub struct Server {
-    /// Server URL, e.g. ws://127.0.0.1:9001/
+    /// Server URL, e.g. ws://127.0.0.1:9001/ or, over TLS, wss://127.0.0.1:9001/
     #[arg(long, value_name = "URL")]
     pub url: String,
 
     /// Allow a server address outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     pub allow_remote: bool,
+
+    /// For a wss:// URL: the certificate authority (PEM) that issued the server's
+    /// certificate; the only one trusted.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
+    /// For a wss:// URL: the name the server's certificate must carry, also sent as SNI
+    /// (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
 }
 
 /// How to run and report (last in every mode's help).

@@ -1,13 +1,22 @@
-//! One client connection: a non-blocking socket plus the little state a
-//! WebSocket client needs between reads.
+//! One client connection: a non-blocking socket, its TLS session for
+//! `wss://`, and the little state a WebSocket client needs between reads.
 //!
 //! The struct is kept small on purpose (no per-connection read buffer unless a
-//! frame is split across reads) because `hold` keeps ten thousand of them.
+//! frame is split across reads) because `hold` keeps ten thousand of them. The
+//! TLS session is boxed, so a plain connection pays one pointer for it.
+//!
+//! With TLS, what the modes send is encoded into `tx` as before, handed to
+//! rustls as plaintext (as much as its buffer limit takes) and written to the
+//! socket as records with `write_tls`, all in [`Conn::flush`]. rustls also has
+//! output of its own (the handshake, alerts), so a connection has pending
+//! output while either `tx` holds bytes or the session `wants_write()`; the
+//! worker flushes it on the socket's next writable edge.
 
 use crate::frame::{self, Opcode};
 use crate::handshake::ACCEPT_LEN;
 use crate::rng::Rng;
 use mio::net::TcpStream;
+use rustls::ClientConnection;
 use std::io::{self, Write};
 
 /// Where a connection is in its life.
@@ -60,12 +69,14 @@ pub(crate) struct Fragmented {
 #[derive(Debug)]
 pub struct Conn {
     pub(crate) stream: TcpStream,
+    /// The TLS session of a `wss://` connection.
+    pub(crate) tls: Option<Box<ClientConnection>>,
     pub(crate) phase: Phase,
     /// Expected `Sec-WebSocket-Accept`, meaningful while handshaking.
     pub(crate) accept: [u8; ACCEPT_LEN],
     /// Received bytes not yet parsed (a partial frame or response head).
     pub(crate) rx: Vec<u8>,
-    /// Encoded bytes the socket has not accepted yet.
+    /// Encoded bytes the socket (or, with TLS, rustls) has not accepted yet.
     tx: Vec<u8>,
     pub(crate) fragment: Option<Fragmented>,
     /// First write error; the worker closes the connection when it sees it.
@@ -77,10 +88,15 @@ pub struct Conn {
 /// empty, so a connection that once carried 1 MiB does not keep it forever.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
+/// Encrypted bytes rustls may hold for sending before it takes no more
+/// plaintext (rustls's own default): what does not fit waits in `tx`.
+const TLS_SEND_BUFFER: usize = 64 * 1024;
+
 impl Conn {
     pub(crate) fn new(stream: TcpStream, rng: Rng) -> Conn {
         Conn {
             stream,
+            tls: None,
             phase: Phase::Connecting,
             accept: [0; ACCEPT_LEN],
             rx: Vec::new(),
@@ -101,9 +117,17 @@ impl Conn {
         self.send_frame(kind.opcode(), payload);
     }
 
-    /// True if some of what was sent still waits in our buffer.
+    /// Makes this a TLS connection; its ClientHello goes out with the first
+    /// flush.
+    pub(crate) fn start_tls(&mut self, mut session: ClientConnection) {
+        session.set_buffer_limit(Some(TLS_SEND_BUFFER));
+        self.tls = Some(Box::new(session));
+    }
+
+    /// True if some of what was sent still waits in our buffer (or, with
+    /// TLS, in rustls's).
     pub fn has_pending_output(&self) -> bool {
-        !self.tx.is_empty()
+        !self.tx.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
 
     pub(crate) fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) {
@@ -122,6 +146,9 @@ impl Conn {
 
     /// Writes as much buffered output as the socket accepts.
     pub(crate) fn flush(&mut self) {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         let mut written = 0;
         while written < self.tx.len() {
             match self.stream.write(&self.tx[written..]) {
@@ -145,6 +172,52 @@ impl Conn {
             }
         } else {
             self.tx.drain(..written);
+        }
+    }
+
+    /// [`Conn::flush`] with TLS: moves `tx` into rustls as plaintext and
+    /// writes records until both are empty or the socket is full. Before the
+    /// TLS handshake has completed rustls keeps the plaintext (the upgrade
+    /// request) and sends it as soon as it can.
+    fn flush_tls(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        let mut taken = 0;
+        loop {
+            if taken < self.tx.len() {
+                match tls.writer().write(&self.tx[taken..]) {
+                    Ok(n) => taken += n,
+                    Err(e) => {
+                        self.error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut self.stream) {
+                Ok(0) => {
+                    self.error = Some(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    break;
+                }
+            }
+        }
+        if taken == self.tx.len() {
+            self.tx.clear();
+            if self.tx.capacity() > KEEP_CAPACITY {
+                self.tx = Vec::new();
+            }
+        } else {
+            self.tx.drain(..taken);
         }
     }
 

@@ -15,6 +15,7 @@ mod rng;
 mod stats;
 mod sys;
 mod target;
+mod tls;
 mod worker;
 
 use clap::Parser;

@@ -5,6 +5,13 @@
 //! Each worker thread owns a share of the connections and multiplexes them
 //! with epoll; the mode code only sees callbacks through [`Handler`].
 //!
+//! A `wss://` connection runs the same way: the socket is registered once,
+//! edge-triggered, for both readable and writable, so whenever rustls has
+//! something to send (`wants_write()`: the handshake, alerts, records the
+//! socket did not take) the next writable edge flushes it, with no
+//! re-registration. Reads go through `read_tls`, `process_new_packets` and
+//! the session's `reader()`; the plaintext then takes the plain path.
+//!
 //! Connection ids are dense: the n-th connection a worker opens has id n, so
 //! handlers can keep per-connection state in a plain `Vec`.
 
@@ -34,6 +41,10 @@ pub enum CloseReason {
     Connect(io::Error),
     /// The server's upgrade response was unacceptable.
     Handshake(HandshakeError),
+    /// The TLS handshake failed (the certificate was not trusted, say).
+    TlsHandshake(rustls::Error),
+    /// TLS failed after its handshake.
+    Tls(rustls::Error),
     /// The handshake did not complete before the deadline.
     TimedOut,
     /// Read or write failed.
@@ -53,7 +64,10 @@ impl CloseReason {
     pub fn before_open(&self) -> bool {
         matches!(
             self,
-            CloseReason::Connect(_) | CloseReason::Handshake(_) | CloseReason::TimedOut
+            CloseReason::Connect(_)
+                | CloseReason::Handshake(_)
+                | CloseReason::TlsHandshake(_)
+                | CloseReason::TimedOut
         )
     }
 }
@@ -63,6 +77,8 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::Connect(e) => write!(f, "connect failed: {e}"),
             CloseReason::Handshake(e) => write!(f, "handshake failed: {e}"),
+            CloseReason::TlsHandshake(e) => write!(f, "TLS handshake failed: {e}"),
+            CloseReason::Tls(e) => write!(f, "TLS error: {e}"),
             CloseReason::TimedOut => write!(f, "handshake timed out"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -369,11 +385,18 @@ impl Worker {
                     if let Err(e) = conn.stream.set_nodelay(true) {
                         return self.remove(id, CloseReason::Connect(e), h);
                     }
+                    if let Some(tls) = &self.target.tls {
+                        match tls.session() {
+                            Ok(session) => conn.start_tls(session),
+                            Err(e) => return self.remove(id, CloseReason::TlsHandshake(e), h),
+                        }
+                    }
                     let key = handshake::encode_key(self.rng.bytes16());
                     conn.accept = handshake::accept_key(&key);
                     let target = target.as_ref().expect("looked up for a connecting one");
                     let request = handshake::request(&target.host_header, &target.path, &key);
                     conn.phase = Phase::Handshaking;
+                    // With TLS, rustls keeps the request until its handshake is done.
                     conn.send_raw(request.as_bytes());
                 }
             }
@@ -409,6 +432,9 @@ impl Worker {
     fn read<H: Handler>(&mut self, id: usize, must_drain: bool, h: &mut H) -> Option<CloseReason> {
         let Worker { conns, scratch, .. } = self;
         let conn = conns.get_mut(id).and_then(Option::as_mut)?;
+        if conn.tls.is_some() {
+            return read_tls(conn, id, scratch, h);
+        }
         loop {
             match conn.stream.read(scratch) {
                 Ok(0) if conn.phase == Phase::Closing => return Some(CloseReason::Normal),
@@ -427,6 +453,85 @@ impl Worker {
                 Err(e) => return Some(CloseReason::Io(e)),
             }
         }
+    }
+}
+
+/// [`Worker::read`] for a TLS connection: reads records until the socket is
+/// empty (rustls reads at most a few KiB at a time, so a short read says
+/// nothing), decrypts them, and hands the plaintext to [`ingest`]. Whatever
+/// rustls has to send in return (handshake messages, and the upgrade request
+/// once the handshake is done) is flushed after each read.
+fn read_tls<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    scratch: &mut [u8],
+    h: &mut H,
+) -> Option<CloseReason> {
+    loop {
+        let tls = conn.tls.as_mut()?;
+        let eof = match tls.read_tls(&mut conn.stream) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Some(CloseReason::Io(e)),
+        };
+        if let Err(e) = tls.process_new_packets() {
+            // rustls has queued an alert that tells the server why; send it
+            // if the socket takes it now.
+            let handshaking = tls.is_handshaking();
+            let _ = tls.write_tls(&mut conn.stream);
+            return Some(if handshaking {
+                CloseReason::TlsHandshake(e)
+            } else {
+                CloseReason::Tls(e)
+            });
+        }
+        if let Some(reason) = read_plaintext(conn, id, scratch, h) {
+            return Some(reason);
+        }
+        conn.flush();
+        if eof {
+            return Some(end_of_stream(conn));
+        }
+    }
+}
+
+/// Hands all the plaintext rustls has decrypted to [`ingest`].
+fn read_plaintext<H: Handler>(
+    conn: &mut Conn,
+    id: usize,
+    scratch: &mut [u8],
+    h: &mut H,
+) -> Option<CloseReason> {
+    loop {
+        let tls = conn.tls.as_mut()?;
+        match tls.reader().read(scratch) {
+            // The server sent close_notify.
+            Ok(0) => return Some(end_of_stream(conn)),
+            Ok(n) => {
+                let now = Instant::now();
+                if let Some(reason) = ingest(conn, id, &scratch[..n], h, now) {
+                    return Some(reason);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            // TCP ended without close_notify: for a WebSocket, whose close
+            // frames say where the data ends, the same as a plain EOF.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Some(end_of_stream(conn));
+            }
+            Err(e) => return Some(CloseReason::Io(e)),
+        }
+    }
+}
+
+/// Why a connection whose server stopped sending ends.
+fn end_of_stream(conn: &Conn) -> CloseReason {
+    if conn.phase == Phase::Closing {
+        CloseReason::Normal
+    } else {
+        CloseReason::Eof
     }
 }
 

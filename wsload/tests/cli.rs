@@ -3,9 +3,21 @@
 //! or handshake mistakes in wsload cannot hide behind a matching mistake in
 //! the server. Everything listens on 127.0.0.1 and every run lasts well
 //! under a few seconds.
+//!
+//! The `wss://` tests serve the same servers over rustls's server side, with
+//! a certificate authority and a server certificate made at test time.
 
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde_json::Value;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -25,22 +37,67 @@ enum Behaviour {
 
 type Peers = Arc<Mutex<Vec<Sender<Message>>>>;
 
+/// A test server's stream: plain TCP or TLS over it.
+trait Stream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for StreamOwned<ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 /// Starts a thread-per-connection server on a free loopback port; returns
 /// its URL. `greeting` sends one text message that long after the handshake.
 fn server(behaviour: Behaviour, greeting: Option<Duration>) -> String {
+    start_server(behaviour, greeting, None)
+}
+
+/// [`server`] over TLS, with the certificate of `pki`: a wss:// URL.
+fn tls_server(behaviour: Behaviour, greeting: Option<Duration>, pki: &Pki) -> String {
+    start_server(behaviour, greeting, Some(pki.server_config()))
+}
+
+fn start_server(
+    behaviour: Behaviour,
+    greeting: Option<Duration>,
+    tls: Option<Arc<ServerConfig>>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let addr = listener.local_addr().expect("addr");
+    let url = match tls {
+        Some(_) => format!("wss://{addr}"),
+        None => format!("ws://{addr}"),
+    };
     let peers: Peers = Arc::default();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let peers = peers.clone();
-            thread::spawn(move || serve(stream, behaviour, greeting, peers));
+            let tls = tls.clone();
+            thread::spawn(move || match tls {
+                None => serve(stream, behaviour, greeting, peers),
+                Some(config) => {
+                    let Ok(session) = ServerConnection::new(config) else {
+                        return;
+                    };
+                    // The TLS handshake happens in the WebSocket handshake's reads.
+                    let stream = StreamOwned::new(session, stream);
+                    serve(stream, behaviour, greeting, peers);
+                }
+            });
         }
     });
     url
 }
 
-fn serve(stream: TcpStream, behaviour: Behaviour, greeting: Option<Duration>, peers: Peers) {
+fn serve<S: Stream>(stream: S, behaviour: Behaviour, greeting: Option<Duration>, peers: Peers) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
@@ -48,6 +105,7 @@ fn serve(stream: TcpStream, behaviour: Behaviour, greeting: Option<Duration>, pe
     let mut greet_at = greeting.map(|d| opened + d);
     // A short read timeout lets one thread both read and forward broadcasts.
     ws.get_mut()
+        .tcp()
         .set_read_timeout(Some(Duration::from_millis(1)))
         .expect("timeout");
     let (tx, rx): (Sender<Message>, Receiver<Message>) = mpsc::channel();
@@ -86,8 +144,8 @@ fn serve(stream: TcpStream, behaviour: Behaviour, greeting: Option<Duration>, pe
     }
 }
 
-fn reply(
-    ws: &mut WebSocket<TcpStream>,
+fn reply<S: Stream>(
+    ws: &mut WebSocket<S>,
     behaviour: Behaviour,
     msg: Message,
     count: u64,
@@ -400,4 +458,259 @@ fn wait_returns_once_the_server_answers() {
     let url = server(Behaviour::Echo, None);
     let out = wsload(&["wait", "--url", &url, "--timeout", "5s"]);
     assert!(out.status.success(), "{out:?}");
+}
+
+/// A certificate authority and a server certificate it issued for
+/// `localhost` and 127.0.0.1, with the authority's PEM in a file of its own
+/// (the folder is removed on drop).
+struct Pki {
+    dir: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("wsload-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "wsload test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+        Pki {
+            dir,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// The file with the authority's certificate, for `--ca`.
+    fn ca(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    fn server_config(&self) -> Arc<ServerConfig> {
+        let chain = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("cert")];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        Arc::new(config)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn hold_over_tls_measures_and_still_echoes() {
+    let pki = Pki::new("hold");
+    let url = tls_server(Behaviour::Echo, Some(Duration::from_millis(100)), &pki);
+    let pid = std::process::id().to_string();
+    let ca = pki.ca();
+    let mut args = vec![
+        "hold",
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--connections",
+        "20",
+        "--hold",
+        "500ms",
+        "--greeting-delay",
+        "100ms",
+        "--threads",
+        "2",
+    ];
+    let linux = cfg!(target_os = "linux");
+    if linux {
+        args.extend(["--pid", &pid]);
+    }
+    let (code, r) = wsload_json(&args);
+    assert_eq!(code, 0, "{r}");
+    assert!(r["url"].as_str().unwrap().starts_with("wss://"), "{r}");
+    assert_eq!(r["opened"], 20);
+    assert_eq!(r["greetings"], 20);
+    assert_eq!(r["still_echo"], 20);
+    assert_eq!(r["dropped"], 0);
+    if linux {
+        assert!(r["rss_per_conn_kib"].is_number());
+        assert!(r["fds_per_conn"].is_number());
+    }
+}
+
+#[test]
+fn echo_over_tls_checks_small_and_multi_record_messages() {
+    let pki = Pki::new("echo");
+    let url = tls_server(Behaviour::Echo, None, &pki);
+    let ca = pki.ca();
+    // 32 B fits one record; 100,000 B spans seven (16 KiB each) on the way
+    // out and back.
+    for (size, threads) in [("32", "1"), ("100000", "2")] {
+        let (code, r) = wsload_json(&[
+            "echo",
+            "--url",
+            &url,
+            "--ca",
+            &ca,
+            "--connections",
+            "3",
+            "--size",
+            size,
+            "--duration",
+            "400ms",
+            "--warmup",
+            "0s",
+            "--threads",
+            threads,
+        ]);
+        assert_eq!(code, 0, "{r}");
+        assert_eq!(r["opened"], 3);
+        assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["mismatches"], 0);
+        assert_eq!(r["errors"], 0);
+    }
+}
+
+#[test]
+fn echo_over_tls_still_catches_a_wrong_echo() {
+    let pki = Pki::new("corrupt");
+    let url = tls_server(Behaviour::Corrupt, None, &pki);
+    let ca = pki.ca();
+    let (code, r) = wsload_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["mismatches"].as_u64().unwrap() >= 1, "{r}");
+}
+
+#[test]
+fn fanout_over_tls_checks_every_delivery_and_the_slow_listener() {
+    let pki = Pki::new("fanout");
+    let url = tls_server(Behaviour::Broadcast, None, &pki);
+    let ca = pki.ca();
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--listeners",
+        "4",
+        "--messages",
+        "100",
+        "--size",
+        "1KiB",
+        "--slow-listener",
+        "64KiB",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["delivered"], 400);
+    assert_eq!(r["missing"], 0);
+    assert_eq!(r["out_of_order"], 0);
+    assert_eq!(r["slow_delivered"], 100);
+    assert_eq!(r["slow_missing"], 0);
+    assert_eq!(r["slow_closed_by_server"], false);
+    // 100 frames of 1028 decrypted bytes at 64 KiB/s take at least 1.5 s.
+    let took = r["slow_last_delivery_s"].as_f64().unwrap();
+    assert!((1.4..15.0).contains(&took), "{took}");
+}
+
+#[test]
+fn tls_trusts_only_the_given_authority() {
+    let pki = Pki::new("trusted");
+    let other = Pki::new("other");
+    let url = tls_server(Behaviour::Echo, None, &pki);
+    let other_ca = other.ca();
+    let out = wsload(&[
+        "hold",
+        "--url",
+        &url,
+        "--ca",
+        &other_ca,
+        "--connections",
+        "2",
+        "--hold",
+        "100ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    // Both authorities have the same name, so the signature is what fails.
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error expected: {err}");
+}
+
+#[test]
+fn tls_checks_the_server_name() {
+    let pki = Pki::new("name");
+    let url = tls_server(Behaviour::Echo, None, &pki);
+    let ca = pki.ca();
+    // The URL's host is 127.0.0.1, which the certificate names; so is localhost.
+    for name in [None, Some("localhost")] {
+        let mut args = vec!["wait", "--url", &url, "--ca", &ca, "--timeout", "5s"];
+        if let Some(name) = name {
+            args.extend(["--server-name", name]);
+        }
+        let out = wsload(&args);
+        assert!(out.status.success(), "{name:?}: {out:?}");
+    }
+    let out = wsload(&[
+        "wait",
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--server-name",
+        "elsewhere.example",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not valid for name \"elsewhere.example\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn wss_without_a_ca_is_a_clear_error() {
+    let out = wsload(&["hold", "--url", "wss://127.0.0.1:9/", "--hold", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error expected: {err}");
 }

@@ -225,8 +225,7 @@ fn run_worker<'a>(
 
 /// Runs the echo benchmark.
 pub fn run(args: &EchoArgs) -> Result<EchoReport> {
-    let target: Arc<Target> =
-        Arc::new(target::resolve(&args.server.url, args.server.allow_remote)?);
+    let target: Arc<Target> = Arc::new(target::from_args(&args.server)?);
     let connections = args.connections as usize;
     let threads = usize::from(args.common.threads).min(connections);
     let plan = Plan {

@@ -437,8 +437,7 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     if args.size < 16 {
         bail!("--size must be at least 16 bytes (sequence number and timestamp)");
     }
-    let target: Arc<Target> =
-        Arc::new(target::resolve(&args.server.url, args.server.allow_remote)?);
+    let target: Arc<Target> = Arc::new(target::from_args(&args.server)?);
     let listeners = args.listeners as usize;
     let connections = listeners + 1;
     let threads = usize::from(args.common.threads).min(connections);
@@ -468,7 +467,12 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let listener_targets = args
         .listener_urls
         .iter()
-        .map(|url| target::resolve(url, args.server.allow_remote).map(Arc::new))
+        .map(|url| {
+            if url.starts_with("wss://") {
+                bail!("--listener-url takes ws:// URLs only (TLS is for --url, with --ca): {url}");
+            }
+            target::resolve(url, args.server.allow_remote).map(Arc::new)
+        })
         .collect::<Result<Vec<_>>>()?;
     let workers = (0..threads)
         .map(|t| {

@@ -190,8 +190,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     {
         bail!("--hold must be longer than --greeting-delay, or the greetings cannot arrive");
     }
-    let target: Arc<Target> =
-        Arc::new(target::resolve(&args.server.url, args.server.allow_remote)?);
+    let target: Arc<Target> = Arc::new(target::from_args(&args.server)?);
     let connections = args.connections as usize;
     let threads = usize::from(args.common.threads).min(connections);
     let plan = Plan {

@@ -36,7 +36,7 @@ impl Handler for Probe {
 
 /// Returns once a handshake succeeded; errors out after the timeout.
 pub fn run(args: &WaitArgs) -> Result<()> {
-    let target = Arc::new(target::resolve(&args.server.url, args.server.allow_remote)?);
+    let target = Arc::new(target::from_args(&args.server)?);
     let deadline = Instant::now() + args.timeout;
     let mut probe = Probe::default();
     loop {

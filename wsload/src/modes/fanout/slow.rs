@@ -20,6 +20,11 @@
 //! Until it has seen the sync message it reads at full speed, so that even a
 //! very slow listener registers within the sync timeout; what it reads then
 //! is not counted.
+//!
+//! Over `wss://` the socket is wrapped in rustls's blocking `StreamOwned`, and
+//! the bytes paced and counted are the decrypted ones (frame headers
+//! included); rustls reads at most one record (16 KiB) ahead of them, so the
+//! socket is read at the same average rate.
 
 use super::{CLOSE_GRACE, Listener, Payload, Shared, classify};
 use crate::frame::{self, Frame, Opcode};
@@ -28,6 +33,7 @@ use crate::modes::Errors;
 use crate::rng::Rng;
 use crate::target::Target;
 use anyhow::{Context, Result, bail};
+use rustls::{ClientConnection, StreamOwned};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -42,9 +48,50 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest single read.
 const MAX_CHUNK: usize = 64 * 1024;
 
+/// The slow listener's blocking socket: plain, or TLS over it.
+enum SlowStream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl SlowStream {
+    /// The TCP socket, for its timeouts.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            SlowStream::Plain(tcp) => tcp,
+            SlowStream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for SlowStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SlowStream::Plain(tcp) => tcp.read(buf),
+            SlowStream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for SlowStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SlowStream::Plain(tcp) => tcp.write(buf),
+            SlowStream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SlowStream::Plain(tcp) => tcp.flush(),
+            SlowStream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// The open connection of the slow listener, not yet reading.
 pub struct SlowListener {
-    stream: TcpStream,
+    stream: SlowStream,
     rng: Rng,
     /// Bytes per second.
     rate: u64,
@@ -110,10 +157,19 @@ impl SlowListener {
             }
             Ok(left)
         };
-        let mut stream = TcpStream::connect_timeout(&target.addr, left("connecting")?)
+        let tcp = TcpStream::connect_timeout(&target.addr, left("connecting")?)
             .with_context(|| format!("connect to {} failed", target.addr))?;
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        // With TLS, the first write does the TLS handshake, reading too.
+        tcp.set_read_timeout(Some(left("the TLS handshake")?))?;
+        let mut stream = match &target.tls {
+            None => SlowStream::Plain(tcp),
+            Some(tls) => {
+                let session = tls.session().context("cannot start a TLS session")?;
+                SlowStream::Tls(Box::new(StreamOwned::new(session, tcp)))
+            }
+        };
         let mut rng = Rng::from_entropy();
         let key = handshake::encode_key(rng.bytes16());
         let accept = handshake::accept_key(&key);
@@ -124,7 +180,9 @@ impl SlowListener {
         let mut rx = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            stream.set_read_timeout(Some(left("the handshake")?))?;
+            stream
+                .tcp()
+                .set_read_timeout(Some(left("the handshake")?))?;
             match stream.read(&mut buf) {
                 Ok(0) => bail!("the server closed the connection during the handshake"),
                 Ok(n) => rx.extend_from_slice(&buf[..n]),
@@ -140,7 +198,7 @@ impl SlowListener {
                 Err(e) => bail!("handshake failed: {e}"),
             }
         }
-        stream.set_read_timeout(Some(TICK))?;
+        stream.tcp().set_read_timeout(Some(TICK))?;
         Ok(SlowListener {
             stream,
             rng,
@@ -522,7 +580,7 @@ mod tests {
         let (mut peer, _) = server.accept().unwrap();
         stream.set_read_timeout(Some(TICK)).unwrap();
         let slow = SlowListener {
-            stream,
+            stream: SlowStream::Plain(stream),
             rng: Rng::with_seed(1),
             rate: 1 << 20,
             rx: Vec::new(),
@@ -571,7 +629,7 @@ mod tests {
         let (mut peer, _) = server.accept().unwrap();
         stream.set_read_timeout(Some(TICK)).unwrap();
         let slow = SlowListener {
-            stream,
+            stream: SlowStream::Plain(stream),
             rng: Rng::with_seed(2),
             rate: 10,
             rx: Vec::new(),
