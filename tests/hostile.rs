@@ -518,7 +518,11 @@ fn running_out_of_file_descriptors_is_logged_once_without_spinning_and_survived(
     );
     let failures = count_log(&server, &["cannot accept connections"])
         + count_log(&server, &["cannot wait for it"]);
-    assert!((1..=2).contains(&failures), "each way logged once:\n{}", server.log());
+    assert!(
+        (1..=2).contains(&failures),
+        "each way logged once:\n{}",
+        server.log()
+    );
 
     // Clients leave; the one waiting in the queue is served, and so is a newcomer.
     open.truncate(open.len() - 3);

@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::Role;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message, WebSocket};
+
+use crate::connection::transport::Transport;
 
 use crate::config::{Config, Mode};
 use crate::connection::Shared;
@@ -116,14 +119,29 @@ pub struct Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    pub fn new(
-        ws: WebSocket<Socket>,
+    /// The client of an upgraded connection, on the heap.
+    ///
+    /// Built in a function of its own and boxed, so that neither the WebSocket nor the client
+    /// (most of a kilobyte together) sits in a frame under the loop: a thread keeps every stack
+    /// page it ever touched, and the loop's deepest paths must stay within the two pages an
+    /// idle connection has (see `CONNECTION_STACK_SIZE` in server.rs).
+    #[inline(never)]
+    pub fn start(
+        transport: Transport,
+        leftover: Vec<u8>,
         inbox: Inbox,
         shared: &'a Shared,
         peer: SocketAddr,
-    ) -> Client<'a> {
+    ) -> Box<Client<'a>> {
+        let socket = Socket::new(transport, Arc::clone(&shared.budget));
+        let ws = WebSocket::from_partially_read(
+            socket,
+            leftover,
+            Role::Server,
+            Some(shared.websocket_config()),
+        );
         let now = Instant::now();
-        Client {
+        Box::new(Client {
             ws,
             inbox,
             config: &shared.config,
@@ -145,11 +163,11 @@ impl<'a> Client<'a> {
             paused: None,
             listed_for_listeners: None,
             listed_for_memory: None,
-        }
+        })
     }
 
     /// Serves the connection until it ends.
-    pub fn run(mut self) -> Summary {
+    pub fn run(mut self: Box<Self>) -> Summary {
         let Err(ending) = self.serve();
         self.linger();
         self.tally.flush(self.metrics);
@@ -380,6 +398,7 @@ impl<'a> Client<'a> {
 
     /// Turns a read error into how the connection ended, sending the Close frame the RFC asks
     /// for when the client broke the protocol.
+    #[inline(never)]
     fn read_error(&mut self, error: WsError) -> Ending {
         let (code, reason) = match error {
             WsError::ConnectionClosed | WsError::AlreadyClosed => return self.closed(),
@@ -467,6 +486,7 @@ impl<'a> Client<'a> {
     }
 
     /// The earliest moment something must happen even if nothing arrives.
+    #[inline(never)]
     fn next_deadline(&self) -> Option<Instant> {
         let ping = self
             .config
@@ -562,6 +582,7 @@ impl<'a> Client<'a> {
     /// (which lets the senders go on at once), and it gets 1008 and ends: a client that does
     /// not read will not read the Close either, so its reply is not waited for, and nothing
     /// more is read from it.
+    #[inline(never)]
     fn close_too_slow(&mut self, behind_for: Duration) -> Ending {
         warn!(
             "{} too slow: more than {} bytes queued and not read for {:.1?}; closing it",
@@ -587,6 +608,7 @@ impl<'a> Client<'a> {
     /// A connection that could not read for its stall timeout because memory was full: it
     /// gets 1013 (try again later) and ends now, without waiting for the reply, so that what
     /// it held (a message half received, usually) is freed at once.
+    #[inline(never)]
     fn close_for_memory(&mut self, waited: Duration) -> Ending {
         warn!(
             "{} closed: the server's memory has been full for {:.1?} ({} of {} bytes in use)",
@@ -609,6 +631,7 @@ impl<'a> Client<'a> {
     /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out.
     /// When the server's Close is waiting for its reply, the close timeout already runs and
     /// lingering does not extend it.
+    #[inline(never)]
     fn linger(&mut self) {
         let deadline = match &self.closing {
             Some((_, deadline)) => *deadline,

@@ -26,18 +26,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use tungstenite::WebSocket;
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::admission::Ticket;
 use crate::config::Config;
-use crate::connection::client::Client;
-use crate::connection::socket::Socket;
+use crate::connection::client::{Client, Summary};
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
-use crate::delivery::hub::Hub;
+use crate::delivery::hub::{Hub, Membership};
 use crate::delivery::outbox::{Inbox, Outbox};
 use crate::http::handshake;
 use crate::http::site;
@@ -119,6 +117,8 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut 
 
 /// Refuses a connection the server cannot give a waker: 503 at once, before reading, and one
 /// log line per [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`] however many are refused.
+#[cold]
+#[inline(never)]
 fn refuse_out_of_descriptors(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -276,6 +276,7 @@ fn answer_request(
 /// Begins TLS on an accepted socket, or refuses what is not TLS: a browser or `curl` speaking
 /// plain HTTP to the TLS port gets a plain 400 that says what to use instead; anything else
 /// that does not start like a TLS handshake is dropped. One log line at most either way.
+#[inline(never)]
 fn start_tls(
     stream: TcpStream,
     peer: SocketAddr,
@@ -338,15 +339,34 @@ fn start_tls(
 }
 
 /// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
+/// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
 /// loop until the connection ends, and logs how it ended.
+///
+/// In three functions that are never inlined into one, for the same reason as `serve`: the
+/// loop runs in the frame of this one, and the locals of the steps before and after (the
+/// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
 fn serve_websocket(
     upgraded: Upgraded,
-    (outbox, inbox): (Arc<Outbox>, Inbox),
+    mailbox: (Arc<Outbox>, Inbox),
     peer: SocketAddr,
     shared: &Shared,
 ) {
-    let _membership = shared.hub.join(Arc::clone(&outbox));
+    let (membership, client) = join(upgraded, mailbox, peer, shared);
+    let summary = client.run();
+    leave(&summary, peer, shared);
+    drop(membership);
+}
+
+/// Joins the hub, schedules the greeting, and makes the client.
+#[inline(never)]
+fn join<'a>(
+    upgraded: Upgraded,
+    (outbox, inbox): (Arc<Outbox>, Inbox),
+    peer: SocketAddr,
+    shared: &'a Shared,
+) -> (Membership, Box<Client<'a>>) {
+    let membership = shared.hub.join(Arc::clone(&outbox));
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
         let _ = outbox.close(CloseCode::Away, "server shutting down");
@@ -356,17 +376,15 @@ fn serve_websocket(
     }
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
-
-    let socket = Socket::new(upgraded.transport, Arc::clone(&shared.budget));
-    let ws = WebSocket::from_partially_read(
-        socket,
-        upgraded.leftover,
-        Role::Server,
-        Some(shared.websocket_config()),
-    );
     shared.metrics.connections_accepted.inc();
     shared.metrics.connections_open.inc();
-    let summary = Client::new(ws, inbox, shared, peer).run();
+    let client = Client::start(upgraded.transport, upgraded.leftover, inbox, shared, peer);
+    (membership, client)
+}
+
+/// Counts and logs how the connection ended.
+#[inline(never)]
+fn leave(summary: &Summary, peer: SocketAddr, shared: &Shared) {
     shared.metrics.connections_open.dec();
     shared
         .metrics
@@ -382,6 +400,8 @@ fn serve_websocket(
 }
 
 /// Sends an error response, logs and counts the rejection once, and closes the connection.
+#[cold]
+#[inline(never)]
 fn refuse(
     transport: &mut Transport,
     peer: SocketAddr,

@@ -107,6 +107,7 @@ fn choose_subprotocol(request: &Request, ours: &[String]) -> Option<String> {
 }
 
 /// The 101 response that completes the handshake.
+#[inline(never)]
 pub fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -149,6 +149,7 @@ pub fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<(Request, usize)>
 /// Reads one request head from a blocking stream before `deadline`.
 ///
 /// Returns the request and any bytes the client sent after it.
+#[inline(never)]
 pub fn read_head<S: Conn>(
     stream: &mut S,
     deadline: Instant,
@@ -249,6 +250,7 @@ impl Response {
 /// destroy the response before the client reads it. So: send, shut down our sending side,
 /// and read (and drop) whatever the client still sends until it closes too, for at most a
 /// second.
+#[inline(never)]
 pub fn respond_and_close<S: Conn>(stream: &mut S, response: &Response, head_only: bool) {
     let _ = stream.set_write_timeout(Some(LINGER));
     if stream

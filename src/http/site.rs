@@ -8,6 +8,7 @@ use crate::http::{Request, Response};
 pub const DEMO_PAGE: &str = include_str!("demo/index.html");
 
 /// Answers a request that is not a WebSocket handshake.
+#[inline(never)]
 pub fn respond(request: &Request, shared: &Shared) -> Response {
     let demo_page = shared.config.demo_page;
     if request.method != "GET" && request.method != "HEAD" {
