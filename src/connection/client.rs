@@ -240,7 +240,6 @@ impl<'a> Client<'a> {
         if self.backpressured() {
             return false;
         }
-        let now = Instant::now();
         if self.config.mode == Mode::Broadcast {
             let flow = self.hub.flow();
             let outbox = self.inbox.outbox();
@@ -251,7 +250,7 @@ impl<'a> Client<'a> {
                 || flow.congested(),
             ) {
                 if !matches!(self.paused, Some(Paused::ForListeners(_))) {
-                    self.paused = Some(Paused::ForListeners(now));
+                    self.paused = Some(Paused::ForListeners(Instant::now()));
                 }
                 return false;
             }
@@ -265,14 +264,14 @@ impl<'a> Client<'a> {
             || !budget.may_read(in_progress),
         ) {
             if !matches!(self.paused, Some(Paused::ForMemory(_))) {
-                self.paused = Some(Paused::ForMemory(now));
+                self.paused = Some(Paused::ForMemory(Instant::now()));
                 budget.note_full();
             }
             return false;
         }
         if self.paused.take().is_some() {
             // Silence while the server would not read says nothing about the client.
-            self.last_heard = self.last_heard.max(now);
+            self.last_heard = self.last_heard.max(Instant::now());
         }
         true
     }

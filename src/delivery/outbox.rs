@@ -132,6 +132,9 @@ pub struct Outbox {
     /// after a push or a write crossed a mark, so the flag and the hub's count always agree
     /// with the backlog, whichever thread crossed last.
     behind_since: Mutex<Option<Instant>>,
+    /// Whether `behind_since` is set, readable without the lock: the connection's loop asks
+    /// every round, and is almost never behind.
+    behind: AtomicBool,
 }
 
 /// The receiving side, owned by the connection's thread.
@@ -153,6 +156,7 @@ pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
         closed: AtomicBool::new(false),
         flow: Arc::clone(flow),
         behind_since: Mutex::new(None),
+        behind: AtomicBool::new(false),
     });
     Ok((Arc::clone(&outbox), Inbox { receiver, outbox }))
 }
@@ -220,10 +224,12 @@ impl Outbox {
         match *since {
             None if backlog > self.flow.high && !closed => {
                 *since = Some(Instant::now());
+                self.behind.store(true, Ordering::SeqCst);
                 self.flow.fell_behind();
             }
             Some(_) if backlog <= self.flow.low || closed => {
                 *since = None;
+                self.behind.store(false, Ordering::SeqCst);
                 self.flow.caught_up();
             }
             _ => {}
@@ -265,6 +271,9 @@ impl Inbox {
 
     /// Since when this connection has been behind, if it is.
     pub fn behind_since(&self) -> Option<Instant> {
+        if !self.outbox.behind.load(Ordering::SeqCst) {
+            return None;
+        }
         *self.outbox.behind_since()
     }
 
