@@ -15,33 +15,5 @@ if [[ -n "${REDIS_SERVER:-}" ]]; then
     exit 1
 fi
 
-if command -v redis-server >/dev/null 2>&1; then
-    exit 0
-fi
-
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-redis: no apt-get here; install Redis (redis-server) yourself, or set" \
-        "REDIS_SERVER to its path, to run the cluster tests" >&2
-    exit 1
-fi
-
-if [[ "$(id -u)" -eq 0 ]]; then
-    as_root=(env DEBIAN_FRONTEND=noninteractive)
-elif command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
-else
-    echo "install-redis: not root and no sudo; as root, run:" >&2
-    echo "    apt-get update && apt-get install -y redis-server" >&2
-    exit 1
-fi
-
-echo "install-redis: installing Debian's redis-server package..." >&2
-"${as_root[@]}" apt-get update -qq
-# --no-install-recommends: the server alone; the tests need no other tool.
-"${as_root[@]}" apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "install-redis: apt-get installed redis-server, but it is not on the PATH afterwards" >&2
-    exit 1
-fi
-echo "install-redis: installed $(redis-server --version | cut -d' ' -f1-3)" >&2
+# Debian's package, the server alone (scripts/need.sh: apt-get as root or through sudo).
+exec "$(dirname "$0")/need.sh" redis-server redis-server
