@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use log::{error, info};
+use log::info;
 use wsecho::cli::Args;
 use wsecho::{Error, Server};
 
@@ -111,7 +111,7 @@ fn on_unix_signals(
                             "SIGHUP: reloaded the TLS certificate from {}; new connections use it",
                             tls.files().cert.display()
                         ),
-                        Err(e) => error!("SIGHUP: {e}; the certificate in use stays"),
+                        Err(e) => log::error!("SIGHUP: {e}; the certificate in use stays"),
                     },
                     (_, None) => info!("SIGHUP: nothing to reload (no TLS); ignored"),
                 }
