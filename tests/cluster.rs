@@ -2,6 +2,10 @@
 //! broadcast once, in one order; Redis going away and coming back; what start refuses; and
 //! flow control across instances. Real redis-server, real instances, real clients, loopback.
 
+// These tests read the server's memory and CPU time from /proc, and raise limits with the
+// shell's ulimit: Linux only (the README's Platforms section says what runs where).
+#![cfg(target_os = "linux")]
+
 #[path = "support/redis.rs"]
 mod redis_server;
 mod support;

@@ -2,6 +2,10 @@
 //! never dropped; one that stops reading, or reads too slowly to catch up, is closed with 1008
 //! within the send timeout, and nobody else waits longer than that.
 
+// These tests read the server's memory and CPU time from /proc, and raise limits with the
+// shell's ulimit: Linux only (the README's Platforms section says what runs where).
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -3,6 +3,10 @@
 //! few) per behaviour of the issue "Hostile clients, limits and conformance", numbered as there.
 //! Every limit is set short on the command line, so the whole file takes about ten seconds.
 
+// These tests read the server's memory and CPU time from /proc, and raise limits with the
+// shell's ulimit: Linux only (the README's Platforms section says what runs where).
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::io::{ErrorKind, Read, Write};

@@ -2,6 +2,10 @@
 //! take the server past it; small messages keep flowing; every big message completes or gets
 //! 1013, and the process survives.
 
+// These tests read the server's memory and CPU time from /proc, and raise limits with the
+// shell's ulimit: Linux only (the README's Platforms section says what runs where).
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::io::Write;
