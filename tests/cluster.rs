@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_server::{RedisServer, free_port};
+use redis_server::{RedisServer, free_port, own_channel};
 use support::{
     Client, Wsecho, client_frame, connect, http_exchange, next_data, proc_status_kib,
     raw_websocket, read_server_frame,
@@ -25,14 +25,24 @@ use support::{
 use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
-/// An instance of the cluster on `redis`, once its link is up.
+/// An instance of the cluster on `redis`, once its link is up. Instances of one test share a
+/// channel of their own unless `extra` names one.
 fn member(redis: &RedisServer, extra: &[&str]) -> Wsecho {
+    let channel = redis.channel.clone();
     let mut args = vec![
         "--broadcast",
         "--greeting-delay",
         "off",
         "--redis",
         &redis.url,
+        "--redis-channel",
+        &channel,
+        // No pings during a test: a client waiting for a message that never comes then times
+        // out after PATIENCE instead of being kept waiting by the server's pings.
+        "--ping-interval",
+        "off",
+        "--idle-timeout",
+        "off",
     ];
     args.extend_from_slice(extra);
     let instance = Wsecho::start(&args);
@@ -120,7 +130,17 @@ fn every_client_hears_every_broadcast_once_in_one_order(instances: usize) {
             })
         })
         .collect();
-    let mut heard: Vec<Vec<Message>> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let mut heard: Vec<Vec<Message>> = senders
+        .into_iter()
+        .map(|s| {
+            s.join().unwrap_or_else(|_| {
+                for (i, server) in servers.iter().enumerate() {
+                    eprintln!("--- instance {i}:\n{}", server.log());
+                }
+                panic!("a sender did not hear everything");
+            })
+        })
+        .collect();
     // A last message after everything: whatever a listener hears before it is all it gets.
     listeners[0].send(Message::text("the end")).unwrap();
     for ws in &mut listeners {
@@ -235,7 +255,16 @@ fn redis_killed_and_restarted_local_clients_go_on_and_the_cluster_comes_back() {
 fn an_unreachable_redis_at_start_starts_degraded_and_joins_when_it_comes() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let instance = Wsecho::start(&["--broadcast", "--greeting-delay", "off", "--redis", &url]);
+    let channel = own_channel();
+    let instance = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--redis",
+        &url,
+        "--redis-channel",
+        &channel,
+    ]);
     instance.wait_for_log(&["redis link down: cannot reach redis://127.0.0.1"]);
     let (status, body) = healthz(&instance);
     assert_eq!(status, 503, "{body}");

@@ -20,6 +20,8 @@ pub struct RedisServer {
     pub port: u16,
     /// `redis://127.0.0.1:PORT/0`, with no password.
     pub url: String,
+    /// A pub/sub channel for this server's test alone (see [`own_channel`]).
+    pub channel: String,
     args: Vec<String>,
     dir: PathBuf,
 }
@@ -48,6 +50,19 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A channel name no other test uses. Tests run in parallel, each with its own redis-server on
+/// a free port; one that kills its server and starts it again on the same port may meet another
+/// test's server there, and a channel of its own keeps the two clusters apart all the same.
+pub fn own_channel() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "wsecho-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 impl RedisServer {
     /// Starts a redis-server with `args` added (e.g. `["--requirepass", "s3cret"]`) on a free
     /// port; tries another port if that one was taken in between.
@@ -68,6 +83,7 @@ impl RedisServer {
             child: None,
             port,
             url: format!("redis://127.0.0.1:{port}/0"),
+            channel: own_channel(),
             args: args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
