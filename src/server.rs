@@ -359,7 +359,7 @@ fn shut_down(shared: &Shared) -> Summary {
     let unfinished = shared.hub.open_connections();
     let summary = Summary {
         connections: shared.hub.accepted(),
-        messages: shared.hub.messages(),
+        messages: shared.metrics.messages_received.get(),
         open_at_shutdown: open,
         unfinished,
     };

@@ -29,7 +29,7 @@ use super::publisher::set_timeouts;
 use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, lock, wire};
 use crate::delivery::budget::Budget;
 use crate::delivery::hub::Hub;
-use crate::delivery::outbox::{Inbox, Outbox, WaitList};
+use crate::delivery::outbox::{Inbox, Outbox};
 use crate::sys::{self, Interest};
 
 /// The subscription's read timeout: how often a quiet subscriber looks at the rest.
@@ -218,18 +218,14 @@ impl Subscriber {
         let budget = &self.budget;
         let mut paused_since: Option<Instant> = None;
         loop {
-            let behind = join_while(
-                flow.senders(),
-                outbox,
-                &mut pause.listed_for_listeners,
-                || flow.listeners_behind(),
-            );
-            let full = join_while(
-                budget.waiting(),
-                outbox,
-                &mut pause.listed_for_memory,
-                || !budget.may_read(0),
-            );
+            let behind = flow
+                .senders()
+                .join_while(outbox, &mut pause.listed_for_listeners, || {
+                    flow.listeners_behind()
+                });
+            let full = budget
+                .waiting()
+                .join_while(outbox, &mut pause.listed_for_memory, || !budget.may_read(0));
             if !behind && !full {
                 match paused_since.map(|since| since.elapsed()) {
                     Some(paused) if paused >= LONG_PAUSE => info!(
@@ -267,21 +263,4 @@ impl Subscriber {
             let _ = pause.inbox.drain().count();
         }
     }
-}
-
-/// Joins `list` while `blocked()` holds, and reports whether it still does (see `WaitList`
-/// for why joining comes before the second look). `listed` is the generation joined.
-fn join_while(
-    list: &WaitList,
-    outbox: &Arc<Outbox>,
-    listed: &mut Option<u64>,
-    blocked: impl Fn() -> bool,
-) -> bool {
-    if !blocked() {
-        return false;
-    }
-    if !listed.is_some_and(|generation| list.still_listed(generation)) {
-        *listed = Some(list.add(outbox));
-    }
-    blocked()
 }

@@ -32,7 +32,7 @@ use crate::connection::socket::Socket;
 use crate::delivery::budget::Budget;
 use crate::delivery::frame;
 use crate::delivery::hub::Hub;
-use crate::delivery::outbox::{Delivery, Inbox, WaitList};
+use crate::delivery::outbox::{Delivery, Inbox};
 use crate::metrics::{Metrics, Tally};
 use crate::sys::{self, Interest};
 
@@ -243,12 +243,10 @@ impl<'a> Client<'a> {
         if self.config.mode == Mode::Broadcast {
             let flow = self.hub.flow();
             let outbox = self.inbox.outbox();
-            if wait_on(
-                flow.senders(),
-                outbox,
-                &mut self.listed_for_listeners,
-                || flow.congested(),
-            ) {
+            if flow
+                .senders()
+                .join_while(outbox, &mut self.listed_for_listeners, || flow.congested())
+            {
                 if !matches!(self.paused, Some(Paused::ForListeners(_))) {
                     self.paused = Some(Paused::ForListeners(Instant::now()));
                 }
@@ -257,12 +255,12 @@ impl<'a> Client<'a> {
         }
         let budget = self.budget;
         let in_progress = self.ws.get_ref().in_progress();
-        if wait_on(
-            budget.waiting(),
-            self.inbox.outbox(),
-            &mut self.listed_for_memory,
-            || !budget.may_read(in_progress),
-        ) {
+        if budget
+            .waiting()
+            .join_while(self.inbox.outbox(), &mut self.listed_for_memory, || {
+                !budget.may_read(in_progress)
+            })
+        {
             if !matches!(self.paused, Some(Paused::ForMemory(_))) {
                 self.paused = Some(Paused::ForMemory(Instant::now()));
                 budget.note_full();
@@ -379,7 +377,6 @@ impl<'a> Client<'a> {
             return; // The server is closing: messages still in flight are not answered.
         }
         self.messages += 1;
-        self.hub.count_message();
         self.tally.received += 1;
         self.tally.received_bytes += payload_len as u64;
         match self.config.mode {
@@ -652,24 +649,6 @@ impl<'a> Client<'a> {
             }
         }
     }
-}
-
-/// Joins `list` while `blocked()` holds, and reports whether it still does. Joining happens
-/// before the second look, so a thread that unblocks in between sees this connection listed
-/// and wakes it (see `WaitList`). `listed` remembers the generation joined, to join only once.
-fn wait_on(
-    list: &WaitList,
-    outbox: &Arc<crate::delivery::outbox::Outbox>,
-    listed: &mut Option<u64>,
-    blocked: impl Fn() -> bool,
-) -> bool {
-    if !blocked() {
-        return false;
-    }
-    if !listed.is_some_and(|generation| list.still_listed(generation)) {
-        *listed = Some(list.add(outbox));
-    }
-    blocked()
 }
 
 /// The ending for a connection that broke without a close handshake.

@@ -31,8 +31,6 @@ pub struct Hub {
     /// Signalled whenever a member leaves, for [`Hub::wait_until_empty`].
     left: Condvar,
     next_id: AtomicU64,
-    /// Messages received from clients, over the server's life.
-    messages: AtomicU64,
     /// WebSocket connections accepted, over the server's life.
     accepted: AtomicU64,
     started: Instant,
@@ -62,7 +60,6 @@ impl Hub {
             members: Mutex::new(HashMap::new()),
             left: Condvar::new(),
             next_id: AtomicU64::new(1),
-            messages: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             started: Instant::now(),
             cluster: OnceLock::new(),
@@ -144,17 +141,8 @@ impl Hub {
         members.is_empty()
     }
 
-    /// Counts a message received from a client.
-    pub fn count_message(&self) {
-        self.messages.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn open_connections(&self) -> usize {
         self.members().len()
-    }
-
-    pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
     }
 
     pub fn accepted(&self) -> u64 {

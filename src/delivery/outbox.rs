@@ -316,6 +316,24 @@ impl WaitList {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// Joins this list while `blocked()` holds, and reports whether it still does: the waiter's
+    /// side of the protocol above (join, then look again). `listed` remembers the generation
+    /// joined, so that a waiter joins once per generation, not once per look.
+    pub fn join_while(
+        &self,
+        outbox: &Arc<Outbox>,
+        listed: &mut Option<u64>,
+        blocked: impl Fn() -> bool,
+    ) -> bool {
+        if !blocked() {
+            return false;
+        }
+        if !listed.is_some_and(|generation| self.still_listed(generation)) {
+            *listed = Some(self.add(outbox));
+        }
+        blocked()
+    }
+
     /// Whether a waiter added in `generation` is still on the list.
     pub fn still_listed(&self, generation: u64) -> bool {
         self.generation.load(Ordering::SeqCst) == generation

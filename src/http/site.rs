@@ -84,7 +84,7 @@ fn health(shared: &Shared) -> String {
          \"memory_bytes\":{},\"memory_limit_bytes\":{}{cluster}}}\n",
         hub.open_connections(),
         hub.uptime().as_secs(),
-        hub.messages(),
+        shared.metrics.messages_received.get(),
         shared.budget.used(),
         shared.budget.limit(),
     )
