@@ -1,6 +1,7 @@
 //! The memory ceiling (`--max-memory`): many clients each streaming a large message cannot
 //! take the server past it; small messages keep flowing; every big message completes or gets
-//! 1013, and the process survives.
+//! 1013, and the process survives. And what an idle connection keeps: once quiet, a
+//! connection gives back what a big message or the greeting made it hold, and loses nothing.
 
 // These tests read the server's memory and CPU time from /proc, and raise limits with the
 // shell's ulimit: Linux only (the README's Platforms section says what runs where).
@@ -11,13 +12,15 @@ mod support;
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use support::{
     Wsecho, client_frame, close_code, connect, next_data, proc_status_kib, raw_websocket,
-    try_read_server_frame,
+    read_server_frame, try_read_server_frame,
 };
 use tungstenite::Message;
 
+const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
 const CONTINUATION: u8 = 0x0;
 const CLOSE: u8 = 0x8;
@@ -147,5 +150,129 @@ fn a_memory_ceiling_below_two_largest_messages_is_refused_at_start() {
     assert!(
         stderr.contains("--max-memory (16MiB) must be at least twice --max-message-size (10MiB)"),
         "{stderr}"
+    );
+}
+
+/// Connections these tests hold at once: enough that what each keeps stands out of the
+/// process's own noise by far (a burst's leftovers are tens of KiB each).
+const QUIET_CLIENTS: usize = 400;
+
+/// What a connection may keep, over its fresh figure, once it settled after a burst: the
+/// README's "What an idle connection keeps" says what this is (its channel's first block,
+/// allocator rounding). Before connections gave memory back, a 64 KiB echo left 66 KiB and the
+/// greeting 5.5 KiB (a third stack page).
+const KEPT_AFTER_SETTLING_KIB: u64 = 3;
+
+/// What glibc's allocator keeps for the whole process after big buffers come and go: each of
+/// its arenas (up to eight per core) keeps up to 128 KiB free at its top, which its trim
+/// leaves in place. Fixed, however many connections there are.
+fn arenas_kib() -> u64 {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    8 * cores * 128
+}
+
+/// How long the server may take to give the memory back: it settles a connection after a
+/// second of quiet, and trims the heap at most once a second.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The server's resident anonymous memory (heap and stacks, not the program's code), in KiB.
+fn rss(server: &Wsecho) -> u64 {
+    proc_status_kib(server.pid(), "RssAnon")
+}
+
+/// Waits until the server's memory is at most `limit` KiB, or the patience runs out; returns
+/// the last figure.
+fn settles_to(server: &Wsecho, limit: u64) -> u64 {
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    loop {
+        let now = rss(server);
+        if now <= limit || Instant::now() >= deadline {
+            return now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn after_a_big_message_an_idle_connection_gives_its_buffers_back() {
+    let server = Wsecho::start(&["--greeting-delay", "off", "--max-handshakes-per-ip", "off"]);
+    let mut clients: Vec<_> = (0..QUIET_CLIENTS)
+        .map(|_| raw_websocket(server.addr))
+        .collect();
+    let fresh = rss(&server);
+
+    let message = vec![0x5a; 64 * 1024];
+    for tcp in &mut clients {
+        tcp.write_all(&client_frame(true, BINARY, &message))
+            .unwrap();
+        assert_eq!(
+            outcome(tcp.try_clone().unwrap()),
+            Outcome::Echoed(message.len())
+        );
+    }
+    let limit = fresh + KEPT_AFTER_SETTLING_KIB * QUIET_CLIENTS as u64 + arenas_kib();
+    let settled = settles_to(&server, limit);
+    assert!(
+        settled <= limit,
+        "after one 64 KiB echo each, {} KiB per idle connection is still held",
+        (settled - fresh) / QUIET_CLIENTS as u64
+    );
+}
+
+#[test]
+fn after_the_greeting_an_idle_connection_gives_its_stack_page_back() {
+    let server = Wsecho::start(&["--greeting-delay", "1s", "--max-handshakes-per-ip", "off"]);
+    let mut clients: Vec<_> = (0..QUIET_CLIENTS)
+        .map(|_| raw_websocket(server.addr))
+        .collect();
+    // Measured before the first greeting is due: the clients connected within the second.
+    let fresh = rss(&server);
+    for tcp in &mut clients {
+        let (_, opcode, greeting) = read_server_frame(tcp);
+        assert_eq!(opcode, TEXT, "{greeting:?}");
+    }
+    let limit = fresh + KEPT_AFTER_SETTLING_KIB * QUIET_CLIENTS as u64;
+    let settled = settles_to(&server, limit);
+    assert!(
+        settled <= limit,
+        "after the greeting, {} KiB per idle connection is still held",
+        (settled - fresh) / QUIET_CLIENTS as u64
+    );
+}
+
+#[test]
+fn a_connection_that_gave_its_buffers_back_loses_nothing_even_mid_message() {
+    let server = Wsecho::start(&["--greeting-delay", "off"]);
+    let mut tcp = raw_websocket(server.addr);
+    let quiet = Duration::from_millis(1500); // longer than the server's settle time (1 s)
+
+    // A big message grows the read buffer; the quiet after it makes the server rebuild it.
+    let big = vec![0x5a; 64 * 1024];
+    tcp.write_all(&client_frame(true, BINARY, &big)).unwrap();
+    assert_eq!(
+        outcome(tcp.try_clone().unwrap()),
+        Outcome::Echoed(big.len())
+    );
+    thread::sleep(quiet);
+
+    // Then a big message in two fragments, quiet in between: the server must keep the first.
+    tcp.write_all(&client_frame(false, BINARY, &big)).unwrap();
+    thread::sleep(quiet);
+    tcp.write_all(&client_frame(true, CONTINUATION, &big))
+        .unwrap();
+    assert_eq!(
+        outcome(tcp.try_clone().unwrap()),
+        Outcome::Echoed(2 * big.len())
+    );
+
+    // And half a frame, quiet, then the rest.
+    let frame = client_frame(true, BINARY, &big);
+    let (first, rest) = frame.split_at(1000);
+    tcp.write_all(first).unwrap();
+    thread::sleep(quiet);
+    tcp.write_all(rest).unwrap();
+    assert_eq!(
+        outcome(tcp.try_clone().unwrap()),
+        Outcome::Echoed(big.len())
     );
 }

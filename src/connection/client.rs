@@ -21,14 +21,15 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::Role;
+use tungstenite::protocol::WebSocketContext;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Error as WsError, Message, WebSocket};
-
-use crate::connection::transport::Transport;
+use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Mode};
-use crate::connection::Shared;
+use crate::connection::settle::{self, BIG_QUEUE, SETTLE_AFTER};
 use crate::connection::socket::Socket;
+use crate::connection::transport::Transport;
+use crate::connection::{READ_BUFFER_SIZE, Shared};
 use crate::delivery::budget::Budget;
 use crate::delivery::frame;
 use crate::delivery::hub::Hub;
@@ -85,7 +86,10 @@ pub struct Summary {
 
 /// A client connection in its WebSocket phase.
 pub struct Client<'a> {
-    ws: WebSocket<Socket>,
+    /// The protocol's state (tungstenite): frames, fragments, the close handshake.
+    ws: WebSocketContext,
+    /// The client's socket, with everything queued for it.
+    socket: Socket,
     inbox: Inbox,
     config: &'a Config,
     hub: &'a Arc<Hub>,
@@ -116,6 +120,16 @@ pub struct Client<'a> {
     /// The generation of each wait list this connection is on, if it is.
     listed_for_listeners: Option<u64>,
     listed_for_memory: Option<u64>,
+    /// When the connection gives back what its last burst left, if it has been quiet until
+    /// then (see `settle.rs`).
+    settle_at: Option<Instant>,
+    /// Set when another thread woke this one since it last settled.
+    woken_since_settle: bool,
+    /// Set when the loop should free the stack pages below it before its next sleep.
+    release_stack: bool,
+    /// Memory freed at the first instant and not yet returned to the system: ask again at the
+    /// second (see `settle::trim_heap`).
+    trim: Option<(Instant, Instant)>,
 }
 
 impl<'a> Client<'a> {
@@ -133,9 +147,9 @@ impl<'a> Client<'a> {
         shared: &'a Shared,
         peer: SocketAddr,
     ) -> Box<Client<'a>> {
-        let socket = Socket::new(transport, Arc::clone(&shared.budget));
-        let ws = WebSocket::from_partially_read(
-            socket,
+        let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
+        socket.follow(&leftover);
+        let ws = WebSocketContext::from_partially_read(
             leftover,
             Role::Server,
             Some(shared.websocket_config()),
@@ -143,6 +157,7 @@ impl<'a> Client<'a> {
         let now = Instant::now();
         Box::new(Client {
             ws,
+            socket,
             inbox,
             config: &shared.config,
             hub: &shared.hub,
@@ -163,6 +178,10 @@ impl<'a> Client<'a> {
             paused: None,
             listed_for_listeners: None,
             listed_for_memory: None,
+            settle_at: None,
+            woken_since_settle: false,
+            release_stack: false,
+            trim: None,
         })
     }
 
@@ -171,8 +190,8 @@ impl<'a> Client<'a> {
         let Err(ending) = self.serve();
         self.linger();
         self.tally.flush(self.metrics);
-        self.inbox.waker().forget(self.ws.get_ref().tcp());
-        self.ws.get_mut().close();
+        self.inbox.waker().forget(self.socket.tcp());
+        self.socket.close();
         Summary {
             ending,
             messages: self.messages,
@@ -184,14 +203,18 @@ impl<'a> Client<'a> {
     /// anywhere inside.
     fn serve(&mut self) -> Result<Infallible, Ending> {
         loop {
+            if std::mem::take(&mut self.release_stack) {
+                // From here, the loop's own frame: nothing deeper is in use.
+                sys::release_stack_below_caller();
+            }
             let read = self.may_read();
             let interest = Interest {
                 read,
-                write: self.ws.get_ref().wants_write(),
+                write: self.socket.wants_write(),
             };
             // Input the socket will not signal (left in tungstenite's or rustls's buffers) is
             // read now rather than slept on.
-            let unsignalled = read && (self.read_pending || self.ws.get_mut().buffered_input());
+            let unsignalled = read && (self.read_pending || self.socket.buffered_input());
             let timeout = if unsignalled {
                 Some(Duration::ZERO)
             } else {
@@ -199,7 +222,7 @@ impl<'a> Client<'a> {
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
             let ready = sys::wait(
-                Some(self.ws.get_ref().tcp()),
+                Some(self.socket.tcp()),
                 interest,
                 self.inbox.waker(),
                 timeout,
@@ -222,7 +245,57 @@ impl<'a> Client<'a> {
             // /metrics sees it counted.
             self.tally.flush(self.metrics);
             self.send_queued()?;
+            if ready.woken || ready.readable {
+                self.note_activity(ready.woken);
+            }
             self.check_deadlines()?;
+        }
+    }
+
+    /// After a round that did something: if it left anything to give back, the connection
+    /// settles once it has been quiet for [`SETTLE_AFTER`].
+    fn note_activity(&mut self, woken: bool) {
+        self.woken_since_settle |= woken;
+        if self.woken_since_settle || self.grew() {
+            self.settle_at = Some(Instant::now() + SETTLE_AFTER);
+        }
+    }
+
+    /// Whether a burst grew tungstenite's read buffer or the queue past their quiet size.
+    fn grew(&self) -> bool {
+        self.socket.largest_frame() > READ_BUFFER_SIZE as u64
+            || self.socket.peak_queued() > BIG_QUEUE
+    }
+
+    /// Gives back what the last burst left (see `settle.rs`), if the connection is quiet: no
+    /// message half received, nothing queued, not waiting for others.
+    #[inline(never)]
+    fn settle(&mut self, now: Instant) {
+        self.settle_at = None;
+        if self.closing.is_some() || !self.ws.can_write() {
+            return;
+        }
+        let quiet = self.socket.queued() == 0
+            && self.paused.is_none()
+            && !self.read_pending
+            && self.socket.between_messages();
+        if !quiet {
+            self.settle_at = Some(now + SETTLE_AFTER);
+            return;
+        }
+        let grew = self.grew();
+        if self.socket.largest_frame() > READ_BUFFER_SIZE as u64 {
+            // Every byte read is parsed and every message whole: tungstenite's state is empty
+            // but for its buffer, which a new one allocates at its first size.
+            self.ws = WebSocketContext::new(Role::Server, Some(*self.ws.get_config()));
+        }
+        self.socket.shrink_queue();
+        self.socket.forget_peaks();
+        self.broadcasts = Vec::new();
+        self.release_stack = true;
+        self.woken_since_settle = false;
+        if grew {
+            self.trim = settle::trim_heap(now).map(|again| (now, again));
         }
     }
 
@@ -230,7 +303,7 @@ impl<'a> Client<'a> {
     /// unread echoes (or pongs) are then bounded by the backlog limit (plus one message), and
     /// TCP flow control slows the client down. Other clients are not affected.
     fn backpressured(&self) -> bool {
-        self.ws.get_ref().queued() >= self.config.max_backlog
+        self.socket.queued() >= self.config.max_backlog
     }
 
     /// Whether the loop may read now. When other connections stand in the way (a listener is
@@ -254,7 +327,7 @@ impl<'a> Client<'a> {
             }
         }
         let budget = self.budget;
-        let in_progress = self.ws.get_ref().in_progress();
+        let in_progress = self.socket.in_progress();
         if budget
             .waiting()
             .join_while(self.inbox.outbox(), &mut self.listed_for_memory, || {
@@ -284,7 +357,7 @@ impl<'a> Client<'a> {
                 Delivery::Frame(frame) => {
                     self.tally.sent += 1;
                     self.tally.sent_bytes += frame.len() as u64;
-                    self.ws.get_mut().push(frame, true);
+                    self.socket.push(frame, true);
                 }
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
@@ -297,16 +370,16 @@ impl<'a> Client<'a> {
     /// Reads every complete message the socket has, and acts on each.
     fn read_messages(&mut self) -> Result<(), Ending> {
         let mut ended = None;
-        self.ws.get_mut().start_round();
+        self.socket.start_round();
         // Stays true if the loop stops for pushback before the stream said "would block".
         self.read_pending = true;
         while !self.backpressured() && !self.listeners_behind() {
-            match self.ws.read() {
+            match self.ws.read(&mut self.socket) {
                 Ok(message) => {
                     self.on_message(message);
                     // Released only now: until its echo or broadcast frame exists (counted on
                     // its own), the message's bytes are held twice.
-                    self.ws.get_mut().message_done();
+                    self.socket.message_done();
                     if self.batched >= MAX_BROADCAST_BATCH {
                         self.fan_out();
                     }
@@ -324,11 +397,11 @@ impl<'a> Client<'a> {
         // Everything this read brought in goes out to the others in one go: one wake-up per
         // listener for a burst of messages, not one per message.
         self.fan_out();
-        if self.ws.get_mut().take_heard() {
+        if self.socket.take_heard() {
             self.last_heard = Instant::now();
         }
         // Refused for lack of memory: the next may_read finds out and waits for room.
-        self.ws.get_mut().take_starved();
+        self.socket.take_starved();
         ended.map_or(Ok(()), Err)
     }
 
@@ -383,7 +456,7 @@ impl<'a> Client<'a> {
             Mode::Echo => {
                 self.tally.sent += 1;
                 self.tally.sent_bytes += frame.len() as u64;
-                self.ws.get_mut().push(frame, false);
+                self.socket.push(frame, false);
             }
             Mode::Broadcast => {
                 self.batched += frame.len();
@@ -420,7 +493,7 @@ impl<'a> Client<'a> {
             reason: close_reason(&reason).into(),
         };
         // Errors here only mean the connection is already unusable; linger() ends it either way.
-        let _ = self.ws.close(Some(close));
+        let _ = self.ws.close(&mut self.socket, Some(close));
         Ending {
             code,
             reason,
@@ -452,7 +525,7 @@ impl<'a> Client<'a> {
             reason: reason.into(),
         };
         // Fails only when a Close was already sent, or the connection is unusable.
-        let _ = self.ws.close(Some(close));
+        let _ = self.ws.close(&mut self.socket, Some(close));
     }
 
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
@@ -471,8 +544,8 @@ impl<'a> Client<'a> {
     }
 
     fn send_queued(&mut self) -> Result<(), Ending> {
-        match self.ws.get_mut().send_queued(&self.inbox) {
-            Ok(progress) if progress || self.ws.get_ref().queued() == 0 => {
+        match self.socket.send_queued(&self.inbox) {
+            Ok(progress) if progress || self.socket.queued() == 0 => {
                 self.last_sent = Instant::now();
                 Ok(())
             }
@@ -502,7 +575,8 @@ impl<'a> Client<'a> {
             Some(Paused::ForMemory(since)) => Some(since + self.stall_timeout()),
             _ => None,
         };
-        [ping, idle, close, behind, starved]
+        let trim = self.trim.map(|(_, again)| again);
+        [ping, idle, close, behind, starved, self.settle_at, trim]
             .into_iter()
             .flatten()
             .min()
@@ -529,6 +603,14 @@ impl<'a> Client<'a> {
 
     fn check_deadlines(&mut self) -> Result<(), Ending> {
         let now = Instant::now();
+        if self.settle_at.is_some_and(|at| now >= at) {
+            self.settle(now);
+        }
+        if let Some((freed_at, again)) = self.trim
+            && now >= again
+        {
+            self.trim = settle::trim_heap(freed_at).map(|again| (freed_at, again));
+        }
         if let Some((ending, deadline)) = &self.closing
             && now >= *deadline
         {
@@ -567,7 +649,7 @@ impl<'a> Client<'a> {
             && self.closing.is_none()
             && now >= self.last_ping.max(self.last_heard) + every
         {
-            let _ = self.ws.send(Message::Ping(Bytes::new()));
+            let _ = self.ws.write(&mut self.socket, Message::Ping(Bytes::new()));
             self.last_ping = now;
         }
         Ok(())
@@ -585,7 +667,7 @@ impl<'a> Client<'a> {
             self.peer, self.config.max_backlog, behind_for
         );
         self.inbox.close_intake();
-        self.ws.get_mut().discard_unsent(&self.inbox);
+        self.socket.discard_unsent(&self.inbox);
         for delivery in self.inbox.drain() {
             if let Delivery::Frame(frame) = delivery {
                 self.inbox.written(frame.len());
@@ -633,18 +715,18 @@ impl<'a> Client<'a> {
             Some((_, deadline)) => *deadline,
             None => Instant::now() + self.config.close_timeout,
         };
-        while self.ws.get_ref().wants_write() {
+        while self.socket.wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
             let write = Interest {
                 read: false,
                 write: true,
             };
-            let socket = Some(self.ws.get_ref().tcp());
+            let socket = Some(self.socket.tcp());
             if left.is_zero() || sys::wait(socket, write, self.inbox.waker(), Some(left)).is_err() {
                 return;
             }
             self.inbox.waker().reset();
-            if self.ws.get_mut().send_queued(&self.inbox).is_err() {
+            if self.socket.send_queued(&self.inbox).is_err() {
                 return;
             }
         }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::connection::boundary::Boundary;
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::outbox::Inbox;
@@ -54,6 +55,10 @@ pub struct Socket {
     starved: bool,
     /// Bytes read since [`Socket::start_round`].
     read_this_round: usize,
+    /// Where the bytes read so far leave the client's stream: see `boundary.rs`.
+    boundary: Boundary,
+    /// The most bytes queued at once since [`Socket::forget_peaks`].
+    peak_queued: usize,
 }
 
 #[derive(Debug)]
@@ -77,6 +82,42 @@ impl Socket {
             in_progress: 0,
             starved: false,
             read_this_round: 0,
+            boundary: Boundary::default(),
+            peak_queued: 0,
+        }
+    }
+
+    /// Follows bytes of the client's stream that were read before this socket took over (the
+    /// rest of the handshake's read), so that [`Socket::between_messages`] counts them.
+    pub fn follow(&mut self, read_earlier: &[u8]) {
+        self.boundary.feed(read_earlier);
+    }
+
+    /// Whether every byte read so far belongs to a whole message (see `boundary.rs`).
+    pub fn between_messages(&self) -> bool {
+        self.boundary.between_messages()
+    }
+
+    /// The longest frame the client sent since [`Socket::forget_peaks`].
+    pub fn largest_frame(&self) -> u64 {
+        self.boundary.largest()
+    }
+
+    /// The most bytes queued at once since [`Socket::forget_peaks`].
+    pub fn peak_queued(&self) -> usize {
+        self.peak_queued
+    }
+
+    /// Starts over counting [`Socket::largest_frame`] and [`Socket::peak_queued`].
+    pub fn forget_peaks(&mut self) {
+        self.boundary.forget_largest();
+        self.peak_queued = self.queued;
+    }
+
+    /// Gives back the queue's room once it is empty: a burst leaves it sized for the burst.
+    pub fn shrink_queue(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
         }
     }
 
@@ -126,6 +167,7 @@ impl Socket {
     /// Appends an encoded frame to the queue.
     pub fn push(&mut self, frame: Bytes, from_outbox: bool) {
         self.queued += frame.len();
+        self.peak_queued = self.peak_queued.max(self.queued);
         self.queue.push_back(Queued { frame, from_outbox });
     }
 
@@ -216,6 +258,7 @@ impl Read for Socket {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.transport.read(buf)?;
+        self.boundary.feed(&buf[..n]);
         self.budget.charge(n);
         self.in_progress += n;
         self.read_this_round += n;

@@ -9,7 +9,8 @@
 //! - [`raise_open_file_limit`] and [`is_out_of_descriptors`]: how many sockets fit, and what
 //!   running out looks like;
 //! - [`physical_memory`]: what the default memory ceiling is a share of, and
-//!   [`return_freed_memory`]: so that what the ceiling counts is what the process holds.
+//!   [`return_freed_memory`]: so that what the ceiling counts is what the process holds;
+//! - [`trim_heap`] and [`release_stack_below_caller`]: what a quiet connection gives back.
 //!
 //! # Why a waker at all
 //!
@@ -171,6 +172,42 @@ pub fn return_freed_memory() {
     }
 }
 
+/// Returns the memory the allocator holds free, in every arena, to the system: after a burst,
+/// the buffers it freed stay resident in the arenas of the threads that used them, which no
+/// other thread may use. glibc's `malloc_trim` gives back every whole free page; elsewhere the
+/// allocator does what it does, and this does nothing. It locks each arena in turn while it
+/// walks it, so callers keep it rare (`connection/settle.rs`).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+/// Gives back the calling thread's stack pages below its caller's frame.
+///
+/// A thread keeps every stack page it ever touched. A connection sleeps about 7 KiB deep (two
+/// pages), but a deep moment (a handshake, or a signal from the waker, whose frame the kernel
+/// writes below the sleeping loop) touches a third; calling this from the loop gives such
+/// pages back, and the next deep moment simply finds fresh zeroed pages. Linux only: there
+/// `MADV_DONTNEED` frees anonymous pages at once, where other systems may take it as a hint.
+/// Call it from a shallow frame: pages within [`STACK_MARGIN`] of the caller's stay.
+#[inline(never)]
+pub fn release_stack_below_caller() {
+    #[cfg(target_os = "linux")]
+    {
+        let marker = 0u8;
+        let here = std::hint::black_box(&marker) as *const u8 as usize;
+        linux::release_stack_below(here.saturating_sub(STACK_MARGIN));
+    }
+}
+
+/// What [`release_stack_below_caller`] keeps below its caller's frame: its own frame, the
+/// `madvise` call's, and the 128-byte red zone the x86-64 ABI lets a leaf function use.
+#[cfg(target_os = "linux")]
+const STACK_MARGIN: usize = 512;
+
 /// The machine's memory in bytes, or the container's limit when it is smaller (Linux cgroup
 /// v2); `None` where it cannot be found out.
 pub fn physical_memory() -> Option<u64> {
@@ -308,5 +345,43 @@ mod tests {
     fn the_open_file_limit_is_known_on_unix() {
         assert_eq!(raise_open_file_limit().is_some(), cfg!(unix));
         assert!(physical_memory().is_some() || !cfg!(unix));
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    /// Frees this thread's stack pages from its lowest address up to `end` (rounded down to a
+    /// page), all of them below every live frame (see `release_stack_below_caller`).
+    pub fn release_stack_below(end: usize) {
+        let Some(low) = stack_low() else { return };
+        // SAFETY: sysconf only reads system configuration.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let end = end & !(page - 1);
+        if end <= low {
+            return;
+        }
+        // SAFETY: [low, end) is part of this thread's own stack mapping and lies below every
+        // frame still in use (the caller keeps STACK_MARGIN between its frame and `end`), so
+        // nothing there is read again before it is written; MADV_DONTNEED frees the pages and
+        // the next touch maps a zeroed one. Failure leaves the pages in place, which is safe.
+        unsafe { libc::madvise(low as *mut libc::c_void, end - low, libc::MADV_DONTNEED) };
+    }
+
+    /// The lowest usable address of the calling thread's stack, above its guard page.
+    fn stack_low() -> Option<usize> {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: pthread_getattr_np fills the attribute object for the calling thread (a
+        // thread std spawned, so it has a known stack); it is read, then destroyed, only if
+        // that succeeded.
+        unsafe {
+            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+                return None;
+            }
+            let got = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
+            libc::pthread_attr_destroy(attr.as_mut_ptr());
+            (got == 0).then_some(addr as usize)
+        }
     }
 }
