@@ -21,9 +21,10 @@
 //!
 //! One broadcast, to every listener:
 //!
-//! 4. The receiving thread hands the encoded frame to `delivery::hub`, which pushes it into
-//!    each connection's `delivery::outbox` and wakes each thread; each thread moves it to its
-//!    own socket queue. The greeting takes the same road from the timer thread,
+//! 4. The receiving thread hands the encoded frame to `delivery::hub`, which writes it straight
+//!    into the socket of each listener that has nothing queued, and pushes it into the
+//!    `delivery::outbox` of the others and wakes their threads; each thread moves it to its own
+//!    socket queue. The greeting takes the same road from the timer thread,
 //!    `delivery::greeter`.
 //! 5. `delivery::outbox` also paces broadcasts to the slowest reader (flow control), and
 //!    `delivery::budget` keeps every byte held for clients under one memory ceiling.

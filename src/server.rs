@@ -166,6 +166,7 @@ impl Server {
             config.max_handshakes_per_address,
         );
         let hub = Arc::new(Hub::new(config.max_backlog));
+        hub.count_into(Arc::clone(&metrics));
         if let Some(cluster) = cluster {
             let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
             hub.join_cluster(cluster.start(&hub, &budget, max_message, max_backlog)?);

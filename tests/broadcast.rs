@@ -2,10 +2,16 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::thread;
 
-use support::{Wsecho, connect, next_data};
+use support::{
+    Wsecho, client_frame, close_code, connect, next_data, raw_websocket, read_server_frame,
+};
 use tungstenite::Message;
+
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
 
 #[test]
 fn every_client_hears_every_message_in_one_order() {
@@ -84,4 +90,43 @@ fn echo_mode_sends_to_the_sender_only() {
     bob.send(Message::text("for bob")).unwrap();
     assert_eq!(next_data(&mut alice), Message::text("for alice"));
     assert_eq!(next_data(&mut bob), Message::text("for bob"));
+}
+
+#[test]
+fn nothing_follows_the_close_reply_while_broadcasts_go_on() {
+    let server = Wsecho::start(&["--broadcast", "--greeting-delay", "off"]);
+    let mut listener = raw_websocket(server.addr);
+    let mut sender = connect(&server.url);
+    // The listener has joined once it hears a broadcast.
+    sender.send(Message::text("first")).unwrap();
+    let (_, opcode, _) = read_server_frame(&mut listener);
+    assert_eq!(opcode, TEXT);
+
+    // Broadcasts keep coming while the listener closes.
+    let flooding = thread::spawn(move || {
+        for n in 0..5_000 {
+            sender.send(Message::text(format!("message {n}"))).unwrap();
+        }
+        sender
+    });
+    listener
+        .write_all(&client_frame(true, CLOSE, &1000u16.to_be_bytes()))
+        .unwrap();
+    // Broadcasts may come before the Close reply; after it, only the end of the stream.
+    loop {
+        let (_, opcode, payload) = read_server_frame(&mut listener);
+        if opcode == CLOSE {
+            assert_eq!(close_code(&payload), 1000);
+            break;
+        }
+        assert_eq!(opcode, TEXT, "only broadcasts before the Close reply");
+    }
+    let mut after = Vec::new();
+    listener.read_to_end(&mut after).unwrap();
+    assert!(
+        after.is_empty(),
+        "{} bytes after the Close reply",
+        after.len()
+    );
+    drop(flooding.join().unwrap());
 }

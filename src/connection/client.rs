@@ -149,6 +149,10 @@ impl<'a> Client<'a> {
     ) -> Box<Client<'a>> {
         let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
         socket.follow(&leftover);
+        if shared.config.mode == Mode::Broadcast {
+            // Listeners with nothing queued take broadcasts without a wake-up (outbox.rs).
+            socket.lend(inbox.outbox());
+        }
         let ws = WebSocketContext::from_partially_read(
             leftover,
             Role::Server,
@@ -349,6 +353,8 @@ impl<'a> Client<'a> {
 
     /// Moves what other threads queued into the socket's queue.
     fn take_deliveries(&mut self) {
+        // A broadcaster that found the socket full left the rest of its frame: it goes first.
+        self.socket.hold_writes();
         let mut close = None;
         for delivery in self.inbox.drain() {
             match delivery {
@@ -442,6 +448,9 @@ impl<'a> Client<'a> {
                         (f.code, f.reason.to_string())
                     });
                 debug!("{} sent Close {} {reason:?}", self.peer, u16::from(code));
+                // Nothing may follow the Close reply tungstenite queued: no more broadcasts
+                // straight into the socket either.
+                self.socket.reclaim();
                 self.client_close = Some((code, reason));
                 return;
             }
@@ -492,6 +501,8 @@ impl<'a> Client<'a> {
             code,
             reason: close_reason(&reason).into(),
         };
+        // Nothing may follow the Close: no more broadcasts straight into the socket either.
+        self.socket.reclaim();
         // Errors here only mean the connection is already unusable; linger() ends it either way.
         let _ = self.ws.close(&mut self.socket, Some(close));
         Ending {
@@ -524,6 +535,8 @@ impl<'a> Client<'a> {
             code,
             reason: reason.into(),
         };
+        // Nothing may follow the Close: no more broadcasts straight into the socket either.
+        self.socket.reclaim();
         // Fails only when a Close was already sent, or the connection is unusable.
         let _ = self.ws.close(&mut self.socket, Some(close));
     }
@@ -711,6 +724,8 @@ impl<'a> Client<'a> {
     /// lingering does not extend it.
     #[inline(never)]
     fn linger(&mut self) {
+        // The connection is ending: from here only its own thread writes.
+        self.socket.reclaim();
         let deadline = match &self.closing {
             Some((_, deadline)) => *deadline,
             None => Instant::now() + self.config.close_timeout,

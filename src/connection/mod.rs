@@ -167,7 +167,7 @@ fn answer_request(
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let mut transport = match &shared.tls {
-        None => Transport::Plain(stream),
+        None => Transport::Plain(Arc::new(stream)),
         Some(tls) => start_tls(stream, peer, tls, deadline, shared)?,
     };
     let head = http::read_head(&mut transport, deadline, config.max_request_head);
@@ -307,7 +307,7 @@ fn start_tls(
         Ok(_) if first[0].is_ascii_uppercase() => {
             let why = "this port speaks TLS only: use https:// or wss://";
             refuse(
-                &mut Transport::Plain(stream),
+                &mut Transport::Plain(Arc::new(stream)),
                 peer,
                 shared,
                 Response::text(400, why),

@@ -1,10 +1,13 @@
 //! A client's TCP stream as tungstenite sees it, with the server's outbound queue.
 //!
-//! Reads go straight to the non-blocking socket. Writes never go straight out: everything the
-//! connection sends (tungstenite's pongs and close frames, echoes, greetings, broadcasts) is
-//! appended to one queue, in order, as whole frames, and [`Socket::send_queued`] writes that
-//! queue to the socket when it has room, several frames per system call (`writev`). Because
-//! only the connection's own thread touches the queue and the socket, frames never interleave.
+//! Reads go straight to the non-blocking socket. Everything the connection's thread sends
+//! (tungstenite's pongs and close frames, echoes, greetings, broadcasts) is appended to one
+//! queue, in order, as whole frames, and [`Socket::send_queued`] writes that queue to the socket
+//! when it has room, several frames per system call (`writev`). In broadcast mode, while that
+//! queue is empty, the socket is lent to the broadcasting threads, which write frames into it
+//! themselves ([`Socket::lend`], `Direct` in outbox.rs); the thread takes it back before it
+//! queues anything, and finishes first any frame they could write only in part, so frames
+//! never interleave.
 //!
 //! Reads are counted against the server's memory ceiling (`budget.rs`): the bytes of a message
 //! still arriving are held by tungstenite until the message is whole, so the socket charges
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use crate::connection::boundary::Boundary;
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
-use crate::delivery::outbox::Inbox;
+use crate::delivery::outbox::{Inbox, Outbox};
 
 /// Bytes read in one round of the connection's loop, at most. A client that sends faster than
 /// the server handles could otherwise keep its thread reading for ever, and deliveries and
@@ -59,6 +62,11 @@ pub struct Socket {
     boundary: Boundary,
     /// The most bytes queued at once since [`Socket::forget_peaks`].
     peak_queued: usize,
+    /// The outbox the socket is lent through, for broadcasts written straight into it.
+    lent_to: Option<Arc<Outbox>>,
+    /// Whether broadcasters may write into the socket now, as far as this thread knows (a
+    /// broadcaster that finds the socket full stops that, and wakes the thread).
+    writes_released: bool,
 }
 
 #[derive(Debug)]
@@ -84,6 +92,45 @@ impl Socket {
             read_this_round: 0,
             boundary: Boundary::default(),
             peak_queued: 0,
+            lent_to: None,
+            writes_released: false,
+        }
+    }
+
+    /// Lends the socket (plain TCP only) to the threads that broadcast through `outbox`: while
+    /// nothing is queued here, they write into it themselves (see `Direct` in outbox.rs).
+    pub fn lend(&mut self, outbox: &Arc<Outbox>) {
+        if let Some(tcp) = self.transport.shareable() {
+            outbox.lend(tcp);
+            self.lent_to = Some(Arc::clone(outbox));
+        }
+    }
+
+    /// Takes the socket back from broadcasters, for good (before a Close, and at the end).
+    /// The rest of a frame one of them began still goes out first.
+    pub fn reclaim(&mut self) {
+        if self.lent_to.is_some() {
+            self.hold_writes();
+        }
+        if let Some(outbox) = self.lent_to.take() {
+            outbox.reclaim();
+        }
+    }
+
+    /// Stops broadcasters writing, before this thread writes: the rest of a frame one of them
+    /// began goes first. Called when woken, and before anything joins an empty queue.
+    pub fn hold_writes(&mut self) {
+        self.writes_released = false;
+        if let Some(rest) = self
+            .lent_to
+            .as_ref()
+            .and_then(|outbox| outbox.hold_writes())
+        {
+            self.queued += rest.len();
+            self.queue.push_front(Queued {
+                frame: rest,
+                from_outbox: false,
+            });
         }
     }
 
@@ -166,6 +213,9 @@ impl Socket {
 
     /// Appends an encoded frame to the queue.
     pub fn push(&mut self, frame: Bytes, from_outbox: bool) {
+        if self.writes_released {
+            self.hold_writes();
+        }
         self.queued += frame.len();
         self.peak_queued = self.peak_queued.max(self.queued);
         self.queue.push_back(Queued { frame, from_outbox });
@@ -222,6 +272,12 @@ impl Socket {
                     inbox.written(done.frame.len());
                 }
             }
+        }
+        if self.queue.is_empty() && !self.writes_released {
+            self.writes_released = self
+                .lent_to
+                .as_ref()
+                .is_some_and(|outbox| outbox.release_writes());
         }
         Ok(progress)
     }
@@ -304,7 +360,10 @@ mod tests {
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (_outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
-        let mut socket = Socket::new(Transport::Plain(tcp), Arc::new(Budget::new(usize::MAX)));
+        let mut socket = Socket::new(
+            Transport::Plain(Arc::new(tcp)),
+            Arc::new(Budget::new(usize::MAX)),
+        );
 
         // Far more than the socket buffers hold, in frames of varied sizes.
         let frames: Vec<Bytes> = (0..200u32)
@@ -324,5 +383,73 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(reading.join().unwrap(), frames.concat());
+    }
+
+    /// A record that says what it is: its length, who sent it, its number, then filler.
+    fn record(from: u8, number: u32, len: usize) -> Bytes {
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.push(from);
+        out.extend_from_slice(&number.to_be_bytes());
+        out.resize(len, from);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_frame_a_broadcaster_began_is_finished_before_anything_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
+        let budget = Arc::new(Budget::new(usize::MAX));
+        let mut socket = Socket::new(Transport::Plain(Arc::new(tcp)), budget);
+        socket.lend(&outbox);
+        socket.send_queued(&inbox).unwrap(); // nothing queued: broadcasters may write
+
+        // A broadcast far bigger than the socket buffers: written in part, straight in; then
+        // one more, which must wait in the mailbox.
+        let big = record(1, 0, 16 << 20);
+        assert_eq!(outbox.push_all(&[big, record(1, 1, 100)]), Ok(1));
+        let reading = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(reader);
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let mut head = [0; 9];
+                reader.read_exact(&mut head).unwrap();
+                let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+                let (from, number) = (head[4], u32::from_be_bytes(head[5..].try_into().unwrap()));
+                let mut filler = vec![0; len - 9];
+                reader.read_exact(&mut filler).unwrap();
+                assert!(filler.iter().all(|&b| b == from), "records interleaved");
+                got.push((from, number));
+            }
+            got
+        });
+        // Once the reader made room, and before the thread sees the wake-up, it writes a
+        // frame of its own (a pong, say) in the same round: it must come after the rest of
+        // the big one.
+        inbox.waker().reset();
+        let write = crate::sys::Interest {
+            read: false,
+            write: true,
+        };
+        let timeout = Some(std::time::Duration::from_secs(10));
+        crate::sys::wait(Some(socket.tcp()), write, inbox.waker(), timeout).unwrap();
+        socket.push(record(2, 0, 50), false);
+        socket.send_queued(&inbox).unwrap();
+        while !reading.is_finished() {
+            socket.hold_writes();
+            for delivery in inbox.drain() {
+                if let crate::delivery::outbox::Delivery::Frame(frame) = delivery {
+                    socket.push(frame, true);
+                }
+            }
+            socket.send_queued(&inbox).unwrap();
+            std::thread::yield_now();
+        }
+        // The broadcasts in their order; the pong wherever it fitted between whole frames.
+        let got = reading.join().unwrap();
+        assert_eq!(got, [(1, 0), (2, 0), (1, 1)]);
     }
 }

@@ -19,6 +19,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
@@ -33,8 +34,8 @@ pub const TLS_SEND_BUFFER: usize = 64 * 1024;
 /// A connection's stream.
 #[derive(Debug)]
 pub enum Transport {
-    /// `ws://` and `http://`.
-    Plain(TcpStream),
+    /// `ws://` and `http://`. Shared, so that broadcasters may write into it (`Socket::lend`).
+    Plain(Arc<TcpStream>),
     /// `wss://` and `https://`.
     Tls(Box<TlsStream>),
 }
@@ -69,6 +70,14 @@ impl Transport {
         }
     }
 
+    /// The socket, to share with other threads: plain TCP only (TLS's state is this thread's).
+    pub fn shareable(&self) -> Option<Arc<TcpStream>> {
+        match self {
+            Transport::Plain(tcp) => Some(Arc::clone(tcp)),
+            Transport::Tls(_) => None,
+        }
+    }
+
     /// Whether this is TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
@@ -92,7 +101,7 @@ impl Transport {
     /// Writes as much of `frames` as can go now; `WouldBlock` when nothing can.
     pub fn write_vectored_frames(&mut self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Transport::Plain(tcp) => tcp.write_vectored(frames),
+            Transport::Plain(tcp) => (&**tcp).write_vectored(frames),
             Transport::Tls(tls) => tls.write_frames(frames),
         }
     }
@@ -174,7 +183,7 @@ impl TlsStream {
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Plain(tcp) => (&**tcp).read(buf),
             Transport::Tls(tls) => tls.read(buf),
         }
     }
@@ -218,7 +227,7 @@ impl Write for Transport {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Transport::Plain(tcp) => tcp.flush(),
+            Transport::Plain(tcp) => (&**tcp).flush(),
             Transport::Tls(tls) => tls.flush_tls(),
         }
     }

@@ -97,9 +97,13 @@ fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>, metrics: 
                     greeting.get_or_insert_with(|| budget.hold(frame::text(&render(template))));
                 // Refused only if the client has gone or is closing: then it gets none. Counted
                 // before the wake-up, so that whoever the client tells sees the count.
-                if outbox.enqueue(frame.clone()).is_ok() {
+                if let Ok(written) = outbox.push_all(std::slice::from_ref(frame)) {
                     metrics.greetings.inc();
-                    outbox.wake();
+                    // Written straight into the socket: the connection will not count it.
+                    if written > 0 {
+                        metrics.messages_sent.inc();
+                        metrics.bytes_sent.inc_by(frame.len() as u64);
+                    }
                 }
             }
         }

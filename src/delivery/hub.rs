@@ -3,9 +3,10 @@
 //! Like the hub of gorilla/websocket's chat example, but without a goroutine of its own: a
 //! broadcast is fanned out by the thread that received the message, under the hub's lock, so
 //! every client sees every broadcast in the one order the server received them. The fan-out
-//! only queues a shared frame and maybe sends one wake-up per client; it never touches a
-//! socket, so it never waits for a slow client. When listeners fall behind, the hub's [`Flow`]
-//! makes the senders stop reading instead (see `outbox.rs`).
+//! writes the shared frame straight into the socket of each listener with nothing queued (one
+//! non-blocking write), and queues it with one wake-up for the others; it never waits for a
+//! slow client. When listeners fall behind, the hub's [`Flow`] makes the senders stop reading
+//! instead (see `outbox.rs`).
 //!
 //! In a cluster (`--redis`) a client's broadcast goes to Redis first ([`Hub::publish`]), and
 //! what comes back on the channel is fanned out here, in Redis's order (see `cluster/`).
@@ -20,6 +21,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::cluster::Cluster;
 use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
+use crate::metrics::Metrics;
 
 /// Identifies a connection for as long as the server runs.
 pub type ConnectionId = u64;
@@ -36,6 +38,8 @@ pub struct Hub {
     started: Instant,
     /// The cluster this instance belongs to, if it was started with `--redis`.
     cluster: OnceLock<Cluster>,
+    /// Where broadcasts written straight into sockets are counted.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// A connection's place in the hub; leaving is dropping it, even when its thread panics.
@@ -63,6 +67,7 @@ impl Hub {
             accepted: AtomicU64::new(0),
             started: Instant::now(),
             cluster: OnceLock::new(),
+            metrics: OnceLock::new(),
         }
     }
 }
@@ -89,14 +94,38 @@ impl Hub {
         }
     }
 
-    /// Queues encoded frames, in order, for every open connection, waking each connection
-    /// once. Returns how many connections took them.
+    /// Hands encoded frames, in order, to every open connection: written straight into the
+    /// sockets of listeners with nothing queued, queued with one wake-up for the others.
+    /// Returns how many connections took them.
     pub fn broadcast(&self, frames: &[Bytes]) -> usize {
+        let all_bytes: usize = frames.iter().map(Bytes::len).sum();
         let members = self.members();
-        members
-            .values()
-            .filter(|outbox| outbox.push_all(frames).is_ok())
-            .count()
+        let (mut reached, mut written, mut written_bytes) = (0, 0, 0);
+        for outbox in members.values() {
+            if let Ok(n) = outbox.push_all(frames) {
+                reached += 1;
+                written += n;
+                written_bytes += if n == frames.len() {
+                    all_bytes
+                } else {
+                    frames[..n].iter().map(Bytes::len).sum()
+                };
+            }
+        }
+        drop(members);
+        if written > 0
+            && let Some(metrics) = self.metrics.get()
+        {
+            metrics.messages_sent.inc_by(written as u64);
+            metrics.bytes_sent.inc_by(written_bytes as u64);
+        }
+        reached
+    }
+
+    /// Makes broadcasts written straight into sockets count in these metrics (the connections
+    /// count what they send themselves). Once, at start.
+    pub fn count_into(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Sends a client's broadcasts to everyone: in a cluster, to Redis, which sends them back to

@@ -1,9 +1,15 @@
 //! How other threads hand work to a connection's thread, and how broadcasts are paced.
 //!
-//! Only a connection's own thread ever writes to its socket, so frames can never interleave on
-//! the wire. Other threads (the greeting timer, a broadcasting client, shutdown) put a
-//! [`Delivery`] into the connection's [`Outbox`] instead: a `crossbeam-channel` queue plus a
-//! [`Waker`] that ends the thread's wait at once. Pushing never blocks the pusher.
+//! Other threads (the greeting timer, a broadcasting client, shutdown) put a [`Delivery`] into
+//! the connection's [`Outbox`]: a `crossbeam-channel` queue plus a [`Waker`] that ends the
+//! thread's wait at once. Pushing never blocks the pusher.
+//!
+//! One shortcut: in broadcast mode, while a listener has nothing queued, its socket is lent to
+//! the broadcasters ([`Direct`]), which write a frame straight into it with one non-blocking
+//! write, no wake-up and no context switch. The lend's lock keeps frames whole: the connection
+//! takes it back before it queues anything of its own, and a frame the socket took only in part
+//! is finished by the connection before anything else. A full socket sends the rest through the
+//! queue, so a slow listener never holds a broadcaster up.
 //!
 //! # Flow control
 //!
@@ -26,6 +32,8 @@
 //! slower than the senders). Senders wait for it exactly as for a listener; it is never closed
 //! for it, since it drains as fast as Redis answers.
 
+use std::io::{self, IoSlice, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -135,7 +143,39 @@ pub struct Outbox {
     /// Whether `behind_since` is set, readable without the lock: the connection's loop asks
     /// every round, and is almost never behind.
     behind: AtomicBool,
+    /// The socket, while the connection lends it for broadcasts written straight into it.
+    direct: Mutex<Direct>,
+    /// Whether the socket is lent, readable without the lock: most outboxes never lend it.
+    lent: AtomicBool,
 }
+
+/// A listener's socket, lent to the threads that broadcast to it (plain TCP, broadcast mode).
+///
+/// Waking a thread costs a signal and a context switch per listener per broadcast, most of a
+/// broadcast's latency. So while a listener has nothing queued, a broadcaster writes the frame
+/// into its socket itself: a non-blocking write, under this lock, which the connection's thread
+/// also takes before it queues anything of its own, so frames never interleave. Only when the
+/// socket is full does the rest go through the queue and a wake-up.
+#[derive(Debug, Default)]
+struct Direct {
+    socket: Option<Arc<TcpStream>>,
+    /// Whether other threads may write now: the connection's queue and mailbox are empty.
+    open: bool,
+    /// The unwritten end of a frame a broadcaster could write only in part: it goes out
+    /// before anything else.
+    rest: Option<Bytes>,
+}
+
+/// Frames per `writev` from a broadcasting thread (see `socket.rs` on the same limit).
+const MAX_FRAMES_PER_WRITE: usize = 16;
+
+/// The longest batch of broadcasts written straight into a listener's socket. A few messages
+/// (what a sender at a human pace sends) are quickest written in place; a long batch (a
+/// sender at full speed) is better written by the listener's own thread, in big writes and
+/// on both cores, than by the broadcaster alone, one listener after another. Measured with
+/// 100 listeners: straight in, at full speed, 2.2 to 2.6 M deliveries/s; through the queues
+/// 3.4 to 4.0.
+const MAX_FRAMES_STRAIGHT_IN: usize = 4;
 
 /// The receiving side, owned by the connection's thread.
 #[derive(Debug)]
@@ -157,19 +197,137 @@ pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
         flow: Arc::clone(flow),
         behind_since: Mutex::new(None),
         behind: AtomicBool::new(false),
+        direct: Mutex::new(Direct::default()),
+        lent: AtomicBool::new(false),
     });
     Ok((Arc::clone(&outbox), Inbox { receiver, outbox }))
 }
 
 impl Outbox {
-    /// Queues several frames, in order, and wakes the thread once for all of them. Never
-    /// refused for being behind: flow control slows the senders down instead (see above).
-    pub fn push_all(&self, frames: &[Bytes]) -> Result<(), Gone> {
-        let queued = frames
-            .iter()
-            .try_for_each(|frame| self.enqueue(frame.clone()));
+    /// Hands several frames, in order, to the connection, waking its thread once for all of
+    /// them; or writes them straight into its socket when it is lent and nothing is queued
+    /// (see [`Direct`]). Returns how many frames went straight out (or began to): the
+    /// connection counts the others when it sends them. Never refused for being behind: flow
+    /// control slows the senders down instead (see above).
+    pub fn push_all(&self, frames: &[Bytes]) -> Result<usize, Gone> {
+        if self.lent.load(Ordering::Acquire) {
+            let mut direct = self.direct();
+            if direct.open && frames.len() <= MAX_FRAMES_STRAIGHT_IN {
+                return self.write_through(&mut direct, frames);
+            }
+            // A long batch goes through the queue: the listener's thread writes it in big
+            // writes, on whichever core is free, while the broadcaster goes on to the next.
+            direct.open = false;
+            // Queued under the lock: the connection reopens only once it has seen them.
+            let queued = self.enqueue_all(frames);
+            drop(direct);
+            self.wake();
+            return queued.map(|()| 0);
+        }
+        let queued = self.enqueue_all(frames);
         self.wake();
-        queued
+        queued.map(|()| 0)
+    }
+
+    fn enqueue_all(&self, frames: &[Bytes]) -> Result<(), Gone> {
+        frames
+            .iter()
+            .try_for_each(|frame| self.enqueue(frame.clone()))
+    }
+
+    /// Writes `frames` into the lent socket; what it does not take goes through the queue.
+    fn write_through(&self, direct: &mut Direct, frames: &[Bytes]) -> Result<usize, Gone> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Gone);
+        }
+        let Some(socket) = direct.socket.as_deref() else {
+            return self.enqueue_all(frames).map(|()| 0);
+        };
+        let (mut whole, mut into_next) = (0, 0);
+        while whole < frames.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&frames[whole..]) {
+                let skip = if count == 0 { into_next } else { 0 };
+                *slot = IoSlice::new(&frame[skip..]);
+                count += 1;
+            }
+            let mut n = match (&*socket).write_vectored(&slices[..count]) {
+                Ok(n) if n > 0 => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Full, or failing: the connection's thread finds out which from its queue.
+                _ => break,
+            };
+            while n > 0 {
+                let left = frames[whole].len() - into_next;
+                if n < left {
+                    into_next += n;
+                    break;
+                }
+                n -= left;
+                whole += 1;
+                into_next = 0;
+            }
+        }
+        if whole == frames.len() {
+            return Ok(whole);
+        }
+        direct.open = false;
+        let mut unsent = &frames[whole..];
+        if into_next > 0 {
+            direct.rest = Some(unsent[0].slice(into_next..));
+            unsent = &unsent[1..];
+            whole += 1;
+        }
+        let queued = self.enqueue_all(unsent);
+        self.wake();
+        queued.map(|()| whole)
+    }
+
+    /// Lends the connection's socket to broadcasters; see [`Direct`]. Writes start once the
+    /// connection says its queue is empty ([`Outbox::release_writes`]).
+    pub fn lend(&self, socket: Arc<TcpStream>) {
+        self.direct().socket = Some(socket);
+        self.lent.store(true, Ordering::Release);
+    }
+
+    /// Stops other threads writing into the socket, before the connection writes anything of
+    /// its own. Returns the rest of a frame a broadcaster began, which must go out first.
+    pub fn hold_writes(&self) -> Option<Bytes> {
+        if !self.lent.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut direct = self.direct();
+        direct.open = false;
+        direct.rest.take()
+    }
+
+    /// Lets broadcasters write into the socket again; the connection calls it when its queue
+    /// is empty. Refused (false) while deliveries wait in the mailbox or the rest of a frame
+    /// does: they go first.
+    pub fn release_writes(&self) -> bool {
+        if !self.lent.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut direct = self.direct();
+        direct.open = direct.rest.is_none()
+            && self.sender.is_empty()
+            && !self.closed.load(Ordering::SeqCst)
+            && direct.socket.is_some();
+        direct.open
+    }
+
+    /// Takes the socket back for good: the connection is ending.
+    pub fn reclaim(&self) {
+        self.lent.store(false, Ordering::Release);
+        let mut direct = self.direct();
+        direct.open = false;
+        direct.socket = None;
+    }
+
+    fn direct(&self) -> MutexGuard<'_, Direct> {
+        // Every change under this lock leaves it consistent: a poisoned lock is still right.
+        self.direct.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks the connection's thread to start the close handshake.
@@ -192,7 +350,7 @@ impl Outbox {
     }
 
     /// Queues a frame without waking the thread; [`Outbox::wake`] it afterwards.
-    pub fn enqueue(&self, frame: Bytes) -> Result<(), Gone> {
+    fn enqueue(&self, frame: Bytes) -> Result<(), Gone> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Gone);
         }
@@ -425,5 +583,39 @@ mod tests {
         assert!(!flow.congested());
         assert_eq!(outbox.push_all(&[frame(1)]), Err(Gone));
         assert_eq!(outbox.close(CloseCode::Normal, ""), Err(Gone));
+    }
+
+    #[test]
+    fn a_lent_socket_takes_broadcasts_straight_in_until_it_is_held_or_taken_back() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let flow = Arc::new(Flow::new(1 << 20));
+        let (outbox, inbox) = mailbox(&flow).unwrap();
+        outbox.lend(Arc::new(tcp));
+        assert_eq!(
+            outbox.push_all(&[frame(3)]),
+            Ok(0),
+            "not before it is released"
+        );
+        assert!(!outbox.release_writes(), "not while a delivery waits");
+        assert_eq!(inbox.drain().count(), 1);
+        assert!(outbox.release_writes());
+
+        assert_eq!(outbox.push_all(&[frame(5), frame(7)]), Ok(2));
+        let mut got = [1; 12];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(got, [0; 12]);
+        assert_eq!(inbox.drain().count(), 0, "nothing went through the mailbox");
+
+        assert_eq!(outbox.hold_writes(), None);
+        assert_eq!(outbox.push_all(&[frame(1)]), Ok(0), "held: queued");
+        assert_eq!(inbox.drain().count(), 1);
+        assert!(outbox.release_writes());
+        outbox.reclaim();
+        assert_eq!(outbox.push_all(&[frame(1)]), Ok(0), "taken back: queued");
+        assert!(!outbox.release_writes());
     }
 }

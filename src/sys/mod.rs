@@ -32,8 +32,8 @@
 //!
 //! Both keep the same promises: a wake-up is never lost (one sent before the sleep ends it at
 //! once), wake-ups are prompt (no polling tick), an idle thread costs no CPU, and only the
-//! connection's own thread ever touches its socket. `.ci/run` runs the whole test suite with
-//! each backend on Linux.
+//! connection's own thread reads its socket. `.ci/run` runs the whole test suite with each
+//! backend on Linux.
 
 #![allow(unsafe_code)]
 
