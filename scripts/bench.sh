@@ -1329,7 +1329,9 @@ figure() { # figure NAME KEY: KEY of run NAME; opened_per_s is worked out
     if [[ $2 == opened_per_s ]]; then
         local opened open_s
         opened=$(jget "$1" opened) open_s=$(jget "$1" open_s)
-        num "$opened" && num "$open_s" && awk -v o="$opened" -v s="$open_s" 'BEGIN { if (s > 0) print o / s }'
+        if num "$opened" && num "$open_s"; then
+            awk -v o="$opened" -v s="$open_s" 'BEGIN { if (s > 0) print o / s }'
+        fi
     else
         jget "$1" "$2"
     fi
