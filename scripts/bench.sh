@@ -3,16 +3,85 @@
 # target/bench/results.md (and prints it).
 #
 # Usage: scripts/bench.sh [--quick] [--soak] [--compare] [--portable]
-#   --quick    3 s echo rows instead of 10 s
+#   --quick    3 s echo rows instead of 10 s; with --compare, the peers'
+#              hold rows at 1,000 connections only
 #   --soak     add 10 minutes of mixed echo traffic, sampling the server's RSS
-#   --compare  also build tokio-tungstenite's echo example and tungstenite's
-#              server example from their published crates and run the echo
-#              rows against them (the targets refer to their figures)
+#   --compare  also run other servers (the peers below) through the same
+#              rows, print them side by side with wsecho's, each row with
+#              wsecho's figure as a multiple of the best peer's, and draw
+#              the comparison as a chart (target/bench/comparison.svg)
 #   --portable also build wsecho with its portable-poll feature (the portable
 #              waker/poll backend) into target/portable and run the echo rows
 #              1×32 B, 64×32 B, 64×4 KiB and hold 1,000 against it, labelled
 #              "wsecho (portable backend)". If that build fails, the script
 #              says so in one line and goes on without those rows.
+#
+# The peers of --compare, each built or installed into BENCH_CACHE (outside
+# the repository; delete a folder there to get a newer version):
+#   tokio-tungstenite  its echo-server example, and tungstenite's server
+#   tungstenite        example (a thread per connection), from the published
+#                      crates (0.30.0), built unchanged: echo and hold rows
+#   Node ws            npm package ws, version 8 (npm install into
+#                      BENCH_CACHE/node/ws), with the echo server of its
+#                      README (text echoed as text, binary as binary): echo
+#                      and hold rows; and its README's broadcast server (every
+#                      message to every client, the sender too): fan-out rows
+#   WebSocket-Node     npm package websocket, version 1, the library of the
+#                      tutorial's server, with its README's echo server,
+#                      without the logging: echo rows only
+#   websocat           websocat -b -E ws-l:127.0.0.1:PORT broadcast:mirror:
+#                      (every message to every client, the sender too; -b as
+#                      the messages are binary): fan-out rows. Taken from
+#                      WEBSOCAT or PATH, else built with cargo install
+#                      --locked into BENCH_CACHE/websocat
+# Node comes from PATH (or NODE), with npm beside it. A peer that cannot be
+# built or installed is named in one line, and the run goes on without its
+# rows. The peers' hold rows are 1,000 and 5,000 idle connections (wsecho
+# gets a 5,000 row too); the tungstenite example's threads keep Rust's
+# default 2 MiB stacks (address space, mostly untouched), so the counts stay
+# moderate.
+#
+# The hold rows (wsecho's, and the peers' with --compare) report per idle
+# connection:
+#   RSS        the server's resident memory growth from before connecting to
+#              once all are open, divided by the connections
+#   kernel     the machine's kernel memory growth over the same span, from
+#              /proc/meminfo: SUnreclaim (the unreclaimable slab: sockets,
+#              files, epoll entries, each thread's task structures) +
+#              KernelStack (16 KiB per thread on x86-64) + PageTables (a
+#              thread's stack needs page-table pages of its own), medians of
+#              several samples on each side. It counts what RSS does not
+#              show: a thread-per-connection server's kernel stacks, and
+#              every server's sockets. It also counts wsload's own end of
+#              each connection (a socket and an epoll entry), the same for
+#              every server, and whatever else the machine does meanwhile:
+#              keep it otherwise quiet. Reclaimable slab (SReclaimable, about
+#              1 KiB per socket for its inode and dentry, the same for every
+#              server) is left out: it is mostly the file caches, which a
+#              build elsewhere on the machine moves by tens of MiB; the raw
+#              JSON has it apart (slab_reclaimable_per_conn_kib).
+#   RSS + kernel  the two together: what an idle connection costs the machine
+# and the same again after the connection did something, taken a settle time
+# (3 s, BENCH_SETTLE) later: long enough for a server that gives back its
+# buffers after a short idle time (wsecho's is to be about 1 s) to have done
+# so (medians of 5 samples over 1 s):
+#   after a 64 KiB message  every connection sent one binary message of
+#              64 KiB and read its echo (wsload hold --then-echo 65536)
+#   after the greeting      wsecho only, its greeting on (1 s after the
+#              handshake): every connection got its greeting (wsecho's own
+#              hold rows have the greeting off: --greeting-delay off)
+#
+# With --compare, results.md gets a side-by-side section: one table per
+# group (echo, hold, fan-out), a column per server, and for each row wsecho's
+# figure as a multiple of the best peer's in the same run, e.g. "0.93× best
+# (Node ws)": the best is the highest for throughput and the lowest for
+# latency and memory, each row says which it is. A peer whose run failed
+# its checks is shown, marked, and not taken as the best. The same figures
+# go to target/bench/comparison.tsv, and scripts/chart.py draws them as
+# grouped bars, one panel per question, wsecho highlighted:
+# target/bench/comparison.svg, with matplotlib from a virtual environment in
+# BENCH_CACHE/venv (python3 -m venv, pip install matplotlib). Without
+# python3 or PyPI the script says so in one line and draws no chart.
 #
 # Environment (all optional):
 #   WSECHO_BIN      use this wsecho binary instead of building the workspace's
@@ -20,17 +89,23 @@
 #                   in which {addr} becomes 127.0.0.1:PORT, for example
 #                   BENCH_SERVER='/path/to/echo-server {addr}'. Rows that need
 #                   wsecho's --broadcast or --greeting-delay are skipped.
-#   BENCH_CACHE     where --compare builds the comparison servers
+#   BENCH_CACHE     where --compare builds and installs the peers, and the
+#                   chart's Python environment
 #                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench)
+#   BENCH_SETTLE    the settle time of the "after" figures (default 3s)
+#   NODE            node for the Node peers (default: node on PATH)
+#   WEBSOCAT        websocat for the fan-out peer (default: on PATH, else
+#                   BENCH_CACHE/websocat/bin/websocat, built when missing)
 #   BENCH_THREADS   wsload worker threads (default 1: on two cores every
 #                   client thread competes with the server)
 #   BENCH_SOAK_SECONDS  length of --soak (default 600)
 #   BENCH_ONLY      run only these groups of rows, comma-separated, e.g.
 #                   BENCH_ONLY=burst or BENCH_ONLY=echo,hold:
 #                     echo      echo rows (also --compare's and --portable's)
-#                     hold      hold 1,000 and 10,000 idle (and --portable's)
+#                     hold      hold 1,000 and 10,000 idle, 1,000 after the
+#                               greeting (and --portable's, --compare's)
 #                     greeting  10,000 greetings due at once
-#                     fanout    fan-out 100 × 1,000
+#                     fanout    fan-out 100 × 1,000 (and --compare's)
 #                     burst     broadcast burst with one slow reader
 #                     cluster   fan-out 100 × 1,000 across two instances
 #                               on one redis-server (--redis): the sender
@@ -89,7 +164,7 @@ want() { # want GROUP: true if BENCH_ONLY is unset or names GROUP
 # Bound the whole run: re-run this script under timeout(1). Each wsload run is
 # bounded by itself, this catches anything else (a build that hangs, say).
 if [[ -z ${BENCH_UNDER_TIMEOUT:-} ]]; then
-    budget=$((40 * 60 + COMPARE * 15 * 60 + PORTABLE * 15 * 60 + SOAK * (SOAK_SECONDS + 5 * 60)))
+    budget=$((40 * 60 + COMPARE * 30 * 60 + PORTABLE * 15 * 60 + SOAK * (SOAK_SECONDS + 5 * 60)))
     export BENCH_UNDER_TIMEOUT=1
     exec timeout --foreground --kill-after=30 "$budget" bash "$0" "$@"
 fi
@@ -250,7 +325,8 @@ start_command() { # start_command LABEL PORT COMMAND...: a server that listens o
     SERVER_LABEL=$label
     if ! "$WSLOAD" wait --url "$SERVER_URL" --timeout 30s; then
         sed 's/^/  server: /' "$WORK/server.err" | tail -5 >&2 || true
-        die "$label did not come up on port $port"
+        say "$label did not come up on port $port"
+        return 1
     fi
 }
 
@@ -262,7 +338,7 @@ start_custom() { # BENCH_SERVER with {addr} replaced
         word=${words[$i]}
         words[i]=${word//\{addr\}/127.0.0.1:$port}
     done
-    start_command "custom (${words[0]##*/})" "$port" "${words[@]}"
+    start_command "custom (${words[0]##*/})" "$port" "${words[@]}" || die "BENCH_SERVER did not come up"
 }
 
 start_default_server() { # wsecho with default flags, or BENCH_SERVER when given
@@ -379,13 +455,34 @@ START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED_AT=$(date -u '+%Y-%m-%d %H:%M UTC')
 SECONDS=0
 
-# Comparison servers first: wsecho's targets refer to their figures.
-if ((COMPARE)) && want echo; then
-    CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench}
-    CMP="$CACHE/compare"
-    say "building the comparison servers in $CMP"
+# ------------------------------------------------------------------ peers --
+# The other servers of --compare, each built or installed into the cache.
+# A peer that cannot be had is named once (PEER_NOTES) and its rows skipped.
+CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsecho-bench}
+PEERS_READY=" " # the peers that can run, e.g. " tt tung node "
+PEER_NOTES=()   # one line per peer that cannot
+declare -A PEER_LABEL=(
+    [tt]="tokio-tungstenite example" [tung]="tungstenite example"
+    [node]="Node ws" [nodebc]="Node ws broadcast" [wsnode]="WebSocket-Node"
+    [websocat]="websocat"
+)
+declare -A PEER_ABOUT=() # what each peer is, with its version, for results.md
+peer_ready() { [[ $PEERS_READY == *" $1 "* ]]; }
+peer_skip() { # peer_skip NAMES WHY: one line, and no rows
+    say "--compare: $1: $2; going on without its rows"
+    PEER_NOTES+=("$1: $2")
+}
+peer_label() { echo "${PEER_LABEL[$1]:-$1}"; }
+first_error() { # first_error LOG: the line of LOG that says what went wrong
+    grep -m1 -i -E '^error|npm error|ERR!' "$1" || tail -1 "$1"
+}
+
+CMP="$CACHE/compare"
+prepare_rust_peers() { # tokio-tungstenite's echo-server and tungstenite's server examples
+    local log="$OUT/compare-build.log" tt_dir t_dir
+    say "building the tokio-tungstenite and tungstenite examples in $CMP"
     mkdir -p "$CMP/src/bin"
-    cat >"$CMP/Cargo.toml" <<'EOF'
+    cat >"$CMP/Cargo.toml" <<'TOML'
 # Generated by wsecho's scripts/bench.sh: the published examples of
 # tokio-tungstenite and tungstenite, built unchanged, as comparison servers.
 [package]
@@ -407,33 +504,253 @@ env_logger = "0.11"
 debug = 1
 
 [workspace]
-EOF
+TOML
     # An empty library target lets cargo resolve and download the crates
     # before the examples are copied in as binaries.
     echo "// Only here so the package has a target before the examples arrive." >"$CMP/src/lib.rs"
-    (cd "$CMP" && cargo fetch --quiet)
-    meta=$(cd "$CMP" && cargo metadata --format-version 1)
-    tt_dir=$(grep -o '"manifest_path":"[^"]*/tokio-tungstenite-0\.30\.0/Cargo.toml"' <<<"$meta" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
-    t_dir=$(grep -o '"manifest_path":"[^"]*/tungstenite-0\.30\.0/Cargo.toml"' <<<"$meta" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
-    [[ -f ${tt_dir}examples/echo-server.rs && -f ${t_dir}examples/server.rs ]] ||
-        die "could not find the examples in the downloaded crate sources"
+    if ! (cd "$CMP" && cargo fetch --quiet && cargo metadata --format-version 1 >"$CMP/metadata.json") >"$log" 2>&1; then
+        peer_skip "tokio-tungstenite, tungstenite" "could not fetch the crates ($(first_error "$log"))"
+        return
+    fi
+    tt_dir=$(grep -o '"manifest_path":"[^"]*/tokio-tungstenite-0\.30\.0/Cargo.toml"' "$CMP/metadata.json" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
+    t_dir=$(grep -o '"manifest_path":"[^"]*/tungstenite-0\.30\.0/Cargo.toml"' "$CMP/metadata.json" | head -1 | sed 's/.*:"//; s/Cargo.toml"$//')
+    if [[ ! -f ${tt_dir}examples/echo-server.rs || ! -f ${t_dir}examples/server.rs ]]; then
+        peer_skip "tokio-tungstenite, tungstenite" "the examples are not in the downloaded crate sources"
+        return
+    fi
     cp "${tt_dir}examples/echo-server.rs" "$CMP/src/bin/tokio-tungstenite-echo.rs"
     cp "${t_dir}examples/server.rs" "$CMP/src/bin/tungstenite-server.rs"
-    (cd "$CMP" && cargo build --release --quiet)
+    if ! (cd "$CMP" && cargo build --release --quiet) >>"$log" 2>&1; then
+        peer_skip "tokio-tungstenite, tungstenite" "the build failed ($(first_error "$log"); target/bench/compare-build.log)"
+        return
+    fi
+    PEERS_READY+="tt tung "
+    PEER_ABOUT[tt]="tokio-tungstenite 0.30.0's examples/echo-server.rs (tokio, a task per connection), built unchanged"
+    PEER_ABOUT[tung]="tungstenite 0.30.0's examples/server.rs (a thread per connection, std's default 2 MiB stacks), built unchanged; it listens on 127.0.0.1:3012"
+}
 
-    port=$(free_port)
-    start_command "tokio-tungstenite echo-server example" "$port" \
-        "$CMP/target/release/tokio-tungstenite-echo" "127.0.0.1:$port"
-    echo_rows tt "$SERVER_URL"
-    stop_server
+NODE_BIN=${NODE:-node}
+NODE_DIR="$CACHE/node"
+npm_package() { # npm_package DIR NAME RANGE: NAME@RANGE installed in DIR (once); prints its version
+    local dir=$1 name=$2 range=$3 log="$OUT/npm-$2.log"
+    mkdir -p "$dir"
+    cat >"$dir/package.json.new" <<JSON
+{
+  "name": "wsecho-bench-$name",
+  "private": true,
+  "description": "Written by wsecho's scripts/bench.sh: the library of a comparison server.",
+  "dependencies": { "$name": "$range" }
+}
+JSON
+    if ! cmp -s "$dir/package.json.new" "$dir/package.json" || [[ ! -f $dir/node_modules/$name/package.json ]]; then
+        mv "$dir/package.json.new" "$dir/package.json"
+        rm -rf "$dir/node_modules" "$dir/package-lock.json"
+        say "installing the npm package $name@$range into $dir (once)"
+        if ! (cd "$dir" && npm install --no-audit --no-fund --omit=dev --loglevel=error) >"$log" 2>&1; then
+            echo "npm install $name@$range failed ($(first_error "$log"))"
+            return 1
+        fi
+    fi
+    rm -f "$dir/package.json.new"
+    (cd "$dir" && "$NODE_BIN" -p "require('$name/package.json').version")
+}
 
-    # tungstenite's example hard-codes 127.0.0.1:3012.
-    if (exec 3<>/dev/tcp/127.0.0.1/3012) 2>/dev/null; then
-        say "port 3012 is taken: skipping tungstenite's server example"
+prepare_node_peers() { # Node ws (echo, broadcast) and WebSocket-Node (echo)
+    local version node_version
+    if ! command -v "$NODE_BIN" >/dev/null; then
+        peer_skip "Node ws, WebSocket-Node" "no node (install Node.js, or set NODE)"
+        return
+    fi
+    if ! command -v npm >/dev/null; then
+        peer_skip "Node ws, WebSocket-Node" "no npm to install their packages with"
+        return
+    fi
+    node_version=$("$NODE_BIN" --version)
+    if version=$(npm_package "$NODE_DIR/ws" ws 8); then
+        # ws's README: its "Simple server", sending back what it receives the
+        # way its broadcast examples send it on; and "Server broadcast".
+        cat >"$NODE_DIR/ws/echo-server.mjs" <<'JS'
+// Written by wsecho's scripts/bench.sh: the server of ws's README, echoing
+// every message to its sender, text as text and binary as binary.
+// Usage: node echo-server.mjs PORT (listens on 127.0.0.1).
+import { WebSocketServer } from 'ws';
+
+const wss = new WebSocketServer({ host: '127.0.0.1', port: Number(process.argv[2]) });
+
+wss.on('connection', function connection(ws) {
+  ws.on('error', console.error);
+
+  ws.on('message', function message(data, isBinary) {
+    ws.send(data, { binary: isBinary });
+  });
+});
+JS
+        cat >"$NODE_DIR/ws/broadcast-server.mjs" <<'JS'
+// Written by wsecho's scripts/bench.sh: the "Server broadcast" example of
+// ws's README, every message to every connected client, the sender too.
+// Usage: node broadcast-server.mjs PORT (listens on 127.0.0.1).
+import WebSocket, { WebSocketServer } from 'ws';
+
+const wss = new WebSocketServer({ host: '127.0.0.1', port: Number(process.argv[2]) });
+
+wss.on('connection', function connection(ws) {
+  ws.on('error', console.error);
+
+  ws.on('message', function message(data, isBinary) {
+    wss.clients.forEach(function each(client) {
+      if (client.readyState === WebSocket.OPEN) {
+        client.send(data, { binary: isBinary });
+      }
+    });
+  });
+});
+JS
+        PEERS_READY+="node nodebc "
+        PEER_LABEL[node]="Node ws $version"
+        PEER_LABEL[nodebc]="Node ws $version"
+        PEER_ABOUT[node]="npm package ws $version on Node $node_version (without the optional native add-ons), the echo server of its README"
+        PEER_ABOUT[nodebc]="for the fan-out rows, the same ws $version with its README's \"Server broadcast\" example (every message to every client, the sender too)"
     else
-        start_command "tungstenite server example" 3012 "$CMP/target/release/tungstenite-server"
-        echo_rows tung "$SERVER_URL"
-        stop_server
+        peer_skip "Node ws" "$version"
+    fi
+    if version=$(npm_package "$NODE_DIR/websocket" websocket 1); then
+        cat >"$NODE_DIR/websocket/echo-server.js" <<'JS'
+// Written by wsecho's scripts/bench.sh: the server example of WebSocket-Node's
+// README without its logging, accepting a client that asks for no
+// subprotocol (the README's accepts only 'echo-protocol'). Echoes text as
+// text and binary as binary. Usage: node echo-server.js PORT (on 127.0.0.1).
+var WebSocketServer = require('websocket').server;
+var http = require('http');
+
+var server = http.createServer(function (request, response) {
+  response.writeHead(404);
+  response.end();
+});
+server.listen(Number(process.argv[2]), '127.0.0.1');
+
+var wsServer = new WebSocketServer({ httpServer: server, autoAcceptConnections: false });
+
+wsServer.on('request', function (request) {
+  var connection = request.accept(null, request.origin);
+  connection.on('message', function (message) {
+    if (message.type === 'utf8') {
+      connection.sendUTF(message.utf8Data);
+    } else if (message.type === 'binary') {
+      connection.sendBytes(message.binaryData);
+    }
+  });
+});
+JS
+        PEERS_READY+="wsnode "
+        PEER_LABEL[wsnode]="WebSocket-Node $version"
+        PEER_ABOUT[wsnode]="npm package websocket $version (WebSocket-Node, the tutorial's library) on Node $node_version, its README's echo server without the logging"
+    else
+        peer_skip "WebSocket-Node" "$version"
+    fi
+}
+
+WEBSOCAT_VERSION=1.14.1
+WEBSOCAT_BIN=""
+prepare_websocat() { # websocat's broadcast:mirror: for the fan-out rows
+    local bin=${WEBSOCAT:-} log="$OUT/websocat-build.log" version
+    if [[ -n $bin ]]; then
+        if ! command -v "$bin" >/dev/null; then
+            peer_skip websocat "WEBSOCAT=$bin is not a program"
+            return
+        fi
+    elif command -v websocat >/dev/null; then
+        bin=websocat
+    else
+        bin="$CACHE/websocat/bin/websocat"
+        if [[ ! -x $bin ]]; then
+            say "building websocat $WEBSOCAT_VERSION into $CACHE/websocat (a few minutes, once)"
+            if ! cargo install --locked --quiet --root "$CACHE/websocat" websocat --version "$WEBSOCAT_VERSION" >"$log" 2>&1; then
+                peer_skip websocat "cargo install websocat failed ($(first_error "$log"); target/bench/websocat-build.log)"
+                return
+            fi
+        fi
+    fi
+    WEBSOCAT_BIN=$bin
+    version=$("$bin" --version 2>/dev/null | awk '{ print $2 }')
+    PEERS_READY+="websocat "
+    PEER_LABEL[websocat]="websocat ${version:-?}"
+    PEER_ABOUT[websocat]="websocat ${version:-?} as \`websocat -b -E ws-l:127.0.0.1:PORT broadcast:mirror:\` (every message to every client, the sender too; -b: binary messages)"
+}
+
+start_peer() { # start_peer NAME: starts peer NAME (sets SERVER_PID, SERVER_URL); false if it did not come up
+    local name=$1 label port
+    label=$(peer_label "$name")
+    if [[ $name == tung ]]; then
+        # tungstenite's example hard-codes 127.0.0.1:3012.
+        if (exec 3<>/dev/tcp/127.0.0.1/3012) 2>/dev/null; then
+            say "port 3012 is taken: skipping a run of tungstenite's server example"
+            return 1
+        fi
+        start_command "$label" 3012 "$CMP/target/release/tungstenite-server"
+        return
+    fi
+    port=$(free_port)
+    case $name in
+    tt) start_command "$label" "$port" "$CMP/target/release/tokio-tungstenite-echo" "127.0.0.1:$port" ;;
+    node) start_command "$label" "$port" "$NODE_BIN" "$NODE_DIR/ws/echo-server.mjs" "$port" ;;
+    nodebc) start_command "$label" "$port" "$NODE_BIN" "$NODE_DIR/ws/broadcast-server.mjs" "$port" ;;
+    wsnode) start_command "$label" "$port" "$NODE_BIN" "$NODE_DIR/websocket/echo-server.js" "$port" ;;
+    websocat) start_command "$label" "$port" "$WEBSOCAT_BIN" -b -E "ws-l:127.0.0.1:$port" broadcast:mirror: ;;
+    *) die "unknown peer $name" ;;
+    esac
+}
+
+# The hold rows and their "after" figures.
+SETTLE=${BENCH_SETTLE:-3s}
+SETTLE_TEXT=$SETTLE # for people: 3s -> 3 s
+[[ $SETTLE =~ ^([0-9.]+)s$ ]] && SETTLE_TEXT="${BASH_REMATCH[1]} s"
+AFTER_MESSAGE=65536
+HOLD_SIZES="1000 10000"
+CMP_HOLD_SIZES="1000 5000"
+((QUICK)) && CMP_HOLD_SIZES="1000"
+if ((COMPARE)) && ! ((QUICK)); then HOLD_SIZES="1000 5000 10000"; fi
+hold_run() { # hold_run NAME N [wsload options]: a hold row, then the figures after a 64 KiB message
+    local name=$1 n=$2
+    shift 2
+    run "$name" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID" \
+        --then-echo "$AFTER_MESSAGE" --settle "$SETTLE" "$@"
+}
+fanout_runs() { # fanout_runs PREFIX: the fan-out rows, full speed and 500/s
+    run "$1-fanout-full" fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 0
+    run "$1-fanout-500" fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 500
+}
+
+ECHO_PEERS="tt tung node wsnode"
+HOLD_PEERS="tt tung node"
+FANOUT_PEERS="websocat nodebc"
+
+# Comparison servers first: wsecho's targets refer to their figures.
+if ((COMPARE)); then
+    if want echo || want hold; then prepare_rust_peers; fi
+    if want echo || want hold || want fanout; then prepare_node_peers; fi
+    if want fanout; then prepare_websocat; fi
+    if want echo; then
+        for peer in $ECHO_PEERS; do
+            peer_ready "$peer" || continue
+            start_peer "$peer" && echo_rows "$peer" "$SERVER_URL"
+            stop_server
+        done
+    fi
+    if want hold; then
+        for peer in $HOLD_PEERS; do
+            peer_ready "$peer" || continue
+            for n in $CMP_HOLD_SIZES; do
+                start_peer "$peer" && hold_run "$peer-hold-$n" "$n"
+                stop_server
+            done
+        done
+    fi
+    if want fanout; then
+        for peer in $FANOUT_PEERS; do
+            peer_ready "$peer" || continue
+            start_peer "$peer" && fanout_runs "$peer"
+            stop_server
+        done
     fi
 fi
 
@@ -444,11 +761,25 @@ if want echo; then
 fi
 
 if want hold; then
-    for n in 1000 10000; do
+    # Greeting off (start_wsecho's default): the fresh figures, and with
+    # 1,000 (and 5,000 with --compare) the figures after a 64 KiB message.
+    for n in $HOLD_SIZES; do
         start_default_server
-        run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
+        if [[ " $CMP_HOLD_SIZES " == *" $n "* ]]; then
+            hold_run "main-hold-$n" "$n"
+        else
+            run "main-hold-$n" hold --url "$SERVER_URL" --connections "$n" --hold 10s --pid "$SERVER_PID"
+        fi
         stop_server
     done
+    if [[ -z $CUSTOM ]]; then
+        # The greeting on, 1 s after each handshake: the figures once every
+        # connection has had it, plus the settle time.
+        start_wsecho --greeting-delay 1s
+        run main-hold-greeting-1000 hold --url "$SERVER_URL" --connections 1000 --hold 2s \
+            --pid "$SERVER_PID" --greeting-delay 1s --settle "$SETTLE"
+        stop_server
+    fi
 fi
 
 if want tls && [[ -z $TLS_NOTE ]]; then
@@ -479,8 +810,7 @@ if [[ -z $CUSTOM ]]; then
 
     if want fanout; then
         start_wsecho --broadcast
-        run main-fanout-full fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 0
-        run main-fanout-500 fanout --url "$SERVER_URL" --listeners 100 --messages 1000 --rate 500
+        fanout_runs main
         stop_server
     fi
 
@@ -699,6 +1029,53 @@ echo_table() { # echo_table PREFIX LABEL [SPECS]
     done
 }
 
+fmt_kib() { # fmt_kib VALUE: "12.34 KiB", or n/a
+    if num "$1"; then awk -v v="$1" 'BEGIN { printf "%.2f KiB", v }'; else echo "n/a"; fi
+}
+fmt_bytes() { # fmt_bytes N: 65536 -> 64 KiB
+    awk -v v="$1" 'BEGIN { if (v >= 1024 && v % 1024 == 0) printf "%d KiB", v / 1024; else printf "%d B", v }'
+}
+
+# hold_memory_rows NAME TITLE LABEL: the kernel and RSS + kernel rows of a hold
+# run, and its figures after a message (--then-echo) beside the fresh ones.
+hold_memory_rows() {
+    local name=$1 title=$2 label=$3 kernel
+    kernel=$(jget "$name" kernel_per_conn_kib)
+    if num "$kernel"; then
+        row "$title" "$label" "kernel memory per idle connection (SUnreclaim + KernelStack + PageTables, both ends; see --help)" \
+            "$(fmt_kib "$kernel") (unreclaimable slab $(fmt_kib "$(jget "$name" slab_unreclaimable_per_conn_kib)"), kernel stacks $(fmt_kib "$(jget "$name" kernel_stack_per_conn_kib)"), page tables $(fmt_kib "$(jget "$name" page_tables_per_conn_kib)"); samples spread $(fmt_int "$(jget "$name" kernel_spread_kib)") KiB)" \
+            "—" "—"
+        row "$title" "$label" "RSS + kernel per idle connection" "$(fmt_kib "$(jget "$name" total_per_conn_kib)")" "—" "—"
+    fi
+    local bytes after echoed opened cell
+    bytes=$(jget "$name" then_echo_bytes) after=$(jget "$name" after_message_rss_per_conn_kib)
+    if num "$bytes" && num "$after"; then
+        echoed=$(jget "$name" then_echoed) opened=$(jget "$name" opened)
+        cell="$(fmt_kib "$after") / $(fmt_kib "$(jget "$name" after_message_total_per_conn_kib)")"
+        [[ $echoed == "$opened" ]] || cell+=" (only $(fmt_int "$echoed") of $(fmt_int "$opened") echoed it intact)"
+        row "$title" "$label" "after a $(fmt_bytes "$bytes") message, $(jget "$name" settle_s | awk '{ printf "%g", $1 }') s later: RSS / RSS + kernel per idle connection" \
+            "$cell" "— (fresh: $(fmt_kib "$(jget "$name" rss_per_conn_kib)") / $(fmt_kib "$(jget "$name" total_per_conn_kib)"))" \
+            "$(met "$echoed == $opened")"
+    fi
+}
+
+greeting_hold_table() { # wsecho's 1,000 idle connections after their greeting
+    local name=main-hold-greeting-1000 title="hold 1,000 idle, greeting on (1 s)" fresh=main-hold-1000 beside_cell
+    [[ -z $CUSTOM ]] || return 0
+    if [[ ! -f $RAW/$name.json ]]; then
+        missing_row "$title" wsecho "$name" "all greeted"
+        return
+    fi
+    local greeted
+    greeted=$(jget "$name" greetings)
+    row "$title" wsecho "greetings received / still echo" "$(fmt_int "$greeted") / $(fmt_int "$(jget "$name" still_echo)") of $(fmt_int "$(jget "$name" opened)") opened" "1,000" "$(met "$greeted == 1000 && $(jget "$name" still_echo) == 1000")"
+    beside_cell="— (fresh, greeting off: add the hold group)"
+    [[ -f $RAW/$fresh.json ]] && beside_cell="— (fresh, greeting off: $(fmt_kib "$(jget "$fresh" rss_per_conn_kib)") / $(fmt_kib "$(jget "$fresh" total_per_conn_kib)"))"
+    row "$title" wsecho "after the greeting, $(jget "$name" settle_s | awk '{ printf "%g", $1 }') s later: RSS / RSS + kernel per idle connection" \
+        "$(fmt_kib "$(jget "$name" after_greeting_rss_per_conn_kib)") / $(fmt_kib "$(jget "$name" after_greeting_total_per_conn_kib)")" \
+        "$beside_cell" "—"
+}
+
 # beside NAME KEY FORMAT GROUP: a Target cell showing the plain row's figure
 # beside a TLS row's, or how to get it.
 beside() {
@@ -746,6 +1123,7 @@ hold_table() { # hold_table N LABEL [PREFIX]; PREFIX tls: TLS rows, with the pla
     else
         row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 16 KiB, < 0.05 s" "**no**"
     fi
+    hold_memory_rows "$name" "$title" "$label"
     # Open descriptors (/proc/PID/fd) after all connected minus before, per
     # connection: 1 is the client's socket alone.
     if num "$fds"; then
@@ -812,22 +1190,19 @@ tls_echo_table() { # the echo row over TLS, beside the plain one
     fi
 }
 
-if ((COMPARE)) && want echo; then
-    echo_table tt "tokio-tungstenite example"
-    [[ -f $RAW/tung-echo-1x32.json ]] && echo_table tung "tungstenite example"
-fi
 if want echo; then
     echo_table main "$MAIN_LABEL"
     [[ -n $PORTABLE_BIN ]] && echo_table port "$PORTABLE_LABEL" "$PORTABLE_ECHO_SPECS"
 fi
 want tls && tls_echo_table
 # Each hold size: the plain rows, then the same over TLS and the difference.
-for n in 1000 10000; do
+for n in $HOLD_SIZES; do
     if want hold; then
         hold_table "$n" "$MAIN_LABEL"
         [[ $n == 1000 && -n $PORTABLE_BIN ]] && hold_table 1000 "$PORTABLE_LABEL" port
+        [[ $n == 1000 ]] && greeting_hold_table
     fi
-    if want tls; then
+    if want tls && [[ $n != 5000 ]]; then
         hold_table "$n" "$TLS_LABEL" tls
         tls_hold_difference "$n"
     fi
@@ -932,6 +1307,167 @@ if ((SOAK)); then
     row "soak, ${SOAK_SECONDS} s mixed echo" "$MAIN_LABEL" "turns verified" "$((SOAK_TURNS - SOAK_FAILED)) of $SOAK_TURNS" "all" "$(met "$SOAK_FAILED == 0 && $SOAK_TURNS > 0")"
 fi
 
+# ------------------------------------------------------------ side by side --
+# With --compare: a table per group, a column per server, and wsecho's figure
+# as a multiple of the best peer's. The same figures, one per line, go to
+# comparison.tsv for scripts/chart.py: panel, category, server, value, unit,
+# and 1 for wsecho's line (highlighted), 0 for a peer's.
+CMP_TSV="$OUT/comparison.tsv"
+rm -f "$CMP_TSV" "$OUT/comparison.svg"
+CMP_TABLES=""
+CMP_PEERS=""
+
+fmt_value() { # fmt_value FORMAT VALUE: int, us or kib
+    case $1 in
+    int) fmt_int "$2" ;;
+    us) fmt_us "$2" ;;
+    kib) fmt_kib "$2" ;;
+    esac
+}
+
+figure() { # figure NAME KEY: KEY of run NAME; opened_per_s is worked out
+    if [[ $2 == opened_per_s ]]; then
+        local opened open_s
+        opened=$(jget "$1" opened) open_s=$(jget "$1" open_s)
+        if num "$opened" && num "$open_s"; then
+            awk -v o="$opened" -v s="$open_s" 'BEGIN { if (s > 0) print o / s }'
+        fi
+    else
+        jget "$1" "$2"
+    fi
+}
+
+# compare_row TEST FIGURE DIRECTION FORMAT KEY SUFFIX [PANEL CATEGORY UNIT]:
+# a row of figure KEY of the runs main-SUFFIX (wsecho) and PEER-SUFFIX for
+# each of CMP_PEERS, then wsecho's as a multiple of the best peer's (the
+# highest or the lowest, as DIRECTION says which is better). A peer's run
+# that failed its checks is marked and not taken as the best. With PANEL,
+# the figures go to the chart too. Nothing when no peer has the figure.
+compare_row() {
+    local test=$1 what=$2 dir=$3 fmt=$4 key=$5 suffix=$6 panel=${7:-} category=${8:-} unit=${9:-}
+    local peer value cell cells="" best="" best_peer="" any=0 lines="" mine ratio
+    for peer in $CMP_PEERS; do
+        value=$(figure "$peer-$suffix" "$key")
+        if ! num "$value"; then
+            cells+=" | —"
+            continue
+        fi
+        any=1
+        cell=$(fmt_value "$fmt" "$value")
+        if [[ $(jget "$peer-$suffix" ok) != true ]]; then
+            cell+=" (failed its checks: $(jerr "$peer-$suffix"))"
+        elif [[ -z $best ]] || awk -v a="$value" -v b="$best" -v d="$dir" 'BEGIN { exit !(d == "higher" ? a > b : a < b) }'; then
+            best=$value best_peer=$peer
+        fi
+        cells+=" | $cell"
+        lines+="$panel"$'\t'"$category"$'\t'"$(peer_label "$peer")"$'\t'"$value"$'\t'"$unit"$'\t'0$'\n'
+    done
+    ((any)) || return 0
+    mine=$(figure "main-$suffix" "$key")
+    if num "$mine"; then
+        cell=$(fmt_value "$fmt" "$mine")
+        [[ $(jget "main-$suffix" ok) == true ]] || cell+=" (failed its checks)"
+        lines="$panel"$'\t'"$category"$'\t'"$MAIN_LABEL"$'\t'"$mine"$'\t'"$unit"$'\t'1$'\n'"$lines"
+    else
+        cell="— (not run)"
+    fi
+    if ! num "$mine"; then
+        ratio="—"
+    elif [[ -z $best ]]; then
+        ratio="— (no peer passed its checks)"
+    else
+        ratio=$(awk -v v="$mine" -v b="$best" -v d="$dir" -v who="$(peer_label "$best_peer")" 'BEGIN {
+            if (b <= 0 || v <= 0) printf "n/a (best: %s, %g; a figure ≤ 0 is noise)", who, b
+            else printf "%.2f× best (%s); %s is better", v / b, who, d
+        }')
+    fi
+    CMP_TABLES+="| $test | $what | $cell$cells | $ratio |"$'\n'
+    [[ -n $panel ]] && printf '%s' "$lines" >>"$CMP_TSV"
+    return 0
+}
+
+compare_table() { # compare_table HEADING "PEERS": starts a side-by-side table; false if no peer can run
+    local heading=$1 peer header="| Test | Figure | $MAIN_LABEL" rule="|---|---|---"
+    CMP_PEERS=""
+    for peer in $2; do
+        peer_ready "$peer" || continue
+        CMP_PEERS+="$peer "
+        header+=" | $(peer_label "$peer")"
+        rule+="|---"
+    done
+    [[ -n $CMP_PEERS ]] || return 1
+    CMP_TABLES+=$'\n'"### $heading"$'\n\n'"$header | $MAIN_LABEL vs best peer |"$'\n'"$rule|---|"$'\n'
+}
+
+if ((COMPARE)); then
+    printf 'panel\tcategory\tserver\tvalue\tunit\tmain\n' >"$CMP_TSV"
+    if want echo && compare_table "Echo: closed loop, one message in flight per connection, ${ECHO_SECONDS} s" "$ECHO_PEERS"; then
+        for spec in $ECHO_SPECS; do
+            title="echo ${spec%x*}×$(fmt_bytes "${spec#*x}")"
+            compare_row "$title" "msgs/s" higher int msgs_per_s "echo-$spec" \
+                "Echo throughput (msgs/s, higher is better)" "${spec%x*}×$(fmt_bytes "${spec#*x}")" msgs/s
+            compare_row "$title" "latency p50" lower us p50_us "echo-$spec"
+            compare_row "$title" "latency p99" lower us p99_us "echo-$spec" \
+                "Echo latency p99 (µs, lower is better)" "${spec%x*}×$(fmt_bytes "${spec#*x}")" µs
+        done
+    fi
+    if want hold && compare_table "Hold: idle connections (per connection; kernel = SUnreclaim + KernelStack + PageTables, both ends: see --help)" "$HOLD_PEERS"; then
+        for n in $CMP_HOLD_SIZES; do
+            title="hold $(fmt_int "$n") idle"
+            panel="Memory per idle connection, $(fmt_int "$n") connections (KiB, lower is better)"
+            compare_row "$title" "connections opened/s" higher int opened_per_s "hold-$n"
+            compare_row "$title" "server RSS" lower kib rss_per_conn_kib "hold-$n" "$panel" "RSS" KiB
+            compare_row "$title" "kernel" lower kib kernel_per_conn_kib "hold-$n"
+            compare_row "$title" "RSS + kernel" lower kib total_per_conn_kib "hold-$n" "$panel" "RSS + kernel" KiB
+            compare_row "$title" "server RSS after a $(fmt_bytes "$AFTER_MESSAGE") message + $SETTLE_TEXT" lower kib after_message_rss_per_conn_kib "hold-$n" \
+                "$panel" "RSS after a $(fmt_bytes "$AFTER_MESSAGE") message" KiB
+            compare_row "$title" "RSS + kernel after a $(fmt_bytes "$AFTER_MESSAGE") message + $SETTLE_TEXT" lower kib after_message_total_per_conn_kib "hold-$n" \
+                "$panel" "RSS + kernel after a $(fmt_bytes "$AFTER_MESSAGE") message" KiB
+        done
+    fi
+    if want fanout && [[ -z $CUSTOM ]] && compare_table "Fan-out: 100 listeners × 1,000 messages of 32 B, every message to every client" "$FANOUT_PEERS"; then
+        compare_row "fan-out at 500/s" "latency p50" lower us p50_us fanout-500 \
+            "Fan-out delivery latency at 500 msgs/s (µs, lower is better)" p50 µs
+        compare_row "fan-out at 500/s" "latency p99" lower us p99_us fanout-500 \
+            "Fan-out delivery latency at 500 msgs/s (µs, lower is better)" p99 µs
+        compare_row "fan-out at full speed" "deliveries/s" higher int deliveries_per_s fanout-full \
+            "Fan-out deliveries/s at full speed (higher is better)" "deliveries/s" deliveries/s
+        compare_row "fan-out at full speed" "latency p99" lower us p99_us fanout-full
+    fi
+fi
+
+# The chart of the side-by-side figures, with matplotlib from a virtual
+# environment in the cache (made once).
+CHART_NOTE=""
+draw_chart() {
+    local venv="$CACHE/venv" log="$OUT/chart.log"
+    if ! "$venv/bin/python" -c 'import matplotlib' >/dev/null 2>&1; then
+        if ! command -v python3 >/dev/null; then
+            CHART_NOTE="no chart: python3 is not installed"
+            return
+        fi
+        say "installing matplotlib into $venv (once)"
+        if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'; } >"$log" 2>&1; then
+            CHART_NOTE="no chart: could not install matplotlib ($(first_error "$log"); target/bench/chart.log)"
+            return
+        fi
+    fi
+    if MPLCONFIGDIR="$CACHE/mplconfig" "$venv/bin/python" "$ROOT/scripts/chart.py" "$CMP_TSV" "$OUT/comparison.svg" \
+        --title "wsecho and its peers, $STARTED_AT, $(nproc) cores, client and servers on one machine" >"$log" 2>&1; then
+        CHART_NOTE="chart of these figures: target/bench/comparison.svg"
+    else
+        CHART_NOTE="no chart: scripts/chart.py failed ($(tail -1 "$log"); target/bench/chart.log)"
+    fi
+}
+if ((COMPARE)); then
+    if [[ $(wc -l <"$CMP_TSV") -gt 1 ]]; then
+        draw_chart
+    else
+        CHART_NOTE="no chart: no peer ran"
+    fi
+    say "$CHART_NOTE"
+fi
+
 {
     echo "# wsecho benchmark"
     echo
@@ -960,10 +1496,31 @@ fi
             echo "- $TLS_LABEL: wss:// with TLS 1.3 as rustls negotiates it, an EC P-256 certificate for localhost issued by a CA made for this run (openssl); wsload trusts only that CA and sends SNI localhost; no session resumption"
         fi
     fi
+    if ((COMPARE)); then
+        echo "- compared with (--compare):"
+        for peer in $ECHO_PEERS $HOLD_PEERS $FANOUT_PEERS; do
+            [[ -n ${PEER_ABOUT[$peer]:-} ]] || continue
+            compgen -G "$RAW/$peer-*.json" >/dev/null || continue # no rows in this run
+            [[ ${listed:-} == *" $peer "* ]] && continue
+            listed+=" $peer "
+            echo "  - $(peer_label "$peer"): ${PEER_ABOUT[$peer]}"
+        done
+        for note in "${PEER_NOTES[@]}"; do echo "  - not run: $note"; done
+        echo "  - $CHART_NOTE"
+    fi
     [[ -n $STOP_WARNINGS ]] && echo "- warnings: $STOP_WARNINGS"
     echo "- latency is per message, measured by the client: send → complete echo (or delivery) read"
     echo
     printf '%s' "$TABLE"
+    if [[ -n $CMP_TABLES ]]; then
+        echo
+        echo "## Side by side (--compare)"
+        echo
+        echo "Each row: the same run's figures for every server, and wsecho's as a multiple of the best peer's."
+        echo "Kernel memory is the machine's (SUnreclaim + KernelStack + PageTables, from /proc/meminfo): it counts wsload's end of every connection too, the same for every server."
+        echo "\"After a 64 KiB message\": every connection sent one binary message of 64 KiB and read its echo, and the figures were taken $SETTLE_TEXT later (medians of 5 samples over 1 s)."
+        printf '%s' "$CMP_TABLES"
+    fi
     echo
     echo "Raw JSON of every run: target/bench/raw/."
 } >"$OUT/results.md"

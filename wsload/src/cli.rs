@@ -127,6 +127,21 @@ pub struct HoldArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub greeting_delay: Option<Duration>,
 
+    /// After the idle window, have every connection send one binary message of
+    /// this many bytes and read its echo (at most --concurrency in flight), then,
+    /// after --settle, take the server's figures again: what an idle
+    /// connection keeps after it did something. Needs --pid.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "pid")]
+    pub then_echo: Option<usize>,
+
+    /// How long to wait before taking the server's figures again: after every
+    /// connection got its greeting (with --greeting-delay and --pid), and after
+    /// the --then-echo round trips. Time for a server to give back buffers it
+    /// frees after a short idle time [default with --then-echo: 3s; without
+    /// --then-echo no figures are taken after the greeting unless it is given].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub settle: Option<Duration>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -343,6 +358,19 @@ mod tests {
         assert_eq!((args.connections, args.size), (64, 4096));
         assert!(args.common.json);
         assert_eq!(args.common.threads, 1);
+    }
+
+    #[test]
+    fn then_echo_needs_a_pid() {
+        let base = ["wsload", "hold", "--url", "ws://127.0.0.1:1"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        assert!(with(&["--then-echo", "64KiB"]).is_err());
+        let cli = with(&["--then-echo", "64KiB", "--pid", "1", "--settle", "2s"]).unwrap();
+        let Command::Hold(args) = cli.command else {
+            panic!("expected hold");
+        };
+        assert_eq!(args.then_echo, Some(65536));
+        assert_eq!(args.settle, Some(Duration::from_secs(2)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Operating-system odds and ends: the file-descriptor limit, wsload's own
-//! CPU time, and the server's memory, CPU and descriptor figures.
+//! CPU time, the server's memory, CPU and descriptor figures, and the
+//! machine's kernel memory.
 //!
 //! What a server process uses is read from `/proc`, so it needs Linux; on
 //! other systems those functions return an error that says so (only
@@ -66,10 +67,43 @@ pub fn own_cpu_seconds() -> Option<f64> {
 }
 
 #[cfg(target_os = "linux")]
-pub use linux::{cpu_seconds, open_fds, rss_bytes};
+pub use linux::{cpu_seconds, kernel_memory, open_fds, rss_bytes};
 
 #[cfg(not(target_os = "linux"))]
-pub use elsewhere::{cpu_seconds, open_fds, rss_bytes};
+pub use elsewhere::{cpu_seconds, kernel_memory, open_fds, rss_bytes};
+
+/// The parts of the machine's kernel memory that grow with connections and
+/// threads, from `/proc/meminfo`, in KiB.
+///
+/// - `SUnreclaim`: the kernel's object caches that cannot be dropped under
+///   memory pressure. Each TCP connection's socket (both ends when client and
+///   server share the machine), its file, the epoll entries watching it, and
+///   each thread's task structures live here.
+/// - `KernelStack`: one kernel stack per thread (16 KiB on x86-64), so a
+///   server with a thread per connection pays it once per connection.
+/// - `PageTables`: the page tables mapping processes' memory; each thread's
+///   stack, mapped apart from the others, needs page-table pages of its own.
+///
+/// `SReclaimable`, the rest of `Slab`, is read too but kept apart: a socket
+/// puts about 1 KiB there (its inode and dentry, the same for every server),
+/// but it is mostly the file-system caches, which whatever else runs on the
+/// machine moves by megabytes at a time.
+///
+/// None of these is in any process's RSS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelMemory {
+    pub slab_unreclaimable_kib: u64,
+    pub slab_reclaimable_kib: u64,
+    pub kernel_stack_kib: u64,
+    pub page_tables_kib: u64,
+}
+
+impl KernelMemory {
+    /// SUnreclaim + KernelStack + PageTables.
+    pub fn total_kib(&self) -> u64 {
+        self.slab_unreclaimable_kib + self.kernel_stack_kib + self.page_tables_kib
+    }
+}
 
 /// The server's figures from `/proc`.
 #[cfg(target_os = "linux")]
@@ -83,6 +117,14 @@ mod linux {
         let path = format!("/proc/{pid}/status");
         let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         super::parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
+    }
+
+    /// The machine's kernel memory figures (`/proc/meminfo`).
+    pub fn kernel_memory() -> Result<super::KernelMemory> {
+        let path = "/proc/meminfo";
+        let text = fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        super::parse_meminfo(&text)
+            .with_context(|| format!("no SUnreclaim, KernelStack or PageTables line in {path}"))
     }
 
     /// CPU time (user + system, all threads) process `pid` has used, in
@@ -133,6 +175,10 @@ mod elsewhere {
     pub fn open_fds(_pid: u32) -> Result<u64> {
         bail!("counting a process's file descriptors needs Linux (/proc)")
     }
+
+    pub fn kernel_memory() -> Result<super::KernelMemory> {
+        bail!("reading the kernel's memory figures needs Linux (/proc/meminfo)")
+    }
 }
 
 /// `VmRSS` of a `/proc/PID/status` text, in bytes.
@@ -141,6 +187,22 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// SUnreclaim, SReclaimable, KernelStack and PageTables of a `/proc/meminfo`
+/// text (all four must be there).
+#[cfg(any(target_os = "linux", test))]
+fn parse_meminfo(text: &str) -> Option<KernelMemory> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(KernelMemory {
+        slab_unreclaimable_kib: field("SUnreclaim")?,
+        slab_reclaimable_kib: field("SReclaimable")?,
+        kernel_stack_kib: field("KernelStack")?,
+        page_tables_kib: field("PageTables")?,
+    })
 }
 
 /// utime + stime from a `/proc/PID/stat` line. The command name (field 2)
@@ -167,6 +229,22 @@ mod tests {
     }
 
     #[test]
+    fn parses_meminfo() {
+        let text = "MemTotal:       24683520 kB\nSlab:             123456 kB\n\
+                    SReclaimable:     60000 kB\nSUnreclaim:       63456 kB\n\
+                    KernelStack:        9216 kB\nPageTables:         4321 kB\n\
+                    SecPageTables:         0 kB\n";
+        let k = parse_meminfo(text).unwrap();
+        assert_eq!(
+            (k.slab_unreclaimable_kib, k.slab_reclaimable_kib),
+            (63456, 60000)
+        );
+        assert_eq!((k.kernel_stack_kib, k.page_tables_kib), (9216, 4321));
+        assert_eq!(k.total_kib(), 63456 + 9216 + 4321);
+        assert_eq!(parse_meminfo("SUnreclaim: 1 kB\nKernelStack: 2 kB\n"), None);
+    }
+
+    #[test]
     fn parses_stat_with_awkward_command_name() {
         let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 9 0 0";
         assert_eq!(parse_stat_ticks(stat), Some(12));
@@ -189,6 +267,7 @@ mod tests {
         // Other tests open and close files meanwhile: only a lower bound holds.
         let _file = std::fs::File::open("/proc/self/status").unwrap();
         assert!(open_fds(pid).unwrap() >= 1);
+        assert!(kernel_memory().unwrap().total_kib() > 0);
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -198,5 +277,6 @@ mod tests {
         let err = rss_bytes(pid).unwrap_err().to_string();
         assert_eq!(err, "reading a process's memory needs Linux (/proc)");
         assert!(cpu_seconds(pid).is_err() && open_fds(pid).is_err());
+        assert!(kernel_memory().is_err());
     }
 }

@@ -312,6 +312,61 @@ fn hold_measures_greetings_memory_and_still_echoes() {
 }
 
 #[test]
+fn hold_then_echo_measures_again_after_the_greeting_and_a_message() {
+    let url = server(Behaviour::Echo, Some(Duration::from_millis(100)));
+    let pid = std::process::id().to_string();
+    let args = [
+        "hold",
+        "--url",
+        &url,
+        "--connections",
+        "20",
+        "--hold",
+        "300ms",
+        "--greeting-delay",
+        "100ms",
+        "--pid",
+        &pid,
+        "--then-echo",
+        "64KiB",
+        "--settle",
+        "100ms",
+    ];
+    if !cfg!(target_os = "linux") {
+        // --pid needs /proc: the run is refused with a clear error.
+        let out = wsload(&args);
+        assert_eq!(out.status.code(), Some(1));
+        return;
+    }
+    let (code, r) = wsload_json(&args);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (r["greetings"].as_u64(), r["then_echoed"].as_u64()),
+        (Some(20), Some(20))
+    );
+    assert_eq!(r["then_echo_bytes"], 65536);
+    assert_eq!(r["settle_s"], 0.1);
+    for key in [
+        "kernel_per_conn_kib",
+        "total_per_conn_kib",
+        "after_greeting_rss_per_conn_kib",
+        "after_greeting_total_per_conn_kib",
+        "after_message_rss_per_conn_kib",
+        "after_message_kernel_per_conn_kib",
+        "after_message_total_per_conn_kib",
+    ] {
+        assert!(r[key].is_number(), "{key}: {r}");
+    }
+    assert_eq!(r["still_echo"], 20);
+}
+
+#[test]
+fn hold_then_echo_needs_a_pid() {
+    let out = wsload(&["hold", "--url", "ws://127.0.0.1:1", "--then-echo", "1KiB"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn fanout_checks_every_delivery() {
     let url = server(Behaviour::Broadcast, Some(Duration::from_millis(50)));
     for rate in ["0", "2000"] {

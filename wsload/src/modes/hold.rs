@@ -1,16 +1,28 @@
 //! `wsload hold`: many idle connections.
 //!
-//! Answers three questions about a server holding lots of quiet clients:
-//! what each one costs in memory (RSS growth / connections), whether the
-//! server burns CPU while nothing happens, and whether its per-connection
-//! greeting timer fires on time when thousands are due at once. At the end
+//! Answers these questions about a server holding lots of quiet clients:
+//! what each one costs in memory (the server's RSS growth / connections, and
+//! the machine's kernel memory growth / connections), whether the server
+//! burns CPU while nothing happens, and whether its per-connection greeting
+//! timer fires on time when thousands are due at once. Optionally, what an
+//! idle connection keeps after it did something: the same figures again a
+//! settle time after every connection got its greeting, and after every
+//! connection sent one message and read its echo (`--then-echo`). At the end
 //! every connection must still echo, proving none was silently lost.
+//!
+//! The kernel figure is the growth of `SUnreclaim + KernelStack + PageTables`
+//! in `/proc/meminfo` (see [`sys::KernelMemory`]: the unreclaimable part of
+//! `Slab`), the median of several samples on each side to damp what the rest
+//! of the machine does meanwhile. It is machine-wide: it includes wsload's
+//! own end of every connection (a socket and an epoll entry, the same
+//! whatever the server), and anything else that allocates kernel memory
+//! during the run. The reclaimable part of `Slab` is reported apart.
 
 use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::HoldArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
-use crate::sys;
+use crate::sys::{self, KernelMemory};
 use crate::target::{self, Target};
 use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
@@ -23,11 +35,26 @@ use std::time::{Duration, Instant};
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the server to complete the closing handshakes.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the `--then-echo` round trips may take, all together.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the idle window, how much longer than the greeting delay to wait
+/// for greetings still missing.
+const GREETING_GRACE: Duration = Duration::from_secs(10);
+/// The settle time when `--then-echo` is given without `--settle`.
+const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
+/// Samples taken before connecting and after each settle time, this far
+/// apart; their median is the figure.
+const SAMPLES: usize = 5;
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Connecting and idling: only the server may talk.
     Quiet,
+    /// Waiting until every connection has had its greeting.
+    Greeting,
+    /// Each connection sends its `--then-echo` message and reads the echo.
+    Messaging,
     /// Each connection has sent its probe and waits for the echo.
     Verifying,
 }
@@ -51,6 +78,15 @@ struct HoldHandler {
     probes_sent: usize,
     probes_settled: usize,
     echoed: usize,
+    /// The `--then-echo` message of each connection.
+    messages: Vec<Probe>,
+    message_size: usize,
+    messages_sent: usize,
+    messages_settled: usize,
+    messages_echoed: usize,
+    opened: usize,
+    /// Connections that received a text message.
+    greeted: usize,
     texts: u64,
     /// Connections lost after opening (counted apart from connect failures).
     dropped: Errors,
@@ -61,7 +97,7 @@ struct HoldHandler {
 }
 
 impl HoldHandler {
-    fn new(thread: usize, threads: usize, count: usize) -> Self {
+    fn new(thread: usize, threads: usize, count: usize, message_size: usize) -> Self {
         HoldHandler {
             thread,
             threads,
@@ -72,6 +108,13 @@ impl HoldHandler {
             probes_sent: 0,
             probes_settled: 0,
             echoed: 0,
+            messages: vec![Probe::NotSent; count],
+            message_size,
+            messages_sent: 0,
+            messages_settled: 0,
+            messages_echoed: 0,
+            opened: 0,
+            greeted: 0,
             texts: 0,
             dropped: Errors::default(),
             connect_failures: Errors::default(),
@@ -84,8 +127,10 @@ impl HoldHandler {
         self.thread + id * self.threads
     }
 
-    fn opened(&self) -> usize {
-        self.opened_at.iter().flatten().count()
+    /// True when every open connection's `--then-echo` message came back
+    /// (or its connection was lost).
+    fn messages_done(&self) -> bool {
+        self.messages_settled == self.messages_sent
     }
 }
 
@@ -94,19 +139,46 @@ fn probe(gid: usize) -> Vec<u8> {
     format!("wsload-probe-{gid:08}").into_bytes()
 }
 
+/// The `--then-echo` message of connection `gid`: `size` bytes, starting
+/// with the connection's number so that no two are alike.
+fn message(gid: usize, size: usize) -> Vec<u8> {
+    let mut data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let tag = (gid as u64).to_le_bytes();
+    let n = tag.len().min(size);
+    data[..n].copy_from_slice(&tag[..n]);
+    data
+}
+
 impl Handler for HoldHandler {
     fn on_open(&mut self, id: usize, _conn: &mut Conn, now: Instant) {
         self.opened_at[id] = Some(now);
         self.last_open = Some(now);
+        self.opened += 1;
     }
 
     fn on_message(&mut self, id: usize, msg: Message<'_>, _conn: &mut Conn, now: Instant) {
         if msg.kind == MessageKind::Text {
             self.texts += 1;
-            self.greeted_at[id].get_or_insert(now);
+            if self.greeted_at[id].is_none() {
+                self.greeted_at[id] = Some(now);
+                self.greeted += 1;
+            }
             return;
         }
         let gid = self.global_id(id);
+        if self.stage == Stage::Messaging && self.messages[id] == Probe::Sent {
+            self.messages[id] = Probe::Echoed;
+            self.messages_settled += 1;
+            if msg.data == message(gid, self.message_size).as_slice() {
+                self.messages_echoed += 1;
+            } else {
+                self.bad_messages.record(format!(
+                    "connection {gid}: the echo of its {}-byte message differs from it",
+                    self.message_size
+                ));
+            }
+            return;
+        }
         if self.probes[id] != Probe::Sent {
             self.bad_messages
                 .record(format!("connection {gid}: binary message nobody asked for"));
@@ -134,10 +206,19 @@ impl Handler for HoldHandler {
         if self.probes[id] == Probe::Sent {
             self.probes_settled += 1;
         }
+        if self.messages[id] == Probe::Sent {
+            self.messages[id] = Probe::NotSent;
+            self.messages_settled += 1;
+        }
     }
 
     fn is_done(&self) -> bool {
-        self.stage == Stage::Verifying && self.probes_settled == self.probes_sent
+        match self.stage {
+            Stage::Quiet => false,
+            Stage::Greeting => self.greeted + self.dropped.count as usize >= self.opened,
+            Stage::Messaging => self.messages_done(),
+            Stage::Verifying => self.probes_settled == self.probes_sent,
+        }
     }
 }
 
@@ -147,11 +228,21 @@ struct Plan {
     concurrency: usize,
     connect_deadline: Instant,
     hold: Duration,
+    /// How long to wait for greetings still missing after the idle window,
+    /// when figures are taken after the greeting.
+    greeting_wait: Option<Duration>,
+    /// The `--then-echo` message size.
+    then_echo: Option<usize>,
+    /// How long the main thread takes its figures after a phase: the settle
+    /// time and the samples; the workers keep reading meanwhile.
+    after_window: Duration,
 }
 
 /// Runs one worker thread through the phases, meeting the main thread at
-/// `barrier` twice: when all connections are open, and when the idle window
-/// is over. Both meetings happen even after an error, or the others would
+/// `barrier`: when all connections are open, when the idle window is over,
+/// and, for each phase after it (the greeting, the `--then-echo` message),
+/// once when the phase is done and once when the main thread has taken its
+/// figures. Every meeting happens even after an error, or the others would
 /// wait forever.
 fn run_worker(
     mut worker: Worker,
@@ -160,7 +251,7 @@ fn run_worker(
     count: usize,
     barrier: &Barrier,
 ) -> Result<HoldHandler> {
-    let mut h = HoldHandler::new(thread, plan.threads, count);
+    let mut h = HoldHandler::new(thread, plan.threads, count, plan.then_echo.unwrap_or(0));
     let per_thread = plan.concurrency.div_ceil(plan.threads);
     let mut status = worker.connect(count, per_thread, plan.connect_deadline, &mut h);
     barrier.wait();
@@ -169,6 +260,30 @@ fn run_worker(
         status = worker.run_until(idle_until, &mut h);
     }
     barrier.wait();
+    if let Some(wait) = plan.greeting_wait {
+        h.stage = Stage::Greeting;
+        if status.is_ok() {
+            status = worker.run_until(Instant::now() + wait, &mut h);
+        }
+        barrier.wait();
+        h.stage = Stage::Quiet;
+        if status.is_ok() {
+            status = worker.run_until(Instant::now() + plan.after_window, &mut h);
+        }
+        barrier.wait();
+    }
+    if plan.then_echo.is_some() {
+        h.stage = Stage::Messaging;
+        if status.is_ok() {
+            status = exchange_messages(&mut worker, &mut h, per_thread);
+        }
+        barrier.wait();
+        h.stage = Stage::Quiet;
+        if status.is_ok() {
+            status = worker.run_until(Instant::now() + plan.after_window, &mut h);
+        }
+        barrier.wait();
+    }
     status?;
 
     h.stage = Stage::Verifying;
@@ -183,6 +298,136 @@ fn run_worker(
     Ok(h)
 }
 
+/// Has every open connection send its `--then-echo` message and read the
+/// echo, with at most `window` of them in flight at once.
+fn exchange_messages(
+    worker: &mut Worker,
+    h: &mut HoldHandler,
+    window: usize,
+) -> std::io::Result<()> {
+    let ids = worker.open_ids();
+    let deadline = Instant::now() + MESSAGE_TIMEOUT;
+    let mut next = 0;
+    loop {
+        while next < ids.len() && h.messages_sent - h.messages_settled < window {
+            let id = ids[next];
+            next += 1;
+            let data = message(h.global_id(id), h.message_size);
+            h.messages[id] = Probe::Sent;
+            h.messages_sent += 1;
+            // On failure the connection is gone, and on_close settled it.
+            worker.send(id, MessageKind::Binary, &data, h);
+        }
+        if next == ids.len() && h.messages_done() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let missing = ids.len() - h.messages_settled;
+            h.bad_messages.record(format!(
+                "{missing} connection(s) had no echo of their {}-byte message within {MESSAGE_TIMEOUT:?}",
+                h.message_size
+            ));
+            return Ok(());
+        }
+        worker.poll_once(Some(deadline - now), h)?;
+    }
+}
+
+/// Medians of kernel memory samples, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct KernelFigures {
+    total: f64,
+    slab_unreclaimable: f64,
+    slab_reclaimable: f64,
+    kernel_stack: f64,
+    page_tables: f64,
+    /// Largest minus smallest total: how much the machine moved meanwhile.
+    spread: f64,
+    samples: usize,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl KernelFigures {
+    /// The medians of `samples`; `None` if there are none.
+    fn of(samples: &[KernelMemory]) -> Option<KernelFigures> {
+        if samples.is_empty() {
+            return None;
+        }
+        let column = |f: fn(&KernelMemory) -> u64| -> f64 {
+            median(&mut samples.iter().map(|s| f(s) as f64).collect::<Vec<_>>())
+        };
+        let totals = samples.iter().map(KernelMemory::total_kib);
+        let spread = (totals.clone().max().unwrap_or(0) - totals.min().unwrap_or(0)) as f64;
+        Some(KernelFigures {
+            total: column(KernelMemory::total_kib),
+            slab_unreclaimable: column(|s| s.slab_unreclaimable_kib),
+            slab_reclaimable: column(|s| s.slab_reclaimable_kib),
+            kernel_stack: column(|s| s.kernel_stack_kib),
+            page_tables: column(|s| s.page_tables_kib),
+            spread,
+            samples: samples.len(),
+        })
+    }
+}
+
+/// Takes `count` kernel memory samples `every` apart (the first at once);
+/// none where `/proc/meminfo` cannot be read.
+fn kernel_samples(count: usize, every: Duration) -> Vec<KernelMemory> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        if i > 0 {
+            thread::sleep(every);
+        }
+        match sys::kernel_memory() {
+            Ok(sample) => samples.push(sample),
+            Err(_) => break,
+        }
+    }
+    samples
+}
+
+/// The server's figures a settle time after a phase: the medians of
+/// [`SAMPLES`] RSS and kernel samples.
+struct AfterFigures {
+    rss_kib: f64,
+    kernel: Option<KernelFigures>,
+}
+
+fn after_figures(pid: u32) -> Result<AfterFigures> {
+    let mut rss = Vec::with_capacity(SAMPLES);
+    let mut kernel = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        if i > 0 {
+            thread::sleep(SAMPLE_EVERY);
+        }
+        rss.push(sys::rss_bytes(pid)? as f64 / 1024.0);
+        if let Ok(sample) = sys::kernel_memory() {
+            kernel.push(sample);
+        }
+    }
+    Ok(AfterFigures {
+        rss_kib: median(&mut rss),
+        kernel: KernelFigures::of(&kernel),
+    })
+}
+
+/// What the main thread measures between the barriers.
+struct Measured {
+    open_s: f64,
+    fresh: Option<Result<ServerFigures>>,
+    after_greeting: Option<Result<AfterFigures>>,
+    after_message: Option<Result<AfterFigures>>,
+}
+
 /// Runs the hold test.
 pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     if let Some(delay) = args.greeting_delay
@@ -193,14 +438,34 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     let target: Arc<Target> = Arc::new(target::from_args(&args.server)?);
     let connections = args.connections as usize;
     let threads = usize::from(args.common.threads).min(connections);
+    let settle = args
+        .settle
+        .or(args.then_echo.map(|_| DEFAULT_SETTLE))
+        .unwrap_or_default();
+    // Figures after the greeting: with a greeting, a server to measure, and
+    // a settle time asked for.
+    let after_greeting =
+        args.greeting_delay.is_some() && args.pid.is_some() && args.settle.is_some();
     let plan = Plan {
         threads,
         concurrency: args.common.concurrency as usize,
         connect_deadline: Instant::now() + args.common.connect_timeout,
         hold: args.hold,
+        greeting_wait: args
+            .greeting_delay
+            .filter(|_| after_greeting)
+            .map(|delay| delay + GREETING_GRACE),
+        then_echo: args.then_echo,
+        after_window: settle + SAMPLE_EVERY * SAMPLES as u32,
     };
     let rss_before = args.pid.map(sys::rss_bytes).transpose()?;
     let fds_before = args.pid.map(sys::open_fds).transpose()?;
+    // The machine's kernel memory before connecting (with --pid only, like
+    // the server's other figures).
+    let kernel_before = match args.pid {
+        Some(_) => KernelFigures::of(&kernel_samples(SAMPLES, SAMPLE_EVERY / 2)),
+        None => None,
+    };
     let workers = (0..threads)
         .map(|_| Worker::new(target.clone()))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -209,18 +474,33 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     let started = Instant::now();
 
     let run = |worker, t, count| run_worker(worker, &plan, t, count, &barrier);
-    let (results, server): (Vec<Result<HoldHandler>>, _) =
+    // A phase after the idle window: wait for the workers to finish it, let
+    // the server settle, take its figures, let the workers go on.
+    let after_phase = |pid: u32| {
+        barrier.wait();
+        thread::sleep(settle);
+        let figures = after_figures(pid);
+        barrier.wait();
+        figures
+    };
+    let (results, measured): (Vec<Result<HoldHandler>>, _) =
         on_workers(workers, connections, run, || {
             barrier.wait();
             let open_s = started.elapsed().as_secs_f64();
-            let server = args.pid.map(|pid| -> Result<ServerFigures> {
+            let fresh = args.pid.map(|pid| -> Result<ServerFigures> {
                 let rss_after = sys::rss_bytes(pid)?;
                 let fds_after = sys::open_fds(pid)?;
                 let cpu_start = sys::cpu_seconds(pid)?;
-                thread::sleep(args.hold);
+                // Kernel samples spread over the idle window.
+                let every = (args.hold / 10).max(Duration::from_millis(50));
+                let samples = (args.hold.as_secs_f64() / every.as_secs_f64()) as usize;
+                let kernel = KernelFigures::of(&kernel_samples(samples.max(1), every));
+                let idle_until = started + Duration::from_secs_f64(open_s) + args.hold;
+                thread::sleep(idle_until.saturating_duration_since(Instant::now()));
                 Ok(ServerFigures {
                     rss_after,
                     fds_after,
+                    kernel,
                     cpu_start,
                     cpu_end: sys::cpu_seconds(pid)?,
                 })
@@ -229,11 +509,22 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
                 thread::sleep(args.hold);
             }
             barrier.wait();
-            (open_s, server)
+            let pid = args.pid.unwrap_or(0);
+            let after_greeting = plan.greeting_wait.map(|_| after_phase(pid));
+            let after_message = plan.then_echo.map(|_| after_phase(pid));
+            Measured {
+                open_s,
+                fresh,
+                after_greeting,
+                after_message,
+            }
         });
 
     let handlers = results.into_iter().collect::<Result<Vec<_>>>()?;
-    let (open_s, server) = (server.0, server.1.transpose()?);
+    let open_s = measured.open_s;
+    let server = measured.fresh.transpose()?;
+    let after_greeting = measured.after_greeting.transpose()?;
+    let after_message = measured.after_message.transpose()?;
     let mut report = HoldReport {
         mode: "hold",
         url: target.url.clone(),
@@ -246,6 +537,16 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         rss_before_kib: rss_before.map(|b| b / 1024),
         rss_after_kib: None,
         rss_per_conn_kib: None,
+        kernel_before_kib: kernel_before.map(|k| k.total),
+        kernel_after_kib: None,
+        kernel_samples: None,
+        kernel_spread_kib: None,
+        kernel_per_conn_kib: None,
+        slab_unreclaimable_per_conn_kib: None,
+        slab_reclaimable_per_conn_kib: None,
+        kernel_stack_per_conn_kib: None,
+        page_tables_per_conn_kib: None,
+        total_per_conn_kib: None,
         fds_before,
         fds_after: None,
         fds_per_conn: None,
@@ -253,6 +554,18 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         greeting_delay_s: args.greeting_delay.map(|d| d.as_secs_f64()),
         greetings: 0,
         lateness_us: None,
+        settle_s: (after_greeting.is_some() || after_message.is_some())
+            .then_some(settle.as_secs_f64()),
+        after_greeting_rss_kib: None,
+        after_greeting_rss_per_conn_kib: None,
+        after_greeting_kernel_per_conn_kib: None,
+        after_greeting_total_per_conn_kib: None,
+        then_echo_bytes: args.then_echo,
+        then_echoed: 0,
+        after_message_rss_kib: None,
+        after_message_rss_per_conn_kib: None,
+        after_message_kernel_per_conn_kib: None,
+        after_message_total_per_conn_kib: None,
         text_messages: 0,
         still_echo: 0,
         connect_failures: 0,
@@ -265,10 +578,11 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     let (mut failures, mut dropped, mut bad) =
         (Errors::default(), Errors::default(), Errors::default());
     for h in handlers {
-        report.opened += h.opened();
-        report.greetings += h.greeted_at.iter().flatten().count();
+        report.opened += h.opened;
+        report.greetings += h.greeted;
         report.text_messages += h.texts;
         report.still_echo += h.echoed;
+        report.then_echoed += h.messages_echoed;
         if let Some(delay) = args.greeting_delay {
             for (opened, greeted) in h.opened_at.iter().zip(&h.greeted_at) {
                 if let (Some(opened), Some(greeted)) = (opened, greeted) {
@@ -280,18 +594,63 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         dropped.merge(h.dropped);
         bad.merge(h.bad_messages);
     }
+    let opened = report.opened as f64;
     if let Some(server) = server {
         report.rss_after_kib = Some(server.rss_after / 1024);
         report.fds_after = Some(server.fds_after);
         if let (Some(before), true) = (rss_before, report.opened > 0) {
             let growth = server.rss_after as f64 - before as f64;
-            report.rss_per_conn_kib = Some(growth / 1024.0 / report.opened as f64);
+            report.rss_per_conn_kib = Some(growth / 1024.0 / opened);
+        }
+        if let (Some(before), Some(after), true) = (kernel_before, server.kernel, report.opened > 0)
+        {
+            let per = |f: fn(&KernelFigures) -> f64| Some((f(&after) - f(&before)) / opened);
+            report.kernel_after_kib = Some(after.total);
+            report.kernel_samples = Some(after.samples);
+            report.kernel_spread_kib = Some(after.spread);
+            report.kernel_per_conn_kib = per(|k| k.total);
+            report.slab_unreclaimable_per_conn_kib = per(|k| k.slab_unreclaimable);
+            report.slab_reclaimable_per_conn_kib = per(|k| k.slab_reclaimable);
+            report.kernel_stack_per_conn_kib = per(|k| k.kernel_stack);
+            report.page_tables_per_conn_kib = per(|k| k.page_tables);
+            report.total_per_conn_kib = report
+                .rss_per_conn_kib
+                .zip(report.kernel_per_conn_kib)
+                .map(|(rss, kernel)| rss + kernel);
         }
         if let (Some(before), true) = (fds_before, report.opened > 0) {
             let growth = server.fds_after as f64 - before as f64;
             report.fds_per_conn = Some(growth / report.opened as f64);
         }
         report.idle_cpu_s = Some(server.cpu_end - server.cpu_start);
+    }
+    // The figures after a phase, per connection, from the same starting point
+    // as the fresh ones (before connecting).
+    let per_conn = |after: &AfterFigures| -> (Option<f64>, Option<f64>, Option<f64>) {
+        if report.opened == 0 {
+            return (None, None, None);
+        }
+        let rss = rss_before.map(|before| (after.rss_kib - before as f64 / 1024.0) / opened);
+        let kernel = kernel_before
+            .zip(after.kernel)
+            .map(|(before, after)| (after.total - before.total) / opened);
+        (rss, kernel, rss.zip(kernel).map(|(r, k)| r + k))
+    };
+    if let Some(after) = &after_greeting {
+        report.after_greeting_rss_kib = Some(after.rss_kib.round() as u64);
+        (
+            report.after_greeting_rss_per_conn_kib,
+            report.after_greeting_kernel_per_conn_kib,
+            report.after_greeting_total_per_conn_kib,
+        ) = per_conn(after);
+    }
+    if let Some(after) = &after_message {
+        report.after_message_rss_kib = Some(after.rss_kib.round() as u64);
+        (
+            report.after_message_rss_per_conn_kib,
+            report.after_message_kernel_per_conn_kib,
+            report.after_message_total_per_conn_kib,
+        ) = per_conn(after);
     }
     if args.greeting_delay.is_some() {
         report.lateness_us = Some(stats::summarize_ns(&mut lateness_ns));
@@ -305,7 +664,8 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         && report.still_echo == connections
         && report.dropped == 0
         && report.bad_messages == 0
-        && (args.greeting_delay.is_none() || report.greetings == connections);
+        && (args.greeting_delay.is_none() || report.greetings == connections)
+        && (args.then_echo.is_none() || report.then_echoed == connections);
     Ok(report)
 }
 
@@ -313,6 +673,8 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
 struct ServerFigures {
     rss_after: u64,
     fds_after: u64,
+    /// The machine's kernel memory, sampled over the idle window.
+    kernel: Option<KernelFigures>,
     /// CPU seconds at the start and the end of the idle window.
     cpu_start: f64,
     cpu_end: f64,
@@ -345,6 +707,28 @@ pub struct HoldReport {
     pub rss_after_kib: Option<u64>,
     /// (RSS after all opened - RSS before) / connections opened.
     pub rss_per_conn_kib: Option<f64>,
+    /// The machine's SUnreclaim + KernelStack + PageTables (/proc/meminfo), KiB:
+    /// the median of the samples before connecting, and of those taken over
+    /// the idle window (with --pid).
+    pub kernel_before_kib: Option<f64>,
+    pub kernel_after_kib: Option<f64>,
+    /// Samples over the idle window, and their largest minus smallest total.
+    pub kernel_samples: Option<usize>,
+    pub kernel_spread_kib: Option<f64>,
+    /// (kernel after - before) / connections opened: both ends of every
+    /// connection (wsload's own socket and epoll entry included, the same
+    /// for every server), and the server's threads' kernel stacks and page
+    /// tables.
+    pub kernel_per_conn_kib: Option<f64>,
+    /// The same for each part (medians of each, so they need not add up
+    /// exactly), and for SReclaimable, which is not in the figure: about 1 KiB
+    /// per socket, under the noise of the machine's file caches.
+    pub slab_unreclaimable_per_conn_kib: Option<f64>,
+    pub slab_reclaimable_per_conn_kib: Option<f64>,
+    pub kernel_stack_per_conn_kib: Option<f64>,
+    pub page_tables_per_conn_kib: Option<f64>,
+    /// RSS + kernel per connection.
+    pub total_per_conn_kib: Option<f64>,
     /// File descriptors the server had open before connecting (`/proc/PID/fd`).
     pub fds_before: Option<u64>,
     pub fds_after: Option<u64>,
@@ -357,6 +741,25 @@ pub struct HoldReport {
     pub greetings: usize,
     /// First text message arrival minus (handshake completion + delay).
     pub lateness_us: Option<Summary>,
+    /// How long after the greetings, or the --then-echo messages, the
+    /// figures below were taken (medians of samples over one more second).
+    pub settle_s: Option<f64>,
+    /// After every connection got its greeting, plus the settle time (with
+    /// --greeting-delay, --pid and --settle): the server's RSS, and RSS,
+    /// kernel and RSS + kernel per connection, from the same starting point
+    /// as the fresh figures.
+    pub after_greeting_rss_kib: Option<u64>,
+    pub after_greeting_rss_per_conn_kib: Option<f64>,
+    pub after_greeting_kernel_per_conn_kib: Option<f64>,
+    pub after_greeting_total_per_conn_kib: Option<f64>,
+    /// --then-echo: the message size, how many connections got it back intact,
+    /// and the same figures after the settle time.
+    pub then_echo_bytes: Option<usize>,
+    pub then_echoed: usize,
+    pub after_message_rss_kib: Option<u64>,
+    pub after_message_rss_per_conn_kib: Option<f64>,
+    pub after_message_kernel_per_conn_kib: Option<f64>,
+    pub after_message_total_per_conn_kib: Option<f64>,
     pub text_messages: u64,
     /// Connections that echoed the final probe correctly.
     pub still_echo: usize,
@@ -391,6 +794,73 @@ impl Report for HoldReport {
                 "server RSS",
                 format!("{before} KiB -> {after} KiB, {per:.2} KiB per connection"),
             );
+        }
+        if let (Some(before), Some(after), Some(per)) = (
+            self.kernel_before_kib,
+            self.kernel_after_kib,
+            self.kernel_per_conn_kib,
+        ) {
+            row(
+                "kernel",
+                format!(
+                    "{before:.0} KiB -> {after:.0} KiB, {per:.2} KiB per connection \
+                     (unreclaimable slab {:.2}, kernel stacks {:.2}, page tables {:.2}; \
+                     median of {} samples, spread {:.0} KiB; reclaimable slab apart: {:.2})",
+                    self.slab_unreclaimable_per_conn_kib.unwrap_or(0.0),
+                    self.kernel_stack_per_conn_kib.unwrap_or(0.0),
+                    self.page_tables_per_conn_kib.unwrap_or(0.0),
+                    self.kernel_samples.unwrap_or(0),
+                    self.kernel_spread_kib.unwrap_or(0.0),
+                    self.slab_reclaimable_per_conn_kib.unwrap_or(0.0),
+                ),
+            );
+            row(
+                "",
+                "(SUnreclaim + KernelStack + PageTables of /proc/meminfo, machine-wide: \
+                 includes wsload's end of each connection)",
+            );
+        }
+        if let Some(total) = self.total_per_conn_kib {
+            row("RSS + kernel", format!("{total:.2} KiB per connection"));
+        }
+        let settle = self.settle_s.unwrap_or(0.0);
+        let after = |rss: Option<f64>, kernel: Option<f64>, total: Option<f64>| {
+            let kib = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} KiB"));
+            format!(
+                "RSS {}, kernel {}, RSS + kernel {} per connection, {settle:.1} s later",
+                kib(rss),
+                kib(kernel),
+                kib(total)
+            )
+        };
+        if self.after_greeting_rss_kib.is_some() {
+            row(
+                "greeting done",
+                after(
+                    self.after_greeting_rss_per_conn_kib,
+                    self.after_greeting_kernel_per_conn_kib,
+                    self.after_greeting_total_per_conn_kib,
+                ),
+            );
+        }
+        if let Some(bytes) = self.then_echo_bytes {
+            row(
+                "message echo",
+                format!(
+                    "{} of {} connections sent {bytes} bytes and got them back",
+                    self.then_echoed, self.opened
+                ),
+            );
+            if self.after_message_rss_kib.is_some() {
+                row(
+                    "after message",
+                    after(
+                        self.after_message_rss_per_conn_kib,
+                        self.after_message_kernel_per_conn_kib,
+                        self.after_message_total_per_conn_kib,
+                    ),
+                );
+            }
         }
         if let (Some(before), Some(after)) = (self.fds_before, self.fds_after) {
             let per = self.fds_per_conn.unwrap_or(0.0);
@@ -454,5 +924,32 @@ mod tests {
     #[test]
     fn probes_are_distinct() {
         assert_ne!(probe(1), probe(2));
+    }
+
+    #[test]
+    fn messages_are_distinct_and_sized() {
+        assert_eq!(message(7, 65536).len(), 65536);
+        assert_ne!(message(1, 64), message(2, 64));
+        assert_eq!(message(3, 4).len(), 4);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+        let k = |slab| KernelMemory {
+            slab_unreclaimable_kib: slab,
+            slab_reclaimable_kib: 7,
+            kernel_stack_kib: 16,
+            page_tables_kib: 4,
+        };
+        let f = KernelFigures::of(&[k(100), k(900), k(110)]).unwrap();
+        assert_eq!(
+            (f.total, f.slab_unreclaimable, f.spread),
+            (130.0, 110.0, 800.0)
+        );
+        assert_eq!((f.slab_reclaimable, f.samples), (7.0, 3));
+        assert!(KernelFigures::of(&[]).is_none());
     }
 }
