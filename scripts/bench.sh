@@ -1185,7 +1185,7 @@ tls_echo_table() { # the echo row over TLS, beside the plain one
         local t p
         t=$(jget "$name" msgs_per_s) p=$(jget "$plain" msgs_per_s)
         row "echo 64×32 B: TLS − plain" wsecho "msgs/s / p99 latency" \
-            "$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%+.0f (%+.0f %%)", t - p, p > 0 ? 100 * (t - p) / p : 0 }') / $(difference "$name" "$plain" p99_us "%+.0f µs")" \
+            "$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%+.0f (%+.0f %%)", t - p, (p > 0 ? 100 * (t - p) / p : 0) }') / $(difference "$name" "$plain" p99_us "%+.0f µs")" \
             "—" "—"
     fi
 }

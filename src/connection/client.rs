@@ -153,6 +153,9 @@ impl<'a> Client<'a> {
             // Listeners with nothing queued take broadcasts without a wake-up (outbox.rs).
             socket.lend(inbox.outbox());
         }
+        // The handshake ran deeper than the loop will (a TLS one about 16.5 KiB, key exchange
+        // and signature): the first settle gives those stack pages back (settle.rs).
+        let settle_at = Some(Instant::now() + SETTLE_AFTER);
         let ws = WebSocketContext::from_partially_read(
             leftover,
             Role::Server,
@@ -182,7 +185,7 @@ impl<'a> Client<'a> {
             paused: None,
             listed_for_listeners: None,
             listed_for_memory: None,
-            settle_at: None,
+            settle_at,
             woken_since_settle: false,
             release_stack: false,
             trim: None,

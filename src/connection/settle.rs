@@ -5,19 +5,21 @@
 //!
 //! - tungstenite's read buffer grows to the largest frame the client sent, and never shrinks;
 //! - the socket's queue keeps the room of the most frames it ever held at once;
-//! - the thread's stack keeps every page it touched: on the ppoll backend a wake-up is a
-//!   signal, and the kernel writes the signal's frame (about 3 KiB of saved registers) below
-//!   the sleeping loop, into a third page;
+//! - the thread's stack keeps every page it touched: the handshake ran deeper than the loop
+//!   ever goes (a TLS handshake about 16.5 KiB), and on the ppoll backend a wake-up is a
+//!   signal, whose frame (about 3 KiB of saved registers) the kernel writes below the sleeping
+//!   loop, into a third page;
 //! - what the allocator got back from those buffers stays resident in its arenas.
 //!
-//! So a connection that was woken, received a frame bigger than its read buffer, or had more
-//! than [`BIG_QUEUE`] queued, *settles* once it has been quiet for [`SETTLE_AFTER`]: it
-//! rebuilds tungstenite's state around the same socket (only between two messages, so nothing
-//! is lost: `boundary.rs`), empties its queue's room, frees the stack pages below its loop,
-//! and has the allocator return free pages to the system, at most once per [`TRIM_INTERVAL`]
-//! for the whole server. A connection then costs what a fresh one costs again (the bench's
-//! "after" rows measure it). Settling costs one timer wake-up after each burst, not one per
-//! message, and nothing for a connection that only exchanges small messages.
+//! So a new connection, and one that was woken, received a frame bigger than its read buffer,
+//! or had more than [`BIG_QUEUE`] queued, *settles* once it has been quiet for
+//! [`SETTLE_AFTER`]: it rebuilds tungstenite's state around the same socket (only between two
+//! messages, so nothing is lost: `boundary.rs`), empties its queue's room, frees the stack
+//! pages below its loop, and has the allocator return free pages to the system, at most once
+//! per [`TRIM_INTERVAL`] for the whole server. A connection then costs what a fresh one costs
+//! again (the bench's "after" rows measure it). Settling costs one timer wake-up after each
+//! burst, not one per message, and nothing for a connection that only exchanges small
+//! messages.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
