@@ -948,6 +948,32 @@ fmt_us() { awk -v v="$1" 'BEGIN { a = v < 0 ? -v : v; if (a >= 1000000) printf "
 met() { if awk "BEGIN { exit !($1) }"; then echo "yes"; else echo "**no**"; fi; }
 num() { [[ -n $1 && $1 != null ]]; }
 
+# best KEY high|low NAME...: the best figure among the runs NAME that have one
+# (highest or lowest), and after a tab its run's name; nothing if none has.
+best() {
+    local key=$1 dir=$2 best="" who="" name v
+    shift 2
+    for name in "$@"; do
+        v=$(jget "$name" "$key")
+        num "$v" || continue
+        if [[ -z $best ]] || awk -v v="$v" -v b="$best" -v d="$dir" 'BEGIN { exit !(d == "high" ? v > b : v < b) }'; then
+            best=$v who=$name
+        fi
+    done
+    [[ -z $best ]] || printf '%s\t%s\n' "$best" "$who"
+}
+
+# peer_name RUN: the label of the peer a raw run's name starts with.
+peer_name() {
+    case $1 in
+    tt-*) echo "tokio-tungstenite" ;;
+    tung-*) echo "tungstenite example" ;;
+    node-*) echo "Node ws" ;;
+    websocat-*) echo "websocat" ;;
+    *) echo "$1" ;;
+    esac
+}
+
 TABLE="| Test | Server | Figure | Measured | Target | Met |
 |---|---|---|---|---|---|
 "
@@ -980,47 +1006,32 @@ echo_table() { # echo_table PREFIX LABEL [SPECS]
         local msgs p99
         msgs=$(jget "$name" msgs_per_s)
         p99=$(jget "$name" p99_us)
-        # Throughput target (wsecho's, whichever backend).
+        # Targets (wsecho's, whichever backend): 1×32 B, tungstenite's own
+        # thread-per-connection example; 64×32 B and 64×4 KiB, the better of
+        # tokio-tungstenite's example and Node ws, in msgs/s and in p99.
+        local peers=() best_msgs="" best_p99=""
+        case $spec in
+        1x32) peers=("tung-echo-$spec") ;;
+        64x32 | 64x4096) peers=("tt-echo-$spec" "node-echo-$spec") ;;
+        esac
         target="—" m="—"
-        if [[ $prefix == main || $prefix == port ]]; then
-            tt=$(jget "tt-echo-$spec" msgs_per_s)
-            case $spec in
-            64x32)
-                if num "$tt"; then
-                    target="≥ 1.25 × tokio-tungstenite ($(fmt_int "$(calc "1.25 * $tt")"))"
-                    m=$(met "$msgs >= 1.25 * $tt")
-                else target="≥ 1.25 × tokio-tungstenite (run --compare)"; fi
-                ;;
-            64x4096)
-                if num "$tt"; then
-                    target="≥ tokio-tungstenite ($(fmt_int "$tt"))"
-                    m=$(met "$msgs >= $tt")
-                else target="≥ tokio-tungstenite (run --compare)"; fi
-                ;;
-            esac
-        else
+        if [[ $prefix == main || $prefix == port ]] && ((${#peers[@]})); then
+            best_msgs=$(best msgs_per_s high "${peers[@]}")
+            best_p99=$(best p99_us low "${peers[@]}")
+            if [[ -n $best_msgs ]]; then
+                target="≥ $(peer_name "${best_msgs#*$'\t'}") ($(fmt_int "${best_msgs%$'\t'*}"))"
+                m=$(met "$msgs >= ${best_msgs%$'\t'*}")
+            else target="≥ the best peer (run --compare)"; fi
+        elif [[ $prefix != main && $prefix != port ]]; then
             target="reference"
         fi
         row "$title" "$label" "msgs/s (MB/s)" "$(fmt_int "$msgs") ($(jget "$name" mb_per_s | awk '{ printf "%.1f", $1 }'))" "$target" "$m"
-        # Latency target.
         target="—" m="—"
-        if [[ $prefix == main || $prefix == port ]]; then
-            case $spec in
-            1x32)
-                tp=$(jget "tung-echo-$spec" p99_us)
-                if num "$tp"; then
-                    target="p99 ≤ tungstenite example ($(fmt_us "$tp"))"
-                    m=$(met "$p99 <= $tp")
-                else target="p99 ≤ tungstenite example (run --compare)"; fi
-                ;;
-            64x32)
-                tp=$(jget "tt-echo-$spec" p99_us)
-                if num "$tp"; then
-                    target="p99 ≤ tokio-tungstenite ($(fmt_us "$tp"))"
-                    m=$(met "$p99 <= $tp")
-                else target="p99 ≤ tokio-tungstenite (run --compare)"; fi
-                ;;
-            esac
+        if [[ $prefix == main || $prefix == port ]] && ((${#peers[@]})); then
+            if [[ -n $best_p99 ]]; then
+                target="p99 ≤ $(peer_name "${best_p99#*$'\t'}") ($(fmt_us "${best_p99%$'\t'*}"))"
+                m=$(met "$p99 <= ${best_p99%$'\t'*}")
+            else target="p99 ≤ the best peer (run --compare)"; fi
         fi
         row "$title" "$label" "latency p50 / p99 / p99.9 / max" "$(latency_cell "$name")" "$target" "$m"
         m="**no**"
@@ -1039,13 +1050,16 @@ fmt_bytes() { # fmt_bytes N: 65536 -> 64 KiB
 # hold_memory_rows NAME TITLE LABEL: the kernel and RSS + kernel rows of a hold
 # run, and its figures after a message (--then-echo) beside the fresh ones.
 hold_memory_rows() {
-    local name=$1 title=$2 label=$3 kernel
+    local name=$1 title=$2 label=$3 prefix=${4:-main} kernel total_target="—" total_met="—"
     kernel=$(jget "$name" kernel_per_conn_kib)
     if num "$kernel"; then
         row "$title" "$label" "kernel memory per idle connection (SUnreclaim + KernelStack + PageTables, both ends; see --help)" \
             "$(fmt_kib "$kernel") (unreclaimable slab $(fmt_kib "$(jget "$name" slab_unreclaimable_per_conn_kib)"), kernel stacks $(fmt_kib "$(jget "$name" kernel_stack_per_conn_kib)"), page tables $(fmt_kib "$(jget "$name" page_tables_per_conn_kib)"); samples spread $(fmt_int "$(jget "$name" kernel_spread_kib)") KiB)" \
             "—" "—"
-        row "$title" "$label" "RSS + kernel per idle connection" "$(fmt_kib "$(jget "$name" total_per_conn_kib)")" "—" "—"
+        if [[ $prefix == main ]]; then
+            total_target="≤ 28 KiB" total_met=$(met "$(jget "$name" total_per_conn_kib) <= 28")
+        fi
+        row "$title" "$label" "RSS + kernel per idle connection" "$(fmt_kib "$(jget "$name" total_per_conn_kib)")" "$total_target" "$total_met"
     fi
     local bytes after echoed opened cell
     bytes=$(jget "$name" then_echo_bytes) after=$(jget "$name" after_message_rss_per_conn_kib)
@@ -1054,8 +1068,8 @@ hold_memory_rows() {
         cell="$(fmt_kib "$after") / $(fmt_kib "$(jget "$name" after_message_total_per_conn_kib)")"
         [[ $echoed == "$opened" ]] || cell+=" (only $(fmt_int "$echoed") of $(fmt_int "$opened") echoed it intact)"
         row "$title" "$label" "after a $(fmt_bytes "$bytes") message, $(jget "$name" settle_s | awk '{ printf "%g", $1 }') s later: RSS / RSS + kernel per idle connection" \
-            "$cell" "— (fresh: $(fmt_kib "$(jget "$name" rss_per_conn_kib)") / $(fmt_kib "$(jget "$name" total_per_conn_kib)"))" \
-            "$(met "$echoed == $opened")"
+            "$cell" "RSS ≤ fresh + 2 KiB (fresh: $(fmt_kib "$(jget "$name" rss_per_conn_kib)") / $(fmt_kib "$(jget "$name" total_per_conn_kib)"))" \
+            "$(met "$echoed == $opened && $after <= $(jget "$name" rss_per_conn_kib) + 2")"
     fi
 }
 
@@ -1069,11 +1083,16 @@ greeting_hold_table() { # wsecho's 1,000 idle connections after their greeting
     local greeted
     greeted=$(jget "$name" greetings)
     row "$title" wsecho "greetings received / still echo" "$(fmt_int "$greeted") / $(fmt_int "$(jget "$name" still_echo)") of $(fmt_int "$(jget "$name" opened)") opened" "1,000" "$(met "$greeted == 1000 && $(jget "$name" still_echo) == 1000")"
-    beside_cell="— (fresh, greeting off: add the hold group)"
-    [[ -f $RAW/$fresh.json ]] && beside_cell="— (fresh, greeting off: $(fmt_kib "$(jget "$fresh" rss_per_conn_kib)") / $(fmt_kib "$(jget "$fresh" total_per_conn_kib)"))"
+    local after_rss met_cell="—"
+    after_rss=$(jget "$name" after_greeting_rss_per_conn_kib)
+    beside_cell="RSS ≤ fresh + 2 KiB (fresh, greeting off: add the hold group)"
+    if [[ -f $RAW/$fresh.json ]]; then
+        beside_cell="RSS ≤ fresh + 2 KiB (fresh, greeting off: $(fmt_kib "$(jget "$fresh" rss_per_conn_kib)") / $(fmt_kib "$(jget "$fresh" total_per_conn_kib)"))"
+        num "$after_rss" && met_cell=$(met "$after_rss <= $(jget "$fresh" rss_per_conn_kib) + 2")
+    fi
     row "$title" wsecho "after the greeting, $(jget "$name" settle_s | awk '{ printf "%g", $1 }') s later: RSS / RSS + kernel per idle connection" \
-        "$(fmt_kib "$(jget "$name" after_greeting_rss_per_conn_kib)") / $(fmt_kib "$(jget "$name" after_greeting_total_per_conn_kib)")" \
-        "$beside_cell" "—"
+        "$(fmt_kib "$after_rss") / $(fmt_kib "$(jget "$name" after_greeting_total_per_conn_kib)")" \
+        "$beside_cell" "$met_cell"
 }
 
 # beside NAME KEY FORMAT GROUP: a Target cell showing the plain row's figure
@@ -1114,16 +1133,28 @@ hold_table() { # hold_table N LABEL [PREFIX]; PREFIX tls: TLS rows, with the pla
         # wsecho's targets are for plain connections: the TLS rows show the
         # plain figures beside theirs instead.
         row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "$(beside "$plain" rss_per_conn_kib "%.2f KiB" hold)" "—"
-        row "$title" "$label" "server CPU over 10 s idle" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "$(beside "$plain" idle_cpu_s "%.3f s" hold)" "—"
+        row "$title" "$label" "server CPU while idle (from 2 s after the last opened to the end of the 10 s hold)" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "$(beside "$plain" idle_cpu_s "%.3f s" hold)" "—"
     elif num "$rss" && num "$cpu"; then
-        row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "≤ 16 KiB" "$(met "$rss <= 16")"
-        row "$title" "$label" "server CPU over 10 s idle" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "< 0.05 s" "$(met "$cpu < 0.05")"
+        row "$title" "$label" "server RSS per idle connection" "$(awk -v v="$rss" 'BEGIN { printf "%.2f KiB", v }')" "≤ 10 KiB" "$(met "$rss <= 10")"
+        row "$title" "$label" "server CPU while idle (from 2 s after the last opened to the end of the 10 s hold)" "$(awk -v v="$cpu" 'BEGIN { printf "%.3f s", v }')" "< 0.05 s" "$(met "$cpu < 0.05")"
     elif [[ $prefix == tls ]]; then
         row "$title" "$label" "server RSS and idle CPU" "not measured" "—" "**no**"
     else
-        row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 16 KiB, < 0.05 s" "**no**"
+        row "$title" "$label" "server RSS and idle CPU" "not measured" "≤ 10 KiB, < 0.05 s" "**no**"
     fi
-    hold_memory_rows "$name" "$title" "$label"
+    hold_memory_rows "$name" "$title" "$label" "$prefix"
+    # Connections opened per second while opening them all: at least 1.2 ×
+    # tokio-tungstenite's example (wsecho's plain rows).
+    local open_s tt_open
+    open_s=$(jget "$name" open_s)
+    if [[ $prefix == main ]] && num "$open_s"; then
+        tt_open=$(jget "tt-hold-$n" open_s)
+        if num "$tt_open"; then
+            row "$title" "$label" "connections opened/s" "$(fmt_int "$(calc "$opened / $open_s")")" "≥ 1.2 × tokio-tungstenite ($(fmt_int "$(calc "1.2 * $n / $tt_open")"))" "$(met "$opened / $open_s >= 1.2 * $n / $tt_open")"
+        else
+            row "$title" "$label" "connections opened/s" "$(fmt_int "$(calc "$opened / $open_s")")" "≥ 1.2 × tokio-tungstenite (run --compare)" "—"
+        fi
+    fi
     # Open descriptors (/proc/PID/fd) after all connected minus before, per
     # connection: 1 is the client's socket alone.
     if num "$fds"; then
@@ -1229,12 +1260,26 @@ if [[ -z $CUSTOM ]] && want fanout; then
         fi
         delivered=$(jget $name delivered) missing=$(jget $name missing) ooo=$(jget $name out_of_order)
         row "$title" wsecho "delivered / missing / out of order" "$(fmt_int "$delivered") / $missing / $ooo" "all, in order" "$(met "$missing == 0 && $ooo == 0 && $(jget $name duplicates) == 0")"
+        # Targets: at full speed at least 2 × websocat's broadcast; at 500/s a
+        # p50 and a p99 no worse than websocat's, and a p99 under 1 ms.
+        peer=websocat-fanout-$rate
         if [[ $rate == full ]]; then
             dps=$(jget $name deliveries_per_s)
-            row "$title" wsecho "deliveries/s" "$(fmt_int "$dps")" "≥ 500,000" "$(met "$dps >= 500000")"
+            if num "$(jget $peer deliveries_per_s)"; then
+                row "$title" wsecho "deliveries/s" "$(fmt_int "$dps")" "≥ 2 × websocat ($(fmt_int "$(calc "2 * $(jget $peer deliveries_per_s)")"))" "$(met "$dps >= 2 * $(jget $peer deliveries_per_s)")"
+            else
+                row "$title" wsecho "deliveries/s" "$(fmt_int "$dps")" "≥ 500,000 (and 2 × websocat: run --compare)" "$(met "$dps >= 500000")"
+            fi
             row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "—" "—"
         else
-            row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 1 ms" "$(met "$(jget $name p99_us) < 1000")"
+            p50=$(jget $name p50_us) p99=$(jget $name p99_us)
+            if num "$(jget $peer p99_us)"; then
+                row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" \
+                    "p50 ≤ websocat ($(fmt_us "$(jget $peer p50_us)")), p99 ≤ websocat ($(fmt_us "$(jget $peer p99_us)")) and < 1 ms" \
+                    "$(met "$p50 <= $(jget $peer p50_us) && $p99 <= $(jget $peer p99_us) && $p99 < 1000")"
+            else
+                row "$title" wsecho "latency p50 / p99 / p99.9 / max" "$(latency_cell $name)" "p99 < 1 ms (and ≤ websocat: run --compare)" "$(met "$p99 < 1000")"
+            fi
         fi
     done
 fi
