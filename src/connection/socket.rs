@@ -410,7 +410,7 @@ mod tests {
         // A broadcast far bigger than the socket buffers: written in part, straight in; then
         // one more, which must wait in the mailbox.
         let big = record(1, 0, 16 << 20);
-        assert_eq!(outbox.push_all(&[big, record(1, 1, 100)]), Ok(1));
+        assert_eq!(outbox.push_all(&[big, record(1, 1, 100)], true), Ok(1));
         let reading = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(reader);
             let mut got = Vec::new();

@@ -97,7 +97,7 @@ fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>, metrics: 
                     greeting.get_or_insert_with(|| budget.hold(frame::text(&render(template))));
                 // Refused only if the client has gone or is closing: then it gets none. Counted
                 // before the wake-up, so that whoever the client tells sees the count.
-                if let Ok(written) = outbox.push_all(std::slice::from_ref(frame)) {
+                if let Ok(written) = outbox.push_all(std::slice::from_ref(frame), true) {
                     metrics.greetings.inc();
                     // Written straight into the socket: the connection will not count it.
                     if written > 0 {

@@ -23,6 +23,15 @@ use crate::cluster::Cluster;
 use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
 use crate::metrics::Metrics;
 
+/// Broadcasts are written straight into idle listeners' sockets (see `Direct` in outbox.rs)
+/// only when they come at least this far apart. One thread writing to every listener in turn
+/// is quickest for a lone message, but a stream of them (a sender at full speed, or the
+/// cluster's subscriber relaying Redis one message at a time) is delivered faster by the
+/// listeners' own threads, in batches and on every core: relaying one message at a time
+/// straight in, the cluster row fell from 864,000 to 351,000 deliveries/s. A millisecond is
+/// about what writing one message to 100 listeners takes here.
+const STRAIGHT_IN_APART: Duration = Duration::from_millis(1);
+
 /// Identifies a connection for as long as the server runs.
 pub type ConnectionId = u64;
 
@@ -40,6 +49,8 @@ pub struct Hub {
     cluster: OnceLock<Cluster>,
     /// Where broadcasts written straight into sockets are counted.
     metrics: OnceLock<Arc<Metrics>>,
+    /// When the last broadcast started, in nanoseconds since `started`.
+    last_broadcast: AtomicU64,
 }
 
 /// A connection's place in the hub; leaving is dropping it, even when its thread panics.
@@ -68,6 +79,7 @@ impl Hub {
             started: Instant::now(),
             cluster: OnceLock::new(),
             metrics: OnceLock::new(),
+            last_broadcast: AtomicU64::new(0),
         }
     }
 }
@@ -100,9 +112,13 @@ impl Hub {
     pub fn broadcast(&self, frames: &[Bytes]) -> usize {
         let all_bytes: usize = frames.iter().map(Bytes::len).sum();
         let members = self.members();
+        // Straight into sockets only when broadcasts come apart; see STRAIGHT_IN_APART.
+        let now = self.started.elapsed().as_nanos() as u64;
+        let last = self.last_broadcast.swap(now, Ordering::Relaxed);
+        let straight_in = now.saturating_sub(last) >= STRAIGHT_IN_APART.as_nanos() as u64;
         let (mut reached, mut written, mut written_bytes) = (0, 0, 0);
         for outbox in members.values() {
-            if let Ok(n) = outbox.push_all(frames) {
+            if let Ok(n) = outbox.push_all(frames, straight_in) {
                 reached += 1;
                 written += n;
                 written_bytes += if n == frames.len() {

@@ -205,14 +205,14 @@ pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
 
 impl Outbox {
     /// Hands several frames, in order, to the connection, waking its thread once for all of
-    /// them; or writes them straight into its socket when it is lent and nothing is queued
-    /// (see [`Direct`]). Returns how many frames went straight out (or began to): the
-    /// connection counts the others when it sends them. Never refused for being behind: flow
-    /// control slows the senders down instead (see above).
-    pub fn push_all(&self, frames: &[Bytes]) -> Result<usize, Gone> {
+    /// them; or, if `straight_in` allows it, writes them straight into its socket when it is
+    /// lent and nothing is queued (see [`Direct`]). Returns how many frames went straight out
+    /// (or began to): the connection counts the others when it sends them. Never refused for
+    /// being behind: flow control slows the senders down instead (see above).
+    pub fn push_all(&self, frames: &[Bytes], straight_in: bool) -> Result<usize, Gone> {
         if self.lent.load(Ordering::Acquire) {
             let mut direct = self.direct();
-            if direct.open && frames.len() <= MAX_FRAMES_STRAIGHT_IN {
+            if straight_in && direct.open && frames.len() <= MAX_FRAMES_STRAIGHT_IN {
                 return self.write_through(&mut direct, frames);
             }
             // A long batch goes through the queue: the listener's thread writes it in big
@@ -532,8 +532,12 @@ mod tests {
     fn deliveries_arrive_in_order() {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow).unwrap();
-        outbox.push_all(&[Bytes::from_static(b"one")]).unwrap();
-        outbox.push_all(&[Bytes::from_static(b"two")]).unwrap();
+        outbox
+            .push_all(&[Bytes::from_static(b"one")], true)
+            .unwrap();
+        outbox
+            .push_all(&[Bytes::from_static(b"two")], true)
+            .unwrap();
         let got: Vec<_> = inbox.drain().collect();
         assert!(matches!(&got[..], [Delivery::Frame(a), Delivery::Frame(b)]
             if &a[..] == b"one" && &b[..] == b"two"));
@@ -543,8 +547,8 @@ mod tests {
     fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow).unwrap();
-        outbox.push_all(&[frame(60)]).unwrap();
-        outbox.push_all(&[frame(60)]).unwrap(); // 120 > 100: behind; never refused
+        outbox.push_all(&[frame(60)], true).unwrap();
+        outbox.push_all(&[frame(60)], true).unwrap(); // 120 > 100: behind; never refused
         assert!(flow.congested() && inbox.behind_since().is_some());
         inbox.written(60); // 60: still above the low mark, 50
         assert!(flow.congested());
@@ -557,7 +561,7 @@ mod tests {
         let flow = Arc::new(Flow::new(10));
         let (sender, sender_inbox) = mailbox(&flow).unwrap();
         let (listener, listener_inbox) = mailbox(&flow).unwrap();
-        listener.push_all(&[frame(20)]).unwrap();
+        listener.push_all(&[frame(20)], true).unwrap();
         let generation = flow.senders().add(&sender);
         assert!(flow.senders().still_listed(generation));
         let _ = sender_inbox.drain().count(); // clears the wake flag
@@ -577,11 +581,11 @@ mod tests {
     fn a_closed_connection_takes_nothing_and_is_never_behind() {
         let flow = Arc::new(Flow::new(10));
         let (outbox, inbox) = mailbox(&flow).unwrap();
-        outbox.push_all(&[frame(20)]).unwrap();
+        outbox.push_all(&[frame(20)], true).unwrap();
         assert!(flow.congested());
         drop(inbox);
         assert!(!flow.congested());
-        assert_eq!(outbox.push_all(&[frame(1)]), Err(Gone));
+        assert_eq!(outbox.push_all(&[frame(1)], true), Err(Gone));
         assert_eq!(outbox.close(CloseCode::Normal, ""), Err(Gone));
     }
 
@@ -596,7 +600,7 @@ mod tests {
         let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox.lend(Arc::new(tcp));
         assert_eq!(
-            outbox.push_all(&[frame(3)]),
+            outbox.push_all(&[frame(3)], true),
             Ok(0),
             "not before it is released"
         );
@@ -604,18 +608,22 @@ mod tests {
         assert_eq!(inbox.drain().count(), 1);
         assert!(outbox.release_writes());
 
-        assert_eq!(outbox.push_all(&[frame(5), frame(7)]), Ok(2));
+        assert_eq!(outbox.push_all(&[frame(5), frame(7)], true), Ok(2));
         let mut got = [1; 12];
         reader.read_exact(&mut got).unwrap();
         assert_eq!(got, [0; 12]);
         assert_eq!(inbox.drain().count(), 0, "nothing went through the mailbox");
 
         assert_eq!(outbox.hold_writes(), None);
-        assert_eq!(outbox.push_all(&[frame(1)]), Ok(0), "held: queued");
+        assert_eq!(outbox.push_all(&[frame(1)], true), Ok(0), "held: queued");
         assert_eq!(inbox.drain().count(), 1);
         assert!(outbox.release_writes());
         outbox.reclaim();
-        assert_eq!(outbox.push_all(&[frame(1)]), Ok(0), "taken back: queued");
+        assert_eq!(
+            outbox.push_all(&[frame(1)], true),
+            Ok(0),
+            "taken back: queued"
+        );
         assert!(!outbox.release_writes());
     }
 }
