@@ -180,17 +180,21 @@ fn rss(server: &Wsecho) -> u64 {
     proc_status_kib(server.pid(), "RssAnon")
 }
 
-/// Waits until the server's memory is at most `limit` KiB, or the patience runs out; returns
-/// the last figure.
-fn settles_to(server: &Wsecho, limit: u64) -> u64 {
+/// Asserts that the server's memory comes back to within [`KEPT_AFTER_SETTLING_KIB`] per
+/// client (plus `fixed_kib` for the whole process) of `fresh` within [`SETTLE_PATIENCE`].
+fn gives_back(server: &Wsecho, fresh: u64, fixed_kib: u64, after: &str) {
+    let limit = fresh + KEPT_AFTER_SETTLING_KIB * QUIET_CLIENTS as u64 + fixed_kib;
     let deadline = Instant::now() + SETTLE_PATIENCE;
-    loop {
-        let now = rss(server);
-        if now <= limit || Instant::now() >= deadline {
-            return now;
-        }
+    let mut now = rss(server);
+    while now > limit && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
+        now = rss(server);
     }
+    assert!(
+        now <= limit,
+        "{after}, {} KiB per idle connection is still held",
+        now.saturating_sub(fresh) / QUIET_CLIENTS as u64
+    );
 }
 
 #[test]
@@ -210,13 +214,7 @@ fn after_a_big_message_an_idle_connection_gives_its_buffers_back() {
             Outcome::Echoed(message.len())
         );
     }
-    let limit = fresh + KEPT_AFTER_SETTLING_KIB * QUIET_CLIENTS as u64 + arenas_kib();
-    let settled = settles_to(&server, limit);
-    assert!(
-        settled <= limit,
-        "after one 64 KiB echo each, {} KiB per idle connection is still held",
-        (settled - fresh) / QUIET_CLIENTS as u64
-    );
+    gives_back(&server, fresh, arenas_kib(), "after one 64 KiB echo each");
 }
 
 #[test]
@@ -233,13 +231,7 @@ fn after_the_greeting_an_idle_connection_gives_its_stack_page_back() {
         let (_, opcode, greeting) = read_server_frame(tcp);
         assert_eq!(opcode, TEXT, "{greeting:?}");
     }
-    let limit = fresh + KEPT_AFTER_SETTLING_KIB * QUIET_CLIENTS as u64;
-    let settled = settles_to(&server, limit);
-    assert!(
-        settled <= limit,
-        "after the greeting, {} KiB per idle connection is still held",
-        (settled - fresh) / QUIET_CLIENTS as u64
-    );
+    gives_back(&server, fresh, 0, "after the greeting");
 }
 
 #[test]
