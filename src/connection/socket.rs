@@ -74,6 +74,9 @@ struct Queued {
     frame: Bytes,
     /// The frame came through the outbox and counts against the backlog limit.
     from_outbox: bool,
+    /// The end of a frame whose start a broadcaster already wrote: it must go out, whatever
+    /// else is dropped, or the stream would be corrupt.
+    begun: bool,
 }
 
 impl Socket {
@@ -130,6 +133,7 @@ impl Socket {
             self.queue.push_front(Queued {
                 frame: rest,
                 from_outbox: false,
+                begun: true,
             });
         }
     }
@@ -218,7 +222,11 @@ impl Socket {
         }
         self.queued += frame.len();
         self.peak_queued = self.peak_queued.max(self.queued);
-        self.queue.push_back(Queued { frame, from_outbox });
+        self.queue.push_back(Queued {
+            frame,
+            from_outbox,
+            begun: false,
+        });
     }
 
     /// Bytes queued and not yet written.
@@ -283,9 +291,10 @@ impl Socket {
     }
 
     /// Drops every queued frame that has not started going out (a partly written frame must be
-    /// finished, or the stream would be corrupt). Used when a client is too far behind.
+    /// finished, or the stream would be corrupt, whether this thread or a broadcaster began it). Used when a client is too far behind.
     pub fn discard_unsent(&mut self, inbox: &Inbox) {
-        let keep = usize::from(self.written_of_front > 0);
+        let begun = self.written_of_front > 0 || self.queue.front().is_some_and(|q| q.begun);
+        let keep = usize::from(begun);
         for dropped in self.queue.drain(keep..) {
             self.queued -= dropped.frame.len();
             if dropped.from_outbox {
@@ -451,5 +460,29 @@ mod tests {
         // The broadcasts in their order; the pong wherever it fitted between whole frames.
         let got = reading.join().unwrap();
         assert_eq!(got, [(1, 0), (2, 0), (1, 1)]);
+    }
+
+    #[test]
+    fn a_frame_a_broadcaster_began_survives_discarding_what_is_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
+        let mut socket = Socket::new(
+            Transport::Plain(Arc::new(tcp)),
+            Arc::new(Budget::new(usize::MAX)),
+        );
+        socket.lend(&outbox);
+        socket.send_queued(&inbox).unwrap();
+        // Nobody reads: the socket takes part of this frame and the rest is left over.
+        assert_eq!(outbox.push_all(&[record(1, 0, 16 << 20)], true), Ok(1));
+        socket.hold_writes();
+        let rest = socket.queued();
+        assert!(rest > 0 && rest < 16 << 20);
+        socket.push(record(2, 0, 100), false);
+        // A client too slow to keep: what has not begun is dropped, the begun frame is not.
+        socket.discard_unsent(&inbox);
+        assert_eq!(socket.queued(), rest);
     }
 }
