@@ -404,8 +404,9 @@ mod tests {
         Bytes::from(out)
     }
 
-    #[test]
-    fn a_frame_a_broadcaster_began_is_finished_before_anything_else() {
+    /// A connection's socket lent to broadcasters, writes released (nothing is queued), with
+    /// its mailbox and the client's end, which reads nothing until told to.
+    fn lent_socket() -> (Socket, Arc<Outbox>, Inbox, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
@@ -415,6 +416,12 @@ mod tests {
         let mut socket = Socket::new(Transport::Plain(Arc::new(tcp)), budget);
         socket.lend(&outbox);
         socket.send_queued(&inbox).unwrap(); // nothing queued: broadcasters may write
+        (socket, outbox, inbox, reader)
+    }
+
+    #[test]
+    fn a_frame_a_broadcaster_began_is_finished_before_anything_else() {
+        let (mut socket, outbox, inbox, reader) = lent_socket();
 
         // A broadcast far bigger than the socket buffers: written in part, straight in; then
         // one more, which must wait in the mailbox.
@@ -464,17 +471,7 @@ mod tests {
 
     #[test]
     fn a_frame_a_broadcaster_began_survives_discarding_what_is_unsent() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (tcp, _) = listener.accept().unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let (outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
-        let mut socket = Socket::new(
-            Transport::Plain(Arc::new(tcp)),
-            Arc::new(Budget::new(usize::MAX)),
-        );
-        socket.lend(&outbox);
-        socket.send_queued(&inbox).unwrap();
+        let (mut socket, outbox, inbox, _reader) = lent_socket();
         // Nobody reads: the socket takes part of this frame and the rest is left over.
         assert_eq!(outbox.push_all(&[record(1, 0, 16 << 20)], true), Ok(1));
         socket.hold_writes();
