@@ -473,6 +473,7 @@ peer_skip() { # peer_skip NAMES WHY: one line, and no rows
     PEER_NOTES+=("$1: $2")
 }
 peer_label() { echo "${PEER_LABEL[$1]:-$1}"; }
+run_peer() { echo "${1%%-*}"; } # run_peer RUN: the peer a raw run belongs to (tt-echo-1x32: tt)
 first_error() { # first_error LOG: the line of LOG that says what went wrong
     grep -m1 -i -E '^error|npm error|ERR!' "$1" || tail -1 "$1"
 }
@@ -963,17 +964,6 @@ best() {
     [[ -z $best ]] || printf '%s\t%s\n' "$best" "$who"
 }
 
-# peer_name RUN: the label of the peer a raw run's name starts with.
-peer_name() {
-    case $1 in
-    tt-*) echo "tokio-tungstenite" ;;
-    tung-*) echo "tungstenite example" ;;
-    node-*) echo "Node ws" ;;
-    websocat-*) echo "websocat" ;;
-    *) echo "$1" ;;
-    esac
-}
-
 TABLE="| Test | Server | Figure | Measured | Target | Met |
 |---|---|---|---|---|---|
 "
@@ -1019,7 +1009,7 @@ echo_table() { # echo_table PREFIX LABEL [SPECS]
             best_msgs=$(best msgs_per_s high "${peers[@]}")
             best_p99=$(best p99_us low "${peers[@]}")
             if [[ -n $best_msgs ]]; then
-                target="≥ $(peer_name "${best_msgs#*$'\t'}") ($(fmt_int "${best_msgs%$'\t'*}"))"
+                target="≥ $(peer_label "$(run_peer "${best_msgs#*$'\t'}")") ($(fmt_int "${best_msgs%$'\t'*}"))"
                 m=$(met "$msgs >= ${best_msgs%$'\t'*}")
             else target="≥ the best peer (run --compare)"; fi
         elif [[ $prefix != main && $prefix != port ]]; then
@@ -1029,7 +1019,7 @@ echo_table() { # echo_table PREFIX LABEL [SPECS]
         target="—" m="—"
         if [[ $prefix == main || $prefix == port ]] && ((${#peers[@]})); then
             if [[ -n $best_p99 ]]; then
-                target="p99 ≤ $(peer_name "${best_p99#*$'\t'}") ($(fmt_us "${best_p99%$'\t'*}"))"
+                target="p99 ≤ $(peer_label "$(run_peer "${best_p99#*$'\t'}")") ($(fmt_us "${best_p99%$'\t'*}"))"
                 m=$(met "$p99 <= ${best_p99%$'\t'*}")
             else target="p99 ≤ the best peer (run --compare)"; fi
         fi

@@ -210,21 +210,19 @@ impl Outbox {
     /// (or began to): the connection counts the others when it sends them. Never refused for
     /// being behind: flow control slows the senders down instead (see above).
     pub fn push_all(&self, frames: &[Bytes], straight_in: bool) -> Result<usize, Gone> {
-        if self.lent.load(Ordering::Acquire) {
-            let mut direct = self.direct();
+        // While the socket is lent, frames are queued under its lock: the connection reopens
+        // only once it has seen them.
+        let mut held = self.lent.load(Ordering::Acquire).then(|| self.direct());
+        if let Some(direct) = held.as_mut() {
             if straight_in && direct.open && frames.len() <= MAX_FRAMES_STRAIGHT_IN {
-                return self.write_through(&mut direct, frames);
+                return self.write_through(direct, frames);
             }
             // A long batch goes through the queue: the listener's thread writes it in big
             // writes, on whichever core is free, while the broadcaster goes on to the next.
             direct.open = false;
-            // Queued under the lock: the connection reopens only once it has seen them.
-            let queued = self.enqueue_all(frames);
-            drop(direct);
-            self.wake();
-            return queued.map(|()| 0);
         }
         let queued = self.enqueue_all(frames);
+        drop(held);
         self.wake();
         queued.map(|()| 0)
     }
