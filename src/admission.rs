@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
+use crate::logging::Gate;
+
 /// Refusals of one address for one reason are logged at most once per this interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -66,7 +68,7 @@ pub struct Admission {
     per_address: Option<usize>,
     handshakes_per_address: Option<usize>,
     counts: Mutex<Counts>,
-    refusals: Mutex<HashMap<(Group, Refusal), Logged>>,
+    refusals: Mutex<HashMap<(Group, Refusal), Gate>>,
 }
 
 #[derive(Debug, Default)]
@@ -79,12 +81,6 @@ struct Counts {
 struct PerAddress {
     connections: usize,
     handshakes: usize,
-}
-
-#[derive(Debug)]
-struct Logged {
-    at: Instant,
-    unlogged: u64,
 }
 
 /// An address as the caps count it: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its /64.
@@ -185,42 +181,26 @@ impl Admission {
 
     fn log_refusal(&self, peer: SocketAddr, group: Group, refusal: Refusal) {
         let now = Instant::now();
-        let mut refusals = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut refusals = crate::sync::lock(&self.refusals);
         if refusals.len() >= REMEMBERED_REFUSALS {
-            refusals.retain(|_, logged| now.duration_since(logged.at) < LOG_INTERVAL);
+            refusals.retain(|_, gate| !gate.expired(now, LOG_INTERVAL));
         }
-        match refusals.get_mut(&(group, refusal)) {
-            Some(logged) if now.duration_since(logged.at) < LOG_INTERVAL => logged.unlogged += 1,
-            previous => {
-                let unlogged = previous.map_or(0, |logged| logged.unlogged);
-                let more = if unlogged > 0 {
-                    format!(" ({unlogged} more refused since the last such line)")
-                } else {
-                    String::new()
-                };
-                warn!(
-                    "{peer} rejected: 503, {refusal}{more}; logged once per {}s for {group}",
-                    LOG_INTERVAL.as_secs()
-                );
-                refusals.insert(
-                    (group, refusal),
-                    Logged {
-                        at: now,
-                        unlogged: 0,
-                    },
-                );
-            }
+        let gate = refusals.entry((group, refusal)).or_insert(Gate::new());
+        if let Some(held_back) = gate.pass(now, LOG_INTERVAL) {
+            let more = if held_back > 0 {
+                format!(" ({held_back} more refused since the last such line)")
+            } else {
+                String::new()
+            };
+            warn!(
+                "{peer} rejected: 503, {refusal}{more}; logged once per {}s for {group}",
+                LOG_INTERVAL.as_secs()
+            );
         }
     }
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
-        // Each change under the lock is a few additions that cannot panic: still consistent.
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.counts)
     }
 }
 

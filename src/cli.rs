@@ -244,8 +244,11 @@ impl Args {
             return Ok(None);
         };
         if !self.broadcast {
-            return Err("--redis (or REDIS_URL) needs --broadcast: a cluster shares broadcasts,                         and an echo goes to its sender only"
-                .to_string());
+            return Err(
+                "--redis (or REDIS_URL) needs --broadcast: a cluster shares broadcasts, \
+                        and an echo goes to its sender only"
+                    .to_string(),
+            );
         }
         crate::cluster::check_url(url)?;
         if self.redis_channel.is_empty() {
@@ -332,25 +335,6 @@ impl FromStr for Count {
 impl fmt::Display for Count {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
-    }
-}
-
-/// A size for people to read in a log line: `11.7GiB`, `640KiB`, `12 bytes`.
-pub fn approx_size(bytes: usize) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = None;
-    for next in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = Some(next);
-    }
-    match unit {
-        None => format!("{bytes} bytes"),
-        Some(unit) if value.fract() == 0.0 => format!("{value}{unit}"),
-        Some(unit) => format!("{value:.1}{unit}"),
     }
 }
 

@@ -86,13 +86,80 @@ pub struct ClusterConfig {
     pub channel: String,
 }
 
+impl ClusterConfig {
+    /// The Redis URL as logs and errors show it: its password, if any, replaced by `***`.
+    pub fn shown_url(&self) -> String {
+        shown_url(&self.redis_url)
+    }
+}
+
 impl std::fmt::Debug for ClusterConfig {
     /// Without the URL's password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterConfig")
-            .field("redis_url", &crate::cluster::shown_url(&self.redis_url))
+            .field("redis_url", &self.shown_url())
             .field("channel", &self.channel)
             .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`: the one in its user information
+/// (`redis://[USER]:PASSWORD@HOST...`), or a Unix socket URL's `pass=` or `password=`
+/// parameter (`redis+unix:///PATH?pass=PASSWORD`). A URL without a password is shown as it is.
+fn shown_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the Redis URL".to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:{HIDDEN}@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((before, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key @ ("pass" | "password"), _)) => format!("{key}={HIDDEN}"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{before}?{}", query.join("&"))
+        }
+        None => path.to_string(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_are_shown_without_their_password() {
+        let shown = |url: &str| {
+            ClusterConfig {
+                redis_url: url.into(),
+                channel: "c".into(),
+            }
+            .shown_url()
+        };
+        assert_eq!(
+            shown("redis://:s3cret@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(shown("rediss://me:s3cret@h/1"), "rediss://me:***@h/1");
+        assert_eq!(shown("redis://127.0.0.1/"), "redis://127.0.0.1/");
+        assert_eq!(
+            shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(shown("not a url"), "the Redis URL");
     }
 }
 

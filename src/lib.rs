@@ -69,10 +69,12 @@ pub mod config;
 mod connection;
 mod delivery;
 pub mod error;
+mod frame;
 pub mod http;
 pub mod logging;
 mod metrics;
 pub mod server;
+mod sync;
 mod sys;
 pub mod tls;
 

@@ -13,13 +13,13 @@ use log::{error, info, warn};
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::cluster::Cluster;
 use crate::config::{self, Config, Mode};
-use crate::connection::{self, Shared};
+use crate::connection::{self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, Shared};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::Hub;
 use crate::error::Error;
 use crate::http::Response;
-use crate::logging::count;
+use crate::logging::{Throttle, approx_size, count};
 use crate::metrics::Metrics;
 use crate::sys::{self, Interest, Waker};
 use crate::tls::Tls;
@@ -76,9 +76,6 @@ impl TlsReloader {
         self.0.files()
     }
 }
-
-/// The status of a refused connection: Service Unavailable.
-const BUSY: u16 = 503;
 
 /// Asks a running server to shut down; clone it into a signal handler or a test.
 #[derive(Debug, Clone)]
@@ -177,7 +174,7 @@ impl Server {
             budget,
             tls,
             metrics,
-            out_of_descriptors_logged: std::sync::Mutex::new(None),
+            out_of_descriptors_log: Throttle::new(OUT_OF_DESCRIPTORS_LOG_INTERVAL),
             greeter,
             shutting_down: AtomicBool::new(false),
         };
@@ -428,10 +425,7 @@ pub fn connection_capacity() -> usize {
 /// The memory ceiling: the configured one, or a share of the machine's memory.
 fn memory_ceiling(config: &Config) -> usize {
     if let Some(limit) = config.max_memory {
-        info!(
-            "memory ceiling {} (--max-memory)",
-            crate::cli::approx_size(limit)
-        );
+        info!("memory ceiling {} (--max-memory)", approx_size(limit));
         return limit;
     }
     let (limit, from) = match sys::physical_memory() {
@@ -440,7 +434,7 @@ fn memory_ceiling(config: &Config) -> usize {
             format!(
                 "1/{} of this machine's {}",
                 config::MEMORY_FRACTION,
-                crate::cli::approx_size(usize::try_from(total).unwrap_or(usize::MAX))
+                approx_size(usize::try_from(total).unwrap_or(usize::MAX))
             ),
         ),
         None => (
@@ -452,7 +446,7 @@ fn memory_ceiling(config: &Config) -> usize {
     let limit = limit.max(2 * config.max_message_size);
     info!(
         "memory ceiling {} ({from}); set it with --max-memory",
-        crate::cli::approx_size(limit)
+        approx_size(limit)
     );
     limit
 }

@@ -66,10 +66,7 @@ struct OneCertificate(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for OneCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self
-            .0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = crate::sync::read(&self.0);
         Some(Arc::clone(&current))
     }
 }
@@ -99,11 +96,7 @@ impl Tls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let provider = Arc::clone(self.config.crypto_provider());
         let key = load_certified_key(&self.files, &provider)?;
-        *self
-            .certificate
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = key;
+        *crate::sync::write(&self.certificate.0) = key;
         Ok(())
     }
 

@@ -43,7 +43,7 @@ pub(crate) mod wire;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ use crate::config::ClusterConfig;
 use crate::delivery::budget::Budget;
 use crate::delivery::hub::Hub;
 use crate::error::Error;
+use crate::logging::Throttle;
+use crate::sync::lock;
 
 /// How long connecting to Redis (TCP, TLS, AUTH, SELECT) may take, at start and on every
 /// retry. On loopback or a LAN a healthy Redis answers in milliseconds.
@@ -69,9 +71,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Where a URL is shown (logs, errors), its password is replaced by this.
-const HIDDEN: &str = "***";
-
 /// Checks a `--redis` URL without connecting: redis:// or rediss:// (or a Unix socket), as the
 /// redis crate reads them. The error never repeats the URL, which may hold a password.
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -82,19 +81,6 @@ pub fn check_url(url: &str) -> Result<(), String> {
             e.detail().unwrap_or("it does not parse")
         )
     })
-}
-
-/// The URL for logs: the password hidden.
-pub fn shown_url(url: &str) -> String {
-    match redis::parse_redis_url(url) {
-        Some(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some(HIDDEN));
-            }
-            parsed.to_string()
-        }
-        None => "the Redis URL".to_string(),
-    }
 }
 
 /// What the link reports, for `/healthz`.
@@ -131,7 +117,7 @@ impl Cluster {
         // rediss:// uses rustls; make ring its provider for the process (nothing else in the
         // build offers another, but a second one would make rustls refuse to choose).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let shown = shown_url(&config.redis_url);
+        let shown = config.shown_url();
         let client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| Error::Redis(format!("{shown}: {e}")))?;
         let link = Arc::new(Link::new(shown.clone()));
@@ -270,8 +256,8 @@ struct PublishQueue {
     /// Whether the queue counts as full now; changed only under this lock, after a mark was
     /// crossed, so the flag and the hub's flow agree with the count whichever thread crossed.
     full: Mutex<bool>,
-    /// When "publish queue full" was last logged.
-    logged_full: Mutex<Option<Instant>>,
+    /// "Publish queue full", at most once per [`FULL_LOG_INTERVAL`].
+    full_log: Throttle,
     hub: Arc<Hub>,
 }
 
@@ -288,7 +274,7 @@ impl PublishQueue {
             high: max_backlog,
             low: max_backlog / 2,
             full: Mutex::new(false),
-            logged_full: Mutex::new(None),
+            full_log: Throttle::new(FULL_LOG_INTERVAL),
             hub,
         }
     }
@@ -325,9 +311,7 @@ impl PublishQueue {
         if !*full && bytes > self.high {
             *full = true;
             self.hub.flow().set_publish_full(true);
-            let mut logged = lock(&self.logged_full);
-            if logged.is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL) {
-                *logged = Some(Instant::now());
+            if self.full_log.pass().is_some() {
                 warn!(
                     "redis publish queue full ({bytes} bytes waiting for Redis): broadcasting \
                      clients wait until it is down to half; logged at most once per {}s",
@@ -355,8 +339,8 @@ struct Link {
     outages: AtomicU64,
     local_only: AtomicU64,
     malformed: AtomicU64,
-    /// When a malformed message was last logged.
-    malformed_logged: Mutex<Option<Instant>>,
+    /// Malformed messages, logged at most once per `MALFORMED_LOG_INTERVAL`.
+    malformed_log: Throttle,
     published: AtomicU64,
     received: AtomicU64,
 }
@@ -382,7 +366,7 @@ impl Link {
             outages: AtomicU64::new(0),
             local_only: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
-            malformed_logged: Mutex::new(None),
+            malformed_log: Throttle::new(subscriber::MALFORMED_LOG_INTERVAL),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
         }
@@ -510,29 +494,18 @@ impl Health {
     }
 }
 
-/// Every change under these locks is one assignment or one counter: a poisoned lock is still
-/// consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_checked_without_connecting_and_shown_without_their_password() {
+    fn urls_are_checked_without_connecting() {
         assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
         assert!(check_url("rediss://cache.example.com:6380/1").is_ok());
         let error = check_url("http://:s3cret@localhost").unwrap_err();
         assert!(error.starts_with("--redis: not a Redis URL"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
         assert!(check_url("not a url").is_err());
-        let shown = shown_url("redis://:s3cret@127.0.0.1:6379/0");
-        assert_eq!(shown, "redis://:***@127.0.0.1:6379/0");
-        assert_eq!(shown_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 
 use super::publisher::set_timeouts;
-use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, lock, wire};
+use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, wire};
 use crate::delivery::budget::Budget;
 use crate::delivery::hub::Hub;
 use crate::delivery::outbox::{Inbox, Outbox};
@@ -42,7 +42,7 @@ const PING_AFTER: Duration = Duration::from_secs(5);
 const LONG_PAUSE: Duration = Duration::from_secs(1);
 
 /// "Malformed message on the channel" is logged at most once per this interval.
-const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(super) struct Subscriber {
     pub client: redis::Client,
@@ -194,12 +194,10 @@ impl Subscriber {
             }
             Err(why) => {
                 let count = self.link.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                let mut logged = lock(&self.link.malformed_logged);
-                if logged.is_none_or(|at| at.elapsed() >= MALFORMED_LOG_INTERVAL) {
-                    *logged = Some(Instant::now());
+                if self.link.malformed_log.pass().is_some() {
                     warn!(
                         "redis: refused a message on channel {:?} that is not a wsecho broadcast \
-                         ({why}; {} so far); see the wire format in the README; logged at most \
+                         ({why}; {} so far); see the wire format in docs/cluster.md; logged at most \
                          once per {}s",
                         self.channel,
                         crate::logging::count(count, "malformed message"),

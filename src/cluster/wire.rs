@@ -25,16 +25,7 @@
 
 use std::fmt;
 
-/// FIN set, RSV clear, and the two data opcodes: the only first bytes a broadcast has.
-const TEXT: u8 = 0x81;
-const BINARY: u8 = 0x82;
-
-/// The mask bit of byte 1; servers never mask.
-const MASKED: u8 = 0x80;
-
-/// Length fields of byte 1 that announce a 16-bit and a 64-bit length.
-const LENGTH_16: u8 = 126;
-const LENGTH_64: u8 = 127;
+use crate::frame::{Header, OPCODE_BINARY, OPCODE_TEXT};
 
 /// The kind of a broadcast that passed [`check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,43 +76,32 @@ impl fmt::Display for Malformed {
 /// Checks that `message` is one broadcast in the wire format (see the module's docs) with a
 /// payload of at most `max_payload` bytes, and says which kind.
 pub fn check(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
-    let [first, second, rest @ ..] = message else {
-        return Err(Malformed::Truncated);
+    let header = Header::parse(message).ok_or(Malformed::Truncated)?;
+    let kind = match header {
+        Header {
+            fin: true,
+            rsv: 0,
+            opcode: OPCODE_TEXT,
+            ..
+        } => Kind::Text,
+        Header {
+            fin: true,
+            rsv: 0,
+            opcode: OPCODE_BINARY,
+            ..
+        } => Kind::Binary,
+        _ => return Err(Malformed::FirstByte(message[0])),
     };
-    let kind = match *first {
-        TEXT => Kind::Text,
-        BINARY => Kind::Binary,
-        other => return Err(Malformed::FirstByte(other)),
-    };
-    if second & MASKED != 0 {
+    if header.masked {
         return Err(Malformed::Masked);
     }
-    let (header, payload) = match second & !MASKED {
-        LENGTH_16 => {
-            let Some((len, payload)) = rest.split_first_chunk::<2>() else {
-                return Err(Malformed::Truncated);
-            };
-            let len = u64::from(u16::from_be_bytes(*len));
-            if len < u64::from(LENGTH_16) {
-                return Err(Malformed::LongLength);
-            }
-            (len, payload)
-        }
-        LENGTH_64 => {
-            let Some((len, payload)) = rest.split_first_chunk::<8>() else {
-                return Err(Malformed::Truncated);
-            };
-            let len = u64::from_be_bytes(*len);
-            if len <= u64::from(u16::MAX) || len >> 63 != 0 {
-                return Err(Malformed::LongLength);
-            }
-            (len, payload)
-        }
-        short => (u64::from(short), rest),
-    };
-    if u64::try_from(payload.len()) != Ok(header) {
+    if !header.shortest {
+        return Err(Malformed::LongLength);
+    }
+    let payload = &message[header.size..];
+    if u64::try_from(payload.len()) != Ok(header.len) {
         return Err(Malformed::Length {
-            header,
+            header: header.len,
             actual: payload.len(),
         });
     }
@@ -140,7 +120,7 @@ pub fn check(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::frame;
+    use crate::frame;
 
     #[test]
     fn every_frame_the_server_encodes_passes_at_every_length_boundary() {

@@ -8,8 +8,7 @@
 //! headers (RFC 6455 section 5.2) of the bytes it hands over, which costs a few comparisons per
 //! frame and tells exactly that.
 
-/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
-const MAX_HEADER: usize = 14;
+use crate::frame::{Header, MAX_HEADER};
 
 /// Follows frame boundaries in a stream of bytes.
 #[derive(Debug, Default)]
@@ -42,15 +41,14 @@ impl Boundary {
             let need = if have < 2 {
                 2
             } else {
-                header_size(&self.header[..have])
+                Header::size_from([self.header[0], self.header[1]])
             };
             let want = (need - have).min(bytes.len());
             self.header[have..have + want].copy_from_slice(&bytes[..want]);
             self.header_len += want as u8;
             bytes = &bytes[want..];
-            let have = usize::from(self.header_len);
-            if have >= 2 && have == header_size(&self.header[..have]) {
-                self.end_header();
+            if let Some(header) = Header::parse(&self.header[..usize::from(self.header_len)]) {
+                self.end_header(header);
             }
         }
     }
@@ -69,36 +67,16 @@ impl Boundary {
         self.largest = 0;
     }
 
-    fn end_header(&mut self) {
-        let header = &self.header;
-        let fin = header[0] & 0x80 != 0;
-        let opcode = header[0] & 0x0f;
-        let length = match header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-            127 => u64::from_be_bytes(header[2..10].try_into().expect("8 bytes")),
-            short => u64::from(short),
-        };
-        // Control frames (opcodes 8 and up) may come between a message's fragments and never
-        // end it; data frames (continuation, text, binary) do when FIN is set.
-        if opcode < 8 {
-            self.in_fragmented_message = !fin;
+    fn end_header(&mut self, header: Header) {
+        // Control frames may come between a message's fragments and never end it; data
+        // frames (continuation, text, binary) do when FIN is set.
+        if !header.is_control() {
+            self.in_fragmented_message = !header.fin;
         }
-        self.payload_left = length;
-        self.largest = self.largest.max(length);
+        self.payload_left = header.len;
+        self.largest = self.largest.max(header.len);
         self.header_len = 0;
     }
-}
-
-/// A header's full size once its first two bytes are known (2 before that).
-fn header_size(start: &[u8]) -> usize {
-    let [_, second, ..] = start else { return 2 };
-    let extended = match second & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let mask = if second & 0x80 != 0 { 4 } else { 0 };
-    2 + extended + mask
 }
 
 #[cfg(test)]

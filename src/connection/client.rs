@@ -1,6 +1,6 @@
 //! One client after its handshake: the loop its thread runs until the connection ends.
 //!
-//! The thread sleeps in `poll` on its socket and its outbox's waker (see `poll.rs`) and wakes
+//! The thread sleeps in `sys::wait` on its socket and its outbox's waker (see `sys/`) and wakes
 //! for exactly four reasons: the client sent bytes, the socket has room for queued bytes,
 //! another thread queued something (or freed what this connection waits for), or a deadline
 //! (ping, idle, close, send timeout) is due. There is no tick: an idle connection sleeps until
@@ -31,9 +31,9 @@ use crate::connection::socket::Socket;
 use crate::connection::transport::Transport;
 use crate::connection::{READ_BUFFER_SIZE, Shared};
 use crate::delivery::budget::Budget;
-use crate::delivery::frame;
 use crate::delivery::hub::Hub;
 use crate::delivery::outbox::{Delivery, Inbox};
+use crate::frame;
 use crate::metrics::{Metrics, Tally};
 use crate::sys::{self, Interest};
 

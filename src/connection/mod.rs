@@ -12,7 +12,10 @@ pub(crate) mod transport;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Refusals for lack of descriptors are logged at most once per this interval.
-const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The status of a refused connection: Service Unavailable.
+pub const BUSY: u16 = 503;
 
 /// The HTTP status of a completed WebSocket handshake.
 const SWITCHING_PROTOCOLS: u16 = 101;
@@ -42,6 +45,7 @@ use crate::delivery::outbox::{Inbox, Outbox};
 use crate::http::handshake;
 use crate::http::site;
 use crate::http::{self, Conn, HeadError, Response};
+use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 
@@ -75,8 +79,9 @@ pub struct Shared {
     pub tls: Option<Arc<Tls>>,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
-    /// When a refusal for lack of descriptors was last logged.
-    pub out_of_descriptors_logged: std::sync::Mutex<Option<Instant>>,
+    /// Refusals for lack of descriptors, logged at most once per
+    /// [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`].
+    pub out_of_descriptors_log: Throttle,
     pub greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub shutting_down: AtomicBool,
@@ -128,22 +133,16 @@ fn refuse_out_of_descriptors(
     shared: &Shared,
     error: &io::Error,
 ) {
-    let mut logged = shared
-        .out_of_descriptors_logged
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if logged.is_none_or(|at| at.elapsed() >= OUT_OF_DESCRIPTORS_LOG_INTERVAL) {
-        *logged = Some(Instant::now());
+    if shared.out_of_descriptors_log.pass().is_some() {
         warn!(
             "{peer} rejected: 503, cannot wait for it ({error}); such refusals are logged once \
              per {}s",
             OUT_OF_DESCRIPTORS_LOG_INTERVAL.as_secs()
         );
     }
-    drop(logged);
-    shared.metrics.http_response(503);
+    shared.metrics.http_response(BUSY);
     shared.metrics.reject("limit");
-    let response = Response::text(503, "server busy: out of descriptors");
+    let response = Response::text(BUSY, "server busy: out of descriptors");
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(&response.to_bytes(false));
 }
@@ -240,7 +239,7 @@ fn answer_request(
         }
     };
     if shared.shutting_down.load(Ordering::SeqCst) {
-        let response = Response::text(503, "server shutting down");
+        let response = Response::text(BUSY, "server shutting down");
         refuse(&mut transport, peer, shared, response, false);
         return None;
     }
@@ -342,7 +341,6 @@ fn start_tls(
 }
 
 /// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
-/// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
 /// loop until the connection ends, and logs how it ended.
 ///
 /// In three functions that are never inlined into one, for the same reason as `serve`: the
@@ -417,7 +415,7 @@ fn refuse(
     shared.metrics.http_response(response.status);
     shared.metrics.reject(match response.status {
         403 => "origin",
-        503 => "shutting_down",
+        BUSY => "shutting_down",
         _ => "bad_request",
     });
     http::respond_and_close(transport, &response, head_only);

@@ -49,8 +49,7 @@ static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
 pub fn trim_heap(freed_at: Instant) -> Option<Instant> {
     let now = Instant::now();
     {
-        // A panic cannot leave the time half-written: a poisoned lock is still right.
-        let mut last = LAST_TRIM.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&LAST_TRIM);
         match *last {
             Some(started) if started >= freed_at => return None,
             Some(started) if now < started + TRIM_INTERVAL => {

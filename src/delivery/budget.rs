@@ -23,14 +23,15 @@
 //! bigger than [`BIG_MESSAGE`] may only read while the count is below the ceiling less a
 //! reserve ([`RESERVE_DIVISOR`]); the reserve is left for connections receiving small ones.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use log::warn;
 
 use crate::delivery::outbox::WaitList;
+use crate::logging::Throttle;
 
 /// A message in progress past this size counts as big: it must leave the reserve alone.
 /// Chat-like traffic (the tutorial's) is well below it; file-sized messages are above.
@@ -52,8 +53,8 @@ pub struct Budget {
     used: AtomicUsize,
     /// Connections that stopped reading for lack of room.
     waiting: WaitList,
-    /// When "memory is full" was last logged.
-    logged_full: Mutex<Option<Instant>>,
+    /// "Memory is full", at most once per [`FULL_LOG_INTERVAL`].
+    full_log: Throttle,
 }
 
 impl Budget {
@@ -64,7 +65,7 @@ impl Budget {
             reserve: limit / RESERVE_DIVISOR,
             used: AtomicUsize::new(0),
             waiting: WaitList::default(),
-            logged_full: Mutex::new(None),
+            full_log: Throttle::new(FULL_LOG_INTERVAL),
         }
     }
 
@@ -106,12 +107,7 @@ impl Budget {
 
     /// Logs that a connection found no room, at most once per [`FULL_LOG_INTERVAL`].
     pub fn note_full(&self) {
-        let mut logged = self
-            .logged_full
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if logged.is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL) {
-            *logged = Some(Instant::now());
+        if self.full_log.pass().is_some() {
             warn!(
                 "memory ceiling reached ({} of {} bytes held): connections wait to read; \
                  logged at most once per {}s",

@@ -18,8 +18,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Greeting;
 use crate::delivery::budget::Budget;
-use crate::delivery::frame;
 use crate::delivery::outbox::Outbox;
+use crate::frame;
 use crate::metrics::Metrics;
 
 /// Where connections schedule their greeting. Dropping every clone stops the thread.

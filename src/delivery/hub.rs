@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::cluster::Cluster;
 use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
 use crate::metrics::Metrics;
+use crate::sync;
 
 /// Broadcasts are written straight into idle listeners' sockets (see `Direct` in outbox.rs)
 /// only when they come at least this far apart. One thread writing to every listener in turn
@@ -179,11 +180,7 @@ impl Hub {
     /// Waits until every connection has left, or `timeout` passes. True if all left.
     pub fn wait_until_empty(&self, timeout: Duration) -> bool {
         let members = self.members();
-        let (members, _) = self
-            .left
-            .wait_timeout_while(members, timeout, |members| !members.is_empty())
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        members.is_empty()
+        sync::wait_while(&self.left, members, timeout, |members| !members.is_empty()).is_empty()
     }
 
     pub fn open_connections(&self) -> usize {
@@ -198,12 +195,8 @@ impl Hub {
         self.started.elapsed()
     }
 
-    /// The member map. A panic elsewhere never leaves it half-updated (every change is one
-    /// map operation), so a poisoned lock is safe to keep using.
     fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Outbox>>> {
-        self.members
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.members)
     }
 }
 

@@ -1,13 +1,11 @@
 //! How frames reach a connection from other threads, and what holds them meanwhile.
 //!
-//! - `frame`: the server's frames, encoded once.
 //! - `outbox`: a connection's mailbox and waker, and broadcast flow control.
 //! - `hub`: every open connection; broadcasts fan out from here.
 //! - `greeter`: the one timer thread that sends every greeting.
 //! - `budget`: the memory ceiling all of this counts against.
 
 pub(crate) mod budget;
-pub(crate) mod frame;
 pub(crate) mod greeter;
 pub(crate) mod hub;
 pub(crate) mod outbox;

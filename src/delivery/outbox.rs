@@ -42,6 +42,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::sync::lock;
 use crate::sys::Waker;
 
 /// Something for a connection's thread to do.
@@ -324,8 +325,7 @@ impl Outbox {
     }
 
     fn direct(&self) -> MutexGuard<'_, Direct> {
-        // Every change under this lock leaves it consistent: a poisoned lock is still right.
-        self.direct.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.direct)
     }
 
     /// Asks the connection's thread to start the close handshake.
@@ -393,10 +393,7 @@ impl Outbox {
     }
 
     fn behind_since(&self) -> MutexGuard<'_, Option<Instant>> {
-        // Every change under this lock is one assignment: a poisoned lock is still consistent.
-        self.behind_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.behind_since)
     }
 }
 
@@ -512,9 +509,7 @@ impl WaitList {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Outbox>>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.waiting)
     }
 }
 

@@ -114,7 +114,9 @@ mod tests {
             budget: std::sync::Arc::new(Budget::new(1 << 30)),
             tls: None,
             metrics: std::sync::Arc::default(),
-            out_of_descriptors_logged: std::sync::Mutex::new(None),
+            out_of_descriptors_log: crate::logging::Throttle::new(std::time::Duration::from_secs(
+                1,
+            )),
             greeter: None,
             shutting_down: AtomicBool::new(false),
         }

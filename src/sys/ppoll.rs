@@ -62,10 +62,7 @@ impl Waker {
     /// Makes the waiting thread's next (or current) [`wait`](super::wait) return with `woken` set.
     pub fn wake(&self) {
         self.signalled.store(true, Ordering::SeqCst);
-        let waiter = self
-            .waiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let waiter = crate::sync::lock(&self.waiter);
         if let Some(thread) = *waiter {
             // SAFETY: `thread` is registered, so it is alive and inside `wait`.
             let sent = unsafe { libc::pthread_kill(thread, WAKE_SIGNAL) };
@@ -84,10 +81,7 @@ impl Waker {
     }
 
     fn register(&self, thread: Option<libc::pthread_t>) {
-        *self
-            .waiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = thread;
+        *crate::sync::lock(&self.waiter) = thread;
     }
 }
 
