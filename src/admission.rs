@@ -26,7 +26,7 @@ use log::warn;
 use crate::logging::Gate;
 
 /// Refusals of one address for one reason are logged at most once per this interval.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An IPv6 address is grouped with the others of its /64: the prefix length, in bits.
 const IPV6_GROUP_PREFIX: u32 = 64;
@@ -37,7 +37,7 @@ const REMEMBERED_REFUSALS: usize = 1024;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The connection limit.
     Full(usize),
     /// The cap on connections from one address.
@@ -63,7 +63,7 @@ impl fmt::Display for Refusal {
 
 /// The caps, and what is counted against them.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     capacity: usize,
     per_address: Option<usize>,
     handshakes_per_address: Option<usize>,
@@ -85,10 +85,10 @@ struct PerAddress {
 
 /// An address as the caps count it: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Group(IpAddr);
+pub(crate) struct Group(IpAddr);
 
 impl Group {
-    pub fn of(ip: IpAddr) -> Group {
+    pub(crate) fn of(ip: IpAddr) -> Group {
         match ip {
             IpAddr::V4(v4) => Group(IpAddr::V4(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -114,14 +114,14 @@ impl fmt::Display for Group {
 /// An admitted connection's place under the caps; dropping it (when the connection's thread
 /// ends, panics included) gives the place back.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     group: Group,
     handshaking: bool,
 }
 
 impl Admission {
-    pub fn new(
+    pub(crate) fn new(
         capacity: usize,
         per_address: Option<usize>,
         handshakes_per_address: Option<usize>,
@@ -137,13 +137,13 @@ impl Admission {
 
     /// Connections admitted and not yet ended.
     #[cfg(test)]
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.counts().active
     }
 
     /// Admits a connection from `peer`, or says why not (and logs it, at most once per
     /// address, reason and interval).
-    pub fn admit(self: &Arc<Admission>, peer: SocketAddr) -> Result<Ticket, Refusal> {
+    pub(crate) fn admit(self: &Arc<Admission>, peer: SocketAddr) -> Result<Ticket, Refusal> {
         let group = Group::of(peer.ip());
         let refused = {
             let mut counts = self.counts();
@@ -207,7 +207,7 @@ impl Admission {
 impl Ticket {
     /// The handshake is over (answered, upgraded or failed): it no longer counts as
     /// unfinished.
-    pub fn handshake_done(&mut self) {
+    pub(crate) fn handshake_done(&mut self) {
         if std::mem::take(&mut self.handshaking) {
             let mut counts = self.admission.counts();
             if let Some(mine) = counts.by_address.get_mut(&self.group) {

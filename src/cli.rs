@@ -10,7 +10,7 @@ use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use log::LevelFilter;
 
-use crate::config::{self, ClusterConfig, Config, Greeting, Mode};
+use wsecho::config::{self, ClusterConfig, Config, Greeting, Mode, TlsFiles};
 
 /// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
 /// and serves a browser demo page at http://HOST:PORT/.
@@ -22,34 +22,34 @@ use crate::config::{self, ClusterConfig, Config, Greeting, Mode};
     max_term_width = 100,
     args_override_self = true
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// Host name or address to listen on (0.0.0.0 or :: for every interface).
     #[arg(long, value_name = "HOST", default_value = config::DEFAULT_HOST)]
-    pub host: String,
+    pub(crate) host: String,
 
     /// TCP port to listen on; 0 picks a free port.
     #[arg(long, short, env = "PORT", default_value_t = config::DEFAULT_PORT)]
-    pub port: u16,
+    pub(crate) port: u16,
 
     /// Send every message to every connected client instead of echoing it to its sender.
     #[arg(long)]
-    pub broadcast: bool,
+    pub(crate) broadcast: bool,
 
     /// The greeting text; {time} is replaced by the local date-time.
     #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_GREETING)]
-    pub greeting: String,
+    pub(crate) greeting: String,
 
     /// When to greet a client after its handshake; 0 or off: never.
     #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::DEFAULT_GREETING_DELAY))))]
-    pub greeting_delay: Optional<Span>,
+    pub(crate) greeting_delay: Optional<Span>,
 
     /// Do not serve the demo page at / (it then gets 404).
     #[arg(long)]
-    pub no_demo_page: bool,
+    pub(crate) no_demo_page: bool,
 
     /// Do not serve Prometheus metrics at /metrics (it then gets 404).
     #[arg(long)]
-    pub no_metrics: bool,
+    pub(crate) no_metrics: bool,
 
     /// Speak TLS only (wss://, https://) with this certificate chain (PEM, server certificate
     /// first); needs --tls-key. Reloaded on SIGHUP.
@@ -59,7 +59,7 @@ pub struct Args {
         env = "WSECHO_TLS_CERT",
         requires = "tls_key"
     )]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
 
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted); needs
     /// --tls-cert. Reloaded on SIGHUP.
@@ -69,80 +69,80 @@ pub struct Args {
         env = "WSECHO_TLS_KEY",
         requires = "tls_cert"
     )]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 
     /// A subprotocol the server speaks, chosen when a client offers it (repeatable, in order
     /// of preference). Without it no subprotocol is ever selected.
     #[arg(long = "subprotocol", value_name = "NAME")]
-    pub subprotocols: Vec<String>,
+    pub(crate) subprotocols: Vec<String>,
 
     /// Accept browser handshakes only from this origin, like `https://example.com` (repeatable).
     /// Without it every origin is accepted, as the tutorial's server does.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
 
     /// Time a client has to send its whole HTTP request.
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::HANDSHAKE_TIMEOUT))]
-    pub handshake_timeout: Span,
+    pub(crate) handshake_timeout: Span,
 
     /// Most connections at once, handshakes included; more get 503.
     /// [default: from the open-file limit]
     #[arg(long, value_name = "N")]
-    pub max_connections: Option<Count>,
+    pub(crate) max_connections: Option<Count>,
 
     /// Most connections at once from one address (IPv6: one /64); more get 503; off: no cap.
     #[arg(long, value_name = "N", default_value_t = Optional(None))]
-    pub max_connections_per_ip: Optional<Count>,
+    pub(crate) max_connections_per_ip: Optional<Count>,
 
     /// Most unfinished handshakes at once from one address (IPv6: one /64); more get 503;
     /// off: no cap.
     #[arg(long, value_name = "N", default_value_t = Optional(Some(Count(config::MAX_HANDSHAKES_PER_ADDRESS))))]
-    pub max_handshakes_per_ip: Optional<Count>,
+    pub(crate) max_handshakes_per_ip: Optional<Count>,
 
     /// Bytes the server may hold for all connections together (messages being received,
     /// frames waiting to be sent); at it, reading pauses until memory frees.
     /// [default: half the machine's memory]
     #[arg(long, value_name = "SIZE")]
-    pub max_memory: Option<Size>,
+    pub(crate) max_memory: Option<Size>,
 
     /// Largest message accepted; larger gets Close 1009.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_MESSAGE_SIZE))]
-    pub max_message_size: Size,
+    pub(crate) max_message_size: Size,
 
     /// Largest frame accepted; larger gets Close 1009.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_FRAME_SIZE))]
-    pub max_frame_size: Size,
+    pub(crate) max_frame_size: Size,
 
     /// Bytes queued for a client and not yet read by it; past it, broadcast senders wait
     /// until it is down to half, and echo stops reading from it.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_BACKLOG))]
-    pub max_backlog: Size,
+    pub(crate) max_backlog: Size,
 
     /// How long a broadcast listener may stay past --max-backlog before it is closed with 1008.
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::SEND_TIMEOUT))]
-    pub send_timeout: Span,
+    pub(crate) send_timeout: Span,
 
     /// Ping a client the server has not heard from for this long; 0 or off: never.
     #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::PING_INTERVAL))))]
-    pub ping_interval: Optional<Span>,
+    pub(crate) ping_interval: Optional<Span>,
 
     /// Drop a client that sent nothing, not even a pong, for this long; 0 or off: never.
     #[arg(long, value_name = "DURATION", default_value_t = Optional(Some(Span(config::IDLE_TIMEOUT))))]
-    pub idle_timeout: Optional<Span>,
+    pub(crate) idle_timeout: Optional<Span>,
 
     /// After sending Close, how long to wait for the client's reply.
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::CLOSE_TIMEOUT))]
-    pub close_timeout: Span,
+    pub(crate) close_timeout: Span,
 
     /// Join a cluster of instances through this Redis, like `redis://:PASSWORD@HOST:6379/0`
     /// (`rediss://` for TLS). Every client of every instance then gets every broadcast. Needs
     /// --broadcast. Prefer REDIS_URL for a password: the command line is visible to others.
     #[arg(long, value_name = "URL", env = "REDIS_URL", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub(crate) redis: Option<String>,
 
     /// The Redis pub/sub channel the cluster shares.
     #[arg(long, value_name = "NAME", default_value = config::DEFAULT_REDIS_CHANNEL)]
-    pub redis_channel: String,
+    pub(crate) redis_channel: String,
 
     /// Log level: off, error, warn, info (connections), debug (every message), trace.
     #[arg(
@@ -152,16 +152,16 @@ pub struct Args {
         value_parser = PossibleValuesParser::new(["off", "error", "warn", "info", "debug", "trace"])
             .map(|level| level.parse::<LevelFilter>().expect("a listed level"))
     )]
-    pub log_level: LevelFilter,
+    pub(crate) log_level: LevelFilter,
 
     /// Also append the log to this file.
     #[arg(long, value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
+    pub(crate) log_file: Option<PathBuf>,
 }
 
 impl Args {
     /// The server's configuration from these arguments.
-    pub fn config(&self) -> Result<Config, String> {
+    pub(crate) fn config(&self) -> Result<Config, String> {
         let greeting = match self.greeting_delay.0 {
             Some(Span(delay)) if self.greeting.is_empty() => {
                 return Err(format!(
@@ -217,7 +217,7 @@ impl Args {
                 .tls_cert
                 .clone()
                 .zip(self.tls_key.clone())
-                .map(|(cert, key)| crate::tls::TlsFiles { cert, key }),
+                .map(|(cert, key)| TlsFiles { cert, key }),
             subprotocols: self.subprotocols.clone(),
             allowed_origins: self.allowed_origins.clone(),
             handshake_timeout: self.handshake_timeout.0,
@@ -250,20 +250,13 @@ impl Args {
                     .to_string(),
             );
         }
-        crate::cluster::check_url(url)?;
-        if self.redis_channel.is_empty() {
-            return Err("--redis-channel is empty".to_string());
-        }
-        Ok(Some(ClusterConfig {
-            redis_url: url.clone(),
-            channel: self.redis_channel.clone(),
-        }))
+        ClusterConfig::new(url, &self.redis_channel).map(Some)
     }
 }
 
 /// A positive duration written like `2s`, `500ms`, `1m` or `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub Duration);
+pub(crate) struct Span(pub(crate) Duration);
 
 impl FromStr for Span {
     type Err = String;
@@ -292,7 +285,7 @@ impl fmt::Display for Span {
 
 /// A setting that `off` (or `0`) turns off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Optional<T>(pub Option<T>);
+pub(crate) struct Optional<T>(pub(crate) Option<T>);
 
 impl<T: FromStr<Err = String>> FromStr for Optional<T> {
     type Err = String;
@@ -319,7 +312,7 @@ impl<T: fmt::Display> fmt::Display for Optional<T> {
 
 /// A positive whole number, like `100`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Count(pub usize);
+pub(crate) struct Count(pub(crate) usize);
 
 impl FromStr for Count {
     type Err = String;
@@ -340,7 +333,7 @@ impl fmt::Display for Count {
 
 /// A positive size in bytes, written like `16MiB`, `512KiB` or `65536`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub usize);
+pub(crate) struct Size(pub(crate) usize);
 
 impl FromStr for Size {
     type Err = String;

@@ -77,7 +77,7 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REDIS_CHANNEL: &str = "wsecho";
 
 /// Joining a cluster of instances through Redis (`--redis`): every client of every instance
-/// then receives every broadcast (see the README's "Running several instances").
+/// then receives every broadcast (see docs/cluster.md).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS.
@@ -87,6 +87,29 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The cluster on the Redis at `redis_url`, sharing `channel`. The URL is checked without
+    /// connecting (`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://` for TLS, or a
+    /// Unix socket); the error never repeats it, as it may hold a password. A build without
+    /// the `cluster` feature refuses every URL, saying so.
+    pub fn new(redis_url: &str, channel: &str) -> Result<ClusterConfig, String> {
+        if !cfg!(feature = "cluster") {
+            let missing = crate::error::Error::NotBuiltIn {
+                what: "clusters",
+                feature: "cluster",
+            };
+            return Err(format!("--redis: {missing}"));
+        }
+        #[cfg(feature = "cluster")]
+        crate::cluster::check_url(redis_url)?;
+        if channel.is_empty() {
+            return Err("--redis-channel is empty".to_string());
+        }
+        Ok(ClusterConfig {
+            redis_url: redis_url.to_string(),
+            channel: channel.to_string(),
+        })
+    }
+
     /// The Redis URL as logs and errors show it: its password, if any, replaced by `***`.
     pub fn shown_url(&self) -> String {
         shown_url(&self.redis_url)
@@ -163,6 +186,15 @@ mod tests {
     }
 }
 
+/// The PEM files to serve TLS with (`--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain: the server's certificate first, then any intermediates.
+    pub cert: std::path::PathBuf,
+    /// The private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted.
+    pub key: std::path::PathBuf,
+}
+
 /// What the server does with each message it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -194,14 +226,14 @@ pub struct Config {
     pub greeting: Option<Greeting>,
     /// Serve the browser demo page at `/`.
     pub demo_page: bool,
-    /// Serve Prometheus metrics at `/metrics`.
+    /// Serve Prometheus metrics at `/metrics` (in a build with the `metrics` feature).
     pub metrics: bool,
     /// Speak TLS only (`wss://`, `https://`) with these files; `None`: plain.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<TlsFiles>,
     /// Subprotocols the server speaks, in order of preference; empty: none.
     pub subprotocols: Vec<String>,
-    /// Origins allowed to open a WebSocket; empty: all (see the README on cross-site
-    /// WebSocket hijacking). A request without an Origin header (not a browser) is allowed.
+    /// Origins allowed to open a WebSocket; empty: all (see docs/hostile-clients.md on
+    /// cross-site WebSocket hijacking). A request without an Origin header (not a browser) is allowed.
     pub allowed_origins: Vec<String>,
     /// Time a client has to send its whole request head; see [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,

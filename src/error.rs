@@ -3,7 +3,6 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// Why the server could not start or run.
 #[derive(Debug)]
@@ -14,15 +13,15 @@ pub enum Error {
     /// The address is taken, not ours, or needs privileges.
     #[allow(missing_docs)]
     Bind { addr: SocketAddr, source: io::Error },
-    /// The log file could not be opened for appending.
-    #[allow(missing_docs)]
-    LogFile { path: PathBuf, source: io::Error },
-    /// The log was already set up in this process.
-    Logger(log::SetLoggerError),
     /// The TLS certificate or key could not be used.
-    Tls(crate::tls::TlsError),
-    /// The Ctrl-C / SIGTERM handler could not be installed.
-    Signal(ctrlc::Error),
+    Tls(TlsError),
+    /// The configuration asks for something this build leaves out (a cargo feature).
+    NotBuiltIn {
+        /// What was asked for, like `TLS`.
+        what: &'static str,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
     /// Some other system call failed; the text says during what.
     Io(&'static str, io::Error),
     /// The cluster's Redis cannot be joined, and retrying would not help (a refused password).
@@ -34,12 +33,12 @@ impl fmt::Display for Error {
         match self {
             Error::Resolve { host, source } => write!(f, "cannot resolve host {host:?}: {source}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            Error::LogFile { path, source } => {
-                write!(f, "cannot open log file {}: {source}", path.display())
-            }
-            Error::Logger(e) => write!(f, "cannot set up logging: {e}"),
-            Error::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
             Error::Tls(e) => write!(f, "{e}"),
+            Error::NotBuiltIn { what, feature } => write!(
+                f,
+                "this wsecho was built without {what}; build it with the cargo feature \
+                 {feature:?} (on by default)"
+            ),
             Error::Io(during, e) => write!(f, "{during}: {e}"),
             Error::Redis(why) => write!(f, "cannot join the cluster: {why}"),
         }
@@ -49,14 +48,23 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Resolve { source, .. }
-            | Error::Bind { source, .. }
-            | Error::LogFile { source, .. }
-            | Error::Io(_, source) => Some(source),
-            Error::Logger(e) => Some(e),
-            Error::Signal(e) => Some(e),
+            Error::Resolve { source, .. } | Error::Bind { source, .. } | Error::Io(_, source) => {
+                Some(source)
+            }
             Error::Tls(e) => Some(e),
-            Error::Redis(_) => None,
+            Error::NotBuiltIn { .. } | Error::Redis(_) => None,
         }
     }
 }
+
+/// Why the TLS certificate or key could not be used; reads as one line naming the file.
+#[derive(Debug)]
+pub struct TlsError(pub(crate) String);
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}

@@ -1,15 +1,18 @@
 //! The `wsecho` command: parse the arguments, set up logging and signals, run the server.
 
+mod cli;
+mod log_output;
+
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use cli::Args;
 use log::info;
-use wsecho::cli::Args;
-use wsecho::{Error, Server};
+use wsecho::Server;
 
 /// Exit status for a second Ctrl-C: the shell's usual 128 + SIGINT.
 const EXIT_INTERRUPTED: i32 = 130;
@@ -38,27 +41,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, config: wsecho::Config) -> Result<(), Error> {
-    wsecho::logging::init(args.log_level, args.log_file.as_deref())?;
-    let server = Server::bind(config)?;
+fn run(args: &Args, config: wsecho::Config) -> Result<(), String> {
+    log_output::init(args.log_level, args.log_file.as_deref())?;
+    let server = Server::bind(config).map_err(|e| e.to_string())?;
 
     // The handlers go in before the ready line: a script that waits for the line and then
     // sends SIGTERM must get a graceful shutdown, never the default "killed by a signal".
     let stop = Arc::new(StopRequests {
         server: server.shutdown_handle(),
-        acknowledged: Mutex::new(None),
+        acknowledged: OnceLock::new(),
     });
     let on_ctrl_c = Arc::clone(&stop);
-    ctrlc::set_handler(move || on_ctrl_c.request()).map_err(Error::Signal)?;
+    ctrlc::set_handler(move || on_ctrl_c.request())
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     #[cfg(unix)]
-    on_unix_signals(stop, server.tls_reloader())?;
+    on_unix_signals(stop, &server)?;
 
     // The one line on standard output: scripts wait for it to know the server is ready.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", server.url()).and_then(|()| stdout.flush());
     drop(stdout);
 
-    server.run()?;
+    server.run().map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -66,40 +70,38 @@ fn run(args: &Args, config: wsecho::Config) -> Result<(), Error> {
 /// after the first was acknowledged exits at once.
 struct StopRequests {
     server: wsecho::ShutdownHandle,
-    acknowledged: Mutex<Option<Instant>>,
+    /// When the first request was acknowledged.
+    acknowledged: OnceLock<Instant>,
 }
 
 impl StopRequests {
     fn request(&self) {
-        let mut acknowledged = self
+        if self.acknowledged.set(Instant::now()).is_ok() {
+            info!("shutdown requested; press Ctrl-C again to exit at once");
+            self.server.shutdown();
+        } else if self
             .acknowledged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match *acknowledged {
-            None => {
-                info!("shutdown requested; press Ctrl-C again to exit at once");
-                self.server.shutdown();
-                *acknowledged = Some(Instant::now());
-            }
-            Some(at) if at.elapsed() < SIGNALS_TOGETHER => {} // the same request
-            Some(_) => {
-                eprintln!("wsecho: exiting at once");
-                std::process::exit(EXIT_INTERRUPTED);
-            }
+            .get()
+            .is_some_and(|at| at.elapsed() >= SIGNALS_TOGETHER)
+        {
+            eprintln!("wsecho: exiting at once");
+            std::process::exit(EXIT_INTERRUPTED);
         }
+        // Otherwise it is the same request, sent twice.
     }
 }
 
 /// SIGTERM stops the server like Ctrl-C; SIGHUP reloads the TLS certificate. Both are read by
 /// a thread of their own.
 #[cfg(unix)]
-fn on_unix_signals(
-    stop: Arc<StopRequests>,
-    tls: Option<wsecho::server::TlsReloader>,
-) -> Result<(), Error> {
+fn on_unix_signals(stop: Arc<StopRequests>, server: &Server) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGTERM};
+    #[cfg(feature = "tls")]
+    let tls = server.tls_reloader();
+    #[cfg(not(feature = "tls"))]
+    let (tls, _) = (None::<NoTls>, server);
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP])
-        .map_err(|e| Error::Io("installing the SIGTERM and SIGHUP handlers", e))?;
+        .map_err(|e| format!("installing the SIGTERM and SIGHUP handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -117,8 +119,23 @@ fn on_unix_signals(
                 }
             }
         })
-        .map_err(|e| Error::Io("starting the signal thread", e))?;
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
     Ok(())
+}
+
+/// In a build without TLS, the reloader SIGHUP never has.
+#[cfg(all(unix, not(feature = "tls")))]
+enum NoTls {}
+
+#[cfg(all(unix, not(feature = "tls")))]
+impl NoTls {
+    fn reload(&self) -> Result<(), wsecho::TlsError> {
+        match *self {}
+    }
+
+    fn files(&self) -> &wsecho::TlsFiles {
+        match *self {}
+    }
 }
 
 /// Prints a one-line error and returns the failing exit status.

@@ -9,70 +9,106 @@
 //!
 //! The endpoint is on the WebSocket port, like `/healthz`; `--no-metrics` turns it off. It
 //! says nothing about clients but counts, but an operator may still want it private: see the
-//! README's "Deploying".
+//! docs/deploying.md.
 
+#[cfg(feature = "metrics")]
 use std::sync::atomic::AtomicI64;
 
+#[cfg(feature = "metrics")]
 use prometheus_client::encoding::EncodeLabelSet;
+#[cfg(feature = "metrics")]
 use prometheus_client::metrics::counter::Counter;
+#[cfg(feature = "metrics")]
 use prometheus_client::metrics::family::Family;
+#[cfg(feature = "metrics")]
 use prometheus_client::metrics::gauge::Gauge;
+#[cfg(feature = "metrics")]
 use prometheus_client::registry::{Registry, Unit};
 use tungstenite::protocol::frame::coding::CloseCode;
 
-/// The content type of the text format `promtool check metrics` reads.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Every metric the server keeps.
+/// What the server counts. Every count goes through a method here, so that a build without
+/// the `metrics` feature keeps only what `/healthz` and the final summary report (messages
+/// received) and compiles the rest away.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
+    /// Data messages received from clients: `/healthz` and the summary at shutdown report it.
+    messages_received: Received,
+    /// The Prometheus side: registered counters, and the registry `/metrics` renders.
+    #[cfg(feature = "metrics")]
+    exported: Exported,
+}
+
+/// The count of messages received: one of the exported counters, or a plain one.
+#[cfg(feature = "metrics")]
+type Received = Counter;
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug, Default)]
+struct Received(std::sync::atomic::AtomicU64);
+
+#[cfg(not(feature = "metrics"))]
+impl Received {
+    fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Every metric `/metrics` reports.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Exported {
     registry: Registry,
     /// WebSocket connections open now.
-    pub connections_open: Gauge,
+    connections_open: Gauge,
     /// WebSocket connections opened over the server's life.
-    pub connections_accepted: Counter,
+    connections_accepted: Counter,
     /// WebSocket connections closed, by how they ended.
-    pub connections_closed: Family<Ending, Counter>,
+    connections_closed: Family<Ending, Counter>,
     /// HTTP responses sent, upgrades (101) included, by status.
-    pub http_requests: Family<Status, Counter>,
+    http_requests: Family<Status, Counter>,
     /// Connections or requests refused, by reason.
-    pub rejections: Family<Rejection, Counter>,
-    /// Data messages received from clients.
-    pub messages_received: Counter,
+    rejections: Family<Rejection, Counter>,
+    /// Data messages received from clients, read from [`Metrics`] at each scrape.
+    messages_received: Counter,
     /// Payload bytes of those messages.
-    pub bytes_received: Counter,
+    bytes_received: Counter,
     /// Data messages queued to clients: echoes, broadcast copies, greetings.
-    pub messages_sent: Counter,
+    messages_sent: Counter,
     /// Bytes of those messages' frames.
-    pub bytes_sent: Counter,
+    bytes_sent: Counter,
     /// Messages fanned out to every listener (one per message, however many listeners).
-    pub broadcasts: Counter,
+    broadcasts: Counter,
     /// Greetings sent.
-    pub greetings: Counter,
+    greetings: Counter,
     /// Listeners closed with 1008 for staying behind past the send timeout.
-    pub slow_clients_closed: Counter,
+    slow_clients_closed: Counter,
     /// Bytes held against the memory ceiling, read at each scrape.
-    pub memory_bytes: Gauge<i64, AtomicI64>,
+    memory_bytes: Gauge<i64, AtomicI64>,
     /// The memory ceiling.
-    pub memory_limit_bytes: Gauge<i64, AtomicI64>,
+    memory_limit_bytes: Gauge<i64, AtomicI64>,
     /// With `--redis`: 1 while the link to Redis is up, 0 while it is down (registered only
     /// then, so that a lone instance does not report a link it does not have).
-    pub redis_up: Option<Gauge<i64, AtomicI64>>,
+    redis_up: Option<Gauge<i64, AtomicI64>>,
     /// With `--redis`: outages of the link since start.
-    pub redis_outages: Option<Gauge<i64, AtomicI64>>,
+    redis_outages: Option<Gauge<i64, AtomicI64>>,
 }
 
 /// The `code` label of closed connections: the class of close code they ended with.
+#[cfg(feature = "metrics")]
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Ending {
+pub(crate) struct Ending {
     /// `normal`, `going_away`, `protocol_error`, `policy`, `too_big`, `try_again`,
     /// `server_error`, `abnormal` (no Close frame), `no_status`, `application`, `other`.
-    pub code: &'static str,
+    code: &'static str,
 }
 
+#[cfg(feature = "metrics")]
 impl Ending {
     /// The class of a close code.
-    pub fn of(code: CloseCode) -> Ending {
+    fn of(code: CloseCode) -> Ending {
         let code = match code {
             CloseCode::Normal => "normal",
             CloseCode::Away => "going_away",
@@ -91,18 +127,20 @@ impl Ending {
 }
 
 /// The `status` label of HTTP responses.
+#[cfg(feature = "metrics")]
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Status {
+pub(crate) struct Status {
     /// The status code.
-    pub status: u16,
+    status: u16,
 }
 
 /// The `reason` label of rejections.
+#[cfg(feature = "metrics")]
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// `limit` (the connection limit), `per_address`, `origin` (403), `bad_request` (other
     /// 4xx), `memory` (1013: memory full), `shutting_down`.
-    pub reason: &'static str,
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -112,16 +150,145 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The metrics of a server; `cluster`: it is one instance of a cluster (`--redis`).
-    pub fn new(cluster: bool) -> Metrics {
-        let metrics = Metrics {
+    /// The metrics of a server; `cluster`: it is one instance of a cluster (`--redis`), which
+    /// reports its Redis link too.
+    pub(crate) fn new(cluster: bool) -> Metrics {
+        let _ = cluster;
+        let messages_received = Received::default();
+        Metrics {
+            #[cfg(feature = "metrics")]
+            exported: Exported::new(cluster, messages_received.clone()),
+            messages_received,
+        }
+    }
+
+    /// Counts a WebSocket connection opened.
+    pub(crate) fn connection_opened(&self) {
+        #[cfg(feature = "metrics")]
+        {
+            self.exported.connections_accepted.inc();
+            self.exported.connections_open.inc();
+        }
+    }
+
+    /// Counts a WebSocket connection closed, with the close code it ended with.
+    pub(crate) fn connection_closed(&self, code: CloseCode) {
+        let _ = code;
+        #[cfg(feature = "metrics")]
+        {
+            self.exported.connections_open.dec();
+            self.exported
+                .connections_closed
+                .get_or_create(&Ending::of(code))
+                .inc();
+        }
+    }
+
+    /// Counts an HTTP response.
+    pub(crate) fn http_response(&self, status: u16) {
+        let _ = status;
+        #[cfg(feature = "metrics")]
+        self.exported
+            .http_requests
+            .get_or_create(&Status { status })
+            .inc();
+    }
+
+    /// Counts a rejection: `limit` (the connection limit), `per_address`, `origin` (403),
+    /// `bad_request` (other 4xx), `memory` (1013: memory full), `shutting_down`.
+    pub(crate) fn reject(&self, reason: &'static str) {
+        let _ = reason;
+        #[cfg(feature = "metrics")]
+        self.exported
+            .rejections
+            .get_or_create(&Rejection { reason })
+            .inc();
+    }
+
+    /// Counts data messages received from clients, and their payload bytes.
+    pub(crate) fn received(&self, messages: u64, bytes: u64) {
+        self.messages_received.inc_by(messages);
+        let _ = bytes;
+        #[cfg(feature = "metrics")]
+        self.exported.bytes_received.inc_by(bytes);
+    }
+
+    /// Data messages received from clients since start.
+    pub(crate) fn messages_received(&self) -> u64 {
+        self.messages_received.get()
+    }
+
+    /// Counts data messages handed to clients (echoes, broadcast copies, greetings), and their
+    /// frames' bytes. Every such message is counted here, once, by the thread that hands it
+    /// over, whichever way it then travels to the socket.
+    pub(crate) fn sent(&self, messages: u64, bytes: u64) {
+        let _ = (messages, bytes);
+        #[cfg(feature = "metrics")]
+        {
+            self.exported.messages_sent.inc_by(messages);
+            self.exported.bytes_sent.inc_by(bytes);
+        }
+    }
+
+    /// Counts messages fanned out to every listener (one per message, however many listeners).
+    pub(crate) fn broadcasts(&self, messages: u64) {
+        let _ = messages;
+        #[cfg(feature = "metrics")]
+        self.exported.broadcasts.inc_by(messages);
+    }
+
+    /// Counts a greeting handed to its client.
+    pub(crate) fn greeting(&self) {
+        #[cfg(feature = "metrics")]
+        self.exported.greetings.inc();
+    }
+
+    /// Counts a listener closed with 1008 for staying behind past the send timeout.
+    pub(crate) fn slow_client_closed(&self) {
+        #[cfg(feature = "metrics")]
+        self.exported.slow_clients_closed.inc();
+    }
+
+    /// The exposition text, with the readings taken now: memory, and the Redis link as
+    /// `(up, outages)` when there is one.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn render(
+        &self,
+        memory_used: usize,
+        memory_limit: usize,
+        redis: Option<(bool, u64)>,
+    ) -> String {
+        let exported = &self.exported;
+        if let (Some(gauge), Some((up, _))) = (&exported.redis_up, redis) {
+            gauge.set(i64::from(up));
+        }
+        if let (Some(gauge), Some((_, outages))) = (&exported.redis_outages, redis) {
+            gauge.set(i64::try_from(outages).unwrap_or(i64::MAX));
+        }
+        exported
+            .memory_bytes
+            .set(i64::try_from(memory_used).unwrap_or(i64::MAX));
+        exported
+            .memory_limit_bytes
+            .set(i64::try_from(memory_limit).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &exported.registry);
+        text
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    fn new(cluster: bool, messages_received: Counter) -> Exported {
+        let exported = Exported {
             registry: Registry::with_prefix("wsecho"),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_closed: Family::default(),
             http_requests: Family::default(),
             rejections: Family::default(),
-            messages_received: Counter::default(),
+            messages_received,
             bytes_received: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
@@ -133,10 +300,10 @@ impl Metrics {
             redis_up: cluster.then(Gauge::default),
             redis_outages: cluster.then(Gauge::default),
         };
-        metrics.registered()
+        exported.registered()
     }
 
-    fn registered(mut self) -> Metrics {
+    fn registered(mut self) -> Exported {
         let r = &mut self.registry;
         r.register(
             "connections_open",
@@ -224,71 +391,35 @@ impl Metrics {
         }
         self
     }
-
-    /// Counts an HTTP response.
-    pub fn http_response(&self, status: u16) {
-        self.http_requests.get_or_create(&Status { status }).inc();
-    }
-
-    /// Counts a rejection.
-    pub fn reject(&self, reason: &'static str) {
-        self.rejections.get_or_create(&Rejection { reason }).inc();
-    }
-
-    /// The exposition text, with the readings taken now: memory, and the Redis link as
-    /// `(up, outages)` when there is one.
-    pub fn render(
-        &self,
-        memory_used: usize,
-        memory_limit: usize,
-        redis: Option<(bool, u64)>,
-    ) -> String {
-        if let (Some(gauge), Some((up, _))) = (&self.redis_up, redis) {
-            gauge.set(i64::from(up));
-        }
-        if let (Some(gauge), Some((_, outages))) = (&self.redis_outages, redis) {
-            gauge.set(i64::try_from(outages).unwrap_or(i64::MAX));
-        }
-        self.memory_bytes
-            .set(i64::try_from(memory_used).unwrap_or(i64::MAX));
-        self.memory_limit_bytes
-            .set(i64::try_from(memory_limit).unwrap_or(i64::MAX));
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
-        text
-    }
 }
 
 /// A connection's own sums, handed to the shared counters once per round of its loop.
 #[derive(Debug, Default)]
-pub struct Tally {
-    /// Data messages received, and their payload bytes.
-    pub received: u64,
+pub(crate) struct Tally {
+    /// Data messages received.
+    pub(crate) received: u64,
     /// Payload bytes received.
-    pub received_bytes: u64,
-    /// Data messages queued to the client.
-    pub sent: u64,
-    /// Frame bytes queued to the client.
-    pub sent_bytes: u64,
+    pub(crate) received_bytes: u64,
+    /// Data messages handed to the client (echoes).
+    pub(crate) sent: u64,
+    /// Frame bytes of those.
+    pub(crate) sent_bytes: u64,
 }
 
 impl Tally {
     /// Adds the sums to `metrics` and starts again from zero.
-    pub fn flush(&mut self, metrics: &Metrics) {
+    pub(crate) fn flush(&mut self, metrics: &Metrics) {
         if self.received > 0 {
-            metrics.messages_received.inc_by(self.received);
-            metrics.bytes_received.inc_by(self.received_bytes);
+            metrics.received(self.received, self.received_bytes);
         }
         if self.sent > 0 {
-            metrics.messages_sent.inc_by(self.sent);
-            metrics.bytes_sent.inc_by(self.sent_bytes);
+            metrics.sent(self.sent, self.sent_bytes);
         }
         *self = Tally::default();
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "metrics"))]
 mod tests {
     use super::*;
 
@@ -297,10 +428,9 @@ mod tests {
         let metrics = Metrics::default();
         metrics.http_response(200);
         metrics.reject("origin");
-        metrics
-            .connections_closed
-            .get_or_create(&Ending::of(CloseCode::Policy))
-            .inc();
+        metrics.connection_opened();
+        metrics.connection_closed(CloseCode::Policy);
+        metrics.received(3, 30);
         let text = metrics.render(5, 10, None);
         assert!(!text.contains("redis"), "no link, no link metrics:\n{text}");
         let clustered = Metrics::new(true).render(0, 1, Some((true, 2)));
@@ -315,6 +445,8 @@ mod tests {
             "wsecho_memory_bytes 5",
             "wsecho_memory_limit_bytes 10",
             "wsecho_sent_bytes_total 0",
+            "wsecho_messages_received_total 3",
+            "wsecho_connections_open 0",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }

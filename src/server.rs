@@ -11,17 +11,23 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use crate::admission::{Admission, Refusal, Ticket};
+#[cfg(feature = "cluster")]
 use crate::cluster::Cluster;
+#[cfg(feature = "tls")]
+use crate::config::TlsFiles;
 use crate::config::{self, Config, Mode};
 use crate::connection::{self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, Shared};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::Hub;
 use crate::error::Error;
+#[cfg(feature = "tls")]
+use crate::error::TlsError;
 use crate::http::Response;
 use crate::logging::{Throttle, approx_size, count};
 use crate::metrics::Metrics;
 use crate::sys::{self, Interest, Waker};
+#[cfg(feature = "tls")]
 use crate::tls::Tls;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -29,7 +35,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 /// (an idle connection touches a few KiB), so this is address space, not RAM; it is far above
 /// what the deepest path needs (a handshake, a log line, a panic message) and far below the
 /// 8 MiB default, which would spend the address space of 10,000 threads on nothing.
-pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
+pub(crate) const CONNECTION_STACK_SIZE: usize = 256 * 1024;
 
 /// Descriptors kept for everything else: standard streams, the listener, the log file,
 /// the signal handler's pipe, and room for a few more.
@@ -62,17 +68,19 @@ pub struct Server {
 
 /// Reloads a running server's TLS certificate: new connections get the new one, open ones
 /// keep theirs, and files that do not load leave the old certificate in use.
+#[cfg(feature = "tls")]
 #[derive(Debug, Clone)]
 pub struct TlsReloader(Arc<Tls>);
 
+#[cfg(feature = "tls")]
 impl TlsReloader {
     /// Reads the certificate and key files again; on error the old certificate stays.
-    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         self.0.reload()
     }
 
     /// The files it reads.
-    pub fn files(&self) -> &crate::tls::TlsFiles {
+    pub fn files(&self) -> &TlsFiles {
         self.0.files()
     }
 }
@@ -115,10 +123,18 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, Error> {
         // The files first: a bad certificate is the likelier mistake, and reported before
         // anything else happens.
+        #[cfg(feature = "tls")]
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(Tls::load(files.clone()).map_err(Error::Tls)?)),
             None => None,
         };
+        #[cfg(not(feature = "tls"))]
+        if config.tls.is_some() {
+            return Err(Error::NotBuiltIn {
+                what: "TLS",
+                feature: "tls",
+            });
+        }
         let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
             .to_socket_addrs()
             .map_err(|source| Error::Resolve {
@@ -131,7 +147,15 @@ impl Server {
             .set_nonblocking(true)
             .map_err(|e| Error::Io("listener setup", e))?;
         // Before anything is logged: a refused password is one line, like a port in use.
+        #[cfg(feature = "cluster")]
         let cluster = config.cluster.as_ref().map(Cluster::connect).transpose()?;
+        #[cfg(not(feature = "cluster"))]
+        if config.cluster.is_some() {
+            return Err(Error::NotBuiltIn {
+                what: "clusters",
+                feature: "cluster",
+            });
+        }
 
         // Raised and logged with --max-connections too: the connections it allows need
         // their descriptors all the same.
@@ -162,16 +186,22 @@ impl Server {
             config.max_connections_per_address,
             config.max_handshakes_per_address,
         );
-        let hub = Arc::new(Hub::new(config.max_backlog));
-        hub.count_into(Arc::clone(&metrics));
-        if let Some(cluster) = cluster {
-            let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
-            hub.join_cluster(cluster.start(&hub, &budget, max_message, max_backlog)?);
-        }
+        let hub = Arc::new(Hub::new(config.max_backlog, Arc::clone(&metrics)));
+        #[cfg(feature = "cluster")]
+        let cluster = match cluster {
+            Some(joining) => {
+                let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
+                Some(joining.start(&hub, &budget, max_message, max_backlog)?)
+            }
+            None => None,
+        };
         let shared = Shared {
             hub,
+            #[cfg(feature = "cluster")]
+            cluster,
             config,
             budget,
+            #[cfg(feature = "tls")]
             tls,
             metrics,
             out_of_descriptors_log: Throttle::new(OUT_OF_DESCRIPTORS_LOG_INTERVAL),
@@ -201,7 +231,7 @@ impl Server {
 
     /// The URL clients connect to, like `ws://127.0.0.1:3000` (`wss://` with TLS).
     pub fn url(&self) -> String {
-        let scheme = if self.shared.tls.is_some() {
+        let scheme = if self.shared.speaks_tls() {
             "wss"
         } else {
             "ws"
@@ -210,6 +240,7 @@ impl Server {
     }
 
     /// A handle that reloads the TLS certificate (on SIGHUP, say); `None` without TLS.
+    #[cfg(feature = "tls")]
     pub fn tls_reloader(&self) -> Option<TlsReloader> {
         self.shared
             .tls
@@ -311,7 +342,7 @@ impl Server {
                 // Dropped when the thread ends, panics included: the place is given back.
                 let mut ticket = ticket;
                 let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    connection::serve(stream, peer, &shared, &mut ticket)
+                    connection::handle(stream, peer, &shared, &mut ticket)
                 }));
                 if let Err(panic) = served {
                     report_panic(peer, panic.as_ref());
@@ -351,13 +382,14 @@ fn shut_down(shared: &Shared) -> Summary {
     // more to send what is left; a little more covers the threads' own work.
     let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
     shared.hub.wait_until_empty(wait);
-    if let Some(cluster) = shared.hub.cluster() {
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &shared.cluster {
         cluster.stop();
     }
     let unfinished = shared.hub.open_connections();
     let summary = Summary {
         connections: shared.hub.accepted(),
-        messages: shared.metrics.messages_received.get(),
+        messages: shared.metrics.messages_received(),
         open_at_shutdown: open,
         unfinished,
     };
@@ -399,7 +431,7 @@ fn reject_busy(stream: TcpStream, refusal: Refusal) {
 }
 
 /// Raises the open-file limit, and derives how many connections fit under it.
-pub fn connection_capacity() -> usize {
+fn connection_capacity() -> usize {
     let Some(fds) = sys::raise_open_file_limit() else {
         info!("no open-file limit here: room for {UNLIMITED_CAPACITY} connections");
         return UNLIMITED_CAPACITY;

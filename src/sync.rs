@@ -17,11 +17,13 @@ pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Takes `lock` for reading, poisoned or not.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) fn read<T: ?Sized>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Takes `lock` for writing, poisoned or not.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }

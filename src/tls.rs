@@ -19,9 +19,8 @@
 //! WebSocket. What an idle TLS connection keeps is rustls's own state and its 4 KiB receive
 //! buffer; see `transport.rs` on the send side.
 
-use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -31,30 +30,12 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 
-/// The PEM files to serve TLS with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain: the server's certificate first, then any intermediates.
-    pub cert: PathBuf,
-    /// The private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted.
-    pub key: PathBuf,
-}
-
-/// Why the certificate or key could not be used; reads as one line naming the file.
-#[derive(Debug)]
-pub struct TlsError(String);
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsError {}
+use crate::config::TlsFiles;
+use crate::error::TlsError;
 
 /// The TLS configuration every connection starts from, and its swappable certificate.
 #[derive(Debug)]
-pub struct Tls {
+pub(crate) struct Tls {
     files: TlsFiles,
     config: Arc<ServerConfig>,
     certificate: Arc<OneCertificate>,
@@ -73,7 +54,7 @@ impl ResolvesServerCert for OneCertificate {
 
 impl Tls {
     /// Loads the files and builds the configuration; fails with a line that names the file.
-    pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+    pub(crate) fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = load_certified_key(&files, &provider)?;
         let certificate = Arc::new(OneCertificate(RwLock::new(key)));
@@ -93,7 +74,7 @@ impl Tls {
 
     /// Reads the files again and, if they load, serves the new certificate to new
     /// connections. On error the old certificate stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let provider = Arc::clone(self.config.crypto_provider());
         let key = load_certified_key(&self.files, &provider)?;
         *crate::sync::write(&self.certificate.0) = key;
@@ -101,12 +82,12 @@ impl Tls {
     }
 
     /// The files served.
-    pub fn files(&self) -> &TlsFiles {
+    pub(crate) fn files(&self) -> &TlsFiles {
         &self.files
     }
 
     /// A new server-side TLS session, for an accepted connection.
-    pub fn accept(&self) -> io::Result<ServerConnection> {
+    pub(crate) fn accept(&self) -> io::Result<ServerConnection> {
         ServerConnection::new(Arc::clone(&self.config)).map_err(io::Error::other)
     }
 }

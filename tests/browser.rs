@@ -14,6 +14,7 @@
 
 #[path = "support/chromium.rs"]
 mod chromium;
+#[cfg(feature = "tls")]
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -25,6 +26,7 @@ use std::thread;
 use std::time::Duration;
 
 use chromium::Chromium;
+#[cfg(feature = "tls")]
 use pki::Pki;
 use serde_json::Value;
 
@@ -433,6 +435,7 @@ fn demo_page_shows_broadcast_mode_and_the_greeting_delay() {
 }
 
 #[test]
+#[cfg(feature = "tls")]
 fn demo_page_talks_to_the_server_over_https() {
     let pki = Pki::new("browser");
     let tls = pki.tls_args();

@@ -4,7 +4,7 @@
 
 // These tests read the server's memory and CPU time from /proc, and raise limits with the
 // shell's ulimit: Linux only (the README's Platforms section says what runs where).
-#![cfg(target_os = "linux")]
+#![cfg(all(target_os = "linux", feature = "cluster"))]
 
 #[path = "support/redis.rs"]
 mod redis_server;

@@ -28,7 +28,7 @@ const CLOSE: u8 = 0x8;
 /// The ceiling the server runs with in these tests.
 const CEILING_MIB: u64 = 64;
 
-/// What the server may hold beyond the ceiling, documented in the README: its own baseline
+/// What the server may hold beyond the ceiling, documented in docs/design.md: its own baseline
 /// (binary, threads, buffers: about 6 MiB), one read of 2 KiB per connection past the check,
 /// the frame buffer tungstenite keeps per connection (up to one frame: 1 MiB here, 12 MiB for
 /// the twelve), and the allocator's own overhead. Without the ceiling the peak is over 300 MiB.
@@ -158,7 +158,7 @@ fn a_memory_ceiling_below_two_largest_messages_is_refused_at_start() {
 const QUIET_CLIENTS: usize = 400;
 
 /// What a connection may keep, over its fresh figure, once it settled after a burst: the
-/// README's "What an idle connection keeps" says what this is (its channel's first block,
+/// docs/performance.md (where an idle connection's memory goes) says what this is (its channel's first block,
 /// allocator rounding). Before connections gave memory back, a 64 KiB echo left 66 KiB and the
 /// greeting 5.5 KiB (a third stack page).
 const KEPT_AFTER_SETTLING_KIB: u64 = 3;

@@ -1,6 +1,8 @@
 //! `GET /metrics`: scraped during a session, the counters move as the session did, and the
 //! text passes Prometheus's own checker, `promtool check metrics`.
 
+#![cfg(feature = "metrics")]
+
 mod support;
 
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! TLS: `wss://` and `https://` on one port, with a certificate authority made at test time
 //! and clients that trust only it.
 
+#![cfg(feature = "tls")]
+
 #[path = "support/pki.rs"]
 mod pki;
 mod support;

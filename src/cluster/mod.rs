@@ -73,7 +73,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Checks a `--redis` URL without connecting: redis:// or rediss:// (or a Unix socket), as the
 /// redis crate reads them. The error never repeats the URL, which may hold a password.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url).map(|_| ()).map_err(|e| {
         format!(
             "--redis: not a Redis URL ({}); expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] \
@@ -85,7 +85,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// What the link reports, for `/healthz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     pub up: bool,
     /// Outages since start (the one at start included).
     pub outages: u64,
@@ -99,9 +99,10 @@ pub struct Health {
 }
 
 /// This instance's membership of a cluster: the publish queue connection threads push into,
-/// and the link's state. The hub holds it (see `Hub::publish`).
+/// and the link's state. Broadcasts go through it (`Shared::broadcast`) and come back into
+/// the hub.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     queue: Arc<PublishQueue>,
     link: Arc<Link>,
     /// Dropped to stop both threads.
@@ -113,7 +114,7 @@ impl Cluster {
     /// else is logged. Fails only when retrying cannot help: a URL that does not parse, a
     /// refused password. An unreachable Redis is not an error: the instance starts with the
     /// link down and keeps trying.
-    pub fn connect(config: &ClusterConfig) -> Result<Joining, Error> {
+    pub(crate) fn connect(config: &ClusterConfig) -> Result<Joining, Error> {
         // rediss:// uses rustls; make ring its provider for the process (nothing else in the
         // build offers another, but a second one would make rustls refuse to choose).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -144,7 +145,7 @@ impl Cluster {
 }
 
 /// A cluster tried once, whose threads have not started yet.
-pub struct Joining {
+pub(crate) struct Joining {
     client: redis::Client,
     link: Arc<Link>,
     /// The connections made at start, if Redis answered.
@@ -163,7 +164,7 @@ impl std::fmt::Debug for Joining {
 
 impl Joining {
     /// Starts the publisher and the subscriber, which fan out into `hub` under `budget`.
-    pub fn start(
+    pub(crate) fn start(
         self,
         hub: &Arc<Hub>,
         budget: &Arc<Budget>,
@@ -221,24 +222,24 @@ impl Joining {
 impl Cluster {
     /// Sends a connection's broadcasts to the whole cluster: into the publish queue while the
     /// link is up, to this instance's clients at once while it is down. Never blocks.
-    pub fn publish(&self, hub: &Hub, frames: &[Bytes]) {
+    pub(crate) fn publish(&self, frames: &[Bytes]) {
         // While the link is down and nothing of this sender's is still in the queue, local
         // delivery can be done here; otherwise the publisher delivers in queue order.
         if !self.link.is_up() && self.queue.is_empty() {
             self.link.delivered_locally(frames.len());
-            hub.broadcast(frames);
+            self.queue.hub.broadcast(frames);
         } else {
             self.queue.push(frames);
         }
     }
 
     /// The link's state and counts.
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.link.health()
     }
 
     /// Stops both threads (they end within a second: the subscriber's read timeout).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.link.stopping.store(true, Ordering::SeqCst);
         lock(&self.stop).take();
     }
@@ -477,7 +478,7 @@ impl Link {
 
 impl Health {
     /// The fields `/healthz` adds for a cluster member, starting with a comma.
-    pub fn json_fields(&self) -> String {
+    pub(crate) fn json_fields(&self) -> String {
         let mut out = String::new();
         let _ = write!(
             out,
@@ -510,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_full_publish_queue_congests_the_hub_until_it_is_down_to_half() {
-        let hub = Arc::new(Hub::new(1 << 20));
+        let hub = Arc::new(Hub::new(1 << 20, Arc::default()));
         let queue = PublishQueue::new(Arc::clone(&hub), 100);
         queue.push(&[Bytes::from(vec![0; 60])]);
         assert!(!hub.flow().congested());

@@ -41,7 +41,7 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub fn run(self) {
+    pub(super) fn run(self) {
         let mut connection: Option<(u64, redis::Connection)> = None;
         loop {
             select! {

@@ -88,7 +88,7 @@ impl Subscriber {
     /// back off and start again. `first` is the pair connected at start, if any. `mailbox` is
     /// the thread's own, outside the hub (it receives no broadcasts): its waker is what the
     /// wait lists wake.
-    pub fn run(
+    pub(super) fn run(
         self,
         mut first: Option<(redis::Connection, redis::Connection)>,
         mailbox: (Arc<Outbox>, Inbox),

@@ -29,14 +29,14 @@ use crate::frame::{Header, OPCODE_BINARY, OPCODE_TEXT};
 
 /// The kind of a broadcast that passed [`check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Text,
     Binary,
 }
 
 /// Why a message on the channel is not a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     /// Shorter than a frame header.
     Truncated,
     /// Not `0x81` or `0x82`: a fragment, a control frame, RSV bits, or not a frame at all.
@@ -75,7 +75,7 @@ impl fmt::Display for Malformed {
 
 /// Checks that `message` is one broadcast in the wire format (see the module's docs) with a
 /// payload of at most `max_payload` bytes, and says which kind.
-pub fn check(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
+pub(crate) fn check(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
     let header = Header::parse(message).ok_or(Malformed::Truncated)?;
     let kind = match header {
         Header {

@@ -12,7 +12,7 @@ use crate::frame::{Header, MAX_HEADER};
 
 /// Follows frame boundaries in a stream of bytes.
 #[derive(Debug, Default)]
-pub struct Boundary {
+pub(super) struct Boundary {
     /// The header being read, and how much of it arrived.
     header: [u8; MAX_HEADER],
     header_len: u8,
@@ -26,7 +26,7 @@ pub struct Boundary {
 
 impl Boundary {
     /// Follows `bytes`, the next bytes of the stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub(super) fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let skip = usize::try_from(self.payload_left)
@@ -54,16 +54,16 @@ impl Boundary {
     }
 
     /// Whether every byte fed so far ends a whole message: nothing half read.
-    pub fn between_messages(&self) -> bool {
+    pub(super) fn between_messages(&self) -> bool {
         self.header_len == 0 && self.payload_left == 0 && !self.in_fragmented_message
     }
 
     /// The longest frame payload seen since [`Boundary::forget_largest`].
-    pub fn largest(&self) -> u64 {
+    pub(super) fn largest(&self) -> u64 {
         self.largest
     }
 
-    pub fn forget_largest(&mut self) {
+    pub(super) fn forget_largest(&mut self) {
         self.largest = 0;
     }
 

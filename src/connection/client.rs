@@ -1,15 +1,20 @@
 //! One client after its handshake: the loop its thread runs until the connection ends.
 //!
-//! The thread sleeps in `sys::wait` on its socket and its outbox's waker (see `sys/`) and wakes
-//! for exactly four reasons: the client sent bytes, the socket has room for queued bytes,
-//! another thread queued something (or freed what this connection waits for), or a deadline
-//! (ping, idle, close, send timeout) is due. There is no tick: an idle connection sleeps until
+//! The thread sleeps in `sys::wait` on its socket and its outbox's waker and wakes for exactly
+//! four reasons: the client sent bytes, the socket has room for queued bytes, another thread
+//! queued something (or freed what this connection waits for), or a deadline (ping, idle,
+//! close, send timeout, settling) is due. There is no tick: an idle connection sleeps until
 //! its next ping is due.
 //!
 //! Reading is what the loop withholds to push back: it stops reading while its own client has
-//! not taken what it was sent (echo), while some listener is behind (broadcast, see
-//! `outbox.rs`), or while the server's memory is full (`budget.rs`). TCP flow control then
-//! makes the client wait, and nothing is lost.
+//! not taken what it was sent (echo), while some listener is behind (broadcast), or while the
+//! server's memory is full (`pace.rs`). TCP flow control then makes the client wait, and
+//! nothing is lost.
+//!
+//! The client's state is grouped by what it is for: the protocol and the socket, what it did
+//! ([`Stats`]), signs of life ([`Liveness`]), the close handshake ([`Closing`]), the
+//! broadcasts of this round ([`Broadcasts`]), waiting for others ([`Pacing`]) and giving
+//! memory back ([`Settling`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -25,16 +30,15 @@ use tungstenite::protocol::WebSocketContext;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Config, Mode};
-use crate::connection::settle::{self, BIG_QUEUE, SETTLE_AFTER};
+use crate::config::Mode;
+use crate::connection::pace::{Pacing, Turn};
+use crate::connection::settle::{BIG_QUEUE, Settling};
 use crate::connection::socket::Socket;
 use crate::connection::transport::Transport;
 use crate::connection::{READ_BUFFER_SIZE, Shared};
-use crate::delivery::budget::Budget;
-use crate::delivery::hub::Hub;
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
-use crate::metrics::{Metrics, Tally};
+use crate::metrics::Tally;
 use crate::sys::{self, Interest};
 
 /// Text longer than this is shortened in the debug log.
@@ -45,23 +49,22 @@ const LOGGED_TEXT_CHARS: usize = 200;
 /// hub, and its flow control, message by message.
 const MAX_BROADCAST_BATCH: usize = 64 * 1024;
 
-/// What the loop is waiting for before it reads again, other than its own client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Paused {
-    /// A listener is behind (broadcast flow control), since then.
-    ForListeners(Instant),
-    /// The server's memory is full, since then.
-    ForMemory(Instant),
-}
+/// The close reason of a listener that stayed behind past the send timeout, and of one that
+/// did while its own broadcasts waited for it: a client that cannot read while its send is
+/// blocked (python-websockets' sync client, a one-thread tungstenite client) is its own
+/// slowest reader (docs/design.md).
+const TOO_SLOW: &str = "too slow: not reading what it was sent";
+const TOO_SLOW_WHILE_SENDING: &str =
+    "too slow: not reading what it was sent, while its own broadcasts waited for it";
 
 /// How a connection ended: the close code and reason, and what happened, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ending {
+pub(crate) struct Ending {
     /// The close code: the client's, the one the server sent, or 1006 (`Abnormal`) when the
     /// connection ended without a Close frame (RFC 6455 section 7.1.5).
-    pub code: CloseCode,
-    pub reason: String,
-    pub how: &'static str,
+    pub(crate) code: CloseCode,
+    pub(crate) reason: String,
+    pub(crate) how: &'static str,
 }
 
 impl fmt::Display for Ending {
@@ -78,58 +81,65 @@ impl fmt::Display for Ending {
 
 /// What the connection did, for the disconnection log line.
 #[derive(Debug)]
-pub struct Summary {
-    pub ending: Ending,
-    pub messages: u64,
-    pub duration: Duration,
+pub(crate) struct Summary {
+    pub(crate) ending: Ending,
+    pub(crate) messages: u64,
+    pub(crate) duration: Duration,
 }
 
 /// A client connection in its WebSocket phase.
-pub struct Client<'a> {
+pub(crate) struct Client<'a> {
     /// The protocol's state (tungstenite): frames, fragments, the close handshake.
     ws: WebSocketContext,
     /// The client's socket, with everything queued for it.
     socket: Socket,
+    /// What other threads hand this connection.
     inbox: Inbox,
-    config: &'a Config,
-    hub: &'a Arc<Hub>,
-    budget: &'a Arc<Budget>,
-    metrics: &'a Metrics,
-    /// This round's messages and bytes, for the metrics.
-    tally: Tally,
+    shared: &'a Shared,
+    peer: SocketAddr,
+    stats: Stats,
+    liveness: Liveness,
+    closing: Closing,
+    broadcasts: Broadcasts,
+    pacing: Pacing,
+    settling: Settling,
     /// Set when reading stopped with input left unread (in tungstenite's buffer, say): the
     /// socket may never signal it, so the next round reads before it sleeps.
     read_pending: bool,
-    peer: SocketAddr,
+}
+
+/// What the connection did.
+struct Stats {
     started: Instant,
+    /// Data messages received.
     messages: u64,
+    /// This round's messages and bytes, for the metrics.
+    tally: Tally,
+}
+
+/// Signs of life, and keeping a quiet connection alive.
+struct Liveness {
     /// When the client last sent anything at all.
     last_heard: Instant,
     /// When the socket last took queued bytes, or the queue was last empty.
     last_sent: Instant,
     last_ping: Instant,
+}
+
+/// The close handshake, from either side.
+#[derive(Default)]
+struct Closing {
     /// Set once the server has sent its Close frame: how it closed, and the reply's deadline.
-    closing: Option<(Ending, Instant)>,
+    by_server: Option<(Ending, Instant)>,
     /// The client's Close frame, once it arrived.
-    client_close: Option<(CloseCode, String)>,
-    /// Messages read in this round, to broadcast together when the round ends, and their size.
-    broadcasts: Vec<Bytes>,
-    batched: usize,
-    /// Set while reading waits for other connections; see [`Paused`].
-    paused: Option<Paused>,
-    /// The generation of each wait list this connection is on, if it is.
-    listed_for_listeners: Option<u64>,
-    listed_for_memory: Option<u64>,
-    /// When the connection gives back what its last burst left, if it has been quiet until
-    /// then (see `settle.rs`).
-    settle_at: Option<Instant>,
-    /// Set when another thread woke this one since it last settled.
-    woken_since_settle: bool,
-    /// Set when the loop should free the stack pages below it before its next sleep.
-    release_stack: bool,
-    /// Memory freed at the first instant and not yet returned to the system: ask again at the
-    /// second (see `settle::trim_heap`).
-    trim: Option<(Instant, Instant)>,
+    by_client: Option<(CloseCode, String)>,
+}
+
+/// Messages read in this round, to broadcast together when the round ends.
+#[derive(Default)]
+struct Broadcasts {
+    frames: Vec<Bytes>,
+    bytes: usize,
 }
 
 impl<'a> Client<'a> {
@@ -140,7 +150,7 @@ impl<'a> Client<'a> {
     /// page it ever touched, and the loop's deepest paths must stay within the two pages an
     /// idle connection has (see `CONNECTION_STACK_SIZE` in server.rs).
     #[inline(never)]
-    pub fn start(
+    pub(crate) fn start(
         transport: Transport,
         leftover: Vec<u8>,
         inbox: Inbox,
@@ -153,9 +163,6 @@ impl<'a> Client<'a> {
             // Listeners with nothing queued take broadcasts without a wake-up (outbox.rs).
             socket.lend(inbox.outbox());
         }
-        // The handshake ran deeper than the loop will (a TLS one about 16.5 KiB, key exchange
-        // and signature): the first settle gives those stack pages back (settle.rs).
-        let settle_at = Some(Instant::now() + SETTLE_AFTER);
         let ws = WebSocketContext::from_partially_read(
             leftover,
             Role::Server,
@@ -166,51 +173,45 @@ impl<'a> Client<'a> {
             ws,
             socket,
             inbox,
-            config: &shared.config,
-            hub: &shared.hub,
-            budget: &shared.budget,
-            metrics: &shared.metrics,
-            tally: Tally::default(),
-            read_pending: false,
+            shared,
             peer,
-            started: now,
-            messages: 0,
-            last_heard: now,
-            last_sent: now,
-            last_ping: now,
-            closing: None,
-            client_close: None,
-            broadcasts: Vec::new(),
-            batched: 0,
-            paused: None,
-            listed_for_listeners: None,
-            listed_for_memory: None,
-            settle_at,
-            woken_since_settle: false,
-            release_stack: false,
-            trim: None,
+            stats: Stats {
+                started: now,
+                messages: 0,
+                tally: Tally::default(),
+            },
+            liveness: Liveness {
+                last_heard: now,
+                last_sent: now,
+                last_ping: now,
+            },
+            closing: Closing::default(),
+            broadcasts: Broadcasts::default(),
+            pacing: Pacing::default(),
+            settling: Settling::new(),
+            read_pending: false,
         })
     }
 
     /// Serves the connection until it ends.
-    pub fn run(mut self: Box<Self>) -> Summary {
-        let Err(ending) = self.serve();
+    pub(crate) fn run(mut self: Box<Self>) -> Summary {
+        let Err(ending) = self.event_loop();
         self.linger();
-        self.tally.flush(self.metrics);
+        self.stats.tally.flush(&self.shared.metrics);
         self.inbox.waker().forget(self.socket.tcp());
         self.socket.close();
         Summary {
             ending,
-            messages: self.messages,
-            duration: self.started.elapsed(),
+            messages: self.stats.messages,
+            duration: self.stats.started.elapsed(),
         }
     }
 
     /// The loop. It only ever ends with how the connection ended, so `?` can end it from
     /// anywhere inside.
-    fn serve(&mut self) -> Result<Infallible, Ending> {
+    fn event_loop(&mut self) -> Result<Infallible, Ending> {
         loop {
-            if std::mem::take(&mut self.release_stack) {
+            if self.settling.take_release_stack() {
                 // From here, the loop's own frame: nothing deeper is in use.
                 sys::release_stack_below_caller();
             }
@@ -250,21 +251,12 @@ impl<'a> Client<'a> {
             }
             // Counted before they go out, so that a client that got its echo and then asks
             // /metrics sees it counted.
-            self.tally.flush(self.metrics);
+            self.stats.tally.flush(&self.shared.metrics);
             self.send_queued()?;
             if ready.woken || ready.readable {
-                self.note_activity(ready.woken);
+                self.settling.note_activity(ready.woken, self.grew());
             }
             self.check_deadlines()?;
-        }
-    }
-
-    /// After a round that did something: if it left anything to give back, the connection
-    /// settles once it has been quiet for [`SETTLE_AFTER`].
-    fn note_activity(&mut self, woken: bool) {
-        self.woken_since_settle |= woken;
-        if self.woken_since_settle || self.grew() {
-            self.settle_at = Some(Instant::now() + SETTLE_AFTER);
         }
     }
 
@@ -278,16 +270,15 @@ impl<'a> Client<'a> {
     /// message half received, nothing queued, not waiting for others.
     #[inline(never)]
     fn settle(&mut self, now: Instant) {
-        self.settle_at = None;
-        if self.closing.is_some() || !self.ws.can_write() {
+        if self.closing.by_server.is_some() || !self.ws.can_write() {
             return;
         }
         let quiet = self.socket.queued() == 0
-            && self.paused.is_none()
+            && !self.pacing.paused()
             && !self.read_pending
             && self.socket.between_messages();
         if !quiet {
-            self.settle_at = Some(now + SETTLE_AFTER);
+            self.settling.postpone(now);
             return;
         }
         let grew = self.grew();
@@ -298,63 +289,43 @@ impl<'a> Client<'a> {
         }
         self.socket.shrink_queue();
         self.socket.forget_peaks();
-        self.broadcasts = Vec::new();
-        self.release_stack = true;
-        self.woken_since_settle = false;
-        if grew {
-            self.trim = settle::trim_heap(now).map(|again| (now, again));
-        }
+        self.broadcasts.frames = Vec::new();
+        self.settling.settled(now, grew);
     }
 
     /// The loop stops reading while the client has not taken what it was already sent: its
     /// unread echoes (or pongs) are then bounded by the backlog limit (plus one message), and
     /// TCP flow control slows the client down. Other clients are not affected.
     fn backpressured(&self) -> bool {
-        self.socket.queued() >= self.config.max_backlog
+        self.socket.queued() >= self.shared.config.max_backlog
     }
 
-    /// Whether the loop may read now. When other connections stand in the way (a listener is
-    /// behind, or memory is full) it joins the wait list of what it waits for, so that the
-    /// thread that frees it wakes this one; see `WaitList` on why no wake-up is lost.
+    /// Whether the loop may read now: its own client has taken what it was sent, and no other
+    /// connection stands in the way (`pace.rs`).
     fn may_read(&mut self) -> bool {
         if self.backpressured() {
             return false;
         }
-        if self.config.mode == Mode::Broadcast {
-            let flow = self.hub.flow();
-            let outbox = self.inbox.outbox();
-            if flow
-                .senders()
-                .join_while(outbox, &mut self.listed_for_listeners, || flow.congested())
-            {
-                if !matches!(self.paused, Some(Paused::ForListeners(_))) {
-                    self.paused = Some(Paused::ForListeners(Instant::now()));
-                }
-                return false;
+        let flow = (self.shared.config.mode == Mode::Broadcast).then(|| self.shared.hub.flow());
+        let turn = self.pacing.turn(
+            self.inbox.outbox(),
+            flow,
+            &self.shared.budget,
+            self.socket.in_progress(),
+        );
+        match turn {
+            Turn::Wait => false,
+            Turn::Read => true,
+            Turn::Resume => {
+                // Silence while the server would not read says nothing about the client.
+                self.liveness.last_heard = self.liveness.last_heard.max(Instant::now());
+                true
             }
         }
-        let budget = self.budget;
-        let in_progress = self.socket.in_progress();
-        if budget
-            .waiting()
-            .join_while(self.inbox.outbox(), &mut self.listed_for_memory, || {
-                !budget.may_read(in_progress)
-            })
-        {
-            if !matches!(self.paused, Some(Paused::ForMemory(_))) {
-                self.paused = Some(Paused::ForMemory(Instant::now()));
-                budget.note_full();
-            }
-            return false;
-        }
-        if self.paused.take().is_some() {
-            // Silence while the server would not read says nothing about the client.
-            self.last_heard = self.last_heard.max(Instant::now());
-        }
-        true
     }
 
-    /// Moves what other threads queued into the socket's queue.
+    /// Moves what other threads queued into the socket's queue. (They counted it when they
+    /// handed it over.)
     fn take_deliveries(&mut self) {
         // A broadcaster that found the socket full left the rest of its frame: it goes first.
         self.socket.hold_writes();
@@ -363,11 +334,7 @@ impl<'a> Client<'a> {
             match delivery {
                 // After a Close, nothing more may be sent (section 5.5.1): drop the frame.
                 Delivery::Frame(frame) if !self.ws.can_write() => self.inbox.written(frame.len()),
-                Delivery::Frame(frame) => {
-                    self.tally.sent += 1;
-                    self.tally.sent_bytes += frame.len() as u64;
-                    self.socket.push(frame, true);
-                }
+                Delivery::Frame(frame) => self.socket.push(frame, true),
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
         }
@@ -389,7 +356,7 @@ impl<'a> Client<'a> {
                     // Released only now: until its echo or broadcast frame exists (counted on
                     // its own), the message's bytes are held twice.
                     self.socket.message_done();
-                    if self.batched >= MAX_BROADCAST_BATCH {
+                    if self.broadcasts.bytes >= MAX_BROADCAST_BATCH {
                         self.fan_out();
                     }
                 }
@@ -407,7 +374,7 @@ impl<'a> Client<'a> {
         // listener for a burst of messages, not one per message.
         self.fan_out();
         if self.socket.take_heard() {
-            self.last_heard = Instant::now();
+            self.liveness.last_heard = Instant::now();
         }
         // Refused for lack of memory: the next may_read finds out and waits for room.
         self.socket.take_starved();
@@ -416,31 +383,34 @@ impl<'a> Client<'a> {
 
     /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
     fn listeners_behind(&self) -> bool {
-        self.config.mode == Mode::Broadcast && self.hub.flow().congested()
+        self.shared.config.mode == Mode::Broadcast && self.shared.hub.flow().congested()
     }
 
+    /// Broadcasts what this round read.
     fn fan_out(&mut self) {
-        if !self.broadcasts.is_empty() {
-            self.metrics.broadcasts.inc_by(self.broadcasts.len() as u64);
-            self.hub.publish(&self.broadcasts);
-            self.broadcasts.clear();
-            self.batched = 0;
+        if !self.broadcasts.frames.is_empty() {
+            let frames = &self.broadcasts.frames;
+            self.shared.metrics.broadcasts(frames.len() as u64);
+            self.shared.broadcast(frames);
+            self.broadcasts.frames.clear();
+            self.broadcasts.bytes = 0;
         }
     }
 
     fn on_message(&mut self, message: Message) {
         let payload_len = message.len();
+        let budget = &self.shared.budget;
         let frame = match &message {
             Message::Text(text) => {
                 debug!("{} text {:?}", self.peer, shorten(text));
-                if self.config.panic_on_message.as_deref() == Some(text.as_str()) {
+                if self.shared.config.panic_on_message.as_deref() == Some(text.as_str()) {
                     panic!("test hook: message {text:?} asked for a panic");
                 }
-                self.budget.hold(frame::text(text))
+                budget.hold(frame::text(text))
             }
             Message::Binary(data) => {
                 debug!("{} binary, {} bytes", self.peer, data.len());
-                self.budget.hold(frame::binary(data))
+                budget.hold(frame::binary(data))
             }
             // tungstenite has already queued the pong for a ping, and the close reply.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
@@ -454,25 +424,26 @@ impl<'a> Client<'a> {
                 // Nothing may follow the Close reply tungstenite queued: no more broadcasts
                 // straight into the socket either.
                 self.socket.reclaim();
-                self.client_close = Some((code, reason));
+                self.closing.by_client = Some((code, reason));
                 return;
             }
         };
         if !self.ws.can_write() {
             return; // The server is closing: messages still in flight are not answered.
         }
-        self.messages += 1;
-        self.tally.received += 1;
-        self.tally.received_bytes += payload_len as u64;
-        match self.config.mode {
+        self.stats.messages += 1;
+        let tally = &mut self.stats.tally;
+        tally.received += 1;
+        tally.received_bytes += payload_len as u64;
+        match self.shared.config.mode {
             Mode::Echo => {
-                self.tally.sent += 1;
-                self.tally.sent_bytes += frame.len() as u64;
+                tally.sent += 1;
+                tally.sent_bytes += frame.len() as u64;
                 self.socket.push(frame, false);
             }
             Mode::Broadcast => {
-                self.batched += frame.len();
-                self.broadcasts.push(frame);
+                self.broadcasts.bytes += frame.len();
+                self.broadcasts.frames.push(frame);
             }
         }
     }
@@ -500,14 +471,7 @@ impl<'a> Client<'a> {
             other => (CloseCode::Error, format!("internal error: {other}")),
         };
         info!("{} failed the connection: {reason}", self.peer);
-        let close = CloseFrame {
-            code,
-            reason: close_reason(&reason).into(),
-        };
-        // Nothing may follow the Close: no more broadcasts straight into the socket either.
-        self.socket.reclaim();
-        // Errors here only mean the connection is already unusable; linger() ends it either way.
-        let _ = self.ws.close(&mut self.socket, Some(close));
+        self.send_close(code, &close_reason(&reason));
         Ending {
             code,
             reason,
@@ -517,7 +481,7 @@ impl<'a> Client<'a> {
 
     /// How a completed close handshake ended.
     fn closed(&mut self) -> Ending {
-        match (self.closing.take(), self.client_close.take()) {
+        match (self.closing.by_server.take(), self.closing.by_client.take()) {
             (Some((ending, _)), _) => ending,
             (None, Some((code, reason))) => Ending {
                 code,
@@ -540,13 +504,14 @@ impl<'a> Client<'a> {
         };
         // Nothing may follow the Close: no more broadcasts straight into the socket either.
         self.socket.reclaim();
-        // Fails only when a Close was already sent, or the connection is unusable.
+        // Fails only when a Close was already sent, or the connection is unusable; linger()
+        // ends it either way.
         let _ = self.ws.close(&mut self.socket, Some(close));
     }
 
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
     fn start_close(&mut self, code: CloseCode, reason: &'static str, how: &'static str) {
-        if self.closing.is_some() || !self.ws.can_write() {
+        if self.closing.by_server.is_some() || !self.ws.can_write() {
             return;
         }
         self.inbox.close_intake();
@@ -556,13 +521,14 @@ impl<'a> Client<'a> {
             reason: reason.to_string(),
             how,
         };
-        self.closing = Some((ending, Instant::now() + self.config.close_timeout));
+        let deadline = Instant::now() + self.shared.config.close_timeout;
+        self.closing.by_server = Some((ending, deadline));
     }
 
     fn send_queued(&mut self) -> Result<(), Ending> {
         match self.socket.send_queued(&self.inbox) {
             Ok(progress) if progress || self.socket.queued() == 0 => {
-                self.last_sent = Instant::now();
+                self.liveness.last_sent = Instant::now();
                 Ok(())
             }
             Ok(_) => Ok(()),
@@ -573,26 +539,28 @@ impl<'a> Client<'a> {
     /// The earliest moment something must happen even if nothing arrives.
     #[inline(never)]
     fn next_deadline(&self) -> Option<Instant> {
-        let ping = self
-            .config
+        let config = &self.shared.config;
+        let ping = config
             .ping_interval
-            .map(|every| self.last_ping.max(self.last_heard) + every);
-        let idle = self
-            .config
+            .map(|every| self.liveness.last_ping.max(self.liveness.last_heard) + every);
+        let idle = config
             .idle_timeout
             .zip(self.silence_start())
             .map(|(after, start)| start + after);
-        let close = self.closing.as_ref().map(|(_, deadline)| *deadline);
+        let close = self
+            .closing
+            .by_server
+            .as_ref()
+            .map(|(_, deadline)| *deadline);
         let behind = self
             .inbox
             .behind_since()
-            .map(|since| since + self.config.send_timeout);
-        let starved = match self.paused {
-            Some(Paused::ForMemory(since)) => Some(since + self.stall_timeout()),
-            _ => None,
-        };
-        let trim = self.trim.map(|(_, again)| again);
-        [ping, idle, close, behind, starved, self.settle_at, trim]
+            .map(|since| since + config.send_timeout);
+        let starved = self
+            .pacing
+            .waiting_for_memory_since()
+            .map(|since| since + self.stall_timeout());
+        [ping, idle, close, behind, starved, self.settling.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -603,31 +571,29 @@ impl<'a> Client<'a> {
     /// the server waits for other connections it does not listen, so silence is not counted.
     fn silence_start(&self) -> Option<Instant> {
         if self.backpressured() {
-            Some(self.last_sent)
-        } else if self.paused.is_some() {
+            Some(self.liveness.last_sent)
+        } else if self.pacing.paused() {
             None
         } else {
-            Some(self.last_heard)
+            Some(self.liveness.last_heard)
         }
     }
 
     /// How long a connection may wait for memory before it is closed with 1013: its idle
     /// timeout, or the send timeout when idle clients are never dropped.
     fn stall_timeout(&self) -> Duration {
-        self.config.idle_timeout.unwrap_or(self.config.send_timeout)
+        let config = &self.shared.config;
+        config.idle_timeout.unwrap_or(config.send_timeout)
     }
 
     fn check_deadlines(&mut self) -> Result<(), Ending> {
         let now = Instant::now();
-        if self.settle_at.is_some_and(|at| now >= at) {
+        let config = &self.shared.config;
+        if self.settling.due(now) {
             self.settle(now);
         }
-        if let Some((freed_at, again)) = self.trim
-            && now >= again
-        {
-            self.trim = settle::trim_heap(freed_at).map(|again| (freed_at, again));
-        }
-        if let Some((ending, deadline)) = &self.closing
+        self.settling.trim_if_due(now);
+        if let Some((ending, deadline)) = &self.closing.by_server
             && now >= *deadline
         {
             return Err(Ending {
@@ -637,16 +603,16 @@ impl<'a> Client<'a> {
             });
         }
         if let Some(since) = self.inbox.behind_since()
-            && now >= since + self.config.send_timeout
+            && now >= since + config.send_timeout
         {
             return Err(self.close_too_slow(now - since));
         }
-        if let Some(Paused::ForMemory(since)) = self.paused
+        if let Some(since) = self.pacing.waiting_for_memory_since()
             && now >= since + self.stall_timeout()
         {
             return Err(self.close_for_memory(now - since));
         }
-        if let Some(after) = self.config.idle_timeout
+        if let Some(after) = config.idle_timeout
             && let Some(start) = self.silence_start()
             && now >= start + after
         {
@@ -661,12 +627,12 @@ impl<'a> Client<'a> {
                 how,
             });
         }
-        if let Some(every) = self.config.ping_interval
-            && self.closing.is_none()
-            && now >= self.last_ping.max(self.last_heard) + every
+        if let Some(every) = config.ping_interval
+            && self.closing.by_server.is_none()
+            && now >= self.liveness.last_ping.max(self.liveness.last_heard) + every
         {
             let _ = self.ws.write(&mut self.socket, Message::Ping(Bytes::new()));
-            self.last_ping = now;
+            self.liveness.last_ping = now;
         }
         Ok(())
     }
@@ -675,12 +641,20 @@ impl<'a> Client<'a> {
     /// catch up. It takes no more broadcasts, what it has not started receiving is dropped
     /// (which lets the senders go on at once), and it gets 1008 and ends: a client that does
     /// not read will not read the Close either, so its reply is not waited for, and nothing
-    /// more is read from it.
+    /// more is read from it. The reason says whether its own broadcasts were waiting for it.
     #[inline(never)]
     fn close_too_slow(&mut self, behind_for: Duration) -> Ending {
+        // Its own sends were held back if it was waiting for listeners with input unread.
+        let sending = self.pacing.waiting_for_listeners()
+            && (self.read_pending || self.socket.input_waiting());
+        let reason = if sending {
+            TOO_SLOW_WHILE_SENDING
+        } else {
+            TOO_SLOW
+        };
         warn!(
-            "{} too slow: more than {} bytes queued and not read for {:.1?}; closing it",
-            self.peer, self.config.max_backlog, behind_for
+            "{} {reason}: more than {} bytes queued and not read for {:.1?}; closing it",
+            self.peer, self.shared.config.max_backlog, behind_for
         );
         self.inbox.close_intake();
         self.socket.discard_unsent(&self.inbox);
@@ -689,8 +663,7 @@ impl<'a> Client<'a> {
                 self.inbox.written(frame.len());
             }
         }
-        self.metrics.slow_clients_closed.inc();
-        let reason = "too slow: not reading what it was sent";
+        self.shared.metrics.slow_client_closed();
         self.send_close(CloseCode::Policy, reason);
         Ending {
             code: CloseCode::Policy,
@@ -704,14 +677,15 @@ impl<'a> Client<'a> {
     /// it held (a message half received, usually) is freed at once.
     #[inline(never)]
     fn close_for_memory(&mut self, waited: Duration) -> Ending {
+        let budget = &self.shared.budget;
         warn!(
             "{} closed: the server's memory has been full for {:.1?} ({} of {} bytes in use)",
             self.peer,
             waited,
-            self.budget.used(),
-            self.budget.limit()
+            budget.used(),
+            budget.limit()
         );
-        self.metrics.reject("memory");
+        self.shared.metrics.reject("memory");
         let reason = "try again later: server memory full";
         self.inbox.close_intake();
         self.send_close(CloseCode::Again, reason);
@@ -729,9 +703,9 @@ impl<'a> Client<'a> {
     fn linger(&mut self) {
         // The connection is ending: from here only its own thread writes.
         self.socket.reclaim();
-        let deadline = match &self.closing {
+        let deadline = match &self.closing.by_server {
             Some((_, deadline)) => *deadline,
-            None => Instant::now() + self.config.close_timeout,
+            None => Instant::now() + self.shared.config.close_timeout,
         };
         while self.socket.wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -774,5 +748,16 @@ fn shorten(text: &str) -> String {
     match text.char_indices().nth(LOGGED_TEXT_CHARS) {
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        assert!(TOO_SLOW_WHILE_SENDING.len() <= 123);
+        assert_eq!(close_reason(&"é".repeat(100)).len(), 122);
     }
 }

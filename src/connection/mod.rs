@@ -1,21 +1,24 @@
-//! One accepted TCP connection, from its first byte to its last: read the request head, answer
-//! plain HTTP or complete the WebSocket handshake, then serve the client (`client.rs`, with its
-//! outgoing queue in `socket.rs`). Each runs on its own thread, spawned by `server.rs`.
+//! One accepted TCP connection, from its first byte to its last, on a thread of its own
+//! (spawned by `server.rs`): [`handle`] reads the request head and answers plain HTTP or
+//! completes the WebSocket handshake, then [`run_client`] runs the client's loop (`client.rs`,
+//! with its outgoing queue in `socket.rs`) until the connection ends.
 
-pub(crate) mod boundary;
-pub(crate) mod client;
-pub(crate) mod settle;
-pub(crate) mod socket;
-pub(crate) mod transport;
+mod boundary;
+mod client;
+mod pace;
+mod settle;
+mod socket;
+mod transport;
 
 /// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
+#[cfg(feature = "tls")]
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Refusals for lack of descriptors are logged at most once per this interval.
-pub const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The status of a refused connection: Service Unavailable.
-pub const BUSY: u16 = 503;
+pub(crate) const BUSY: u16 = 503;
 
 /// The HTTP status of a completed WebSocket handshake.
 const SWITCHING_PROTOCOLS: u16 = 101;
@@ -30,11 +33,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use log::{debug, info, warn};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::admission::Ticket;
+#[cfg(feature = "cluster")]
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::client::{Client, Summary};
 use crate::connection::transport::Transport;
@@ -43,16 +49,18 @@ use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{Hub, Membership};
 use crate::delivery::outbox::{Inbox, Outbox};
 use crate::http::handshake;
-use crate::http::site;
+use crate::http::site::{self, Health, Inspect};
 use crate::http::{self, Conn, HeadError, Response};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
+#[cfg(feature = "tls")]
 use crate::tls::Tls;
 
-// What an idle connection keeps, about 15 KiB in all (scripts/bench.sh, hold rows):
-// - its thread's stack: two touched 4 KiB pages of the 256 KiB reserved (server.rs); glibc's
-//   thread bookkeeping and thread-local storage take 4.7 KiB of them, and the loop sleeps
-//   6.8 KiB deep; the handshake keeps its buffers on the heap so the stack stays that shallow;
+// What an idle connection keeps (docs/performance.md has the figures, from the bench's hold
+// rows):
+// - its thread's stack: the pages it touched of the 256 KiB reserved (server.rs), glibc's
+//   thread bookkeeping among them; the handshake keeps its buffers on the heap so that the
+//   stack stays shallow;
 // - tungstenite's read buffer, READ_BUFFER_SIZE below, and its small state;
 // - the outbox (a channel and a waker), the socket's empty queue, and a hub entry;
 // - in the kernel, not counted above: the thread's kernel stack and the socket with its
@@ -63,31 +71,53 @@ use crate::tls::Tls;
 /// size that it zero-fills before each read, so every connection that ever received a byte
 /// keeps this much resident. Its default, 128 KiB, would be most of what an idle connection
 /// costs. 2 KiB holds the small messages of chat-like traffic in one read and keeps an idle
-/// connection near 15 KiB in all (measured: scripts/bench.sh, hold rows); the price is more
+/// connection small (docs/performance.md); the price is more
 /// reads for big messages (a 4 KiB message takes three, a 16 MiB one eight thousand, which is
 /// still milliseconds).
-pub const READ_BUFFER_SIZE: usize = 2 * 1024;
+pub(crate) const READ_BUFFER_SIZE: usize = 2 * 1024;
 
 /// What every connection thread shares.
 #[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub hub: Arc<Hub>,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) hub: Arc<Hub>,
+    /// The cluster this instance belongs to, with `--redis`: broadcasts go through it.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<Cluster>,
     /// The memory ceiling every connection counts against.
-    pub budget: Arc<Budget>,
+    pub(crate) budget: Arc<Budget>,
     /// TLS, when the port speaks it.
-    pub tls: Option<Arc<Tls>>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<Tls>>,
     /// What `/metrics` reports.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Refusals for lack of descriptors, logged at most once per
     /// [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`].
-    pub out_of_descriptors_log: Throttle,
-    pub greeter: Option<Greeter>,
+    pub(crate) out_of_descriptors_log: Throttle,
+    pub(crate) greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
-    pub shutting_down: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
 }
 
 impl Shared {
+    /// Sends a client's broadcasts to everyone: in a cluster, to Redis, which sends them back
+    /// to every instance, this one included; otherwise straight to every local connection.
+    pub(crate) fn broadcast(&self, frames: &[Bytes]) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            return cluster.publish(frames);
+        }
+        self.hub.broadcast(frames);
+    }
+
+    /// Whether this port speaks TLS.
+    pub(crate) fn speaks_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// tungstenite's settings, derived from ours.
     fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
@@ -111,7 +141,7 @@ impl Shared {
 /// head, headers, handshake answer) leave the stack before the WebSocket's loop begins. A
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
+pub(crate) fn handle(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
     // The mailbox first: its waker may need descriptors (the portable backend's poller), and
     // a client the server cannot wake is better told "busy" than upgraded and dropped.
     let mailbox = match shared.hub.mailbox() {
@@ -119,7 +149,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut 
         Err(e) => return refuse_out_of_descriptors(stream, peer, shared, &e),
     };
     if let Some(upgraded) = answer_request(stream, peer, shared, ticket) {
-        serve_websocket(upgraded, mailbox, peer, shared);
+        run_client(upgraded, mailbox, peer, shared);
     }
 }
 
@@ -165,10 +195,13 @@ fn answer_request(
 ) -> Option<Upgraded> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
+    #[cfg(feature = "tls")]
     let mut transport = match &shared.tls {
         None => Transport::Plain(Arc::new(stream)),
         Some(tls) => start_tls(stream, peer, tls, deadline, shared)?,
     };
+    #[cfg(not(feature = "tls"))]
+    let mut transport = Transport::Plain(Arc::new(stream));
     let head = http::read_head(&mut transport, deadline, config.max_request_head);
     // Whatever came of it, the client is no longer one whose request may never come: what
     // follows is the server's own quick work, so it stops counting as an unfinished handshake.
@@ -222,7 +255,7 @@ fn answer_request(
     };
     let head_only = request.method == "HEAD";
     if !handshake::is_websocket_request(&request) {
-        let response = site::respond(&request, shared);
+        let response = site::respond(&request, config.demo_page, shared);
         info!(
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
@@ -278,6 +311,7 @@ fn answer_request(
 /// Begins TLS on an accepted socket, or refuses what is not TLS: a browser or `curl` speaking
 /// plain HTTP to the TLS port gets a plain 400 that says what to use instead; anything else
 /// that does not start like a TLS handshake is dropped. One log line at most either way.
+#[cfg(feature = "tls")]
 #[inline(never)]
 fn start_tls(
     stream: TcpStream,
@@ -340,14 +374,14 @@ fn start_tls(
     }
 }
 
-/// Serves an upgraded connection: joins the hub, schedules the greeting, runs the client's
+/// Runs an upgraded connection: joins the hub, schedules the greeting, runs the client's
 /// loop until the connection ends, and logs how it ended.
 ///
-/// In three functions that are never inlined into one, for the same reason as `serve`: the
+/// In three functions that are never inlined into one, for the same reason as [`handle`]: the
 /// loop runs in the frame of this one, and the locals of the steps before and after (the
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
-fn serve_websocket(
+fn run_client(
     upgraded: Upgraded,
     mailbox: (Arc<Outbox>, Inbox),
     peer: SocketAddr,
@@ -377,8 +411,7 @@ fn join<'a>(
     }
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
-    shared.metrics.connections_accepted.inc();
-    shared.metrics.connections_open.inc();
+    shared.metrics.connection_opened();
     let client = Client::start(upgraded.transport, upgraded.leftover, inbox, shared, peer);
     (membership, client)
 }
@@ -386,12 +419,7 @@ fn join<'a>(
 /// Counts and logs how the connection ended.
 #[inline(never)]
 fn leave(summary: &Summary, peer: SocketAddr, shared: &Shared) {
-    shared.metrics.connections_open.dec();
-    shared
-        .metrics
-        .connections_closed
-        .get_or_create(&crate::metrics::Ending::of(summary.ending.code))
-        .inc();
+    shared.metrics.connection_closed(summary.ending.code);
     info!(
         "{peer} disconnected: {}, after {:.1?}, {}",
         summary.ending,
@@ -419,4 +447,42 @@ fn refuse(
         _ => "bad_request",
     });
     http::respond_and_close(transport, &response, head_only);
+}
+
+impl Inspect for Shared {
+    fn health(&self) -> Health {
+        #[cfg(feature = "cluster")]
+        let cluster = self.cluster.as_ref().map(|cluster| {
+            let health = cluster.health();
+            (health.up, health.json_fields())
+        });
+        #[cfg(not(feature = "cluster"))]
+        let cluster = None;
+        Health {
+            connections: self.hub.open_connections(),
+            uptime: self.hub.uptime(),
+            messages: self.metrics.messages_received(),
+            mode: self.config.mode,
+            greeting_delay: self.config.greeting.as_ref().map(|greeting| greeting.delay),
+            memory_bytes: self.budget.used(),
+            memory_limit_bytes: self.budget.limit(),
+            cluster,
+        }
+    }
+
+    fn metrics(&self) -> Option<String> {
+        #[cfg(feature = "metrics")]
+        if self.config.metrics {
+            #[cfg(feature = "cluster")]
+            let redis = self.cluster.as_ref().map(|cluster| {
+                let health = cluster.health();
+                (health.up, health.outages)
+            });
+            #[cfg(not(feature = "cluster"))]
+            let redis = None;
+            let (used, limit) = (self.budget.used(), self.budget.limit());
+            return Some(self.metrics.render(used, limit, redis));
+        }
+        None
+    }
 }

@@ -6,8 +6,8 @@
 //! - tungstenite's read buffer grows to the largest frame the client sent, and never shrinks;
 //! - the socket's queue keeps the room of the most frames it ever held at once;
 //! - the thread's stack keeps every page it touched: the handshake ran deeper than the loop
-//!   ever goes (a TLS handshake about 16.5 KiB), and on the ppoll backend a wake-up is a
-//!   signal, whose frame (about 3 KiB of saved registers) the kernel writes below the sleeping
+//!   ever goes (a TLS handshake's key exchange and signature most of all), and on the ppoll backend a wake-up is a
+//!   signal, whose frame (the saved registers) the kernel writes below the sleeping
 //!   loop, into a third page;
 //! - what the allocator got back from those buffers stays resident in its arenas.
 //!
@@ -29,16 +29,16 @@ use crate::sys;
 /// How long a connection must be quiet before it gives back what its last burst left. Long
 /// enough that a client sending a message every few hundred milliseconds keeps its buffers,
 /// short enough that a burst's memory is back within a couple of seconds.
-pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Queued bytes from which a burst is worth giving back: below this, the queue's room and the
 /// freed frames are a few hundred bytes.
-pub const BIG_QUEUE: usize = 16 * 1024;
+pub(crate) const BIG_QUEUE: usize = 16 * 1024;
 
 /// The least time between two heap trims. A trim walks every arena under its lock, which
 /// takes from microseconds to a few milliseconds; once a second bounds that to a fraction of
 /// a percent of one core however many connections settle.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When the last heap trim started.
 static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
@@ -46,7 +46,7 @@ static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
 /// Returns memory freed at `freed_at` to the system: now, unless a trim started since (it
 /// covers that memory) or the last one is under [`TRIM_INTERVAL`] old; then the answer is when
 /// to ask again, if anyone must.
-pub fn trim_heap(freed_at: Instant) -> Option<Instant> {
+fn trim_heap(freed_at: Instant) -> Option<Instant> {
     let now = Instant::now();
     {
         let mut last = crate::sync::lock(&LAST_TRIM);
@@ -60,4 +60,88 @@ pub fn trim_heap(freed_at: Instant) -> Option<Instant> {
     }
     sys::trim_heap();
     None
+}
+
+/// A connection's bookkeeping for settling: when it is due, and what is left to do after.
+#[derive(Debug)]
+pub(crate) struct Settling {
+    /// When the connection gives back what its last burst left, if it has been quiet until
+    /// then.
+    at: Option<Instant>,
+    /// Set when another thread woke this one since it last settled.
+    woken_since: bool,
+    /// Set when the loop should free the stack pages below it before its next sleep.
+    release_stack: bool,
+    /// Memory freed at the first instant and not yet returned to the system: ask again at the
+    /// second (see [`trim_heap`]).
+    trim: Option<(Instant, Instant)>,
+}
+
+impl Settling {
+    /// A new connection settles once, [`SETTLE_AFTER`] from now: its handshake ran deeper than
+    /// its loop will (a TLS one most of all: key exchange and signature), and those stack
+    /// pages go back.
+    pub(crate) fn new() -> Settling {
+        Settling {
+            at: Some(Instant::now() + SETTLE_AFTER),
+            woken_since: false,
+            release_stack: false,
+            trim: None,
+        }
+    }
+
+    /// After a round that did something (`woken`: another thread woke the loop; `grew`: a
+    /// burst grew a buffer past its quiet size): settle once quiet for [`SETTLE_AFTER`].
+    pub(crate) fn note_activity(&mut self, woken: bool, grew: bool) {
+        self.woken_since |= woken;
+        if self.woken_since || grew {
+            self.at = Some(Instant::now() + SETTLE_AFTER);
+        }
+    }
+
+    /// The next moment something is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match (self.at, self.trim) {
+            (Some(at), Some((_, again))) => Some(at.min(again)),
+            (at, trim) => at.or(trim.map(|(_, again)| again)),
+        }
+    }
+
+    /// Whether it is time to settle; asking takes the appointment.
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        if self.at.is_some_and(|at| now >= at) {
+            self.at = None;
+            return true;
+        }
+        false
+    }
+
+    /// Not quiet after all: try again [`SETTLE_AFTER`] from `now`.
+    pub(crate) fn postpone(&mut self, now: Instant) {
+        self.at = Some(now + SETTLE_AFTER);
+    }
+
+    /// The connection gave its buffers back at `now`: the stack pages below the loop go next,
+    /// and, if the burst `grew` anything, the heap's free pages.
+    pub(crate) fn settled(&mut self, now: Instant, grew: bool) {
+        self.release_stack = true;
+        self.woken_since = false;
+        if grew {
+            self.trim = trim_heap(now).map(|again| (now, again));
+        }
+    }
+
+    /// Asks again to return freed memory, if that is due.
+    pub(crate) fn trim_if_due(&mut self, now: Instant) {
+        if let Some((freed_at, again)) = self.trim
+            && now >= again
+        {
+            self.trim = trim_heap(freed_at).map(|again| (freed_at, again));
+        }
+    }
+
+    /// Whether the loop should free the stack pages below it now; asking takes the request.
+    pub(crate) fn take_release_stack(&mut self) -> bool {
+        std::mem::take(&mut self.release_stack)
+    }
 }

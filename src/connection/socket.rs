@@ -31,7 +31,7 @@ use crate::delivery::outbox::{Inbox, Outbox};
 /// the server handles could otherwise keep its thread reading for ever, and deliveries and
 /// deadlines (pings, timeouts) would wait; past this the read answers "would block", the loop
 /// does its other work, and its next wait returns at once because bytes are waiting.
-pub const MAX_READ_PER_ROUND: usize = 256 * 1024;
+pub(super) const MAX_READ_PER_ROUND: usize = 256 * 1024;
 
 /// Frames per `writev` call; more just take another call. The slices live on the thread's
 /// stack, so this is kept small: 16 already makes a burst of small frames cost a sixteenth of
@@ -40,7 +40,7 @@ pub const MAX_READ_PER_ROUND: usize = 256 * 1024;
 const MAX_FRAMES_PER_WRITE: usize = 16;
 
 #[derive(Debug)]
-pub struct Socket {
+pub(super) struct Socket {
     transport: Transport,
     queue: VecDeque<Queued>,
     /// How much of the front frame is already written.
@@ -81,7 +81,7 @@ struct Queued {
 
 impl Socket {
     /// Wraps a connected socket, which must already be non-blocking.
-    pub fn new(transport: Transport, budget: Arc<Budget>) -> Socket {
+    pub(super) fn new(transport: Transport, budget: Arc<Budget>) -> Socket {
         Socket {
             transport,
             queue: VecDeque::new(),
@@ -102,7 +102,7 @@ impl Socket {
 
     /// Lends the socket (plain TCP only) to the threads that broadcast through `outbox`: while
     /// nothing is queued here, they write into it themselves (see `Direct` in outbox.rs).
-    pub fn lend(&mut self, outbox: &Arc<Outbox>) {
+    pub(super) fn lend(&mut self, outbox: &Arc<Outbox>) {
         if let Some(tcp) = self.transport.shareable() {
             outbox.lend(tcp);
             self.lent_to = Some(Arc::clone(outbox));
@@ -111,7 +111,7 @@ impl Socket {
 
     /// Takes the socket back from broadcasters, for good (before a Close, and at the end).
     /// The rest of a frame one of them began still goes out first.
-    pub fn reclaim(&mut self) {
+    pub(super) fn reclaim(&mut self) {
         if self.lent_to.is_some() {
             self.hold_writes();
         }
@@ -122,7 +122,7 @@ impl Socket {
 
     /// Stops broadcasters writing, before this thread writes: the rest of a frame one of them
     /// began goes first. Called when woken, and before anything joins an empty queue.
-    pub fn hold_writes(&mut self) {
+    pub(super) fn hold_writes(&mut self) {
         self.writes_released = false;
         if let Some(rest) = self
             .lent_to
@@ -140,83 +140,88 @@ impl Socket {
 
     /// Follows bytes of the client's stream that were read before this socket took over (the
     /// rest of the handshake's read), so that [`Socket::between_messages`] counts them.
-    pub fn follow(&mut self, read_earlier: &[u8]) {
+    pub(super) fn follow(&mut self, read_earlier: &[u8]) {
         self.boundary.feed(read_earlier);
     }
 
     /// Whether every byte read so far belongs to a whole message (see `boundary.rs`).
-    pub fn between_messages(&self) -> bool {
+    pub(super) fn between_messages(&self) -> bool {
         self.boundary.between_messages()
     }
 
     /// The longest frame the client sent since [`Socket::forget_peaks`].
-    pub fn largest_frame(&self) -> u64 {
+    pub(super) fn largest_frame(&self) -> u64 {
         self.boundary.largest()
     }
 
     /// The most bytes queued at once since [`Socket::forget_peaks`].
-    pub fn peak_queued(&self) -> usize {
+    pub(super) fn peak_queued(&self) -> usize {
         self.peak_queued
     }
 
     /// Starts over counting [`Socket::largest_frame`] and [`Socket::peak_queued`].
-    pub fn forget_peaks(&mut self) {
+    pub(super) fn forget_peaks(&mut self) {
         self.boundary.forget_largest();
         self.peak_queued = self.queued;
     }
 
     /// Gives back the queue's room once it is empty: a burst leaves it sized for the burst.
-    pub fn shrink_queue(&mut self) {
+    pub(super) fn shrink_queue(&mut self) {
         if self.queue.is_empty() {
             self.queue = VecDeque::new();
         }
     }
 
     /// Starts a round of reading; see [`MAX_READ_PER_ROUND`].
-    pub fn start_round(&mut self) {
+    pub(super) fn start_round(&mut self) {
         self.read_this_round = 0;
     }
 
     /// Bytes of the message now arriving that were read so far (an upper bound: a read may
     /// also hold the start of the next message).
-    pub fn in_progress(&self) -> usize {
+    pub(super) fn in_progress(&self) -> usize {
         self.in_progress
     }
 
     /// Releases the bytes of the message that just became whole: from here they are the
     /// message (and its echo, which the budget counts on its own).
-    pub fn message_done(&mut self) {
+    pub(super) fn message_done(&mut self) {
         self.budget.release(std::mem::take(&mut self.in_progress));
     }
 
     /// Whether a read was refused for lack of memory since the last call.
-    pub fn take_starved(&mut self) -> bool {
+    pub(super) fn take_starved(&mut self) -> bool {
         std::mem::take(&mut self.starved)
     }
 
     /// The TCP socket underneath, to wait on.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(super) fn tcp(&self) -> &TcpStream {
         self.transport.tcp()
     }
 
     /// Whether the loop should wait for room to write: frames are queued, or TLS bytes are.
-    pub fn wants_write(&self) -> bool {
+    pub(super) fn wants_write(&self) -> bool {
         self.queued > 0 || self.transport.pending_output()
     }
 
     /// Whether input waits inside the transport (decrypted TLS) that the socket will not
     /// signal: the loop must read before it sleeps.
-    pub fn buffered_input(&mut self) -> bool {
+    pub(super) fn buffered_input(&mut self) -> bool {
         self.transport.buffered_input()
     }
 
+    /// Whether the client has sent bytes the server has not read yet (a look, not a read).
+    pub(crate) fn input_waiting(&self) -> bool {
+        self.transport.tcp().peek(&mut [0; 1]).is_ok_and(|n| n > 0)
+    }
+
     /// Ends the stream: TLS's close_notify if it takes it, then the socket.
-    pub fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         self.transport.close();
     }
 
     /// Appends an encoded frame to the queue.
-    pub fn push(&mut self, frame: Bytes, from_outbox: bool) {
+    pub(super) fn push(&mut self, frame: Bytes, from_outbox: bool) {
         if self.writes_released {
             self.hold_writes();
         }
@@ -230,12 +235,12 @@ impl Socket {
     }
 
     /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.queued
     }
 
     /// Whether any bytes arrived since the last call.
-    pub fn take_heard(&mut self) -> bool {
+    pub(super) fn take_heard(&mut self) -> bool {
         std::mem::take(&mut self.heard)
     }
 
@@ -243,7 +248,7 @@ impl Socket {
     ///
     /// Bytes of outbox frames are reported to `inbox` as they leave, which is what lets other
     /// threads queue more for this client.
-    pub fn send_queued(&mut self, inbox: &Inbox) -> io::Result<bool> {
+    pub(super) fn send_queued(&mut self, inbox: &Inbox) -> io::Result<bool> {
         // TLS bytes of its own (handshake, alerts) and frames already encrypted go first.
         self.transport.flush_pending()?;
         let mut progress = false;
@@ -292,7 +297,7 @@ impl Socket {
 
     /// Drops every queued frame that has not started going out (a partly written frame must be
     /// finished, or the stream would be corrupt, whether this thread or a broadcaster began it). Used when a client is too far behind.
-    pub fn discard_unsent(&mut self, inbox: &Inbox) {
+    pub(super) fn discard_unsent(&mut self, inbox: &Inbox) {
         let begun = self.written_of_front > 0 || self.queue.front().is_some_and(|q| q.begun);
         let keep = usize::from(begun);
         for dropped in self.queue.drain(keep..) {
@@ -360,6 +365,7 @@ impl Drop for Socket {
 mod tests {
     use super::*;
     use crate::delivery::hub::Hub;
+    use crate::delivery::outbox::Batch;
     use std::net::TcpListener;
 
     #[test]
@@ -368,7 +374,7 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (_outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
+        let (_outbox, inbox) = Hub::new(usize::MAX, Arc::default()).mailbox().unwrap();
         let mut socket = Socket::new(
             Transport::Plain(Arc::new(tcp)),
             Arc::new(Budget::new(usize::MAX)),
@@ -411,7 +417,7 @@ mod tests {
         let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (outbox, inbox) = Hub::new(usize::MAX).mailbox().unwrap();
+        let (outbox, inbox) = Hub::new(usize::MAX, Arc::default()).mailbox().unwrap();
         let budget = Arc::new(Budget::new(usize::MAX));
         let mut socket = Socket::new(Transport::Plain(Arc::new(tcp)), budget);
         socket.lend(&outbox);
@@ -426,7 +432,10 @@ mod tests {
         // A broadcast far bigger than the socket buffers: written in part, straight in; then
         // one more, which must wait in the mailbox.
         let big = record(1, 0, 16 << 20);
-        assert_eq!(outbox.push_all(&[big, record(1, 1, 100)], true), Ok(1));
+        assert_eq!(
+            outbox.push(&Batch::alone(&[big, record(1, 1, 100)])),
+            Ok(())
+        );
         let reading = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(reader);
             let mut got = Vec::new();
@@ -473,7 +482,10 @@ mod tests {
     fn a_frame_a_broadcaster_began_survives_discarding_what_is_unsent() {
         let (mut socket, outbox, inbox, _reader) = lent_socket();
         // Nobody reads: the socket takes part of this frame and the rest is left over.
-        assert_eq!(outbox.push_all(&[record(1, 0, 16 << 20)], true), Ok(1));
+        assert_eq!(
+            outbox.push(&Batch::alone(&[record(1, 0, 16 << 20)])),
+            Ok(())
+        );
         socket.hold_writes();
         let rest = socket.queued();
         assert!(rest > 0 && rest < 16 << 20);

@@ -20,8 +20,11 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "tls")]
+use std::time::Instant;
 
+#[cfg(feature = "tls")]
 use rustls::ServerConnection;
 
 use crate::http::Conn;
@@ -29,20 +32,23 @@ use crate::http::Conn;
 /// Encrypted bytes rustls may hold for sending before it refuses more plaintext. 64 KiB keeps
 /// a fast client's socket busy between two wake-ups (four full records); an idle connection
 /// keeps none of it, as rustls frees its send queue once it is written.
-pub const TLS_SEND_BUFFER: usize = 64 * 1024;
+#[cfg(feature = "tls")]
+pub(super) const TLS_SEND_BUFFER: usize = 64 * 1024;
 
 /// A connection's stream.
 #[derive(Debug)]
-pub enum Transport {
+pub(super) enum Transport {
     /// `ws://` and `http://`. Shared, so that broadcasters may write into it (`Socket::lend`).
     Plain(Arc<TcpStream>),
     /// `wss://` and `https://`.
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream>),
 }
 
 /// TLS over a TCP socket, in either phase (see the module's docs).
+#[cfg(feature = "tls")]
 #[derive(Debug)]
-pub struct TlsStream {
+pub(super) struct TlsStream {
     tls: ServerConnection,
     tcp: TcpStream,
     /// While blocking: when the current read, or write, must have finished.
@@ -52,7 +58,8 @@ pub struct TlsStream {
 
 impl Transport {
     /// TLS on an accepted socket; the handshake happens in the first reads.
-    pub fn tls(tcp: TcpStream, mut tls: ServerConnection) -> Transport {
+    #[cfg(feature = "tls")]
+    pub(super) fn tls(tcp: TcpStream, mut tls: ServerConnection) -> Transport {
         tls.set_buffer_limit(Some(TLS_SEND_BUFFER));
         Transport::Tls(Box::new(TlsStream {
             tls,
@@ -63,29 +70,37 @@ impl Transport {
     }
 
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(super) fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => &tls.tcp,
         }
     }
 
     /// The socket, to share with other threads: plain TCP only (TLS's state is this thread's).
-    pub fn shareable(&self) -> Option<Arc<TcpStream>> {
+    pub(super) fn shareable(&self) -> Option<Arc<TcpStream>> {
         match self {
             Transport::Plain(tcp) => Some(Arc::clone(tcp)),
+            #[cfg(feature = "tls")]
             Transport::Tls(_) => None,
         }
     }
 
     /// Whether this is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+    pub(super) fn is_tls(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Transport::Tls(_) => true,
+        }
     }
 
     /// Switches to the connection loop's phase: non-blocking, no deadlines, no Nagle (frames
     /// are whole messages, Nagle's algorithm would only delay them).
-    pub fn into_nonblocking(mut self) -> io::Result<Transport> {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    pub(super) fn into_nonblocking(mut self) -> io::Result<Transport> {
+        #[cfg(feature = "tls")]
         if let Transport::Tls(tls) = &mut self {
             tls.read_deadline = None;
             tls.write_deadline = None;
@@ -99,17 +114,19 @@ impl Transport {
     }
 
     /// Writes as much of `frames` as can go now; `WouldBlock` when nothing can.
-    pub fn write_vectored_frames(&mut self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(super) fn write_vectored_frames(&mut self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => (&**tcp).write_vectored(frames),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls.write_frames(frames),
         }
     }
 
     /// Whether decrypted bytes wait inside rustls, which the socket no longer signals.
-    pub fn buffered_input(&mut self) -> bool {
+    pub(super) fn buffered_input(&mut self) -> bool {
         match self {
             Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls
                 .tls
                 .process_new_packets()
@@ -118,17 +135,19 @@ impl Transport {
     }
 
     /// Whether TLS bytes (handshake, alerts, encrypted frames) wait to be written.
-    pub fn pending_output(&self) -> bool {
+    pub(super) fn pending_output(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls.tls.wants_write(),
         }
     }
 
     /// Writes what TLS bytes the socket takes now.
-    pub fn flush_pending(&mut self) -> io::Result<()> {
+    pub(super) fn flush_pending(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => match tls.flush_tls() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
                 other => other,
@@ -137,7 +156,8 @@ impl Transport {
     }
 
     /// Ends TLS cleanly (a close_notify alert, if the socket takes it), then the socket.
-    pub fn close(&mut self) {
+    pub(super) fn close(&mut self) {
+        #[cfg(feature = "tls")]
         if let Transport::Tls(tls) = self {
             tls.tls.send_close_notify();
             let _ = tls.flush_tls();
@@ -146,6 +166,7 @@ impl Transport {
     }
 }
 
+#[cfg(feature = "tls")]
 impl TlsStream {
     /// Writes rustls's pending TLS bytes to the socket until it has none or the socket is full
     /// (`WouldBlock`, or a timeout while blocking).
@@ -184,11 +205,13 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => (&**tcp).read(buf),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls.read(buf),
         }
     }
 }
 
+#[cfg(feature = "tls")]
 impl Read for TlsStream {
     /// Plaintext rustls already holds, else one read of TLS bytes from the socket, decrypted.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -228,6 +251,7 @@ impl Write for Transport {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => (&**tcp).flush(),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls.flush_tls(),
         }
     }
@@ -237,6 +261,7 @@ impl Conn for Transport {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.set_read_timeout(timeout),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => {
                 tls.read_deadline = timeout.map(|t| Instant::now() + t);
                 Ok(())
@@ -247,6 +272,7 @@ impl Conn for Transport {
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.set_write_timeout(timeout),
+            #[cfg(feature = "tls")]
             Transport::Tls(tls) => {
                 tls.write_deadline = timeout.map(|t| Instant::now() + t);
                 Ok(())
@@ -255,6 +281,7 @@ impl Conn for Transport {
     }
 
     fn shutdown_write(&mut self) {
+        #[cfg(feature = "tls")]
         if let Transport::Tls(tls) = self {
             tls.tls.send_close_notify();
             let _ = tls.flush_tls();
@@ -263,6 +290,7 @@ impl Conn for Transport {
     }
 }
 
+#[cfg(feature = "tls")]
 /// Sets the socket's timeout to what is left before `deadline` (no deadline: none). A deadline
 /// already passed is a timeout, before any system call: every socket operation of a TLS read
 /// counts against the one deadline, however many there are.

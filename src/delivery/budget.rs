@@ -35,18 +35,18 @@ use crate::logging::Throttle;
 
 /// A message in progress past this size counts as big: it must leave the reserve alone.
 /// Chat-like traffic (the tutorial's) is well below it; file-sized messages are above.
-pub const BIG_MESSAGE: usize = 64 * 1024;
+pub(crate) const BIG_MESSAGE: usize = 64 * 1024;
 
 /// The reserve kept for small messages is the ceiling divided by this: an eighth, so big
 /// messages can use most of the memory and small ones still always find room.
-pub const RESERVE_DIVISOR: usize = 8;
+pub(crate) const RESERVE_DIVISOR: usize = 8;
 
 /// "Memory is full" is logged at most once per this interval, however many connections wait.
 const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The count of bytes held, its ceiling, and who waits for room.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     limit: usize,
     /// Bytes big messages in progress may not take.
     reserve: usize,
@@ -59,7 +59,7 @@ pub struct Budget {
 
 impl Budget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Budget {
+    pub(crate) fn new(limit: usize) -> Budget {
         Budget {
             limit,
             reserve: limit / RESERVE_DIVISOR,
@@ -70,19 +70,19 @@ impl Budget {
     }
 
     /// The ceiling, in bytes.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// Bytes held right now.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::SeqCst)
     }
 
     /// Whether a connection that holds `in_progress` bytes of an unfinished message may read
     /// more now. A read takes at most one read buffer, so the ceiling is passed by at most
     /// that much per connection.
-    pub fn may_read(&self, in_progress: usize) -> bool {
+    pub(crate) fn may_read(&self, in_progress: usize) -> bool {
         let room = if in_progress >= BIG_MESSAGE {
             self.limit - self.reserve
         } else {
@@ -92,13 +92,13 @@ impl Budget {
     }
 
     /// Counts `n` more bytes held.
-    pub fn charge(&self, n: usize) {
+    pub(crate) fn charge(&self, n: usize) {
         self.used.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Counts `n` bytes freed, and wakes the connections waiting for room once there is some
     /// for every kind of message again.
-    pub fn release(&self, n: usize) {
+    pub(crate) fn release(&self, n: usize) {
         let before = self.used.fetch_sub(n, Ordering::SeqCst);
         if before - n < self.limit - self.reserve {
             self.waiting.wake_all();
@@ -106,7 +106,7 @@ impl Budget {
     }
 
     /// Logs that a connection found no room, at most once per [`FULL_LOG_INTERVAL`].
-    pub fn note_full(&self) {
+    pub(crate) fn note_full(&self) {
         if self.full_log.pass().is_some() {
             warn!(
                 "memory ceiling reached ({} of {} bytes held): connections wait to read; \
@@ -119,13 +119,13 @@ impl Budget {
     }
 
     /// The wait list of connections that found no room; see [`WaitList`] for the protocol.
-    pub fn waiting(&self) -> &WaitList {
+    pub(crate) fn waiting(&self) -> &WaitList {
         &self.waiting
     }
 
     /// Wraps an encoded frame so that its bytes count as held until the last reference to it
     /// is dropped.
-    pub fn hold(self: &Arc<Budget>, frame: Vec<u8>) -> Bytes {
+    pub(crate) fn hold(self: &Arc<Budget>, frame: Vec<u8>) -> Bytes {
         self.charge(frame.len());
         Bytes::from_owner(Held {
             frame,

@@ -9,7 +9,9 @@
 //! write, no wake-up and no context switch. The lend's lock keeps frames whole: the connection
 //! takes it back before it queues anything of its own, and a frame the socket took only in part
 //! is finished by the connection before anything else. A full socket sends the rest through the
-//! queue, so a slow listener never holds a broadcaster up.
+//! queue, so a slow listener never holds a broadcaster up. Whether a push may go straight in is
+//! decided here and nowhere else: [`Outbox::push`] is the one way in, and the [`Batch`] it
+//! takes says whether its frames came alone (see [`Flow::batch`]).
 //!
 //! # Flow control
 //!
@@ -36,7 +38,7 @@ use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -47,7 +49,7 @@ use crate::sys::Waker;
 
 /// Something for a connection's thread to do.
 #[derive(Debug)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Write this encoded frame (see `frame.rs`) as it is.
     Frame(Bytes),
     /// Start the close handshake with this code and reason.
@@ -56,12 +58,12 @@ pub enum Delivery {
 
 /// Why a push was refused: the connection has ended or is closing, and takes no more frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
+pub(crate) struct Gone;
 
 /// The hub-wide state of broadcast flow control: how many listeners are behind, and the
 /// senders waiting for them.
 #[derive(Debug)]
-pub struct Flow {
+pub(crate) struct Flow {
     /// A backlog above this many bytes puts its listener behind.
     high: usize,
     /// A listener that is behind is back once its backlog is at or below this.
@@ -70,36 +72,80 @@ pub struct Flow {
     /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
     publish_full: AtomicBool,
     senders: WaitList,
+    /// When the last broadcast was pushed, in nanoseconds since `started`; see
+    /// [`STRAIGHT_IN_APART`].
+    last_broadcast: AtomicU64,
+    started: Instant,
+}
+
+/// Frames on their way to one or more connections, pushed into each outbox in turn, and
+/// whether a lent socket may take them straight in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    frames: &'a [Bytes],
+    straight_in: bool,
+}
+
+impl<'a> Batch<'a> {
+    /// Frames that come alone: nothing else is on its way to their connections (a greeting).
+    /// A few of them go straight into a lent, idle socket.
+    pub(crate) fn alone(frames: &'a [Bytes]) -> Batch<'a> {
+        Batch {
+            frames,
+            straight_in: frames.len() <= MAX_FRAMES_STRAIGHT_IN,
+        }
+    }
+
+    /// Their bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.iter().map(Bytes::len).sum()
+    }
 }
 
 impl Flow {
     /// Flow control with `max_backlog` as the high mark.
-    pub fn new(max_backlog: usize) -> Flow {
+    pub(crate) fn new(max_backlog: usize) -> Flow {
         Flow {
             high: max_backlog,
             low: max_backlog / 2,
             behind: AtomicUsize::new(0),
             publish_full: AtomicBool::new(false),
             senders: WaitList::default(),
+            last_broadcast: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// A broadcast's frames, to be pushed to every listener. They may go straight into lent
+    /// sockets only when they come alone: a few frames, at least [`STRAIGHT_IN_APART`] after
+    /// the previous broadcast. A stream of broadcasts goes through the queues.
+    pub(crate) fn batch<'a>(&self, frames: &'a [Bytes]) -> Batch<'a> {
+        let now = self.started.elapsed().as_nanos() as u64;
+        let last = self.last_broadcast.swap(now, Ordering::Relaxed);
+        let apart = now.saturating_sub(last) >= STRAIGHT_IN_APART.as_nanos() as u64;
+        Batch {
+            frames,
+            straight_in: apart && frames.len() <= MAX_FRAMES_STRAIGHT_IN,
         }
     }
 
     /// Whether some listener is behind, or the cluster's publish queue is full: broadcasting
     /// connections must not read.
-    pub fn congested(&self) -> bool {
+    pub(crate) fn congested(&self) -> bool {
         self.listeners_behind() || self.publish_full.load(Ordering::SeqCst)
     }
 
     /// Whether some listener is behind. The cluster's subscriber waits for this only: what it
     /// reads from Redis goes to listeners, never into the publish queue.
-    pub fn listeners_behind(&self) -> bool {
+    pub(crate) fn listeners_behind(&self) -> bool {
         self.behind.load(Ordering::SeqCst) > 0
     }
 
     /// Records whether the cluster's publish queue is past its high mark. Clearing it wakes the
     /// waiting senders when no listener is behind either (the last listener to catch up wakes
     /// them otherwise: both stores come before both loads, so one of the two sees the other).
-    pub fn set_publish_full(&self, full: bool) {
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_publish_full(&self, full: bool) {
         self.publish_full.store(full, Ordering::SeqCst);
         if !full && !self.listeners_behind() {
             self.senders.wake_all();
@@ -107,7 +153,7 @@ impl Flow {
     }
 
     /// Where a sender that found the hub congested waits.
-    pub fn senders(&self) -> &WaitList {
+    pub(crate) fn senders(&self) -> &WaitList {
         &self.senders
     }
 
@@ -126,7 +172,7 @@ impl Flow {
 
 /// The sending side of a connection's mailbox; shared by every thread that may send to it.
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     sender: Sender<Delivery>,
     waker: Waker,
     /// Set by the first sender that wakes the thread, cleared by the thread when it looks.
@@ -173,21 +219,27 @@ const MAX_FRAMES_PER_WRITE: usize = 16;
 /// The longest batch of broadcasts written straight into a listener's socket. A few messages
 /// (what a sender at a human pace sends) are quickest written in place; a long batch (a
 /// sender at full speed) is better written by the listener's own thread, in big writes and
-/// on both cores, than by the broadcaster alone, one listener after another. Measured with
-/// 100 listeners: straight in, at full speed, 2.2 to 2.6 M deliveries/s; through the queues
-/// 3.4 to 4.0.
+/// on every core, than by the broadcaster alone, one listener after another
+/// (docs/performance.md has the figures).
 const MAX_FRAMES_STRAIGHT_IN: usize = 4;
+
+/// Broadcasts go straight into idle listeners' sockets only when they come at least this far
+/// apart. One thread writing to every listener in turn is quickest for a lone message, but a
+/// stream of them (a sender at full speed, or a cluster's subscriber relaying Redis one
+/// message at a time) is delivered faster by the listeners' own threads, in batches and on
+/// every core. A millisecond is about what writing one message to 100 listeners takes.
+const STRAIGHT_IN_APART: Duration = Duration::from_millis(1);
 
 /// The receiving side, owned by the connection's thread.
 #[derive(Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     receiver: Receiver<Delivery>,
     outbox: Arc<Outbox>,
 }
 
 /// Creates a connection's mailbox, under the hub's flow control. Fails only when the system
 /// refuses the waker (the portable backend's poller needs descriptors).
-pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
+pub(crate) fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let outbox = Arc::new(Outbox {
         sender,
@@ -205,27 +257,27 @@ pub fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
 }
 
 impl Outbox {
-    /// Hands several frames, in order, to the connection, waking its thread once for all of
-    /// them; or, if `straight_in` allows it, writes them straight into its socket when it is
-    /// lent and nothing is queued (see [`Direct`]). Returns how many frames went straight out
-    /// (or began to): the connection counts the others when it sends them. Never refused for
-    /// being behind: flow control slows the senders down instead (see above).
-    pub fn push_all(&self, frames: &[Bytes], straight_in: bool) -> Result<usize, Gone> {
+    /// Hands a batch of frames, in order, to the connection: straight into its socket when
+    /// it is lent, nothing is queued and the batch came alone (see [`Direct`]), otherwise
+    /// into the mailbox with one wake-up for all of them. The one way frames from other
+    /// threads reach a connection. Never refused for being behind: flow control slows the
+    /// senders down instead (see above).
+    pub(crate) fn push(&self, batch: &Batch<'_>) -> Result<(), Gone> {
         // While the socket is lent, frames are queued under its lock: the connection reopens
         // only once it has seen them.
         let mut held = self.lent.load(Ordering::Acquire).then(|| self.direct());
         if let Some(direct) = held.as_mut() {
-            if straight_in && direct.open && frames.len() <= MAX_FRAMES_STRAIGHT_IN {
-                return self.write_through(direct, frames);
+            if batch.straight_in && direct.open {
+                return self.write_through(direct, batch.frames);
             }
-            // A long batch goes through the queue: the listener's thread writes it in big
-            // writes, on whichever core is free, while the broadcaster goes on to the next.
+            // Not alone: the listener's thread writes them in big writes, on whichever core
+            // is free, while the broadcaster goes on to the next.
             direct.open = false;
         }
-        let queued = self.enqueue_all(frames);
+        let queued = self.enqueue_all(batch.frames);
         drop(held);
         self.wake();
-        queued.map(|()| 0)
+        queued
     }
 
     fn enqueue_all(&self, frames: &[Bytes]) -> Result<(), Gone> {
@@ -235,12 +287,12 @@ impl Outbox {
     }
 
     /// Writes `frames` into the lent socket; what it does not take goes through the queue.
-    fn write_through(&self, direct: &mut Direct, frames: &[Bytes]) -> Result<usize, Gone> {
+    fn write_through(&self, direct: &mut Direct, frames: &[Bytes]) -> Result<(), Gone> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Gone);
         }
         let Some(socket) = direct.socket.as_deref() else {
-            return self.enqueue_all(frames).map(|()| 0);
+            return self.enqueue_all(frames);
         };
         let (mut whole, mut into_next) = (0, 0);
         while whole < frames.len() {
@@ -269,30 +321,29 @@ impl Outbox {
             }
         }
         if whole == frames.len() {
-            return Ok(whole);
+            return Ok(());
         }
         direct.open = false;
         let mut unsent = &frames[whole..];
         if into_next > 0 {
             direct.rest = Some(unsent[0].slice(into_next..));
             unsent = &unsent[1..];
-            whole += 1;
         }
         let queued = self.enqueue_all(unsent);
         self.wake();
-        queued.map(|()| whole)
+        queued
     }
 
     /// Lends the connection's socket to broadcasters; see [`Direct`]. Writes start once the
     /// connection says its queue is empty ([`Outbox::release_writes`]).
-    pub fn lend(&self, socket: Arc<TcpStream>) {
+    pub(crate) fn lend(&self, socket: Arc<TcpStream>) {
         self.direct().socket = Some(socket);
         self.lent.store(true, Ordering::Release);
     }
 
     /// Stops other threads writing into the socket, before the connection writes anything of
     /// its own. Returns the rest of a frame a broadcaster began, which must go out first.
-    pub fn hold_writes(&self) -> Option<Bytes> {
+    pub(crate) fn hold_writes(&self) -> Option<Bytes> {
         if !self.lent.load(Ordering::Acquire) {
             return None;
         }
@@ -304,7 +355,7 @@ impl Outbox {
     /// Lets broadcasters write into the socket again; the connection calls it when its queue
     /// is empty. Refused (false) while deliveries wait in the mailbox or the rest of a frame
     /// does: they go first.
-    pub fn release_writes(&self) -> bool {
+    pub(crate) fn release_writes(&self) -> bool {
         if !self.lent.load(Ordering::Acquire) {
             return false;
         }
@@ -317,7 +368,7 @@ impl Outbox {
     }
 
     /// Takes the socket back for good: the connection is ending.
-    pub fn reclaim(&self) {
+    pub(crate) fn reclaim(&self) {
         self.lent.store(false, Ordering::Release);
         let mut direct = self.direct();
         direct.open = false;
@@ -329,7 +380,7 @@ impl Outbox {
     }
 
     /// Asks the connection's thread to start the close handshake.
-    pub fn close(&self, code: CloseCode, reason: &'static str) -> Result<(), Gone> {
+    pub(crate) fn close(&self, code: CloseCode, reason: &'static str) -> Result<(), Gone> {
         self.sender
             .send(Delivery::Close(code, reason))
             .map_err(|_| Gone)?;
@@ -339,7 +390,7 @@ impl Outbox {
 
     /// Wakes the connection's thread without giving it anything: it looks again at whatever
     /// it waits for (room in the hub, room in memory).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // AcqRel pairs with the swap in `Inbox::drain`: whoever sees `true` knows the thread
         // has not looked yet and will see this delivery when it does.
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
@@ -399,17 +450,17 @@ impl Outbox {
 
 impl Inbox {
     /// The waker to wait on.
-    pub fn waker(&self) -> &Waker {
+    pub(crate) fn waker(&self) -> &Waker {
         &self.outbox.waker
     }
 
     /// The sending side of this mailbox, to join wait lists with.
-    pub fn outbox(&self) -> &Arc<Outbox> {
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 
     /// Takes everything queued so far. Call after the wait reported the waker.
-    pub fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
+    pub(crate) fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
         // Clear the flag and the waker before looking, so a delivery that races with the
         // look wakes the next wait instead of being missed.
         self.outbox.wake_pending.swap(false, Ordering::AcqRel);
@@ -418,12 +469,12 @@ impl Inbox {
     }
 
     /// Records that `len` bytes of delivered frames reached the socket (or were dropped).
-    pub fn written(&self, len: usize) {
+    pub(crate) fn written(&self, len: usize) {
         self.outbox.taken(len);
     }
 
     /// Since when this connection has been behind, if it is.
-    pub fn behind_since(&self) -> Option<Instant> {
+    pub(crate) fn behind_since(&self) -> Option<Instant> {
         if !self.outbox.behind.load(Ordering::SeqCst) {
             return None;
         }
@@ -432,7 +483,7 @@ impl Inbox {
 
     /// Refuses every later push: the connection is closing. What is already queued is still
     /// delivered (or dropped, after a Close) by the connection's thread.
-    pub fn close_intake(&self) {
+    pub(crate) fn close_intake(&self) {
         self.outbox.closed.store(true, Ordering::SeqCst);
         self.outbox.reassess();
     }
@@ -452,7 +503,7 @@ impl Drop for Inbox {
 /// frees, then calls [`WaitList::wake_all`]. Both steps are sequentially consistent, so either
 /// the waiter's second look sees the room, or the freer sees the waiter in the list.
 #[derive(Debug, Default)]
-pub struct WaitList {
+pub(crate) struct WaitList {
     waiting: Mutex<Vec<Arc<Outbox>>>,
     len: AtomicUsize,
     /// Bumped by every [`WaitList::wake_all`]; a waiter that added itself in an earlier
@@ -462,7 +513,7 @@ pub struct WaitList {
 
 impl WaitList {
     /// Adds a waiter; returns the generation it was added in.
-    pub fn add(&self, outbox: &Arc<Outbox>) -> u64 {
+    pub(crate) fn add(&self, outbox: &Arc<Outbox>) -> u64 {
         let mut waiting = self.lock();
         waiting.push(Arc::clone(outbox));
         self.len.store(waiting.len(), Ordering::SeqCst);
@@ -472,7 +523,7 @@ impl WaitList {
     /// Joins this list while `blocked()` holds, and reports whether it still does: the waiter's
     /// side of the protocol above (join, then look again). `listed` remembers the generation
     /// joined, so that a waiter joins once per generation, not once per look.
-    pub fn join_while(
+    pub(crate) fn join_while(
         &self,
         outbox: &Arc<Outbox>,
         listed: &mut Option<u64>,
@@ -488,12 +539,12 @@ impl WaitList {
     }
 
     /// Whether a waiter added in `generation` is still on the list.
-    pub fn still_listed(&self, generation: u64) -> bool {
+    pub(crate) fn still_listed(&self, generation: u64) -> bool {
         self.generation.load(Ordering::SeqCst) == generation
     }
 
     /// Wakes and removes every waiter. Cheap when nobody waits: one atomic load.
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         if self.len.load(Ordering::SeqCst) == 0 {
             return;
         }
@@ -526,10 +577,10 @@ mod tests {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox
-            .push_all(&[Bytes::from_static(b"one")], true)
+            .push(&Batch::alone(&[Bytes::from_static(b"one")]))
             .unwrap();
         outbox
-            .push_all(&[Bytes::from_static(b"two")], true)
+            .push(&Batch::alone(&[Bytes::from_static(b"two")]))
             .unwrap();
         let got: Vec<_> = inbox.drain().collect();
         assert!(matches!(&got[..], [Delivery::Frame(a), Delivery::Frame(b)]
@@ -540,8 +591,8 @@ mod tests {
     fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
         let flow = Arc::new(Flow::new(100));
         let (outbox, inbox) = mailbox(&flow).unwrap();
-        outbox.push_all(&[frame(60)], true).unwrap();
-        outbox.push_all(&[frame(60)], true).unwrap(); // 120 > 100: behind; never refused
+        outbox.push(&Batch::alone(&[frame(60)])).unwrap();
+        outbox.push(&Batch::alone(&[frame(60)])).unwrap(); // 120 > 100: behind; never refused
         assert!(flow.congested() && inbox.behind_since().is_some());
         inbox.written(60); // 60: still above the low mark, 50
         assert!(flow.congested());
@@ -554,7 +605,7 @@ mod tests {
         let flow = Arc::new(Flow::new(10));
         let (sender, sender_inbox) = mailbox(&flow).unwrap();
         let (listener, listener_inbox) = mailbox(&flow).unwrap();
-        listener.push_all(&[frame(20)], true).unwrap();
+        listener.push(&Batch::alone(&[frame(20)])).unwrap();
         let generation = flow.senders().add(&sender);
         assert!(flow.senders().still_listed(generation));
         let _ = sender_inbox.drain().count(); // clears the wake flag
@@ -574,11 +625,11 @@ mod tests {
     fn a_closed_connection_takes_nothing_and_is_never_behind() {
         let flow = Arc::new(Flow::new(10));
         let (outbox, inbox) = mailbox(&flow).unwrap();
-        outbox.push_all(&[frame(20)], true).unwrap();
+        outbox.push(&Batch::alone(&[frame(20)])).unwrap();
         assert!(flow.congested());
         drop(inbox);
         assert!(!flow.congested());
-        assert_eq!(outbox.push_all(&[frame(1)], true), Err(Gone));
+        assert_eq!(outbox.push(&Batch::alone(&[frame(1)])), Err(Gone));
         assert_eq!(outbox.close(CloseCode::Normal, ""), Err(Gone));
     }
 
@@ -593,30 +644,35 @@ mod tests {
         let (outbox, inbox) = mailbox(&flow).unwrap();
         outbox.lend(Arc::new(tcp));
         assert_eq!(
-            outbox.push_all(&[frame(3)], true),
-            Ok(0),
+            outbox.push(&Batch::alone(&[frame(3)])),
+            Ok(()),
             "not before it is released"
         );
         assert!(!outbox.release_writes(), "not while a delivery waits");
         assert_eq!(inbox.drain().count(), 1);
         assert!(outbox.release_writes());
 
-        assert_eq!(outbox.push_all(&[frame(5), frame(7)], true), Ok(2));
+        assert_eq!(outbox.push(&Batch::alone(&[frame(5), frame(7)])), Ok(()));
         let mut got = [1; 12];
         reader.read_exact(&mut got).unwrap();
         assert_eq!(got, [0; 12]);
         assert_eq!(inbox.drain().count(), 0, "nothing went through the mailbox");
 
         assert_eq!(outbox.hold_writes(), None);
-        assert_eq!(outbox.push_all(&[frame(1)], true), Ok(0), "held: queued");
+        assert_eq!(
+            outbox.push(&Batch::alone(&[frame(1)])),
+            Ok(()),
+            "held: queued"
+        );
         assert_eq!(inbox.drain().count(), 1);
         assert!(outbox.release_writes());
         outbox.reclaim();
         assert_eq!(
-            outbox.push_all(&[frame(1)], true),
-            Ok(0),
+            outbox.push(&Batch::alone(&[frame(1)])),
+            Ok(()),
             "taken back: queued"
         );
+        assert_eq!(inbox.drain().count(), 1);
         assert!(!outbox.release_writes());
     }
 }

@@ -64,12 +64,12 @@ mod backend;
 #[path = "portable.rs"]
 mod backend;
 
-pub use backend::{BACKEND, FDS_PER_CONNECTION, Waker};
+pub(crate) use backend::{BACKEND, FDS_PER_CONNECTION, Waker};
 
 /// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
 /// (Windows), as std's `TcpStream` and `TcpListener` do.
 #[cfg(unix)]
-pub trait Source: std::os::fd::AsFd {}
+pub(crate) trait Source: std::os::fd::AsFd {}
 #[cfg(unix)]
 impl<T: std::os::fd::AsFd> Source for T {}
 
@@ -82,7 +82,7 @@ impl<T: std::os::windows::io::AsSocket> Source for T {}
 
 /// What [`wait`] watches the socket for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interest {
+pub(crate) struct Interest {
     /// Wake when bytes arrive (or the peer hangs up).
     pub read: bool,
     /// Wake when the send buffer has room.
@@ -91,7 +91,7 @@ pub struct Interest {
 
 /// What [`wait`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// The socket has bytes to read, or its peer hung up or failed (a read will tell which).
     pub readable: bool,
     /// The socket has room in its send buffer.
@@ -108,7 +108,7 @@ pub struct Ready {
 /// decide what to do from the clock, not from the return.
 ///
 /// Only one thread waits on a given waker (its connection's); a waker serves one socket.
-pub fn wait<S: Source>(
+pub(crate) fn wait<S: Source>(
     socket: Option<&S>,
     interest: Interest,
     waker: &Waker,
@@ -119,7 +119,7 @@ pub fn wait<S: Source>(
 
 /// Raises the open-file soft limit as far as the hard limit allows, and returns the limit now
 /// in force; `None` where there is no such limit (Windows: sockets are bounded by memory).
-pub fn raise_open_file_limit() -> Option<u64> {
+pub(crate) fn raise_open_file_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         unix::raise_open_file_limit()
@@ -132,7 +132,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
 
 /// Whether an `accept` failed for lack of descriptors or kernel memory: a condition that
 /// passes as other connections close, to retry with backoff rather than give up.
-pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+pub(crate) fn is_out_of_descriptors(error: &io::Error) -> bool {
     #[cfg(unix)]
     {
         matches!(
@@ -162,7 +162,7 @@ const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 
 /// Tells the memory allocator to give big blocks back when they are freed (see
 /// [`MMAP_THRESHOLD`]); elsewhere than with glibc, nothing to do.
-pub fn return_freed_memory() {
+pub(crate) fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only sets an allocator parameter; it fails (returns 0) only for an
@@ -177,7 +177,7 @@ pub fn return_freed_memory() {
 /// other thread may use. glibc's `malloc_trim` gives back every whole free page; elsewhere the
 /// allocator does what it does, and this does nothing. It locks each arena in turn while it
 /// walks it, so callers keep it rare (`connection/settle.rs`).
-pub fn trim_heap() {
+pub(crate) fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
@@ -194,7 +194,7 @@ pub fn trim_heap() {
 /// `MADV_DONTNEED` frees anonymous pages at once, where other systems may take it as a hint.
 /// Call it from a shallow frame: pages within [`STACK_MARGIN`] of the caller's stay.
 #[inline(never)]
-pub fn release_stack_below_caller() {
+pub(crate) fn release_stack_below_caller() {
     #[cfg(target_os = "linux")]
     {
         let marker = 0u8;
@@ -210,7 +210,7 @@ const STACK_MARGIN: usize = 512;
 
 /// The machine's memory in bytes, or the container's limit when it is smaller (Linux cgroup
 /// v2); `None` where it cannot be found out.
-pub fn physical_memory() -> Option<u64> {
+pub(crate) fn physical_memory() -> Option<u64> {
     #[cfg(unix)]
     {
         unix::physical_memory()
@@ -226,7 +226,7 @@ mod unix {
     /// Where Linux's cgroup v2 says how much memory this container may use.
     const CGROUP_MEMORY_MAX: &str = "/sys/fs/cgroup/memory.max";
 
-    pub fn raise_open_file_limit() -> Option<u64> {
+    pub(super) fn raise_open_file_limit() -> Option<u64> {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -250,7 +250,7 @@ mod unix {
         u64::try_from(limit.rlim_cur).ok()
     }
 
-    pub fn physical_memory() -> Option<u64> {
+    pub(super) fn physical_memory() -> Option<u64> {
         // SAFETY: sysconf only reads system configuration.
         let (pages, page_size) = unsafe {
             (
@@ -352,7 +352,7 @@ mod tests {
 mod linux {
     /// Frees this thread's stack pages from its lowest address up to `end` (rounded down to a
     /// page), all of them below every live frame (see `release_stack_below_caller`).
-    pub fn release_stack_below(end: usize) {
+    pub(super) fn release_stack_below(end: usize) {
         let Some(low) = stack_low() else { return };
         // SAFETY: sysconf only reads system configuration.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);

@@ -27,7 +27,7 @@ use super::{Interest, Ready, Source};
 /// instance, an eventfd for wake-ups and a timerfd for precise timeouts; elsewhere one kqueue
 /// or completion port).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub const FDS_PER_CONNECTION: usize = 4;
+pub(crate) const FDS_PER_CONNECTION: usize = 4;
 /// Descriptors per connection: its socket and its poller (on Linux the poller is an epoll
 /// instance, an eventfd for wake-ups and a timerfd for precise timeouts; elsewhere one kqueue
 /// or completion port).
@@ -35,7 +35,7 @@ pub const FDS_PER_CONNECTION: usize = 4;
 pub const FDS_PER_CONNECTION: usize = 2;
 
 /// How this backend is named in the log.
-pub const BACKEND: &str = "the portable poller (polling crate)";
+pub(crate) const BACKEND: &str = "the portable poller (polling crate)";
 
 /// The key the one socket is registered under.
 const SOCKET_KEY: usize = 0;
@@ -44,7 +44,7 @@ const SOCKET_KEY: usize = 0;
 const EVENTS_PER_WAIT: NonZeroUsize = NonZeroUsize::new(2).unwrap();
 
 /// Wakes a thread that waits in [`wait`](super::wait); any thread may call [`Waker::wake`].
-pub struct Waker {
+pub(crate) struct Waker {
     poller: Poller,
     /// Set by [`Waker::wake`], cleared by [`Waker::reset`]: the wake-up as state, so that one
     /// sent while nobody waits is seen by the next wait.
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Waker {
 impl Waker {
     /// A waker nobody has woken yet, with its own poller; fails when the system refuses a
     /// poller (out of descriptors, usually).
-    pub fn try_new() -> io::Result<Waker> {
+    pub(crate) fn try_new() -> io::Result<Waker> {
         Ok(Waker {
             poller: Poller::new()?,
             woken: AtomicBool::new(false),
@@ -91,12 +91,12 @@ impl Waker {
 
     /// Like [`Waker::try_new`], for tests: panics when the system refuses a poller.
     #[cfg(test)]
-    pub fn new() -> Waker {
+    pub(crate) fn new() -> Waker {
         Waker::try_new().expect("the system refused a poller")
     }
 
     /// Makes the waiting thread's next (or current) wait return with `woken` set.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.woken.store(true, Ordering::SeqCst);
         // Fails only if the poller itself is broken; the flag is still seen by the next wait.
         let _ = self.poller.notify();
@@ -106,12 +106,12 @@ impl Waker {
     ///
     /// Call it before looking at what was queued, never after: a `wake` that races with the
     /// look is then seen at the next wait instead of being lost.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.woken.store(false, Ordering::SeqCst);
     }
 
     /// Deregisters `socket` before it is closed.
-    pub fn forget<S: Source>(&self, socket: &S) {
+    pub(crate) fn forget<S: Source>(&self, socket: &S) {
         let mut state = self.state();
         if state.registered.take().is_some() {
             // Fails only if the socket was never registered, which `registered` rules out.
@@ -125,7 +125,7 @@ impl Waker {
 }
 
 /// See [`super::wait`].
-pub fn wait<S: Source>(
+pub(super) fn wait<S: Source>(
     socket: Option<&S>,
     interest: Interest,
     waker: &Waker,

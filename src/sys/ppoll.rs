@@ -25,10 +25,10 @@ use super::{Interest, Ready, Source};
 const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Descriptors per connection: its socket. The waker is a signal.
-pub const FDS_PER_CONNECTION: usize = 1;
+pub(crate) const FDS_PER_CONNECTION: usize = 1;
 
 /// How this backend is named in the log.
-pub const BACKEND: &str = "ppoll with a signal waker";
+pub(crate) const BACKEND: &str = "ppoll with a signal waker";
 
 /// A `ppoll` timeout longer than this is cut to it: `time_t` may be 32 bits, and the caller
 /// recomputes its deadline on every return anyway.
@@ -36,7 +36,7 @@ const MAX_TIMEOUT_SECONDS: u64 = i32::MAX as u64;
 
 /// Wakes a thread that waits in [`wait`](super::wait); any thread may call [`Waker::wake`].
 #[derive(Debug, Default)]
-pub struct Waker {
+pub(crate) struct Waker {
     /// Level-triggered, like an eventfd: set by [`Waker::wake`], cleared by [`Waker::reset`].
     signalled: AtomicBool,
     /// The thread inside [`wait`](super::wait) right now, if any. The signal is only ever sent to a thread
@@ -46,21 +46,21 @@ pub struct Waker {
 
 impl Waker {
     /// A waker nobody has woken yet. Never fails here: a signal needs no resource.
-    pub fn try_new() -> io::Result<Waker> {
+    pub(crate) fn try_new() -> io::Result<Waker> {
         Ok(Waker::default())
     }
 
     /// A waker nobody has woken yet, for tests.
     #[cfg(test)]
-    pub fn new() -> Waker {
+    pub(crate) fn new() -> Waker {
         Waker::default()
     }
 
     /// Nothing to undo here: `ppoll` registers nothing. (The portable backend has to.)
-    pub fn forget<S: Source>(&self, _socket: &S) {}
+    pub(crate) fn forget<S: Source>(&self, _socket: &S) {}
 
     /// Makes the waiting thread's next (or current) [`wait`](super::wait) return with `woken` set.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.signalled.store(true, Ordering::SeqCst);
         let waiter = crate::sync::lock(&self.waiter);
         if let Some(thread) = *waiter {
@@ -76,7 +76,7 @@ impl Waker {
     ///
     /// Call it before looking at what was queued, never after: a `wake` that races with the
     /// look is then seen at the next wait instead of being lost.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.signalled.store(false, Ordering::SeqCst);
     }
 
@@ -87,7 +87,7 @@ impl Waker {
 
 /// See [`super::wait`]. It may return early with nothing ready when another signal
 /// interrupts it.
-pub fn wait<S: Source>(
+pub(super) fn wait<S: Source>(
     socket: Option<&S>,
     interest: Interest,
     waker: &Waker,
