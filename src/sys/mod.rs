@@ -76,7 +76,7 @@ impl<T: std::os::fd::AsFd> Source for T {}
 /// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
 /// (Windows), as std's `TcpStream` and `TcpListener` do.
 #[cfg(windows)]
-pub trait Source: std::os::windows::io::AsSocket {}
+pub(crate) trait Source: std::os::windows::io::AsSocket {}
 #[cfg(windows)]
 impl<T: std::os::windows::io::AsSocket> Source for T {}
 

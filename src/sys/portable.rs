@@ -32,7 +32,7 @@ pub(crate) const FDS_PER_CONNECTION: usize = 4;
 /// instance, an eventfd for wake-ups and a timerfd for precise timeouts; elsewhere one kqueue
 /// or completion port).
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub const FDS_PER_CONNECTION: usize = 2;
+pub(crate) const FDS_PER_CONNECTION: usize = 2;
 
 /// How this backend is named in the log.
 pub(crate) const BACKEND: &str = "the portable poller (polling crate)";
