@@ -446,6 +446,17 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "cluster"))]
+    fn a_build_without_clusters_refuses_redis_saying_so() {
+        let error = parse(&["--broadcast", "--redis", "redis://127.0.0.1/"]).unwrap_err();
+        assert!(
+            error.contains("built without clusters") && error.contains("\"cluster\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "cluster")]
     fn redis_needs_broadcast_and_a_url_that_parses() {
         let config = parse(&["--broadcast", "--redis", "redis://:pw@127.0.0.1:6380/2"]).unwrap();
         let cluster = config.cluster.unwrap();

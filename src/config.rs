@@ -100,7 +100,7 @@ impl ClusterConfig {
             return Err(format!("--redis: {missing}"));
         }
         #[cfg(feature = "cluster")]
-        crate::cluster::check_url(redis_url)?;
+        check_url(redis_url)?;
         if channel.is_empty() {
             return Err("--redis-channel is empty".to_string());
         }
@@ -124,6 +124,18 @@ impl std::fmt::Debug for ClusterConfig {
             .field("channel", &self.channel)
             .finish()
     }
+}
+
+/// Checks a `--redis` URL without connecting: redis:// or rediss:// (or a Unix socket), as the
+/// redis crate reads them. The error never repeats the URL, which may hold a password.
+fn check_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url).map(|_| ()).map_err(|e| {
+        format!(
+            "--redis: not a Redis URL ({}); expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] \
+             or rediss://... for TLS",
+            e.detail().unwrap_or("it does not parse")
+        )
+    })
 }
 
 /// `url` with its password replaced by `***`: the one in its user information
@@ -162,6 +174,17 @@ fn shown_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "cluster")]
+    fn redis_urls_are_checked_without_connecting() {
+        assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_url("rediss://cache.example.com:6380/1").is_ok());
+        let error = check_url("http://:s3cret@localhost").unwrap_err();
+        assert!(error.starts_with("--redis: not a Redis URL"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(check_url("not a url").is_err());
+    }
 
     #[test]
     fn redis_urls_are_shown_without_their_password() {

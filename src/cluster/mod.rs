@@ -71,18 +71,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Checks a `--redis` URL without connecting: redis:// or rediss:// (or a Unix socket), as the
-/// redis crate reads them. The error never repeats the URL, which may hold a password.
-pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url).map(|_| ()).map_err(|e| {
-        format!(
-            "--redis: not a Redis URL ({}); expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] \
-             or rediss://... for TLS",
-            e.detail().unwrap_or("it does not parse")
-        )
-    })
-}
-
 /// What the link reports, for `/healthz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Health {
@@ -498,16 +486,6 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_checked_without_connecting() {
-        assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
-        assert!(check_url("rediss://cache.example.com:6380/1").is_ok());
-        let error = check_url("http://:s3cret@localhost").unwrap_err();
-        assert!(error.starts_with("--redis: not a Redis URL"), "{error}");
-        assert!(!error.contains("s3cret"), "{error}");
-        assert!(check_url("not a url").is_err());
-    }
 
     #[test]
     fn a_full_publish_queue_congests_the_hub_until_it_is_down_to_half() {
