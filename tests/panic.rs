@@ -3,16 +3,32 @@
 
 mod support;
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use log::{Log, Metadata, Record};
 use support::{connect, next_data};
 use tungstenite::Message;
 use wsecho::{Config, Server};
 
-/// Keeps every log line, for the assertions below.
-struct Capture(Mutex<Vec<String>>);
+/// Keeps every log line, for the assertions below, and signals each new one.
+struct Capture(Mutex<Vec<String>>, Condvar);
+
+impl Capture {
+    /// The log so far, once a line holds `needle` (the panicking thread logs after its
+    /// socket is gone, so the other clients may be served before it does).
+    fn wait_for(&self, needle: &str) -> String {
+        let lines = self.0.lock().unwrap();
+        let (lines, _) = self
+            .1
+            .wait_timeout_while(lines, Duration::from_secs(30), |lines| {
+                !lines.iter().any(|line| line.contains(needle))
+            })
+            .unwrap();
+        lines.join("\n")
+    }
+}
 
 impl Log for Capture {
     fn enabled(&self, _: &Metadata) -> bool {
@@ -23,11 +39,12 @@ impl Log for Capture {
             .lock()
             .unwrap()
             .push(format!("[{}] {}", record.level(), record.args()));
+        self.1.notify_all();
     }
     fn flush(&self) {}
 }
 
-static LOG: Capture = Capture(Mutex::new(Vec::new()));
+static LOG: Capture = Capture(Mutex::new(Vec::new()), Condvar::new());
 
 #[test]
 fn a_panicking_connection_is_logged_and_the_server_goes_on() {
@@ -57,7 +74,7 @@ fn a_panicking_connection_is_logged_and_the_server_goes_on() {
     newcomer.send(Message::text("and me")).unwrap();
     assert_eq!(next_data(&mut newcomer), Message::text("and me"));
 
-    let log = LOG.0.lock().unwrap().join("\n");
+    let log = LOG.wait_for("connection thread panicked");
     assert!(log.contains("connection thread panicked"), "{log}");
     assert!(log.contains("server goes on"), "{log}");
 
