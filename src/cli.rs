@@ -31,9 +31,23 @@ pub(crate) struct Args {
     #[arg(long, short, env = "PORT", default_value_t = config::DEFAULT_PORT)]
     pub(crate) port: u16,
 
-    /// Send every message to every connected client instead of echoing it to its sender.
+    /// Send every message to every client of its room instead of echoing it to its sender.
+    /// The URL path names the room: ws://HOST:PORT/ is the lobby, ws://HOST:PORT/chat/rust
+    /// the room chat/rust (percent-decoded, the query string left out).
     #[arg(long)]
     pub(crate) broadcast: bool,
+    /// With --broadcast: one room for every client, whatever its path (the path then names
+    /// nothing).
+    #[arg(long)]
+    pub(crate) single_room: bool,
+    /// With --broadcast: each room keeps its last N broadcasts, and a client joining it gets
+    /// them first, then every later one; 0: none. They count against --max-memory.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) history: usize,
+    /// How long an idle room keeps its history: once its last broadcast is this old, it is
+    /// forgotten.
+    #[arg(long, value_name = "DURATION", default_value_t = Span(config::DEFAULT_HISTORY_TTL))]
+    pub(crate) history_ttl: Span,
 
     /// The greeting text; {time} is replaced by the local date-time.
     #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_GREETING)]
@@ -202,6 +216,17 @@ impl Args {
             ));
         }
         let cluster = self.cluster()?;
+        if !self.broadcast && (self.single_room || self.history > 0) {
+            return Err(format!(
+                "{} needs --broadcast: rooms and their history are about broadcasts, and an \
+                 echo goes to its sender only",
+                if self.single_room {
+                    "--single-room"
+                } else {
+                    "--history"
+                }
+            ));
+        }
         Ok(Config {
             host: self.host.clone(),
             port: self.port,
@@ -210,6 +235,9 @@ impl Args {
             } else {
                 Mode::Echo
             },
+            rooms: !self.single_room,
+            history: self.history,
+            history_ttl: self.history_ttl.0,
             greeting,
             demo_page: !self.no_demo_page,
             metrics: !self.no_metrics,

@@ -72,6 +72,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// drops the socket anyway. Also bounds how long shutdown waits.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an idle room keeps its history (`--history`): once its last broadcast is this
+/// old, a newcomer gets none and the memory is freed. Ten minutes covers a client that
+/// rejoins after a blip or a short break, and a demo class's pause, without keeping the
+/// history of a room nobody uses for the server's whole life.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(10 * 60);
+
 /// The Redis pub/sub channel a cluster of instances shares, unless `--redis-channel` names
 /// another (instances on one Redis with different channels are different clusters).
 pub const DEFAULT_REDIS_CHANNEL: &str = "wsecho";
@@ -223,7 +229,7 @@ pub struct TlsFiles {
 pub enum Mode {
     /// Send it back to its sender only.
     Echo,
-    /// Send it to every open connection, the sender included.
+    /// Send it to every connection of its room, the sender included.
     Broadcast,
 }
 
@@ -245,6 +251,13 @@ pub struct Config {
     pub port: u16,
     /// Echo or broadcast.
     pub mode: Mode,
+    /// In broadcast mode, whether the URL path names the room a client joins (`/` is the
+    /// lobby, `/chat/rust` the room `chat/rust`); `false`: every client is in one room.
+    pub rooms: bool,
+    /// Broadcasts each room keeps for newcomers, who get them first; 0: none.
+    pub history: usize,
+    /// How long an idle room keeps its history; see [`DEFAULT_HISTORY_TTL`].
+    pub history_ttl: Duration,
     /// `None` turns the greeting off.
     pub greeting: Option<Greeting>,
     /// Serve the browser demo page at `/`.
@@ -300,6 +313,9 @@ impl Default for Config {
             host: DEFAULT_HOST.to_string(),
             port: DEFAULT_PORT,
             mode: Mode::Echo,
+            rooms: true,
+            history: 0,
+            history_ttl: DEFAULT_HISTORY_TTL,
             greeting: Some(Greeting {
                 delay: DEFAULT_GREETING_DELAY,
                 template: DEFAULT_GREETING.to_string(),

@@ -89,6 +89,9 @@ struct Exported {
     memory_bytes: Gauge<i64, AtomicI64>,
     /// The memory ceiling.
     memory_limit_bytes: Gauge<i64, AtomicI64>,
+    /// Rooms with a client or history, read at each scrape. One gauge, no label per room: a
+    /// label per room would make the series unbounded.
+    rooms: Gauge<i64, AtomicI64>,
     /// With `--redis`: 1 while the link to Redis is up, 0 while it is down (registered only
     /// then, so that a lone instance does not report a link it does not have).
     redis_up: Option<Gauge<i64, AtomicI64>>,
@@ -256,9 +259,11 @@ impl Metrics {
         &self,
         memory_used: usize,
         memory_limit: usize,
+        rooms: usize,
         redis: Option<(bool, u64)>,
     ) -> String {
         let exported = &self.exported;
+        exported.rooms.set(i64::try_from(rooms).unwrap_or(i64::MAX));
         if let (Some(gauge), Some((up, _))) = (&exported.redis_up, redis) {
             gauge.set(i64::from(up));
         }
@@ -297,6 +302,7 @@ impl Exported {
             slow_clients_closed: Counter::default(),
             memory_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            rooms: Gauge::default(),
             redis_up: cluster.then(Gauge::default),
             redis_outages: cluster.then(Gauge::default),
         };
@@ -375,6 +381,11 @@ impl Exported {
             Unit::Bytes,
             self.memory_limit_bytes.clone(),
         );
+        r.register(
+            "rooms",
+            "Rooms with a client or history",
+            self.rooms.clone(),
+        );
         if let Some(up) = &self.redis_up {
             r.register(
                 "redis_up",
@@ -431,9 +442,9 @@ mod tests {
         metrics.connection_opened();
         metrics.connection_closed(CloseCode::Policy);
         metrics.received(3, 30);
-        let text = metrics.render(5, 10, None);
+        let text = metrics.render(5, 10, 3, None);
         assert!(!text.contains("redis"), "no link, no link metrics:\n{text}");
-        let clustered = Metrics::new(true).render(0, 1, Some((true, 2)));
+        let clustered = Metrics::new(true).render(0, 1, 0, Some((true, 2)));
         assert!(clustered.contains("wsecho_redis_up 1"), "{clustered}");
         assert!(clustered.contains("wsecho_redis_outages 2"), "{clustered}");
         for line in [
@@ -447,6 +458,7 @@ mod tests {
             "wsecho_sent_bytes_total 0",
             "wsecho_messages_received_total 3",
             "wsecho_connections_open 0",
+            "wsecho_rooms 3",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }

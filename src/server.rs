@@ -19,7 +19,7 @@ use crate::config::{self, Config, Mode};
 use crate::connection::{self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, Shared};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
-use crate::delivery::hub::Hub;
+use crate::delivery::hub::{HistorySettings, Hub};
 use crate::error::Error;
 #[cfg(feature = "tls")]
 use crate::error::TlsError;
@@ -186,7 +186,11 @@ impl Server {
             config.max_connections_per_address,
             config.max_handshakes_per_address,
         );
-        let hub = Arc::new(Hub::new(config.max_backlog, Arc::clone(&metrics)));
+        let history = HistorySettings {
+            len: config.history,
+            ttl: config.history_ttl,
+        };
+        let hub = Arc::new(Hub::new(config.max_backlog, history, Arc::clone(&metrics)));
         #[cfg(feature = "cluster")]
         let cluster = match cluster {
             Some(joining) => {

@@ -53,10 +53,11 @@ use log::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::delivery::budget::Budget;
-use crate::delivery::hub::Hub;
+use crate::delivery::hub::{Hub, RoomName};
 use crate::error::Error;
 use crate::logging::Throttle;
 use crate::sync::lock;
+use crate::sys::Waker;
 
 /// How long connecting to Redis (TCP, TLS, AUTH, SELECT) may take, at start and on every
 /// retry. On loopback or a LAN a healthy Redis answers in milliseconds.
@@ -192,12 +193,11 @@ impl Joining {
             handover,
             stopped,
         };
-        let mailbox = hub
-            .mailbox()
-            .map_err(|e| Error::Io("creating the Redis subscriber's waker", e))?;
+        let waker =
+            Waker::try_new().map_err(|e| Error::Io("creating the Redis subscriber's waker", e))?;
         thread::Builder::new()
             .name("redis-subscriber".into())
-            .spawn(move || subscriber.run(first, mailbox))
+            .spawn(move || subscriber.run(first, waker))
             .map_err(|e| Error::Io("starting the Redis subscriber thread", e))?;
         Ok(Cluster {
             queue,
@@ -210,14 +210,14 @@ impl Joining {
 impl Cluster {
     /// Sends a connection's broadcasts to the whole cluster: into the publish queue while the
     /// link is up, to this instance's clients at once while it is down. Never blocks.
-    pub(crate) fn publish(&self, frames: &[Bytes]) {
+    pub(crate) fn publish(&self, room: &RoomName, frames: &[Bytes]) {
         // While the link is down and nothing of this sender's is still in the queue, local
         // delivery can be done here; otherwise the publisher delivers in queue order.
         if !self.link.is_up() && self.queue.is_empty() {
             self.link.delivered_locally(frames.len());
-            self.queue.hub.broadcast(frames);
+            self.queue.hub.broadcast(room, frames);
         } else {
-            self.queue.push(frames);
+            self.queue.push(room, frames);
         }
     }
 
@@ -236,8 +236,8 @@ impl Cluster {
 /// The queue of broadcasts waiting to be published, bounded in bytes by flow control.
 #[derive(Debug)]
 struct PublishQueue {
-    sender: Sender<Bytes>,
-    receiver: Receiver<Bytes>,
+    sender: Sender<(RoomName, Bytes)>,
+    receiver: Receiver<(RoomName, Bytes)>,
     /// Bytes pushed and not yet published (or delivered locally): queued or in flight.
     bytes: AtomicUsize,
     high: usize,
@@ -274,7 +274,7 @@ impl PublishQueue {
 
     /// Queues frames; never refused, never blocks. Past the high mark the hub is congested and
     /// senders stop reading, so the queue overshoots by at most one read's worth per sender.
-    fn push(&self, frames: &[Bytes]) {
+    fn push(&self, room: &RoomName, frames: &[Bytes]) {
         for frame in frames {
             let len = frame.len();
             let before = self.bytes.fetch_add(len, Ordering::SeqCst);
@@ -282,7 +282,7 @@ impl PublishQueue {
                 self.reassess();
             }
             // The receiver lives in the queue itself: sending cannot fail.
-            let _ = self.sender.send(frame.clone());
+            let _ = self.sender.send((Arc::clone(room), frame.clone()));
         }
     }
 
@@ -299,7 +299,7 @@ impl PublishQueue {
         let bytes = self.bytes.load(Ordering::SeqCst);
         if !*full && bytes > self.high {
             *full = true;
-            self.hub.flow().set_publish_full(true);
+            self.hub.common_flow().set_publish_full(true);
             if self.full_log.pass().is_some() {
                 warn!(
                     "redis publish queue full ({bytes} bytes waiting for Redis): broadcasting \
@@ -309,7 +309,7 @@ impl PublishQueue {
             }
         } else if *full && bytes <= self.low {
             *full = false;
-            self.hub.flow().set_publish_full(false);
+            self.hub.common_flow().set_publish_full(false);
         }
     }
 }
@@ -486,20 +486,27 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::hub::HistorySettings;
+
+    const NO_HISTORY: HistorySettings = HistorySettings {
+        len: 0,
+        ttl: Duration::from_secs(60),
+    };
 
     #[test]
     fn a_full_publish_queue_congests_the_hub_until_it_is_down_to_half() {
-        let hub = Arc::new(Hub::new(1 << 20, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
         let queue = PublishQueue::new(Arc::clone(&hub), 100);
-        queue.push(&[Bytes::from(vec![0; 60])]);
-        assert!(!hub.flow().congested());
-        queue.push(&[Bytes::from(vec![0; 60])]); // 120 > 100: full; never refused
-        assert!(hub.flow().congested() && !hub.flow().listeners_behind());
+        let lobby = RoomName::from("");
+        queue.push(&lobby, &[Bytes::from(vec![0; 60])]);
+        assert!(!hub.common_flow().publish_full());
+        queue.push(&lobby, &[Bytes::from(vec![0; 60])]); // 120 > 100: full; never refused
+        assert!(hub.common_flow().publish_full() && !hub.common_flow().listeners_behind());
         assert_eq!(queue.receiver.len(), 2);
         queue.taken(60); // 60: above the low mark, 50
-        assert!(hub.flow().congested());
+        assert!(hub.common_flow().publish_full());
         queue.taken(10);
-        assert!(!hub.flow().congested());
+        assert!(!hub.common_flow().publish_full());
         queue.taken(50);
         assert!(queue.is_empty());
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, select};
 
-use super::{Link, PUBLISH_TIMEOUT, PublishQueue};
-use crate::delivery::hub::Hub;
+use super::{Link, PUBLISH_TIMEOUT, PublishQueue, wire};
+use crate::delivery::hub::{Hub, RoomName};
 
 /// Most broadcasts in one pipeline: a round trip per 256 messages, not per message.
 const MAX_BATCH: usize = 256;
@@ -33,7 +33,7 @@ pub(super) struct Publisher {
     pub link: Arc<Link>,
     pub hub: Arc<Hub>,
     pub channel: String,
-    pub to_publish: Receiver<Bytes>,
+    pub to_publish: Receiver<(RoomName, Bytes)>,
     /// Publishing connections from the subscriber, each with its pair's number.
     pub handed: Receiver<(u64, redis::Connection)>,
     /// Disconnected when the server stops.
@@ -51,13 +51,13 @@ impl Publisher {
                 },
                 recv(self.to_publish) -> first => {
                     let Ok(first) = first else { return };
-                    let mut bytes = first.len();
+                    let mut bytes = first.1.len();
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                         match self.to_publish.try_recv() {
-                            Ok(frame) => {
-                                bytes += frame.len();
-                                batch.push(frame);
+                            Ok(next) => {
+                                bytes += next.1.len();
+                                batch.push(next);
                             }
                             Err(_) => break,
                         }
@@ -74,7 +74,7 @@ impl Publisher {
 
     /// Publishes a batch on the current connection pair, or delivers it locally when the link
     /// is down or the publishing fails.
-    fn send(&self, connection: &mut Option<(u64, redis::Connection)>, batch: &[Bytes]) {
+    fn send(&self, connection: &mut Option<(u64, redis::Connection)>, batch: &[(RoomName, Bytes)]) {
         loop {
             let current = self.link.generation();
             if current == 0 {
@@ -84,10 +84,10 @@ impl Publisher {
             match connection {
                 Some((generation, con)) if *generation == current => {
                     let mut pipe = redis::pipe();
-                    for frame in batch {
+                    for (room, frame) in batch {
                         pipe.cmd("PUBLISH")
                             .arg(&self.channel)
-                            .arg(&frame[..])
+                            .arg(wire::message(room, frame).as_ref())
                             .ignore();
                     }
                     return match pipe.query::<()>(con) {
@@ -117,9 +117,13 @@ impl Publisher {
         }
     }
 
-    fn deliver_locally(&self, batch: &[Bytes]) {
+    fn deliver_locally(&self, batch: &[(RoomName, Bytes)]) {
         self.link.delivered_locally(batch.len());
-        self.hub.broadcast(batch);
+        // In order, each run of one room's broadcasts in one go.
+        for run in batch.chunk_by(|a, b| a.0 == b.0) {
+            let frames: Vec<Bytes> = run.iter().map(|(_, frame)| frame.clone()).collect();
+            self.hub.broadcast(&run[0].0, &frames);
+        }
     }
 }
 

@@ -29,7 +29,8 @@ use super::publisher::set_timeouts;
 use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, wire};
 use crate::delivery::budget::Budget;
 use crate::delivery::hub::Hub;
-use crate::delivery::outbox::{Inbox, Outbox};
+use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
+use crate::sys::Waker;
 use crate::sys::{self, Interest};
 
 /// The subscription's read timeout: how often a quiet subscriber looks at the rest.
@@ -85,15 +86,16 @@ struct Pause {
 
 impl Subscriber {
     /// Keeps the link up until the server stops: connect, subscribe, read; on any failure,
-    /// back off and start again. `first` is the pair connected at start, if any. `mailbox` is
-    /// the thread's own, outside the hub (it receives no broadcasts): its waker is what the
-    /// wait lists wake.
+    /// back off and start again. `first` is the pair connected at start, if any. `waker` is
+    /// what the wait lists wake, through a mailbox of the thread's own, outside every room
+    /// (it receives no broadcasts).
     pub(super) fn run(
         self,
         mut first: Option<(redis::Connection, redis::Connection)>,
-        mailbox: (Arc<Outbox>, Inbox),
+        waker: Waker,
     ) {
-        let (outbox, inbox) = mailbox;
+        let own_flow = Arc::new(Flow::new(usize::MAX, Arc::default()));
+        let (outbox, inbox) = mailbox(&own_flow, waker);
         let mut pause = Pause {
             inbox,
             listed_for_listeners: None,
@@ -187,10 +189,10 @@ impl Subscriber {
     /// Fans one message from the channel out to this instance's clients, or refuses it.
     fn deliver(&self, message: &[u8]) {
         match wire::check(message, self.max_message_size) {
-            Ok(_) => {
+            Ok(broadcast) => {
                 self.link.received.fetch_add(1, Ordering::Relaxed);
-                let frame = self.budget.hold(message.to_vec());
-                self.hub.broadcast(&[frame]);
+                let frame = self.budget.hold(broadcast.frame.to_vec());
+                self.hub.broadcast(broadcast.room, &[frame]);
             }
             Err(why) => {
                 let count = self.link.malformed.fetch_add(1, Ordering::Relaxed) + 1;
@@ -208,16 +210,18 @@ impl Subscriber {
         }
     }
 
-    /// Does not return while a local listener is behind or memory is full (unless the server
-    /// stops or the link breaks): the next message stays in Redis meanwhile. Uses the same
-    /// wait lists, and the same protocol, as a connection that may not read.
+    /// Does not return while a local listener is behind, in any room, or memory is full
+    /// (unless the server stops or the link breaks): the next message stays in Redis
+    /// meanwhile. Uses the same wait lists, and the same protocol, as a connection that may
+    /// not read. (One channel carries every room, so a listener behind in one room pauses the
+    /// channel for all: see docs/cluster.md.)
     fn wait_for_room(&self, outbox: &Arc<Outbox>, pause: &mut Pause, generation: u64) {
-        let flow = self.hub.flow();
+        let flow = self.hub.common_flow();
         let budget = &self.budget;
         let mut paused_since: Option<Instant> = None;
         loop {
             let behind = flow
-                .senders()
+                .waiting()
                 .join_while(outbox, &mut pause.listed_for_listeners, || {
                     flow.listeners_behind()
                 });

@@ -20,12 +20,52 @@
 //! its memory budget and queues them: a broadcast is encoded once in the whole cluster, by the
 //! instance its sender is connected to.
 //!
+//! That is a broadcast to the lobby, the room whose name is empty. A broadcast to another room
+//! has the room's name before the frame:
+//!
+//! - byte 0: `0x00` (never the first byte of a frame a server sends, whose FIN bit is set);
+//! - bytes 1 and 2: the name's length in bytes, big-endian, 1 to 128 (`MAX_ROOM_NAME`);
+//! - the name, UTF-8 with no control character (the URL path, percent-decoded, without its
+//!   leading `/`);
+//! - then the frame, as above.
+//!
+//! So `"hi"` to the room `chat` is `00 00 04 63 68 61 74 81 02 68 69`. Every room travels on
+//! the one channel, so a cluster costs Redis one subscription per instance however many
+//! rooms there are.
+//!
 //! Anything else on the channel (another program publishing there, a payload over this
 //! instance's `--max-message-size`) is refused by [`check`]: not delivered, logged, counted.
 
 use std::fmt;
 
 use crate::frame::{Header, OPCODE_BINARY, OPCODE_TEXT};
+use crate::http::room::MAX_ROOM_NAME;
+
+/// The first byte of a broadcast to a room other than the lobby.
+const ROOM_MARK: u8 = 0x00;
+
+/// A broadcast that passed [`check`]: its room, its frame, and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Broadcast<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) frame: &'a [u8],
+    pub(crate) kind: Kind,
+}
+
+/// The message that carries `frame` to `room` (see the module's docs): the frame itself for
+/// the lobby.
+pub(crate) fn message<'a>(room: &str, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    if room.is_empty() {
+        return std::borrow::Cow::Borrowed(frame);
+    }
+    let len = u16::try_from(room.len()).expect("room names are at most 128 bytes");
+    let mut out = Vec::with_capacity(3 + room.len() + frame.len());
+    out.push(ROOM_MARK);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(room.as_bytes());
+    out.extend_from_slice(frame);
+    std::borrow::Cow::Owned(out)
+}
 
 /// The kind of a broadcast that passed [`check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +91,9 @@ pub(crate) enum Malformed {
     TooBig { len: usize, limit: usize },
     /// A text payload that is not UTF-8.
     NotUtf8,
+    /// A room's name that is empty, too long, cut short, not UTF-8, or holds a control
+    /// character.
+    Room,
 }
 
 impl fmt::Display for Malformed {
@@ -69,13 +112,37 @@ impl fmt::Display for Malformed {
                 write!(f, "{len} payload bytes, over --max-message-size ({limit})")
             }
             Malformed::NotUtf8 => write!(f, "a text payload that is not UTF-8"),
+            Malformed::Room => write!(f, "a room name that is not one"),
         }
     }
 }
 
 /// Checks that `message` is one broadcast in the wire format (see the module's docs) with a
-/// payload of at most `max_payload` bytes, and says which kind.
-pub(crate) fn check(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
+/// payload of at most `max_payload` bytes, and says to which room.
+pub(crate) fn check(message: &[u8], max_payload: usize) -> Result<Broadcast<'_>, Malformed> {
+    let (room, frame) = match message {
+        [ROOM_MARK, high, low, rest @ ..] => {
+            let len = usize::from(u16::from_be_bytes([*high, *low]));
+            if len == 0 || len > MAX_ROOM_NAME || rest.len() < len {
+                return Err(Malformed::Room);
+            }
+            let (name, frame) = rest.split_at(len);
+            let name = std::str::from_utf8(name).map_err(|_| Malformed::Room)?;
+            if name.chars().any(char::is_control) {
+                return Err(Malformed::Room);
+            }
+            (name, frame)
+        }
+        [ROOM_MARK, ..] => return Err(Malformed::Room),
+        frame => ("", frame),
+    };
+    let kind = check_frame(frame, max_payload)?;
+    Ok(Broadcast { room, frame, kind })
+}
+
+/// Checks that `message` is one frame a server could send, with a payload of at most
+/// `max_payload` bytes, and says which kind.
+fn check_frame(message: &[u8], max_payload: usize) -> Result<Kind, Malformed> {
     let header = Header::parse(message).ok_or(Malformed::Truncated)?;
     let kind = match header {
         Header {
@@ -126,12 +193,24 @@ mod tests {
     fn every_frame_the_server_encodes_passes_at_every_length_boundary() {
         for len in [0, 1, 125, 126, 127, 65535, 65536, 70000] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            assert_eq!(check(&frame::binary(&payload), 1 << 20), Ok(Kind::Binary));
+            assert_eq!(
+                check(&frame::binary(&payload), 1 << 20).map(|b| b.kind),
+                Ok(Kind::Binary)
+            );
             let text = "é".repeat(len / 2);
-            assert_eq!(check(&frame::text(&text), 1 << 20), Ok(Kind::Text));
+            assert_eq!(
+                check(&frame::text(&text), 1 << 20).map(|b| b.kind),
+                Ok(Kind::Text)
+            );
         }
-        assert_eq!(check(&[0x81, 0x02, b'h', b'i'], 10), Ok(Kind::Text));
-        assert_eq!(check(&[0x82, 0x03, 1, 2, 3], 10), Ok(Kind::Binary));
+        assert_eq!(
+            check(&[0x81, 0x02, b'h', b'i'], 10).map(|b| b.kind),
+            Ok(Kind::Text)
+        );
+        assert_eq!(
+            check(&[0x82, 0x03, 1, 2, 3], 10).map(|b| b.kind),
+            Ok(Kind::Binary)
+        );
     }
 
     #[test]
@@ -168,5 +247,28 @@ mod tests {
             Err(Malformed::TooBig { len: 11, limit: 10 })
         );
         assert_eq!(check(&[0x81, 0x01, 0xff], 10), Err(Malformed::NotUtf8));
+    }
+
+    #[test]
+    fn a_room_travels_before_its_frame() {
+        let frame = frame::text("hi");
+        assert_eq!(
+            &*message("", &frame),
+            &frame[..],
+            "the lobby: the frame alone"
+        );
+        let to_chat = message("chat", &frame);
+        assert_eq!(
+            &to_chat[..],
+            [0, 0, 4, b'c', b'h', b'a', b't', 0x81, 2, b'h', b'i']
+        );
+        let broadcast = check(&to_chat, 10).unwrap();
+        assert_eq!((broadcast.room, broadcast.frame), ("chat", &frame[..]));
+        assert_eq!(check(&frame, 10).unwrap().room, "");
+        assert_eq!(check(&[0, 0, 0, 0x81, 0], 10), Err(Malformed::Room));
+        assert_eq!(check(&[0, 0, 9, b'a', 0x81, 0], 10), Err(Malformed::Room));
+        assert_eq!(check(&[0, 0, 1, 0x0a, 0x81, 0], 10), Err(Malformed::Room));
+        assert_eq!(check(&[0, 0, 1, b'a', 0x81], 10), Err(Malformed::Truncated));
+        assert_eq!(check(&[0], 10), Err(Malformed::Room));
     }
 }

@@ -36,6 +36,7 @@ use crate::connection::settle::{BIG_QUEUE, Settling};
 use crate::connection::socket::Socket;
 use crate::connection::transport::Transport;
 use crate::connection::{READ_BUFFER_SIZE, Shared};
+use crate::delivery::hub::Room;
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
 use crate::metrics::Tally;
@@ -95,6 +96,8 @@ pub(crate) struct Client<'a> {
     socket: Socket,
     /// What other threads hand this connection.
     inbox: Inbox,
+    /// The room it broadcasts to (the lobby in echo mode).
+    room: Arc<Room>,
     shared: &'a Shared,
     peer: SocketAddr,
     stats: Stats,
@@ -154,6 +157,7 @@ impl<'a> Client<'a> {
         transport: Transport,
         leftover: Vec<u8>,
         inbox: Inbox,
+        room: Arc<Room>,
         shared: &'a Shared,
         peer: SocketAddr,
     ) -> Box<Client<'a>> {
@@ -173,6 +177,7 @@ impl<'a> Client<'a> {
             ws,
             socket,
             inbox,
+            room,
             shared,
             peer,
             stats: Stats {
@@ -306,7 +311,8 @@ impl<'a> Client<'a> {
         if self.backpressured() {
             return false;
         }
-        let flow = (self.shared.config.mode == Mode::Broadcast).then(|| self.shared.hub.flow());
+        let flow = (self.shared.config.mode == Mode::Broadcast).then(|| &**self.room.flow());
+        let was_paused = self.pacing.paused();
         let turn = self.pacing.turn(
             self.inbox.outbox(),
             flow,
@@ -314,6 +320,15 @@ impl<'a> Client<'a> {
             self.socket.in_progress(),
         );
         match turn {
+            Turn::Wait if !was_paused && self.pacing.waiting_for_listeners() => {
+                let why = if self.room.flow().listeners_behind() {
+                    "a listener of its room is behind"
+                } else {
+                    "the cluster's publish queue is full"
+                };
+                debug!("{} paused: {why}", self.peer);
+                false
+            }
             Turn::Wait => false,
             Turn::Read => true,
             Turn::Resume => {
@@ -383,7 +398,7 @@ impl<'a> Client<'a> {
 
     /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
     fn listeners_behind(&self) -> bool {
-        self.shared.config.mode == Mode::Broadcast && self.shared.hub.flow().congested()
+        self.shared.config.mode == Mode::Broadcast && self.room.flow().congested()
     }
 
     /// Broadcasts what this round read.
@@ -391,7 +406,7 @@ impl<'a> Client<'a> {
         if !self.broadcasts.frames.is_empty() {
             let frames = &self.broadcasts.frames;
             self.shared.metrics.broadcasts(frames.len() as u64);
-            self.shared.broadcast(frames);
+            self.shared.broadcast(&self.room, frames);
             self.broadcasts.frames.clear();
             self.broadcasts.bytes = 0;
         }

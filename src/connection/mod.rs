@@ -41,18 +41,19 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::admission::Ticket;
 #[cfg(feature = "cluster")]
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::connection::client::{Client, Summary};
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
-use crate::delivery::hub::{Hub, Membership};
-use crate::delivery::outbox::{Inbox, Outbox};
+use crate::delivery::hub::{Hub, Membership, Room};
 use crate::http::handshake;
+use crate::http::room;
 use crate::http::site::{self, Health, Inspect};
 use crate::http::{self, Conn, HeadError, Response};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
+use crate::sys::Waker;
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
 
@@ -100,14 +101,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Sends a client's broadcasts to everyone: in a cluster, to Redis, which sends them back
+    /// Sends a client's broadcasts to everyone in its room: in a cluster, to Redis, which sends them back
     /// to every instance, this one included; otherwise straight to every local connection.
-    pub(crate) fn broadcast(&self, frames: &[Bytes]) {
+    pub(crate) fn broadcast(&self, room: &Room, frames: &[Bytes]) {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
-            return cluster.publish(frames);
+            return cluster.publish(room.name(), frames);
         }
-        self.hub.broadcast(frames);
+        self.hub.broadcast_in(room, frames);
     }
 
     /// Whether this port speaks TLS.
@@ -144,12 +145,12 @@ impl Shared {
 pub(crate) fn handle(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
     // The mailbox first: its waker may need descriptors (the portable backend's poller), and
     // a client the server cannot wake is better told "busy" than upgraded and dropped.
-    let mailbox = match shared.hub.mailbox() {
-        Ok(mailbox) => mailbox,
+    let waker = match Waker::try_new() {
+        Ok(waker) => waker,
         Err(e) => return refuse_out_of_descriptors(stream, peer, shared, &e),
     };
     if let Some(upgraded) = answer_request(stream, peer, shared, ticket) {
-        run_client(upgraded, mailbox, peer, shared);
+        run_client(upgraded, waker, peer, shared);
     }
 }
 
@@ -182,6 +183,8 @@ struct Upgraded {
     transport: Transport,
     /// Bytes the client sent after its request head: the start of its first frame.
     leftover: Vec<u8>,
+    /// The room it joins; the lobby (empty) in echo mode.
+    room: String,
 }
 
 /// Reads the request and answers it: plain HTTP (then the connection is done) or the
@@ -271,6 +274,24 @@ fn answer_request(
             return None;
         }
     };
+    // In broadcast mode the path names the room; echo mode, and --single-room, ignore it.
+    let room = if config.mode == Mode::Broadcast && config.rooms {
+        match room::from_target(&request.target) {
+            Ok(room) => room,
+            Err(why) => {
+                refuse(
+                    &mut transport,
+                    peer,
+                    shared,
+                    Response::text(400, why),
+                    false,
+                );
+                return None;
+            }
+        }
+    } else {
+        String::new()
+    };
     if shared.shutting_down.load(Ordering::SeqCst) {
         let response = Response::text(BUSY, "server shutting down");
         refuse(&mut transport, peer, shared, response, false);
@@ -296,8 +317,13 @@ fn answer_request(
         .subprotocol
         .as_deref()
         .map(|p| format!(", subprotocol {p}"));
+    let in_room = if config.mode == Mode::Broadcast {
+        format!(", room {room:?}")
+    } else {
+        String::new()
+    };
     info!(
-        "{peer} connected: path {}, origin {origin}{}{}",
+        "{peer} connected: path {}{in_room}, origin {origin}{}{}",
         request.target,
         subprotocol.unwrap_or_default(),
         if transport.is_tls() { ", TLS" } else { "" }
@@ -305,6 +331,7 @@ fn answer_request(
     Some(Upgraded {
         transport,
         leftover,
+        room,
     })
 }
 
@@ -381,27 +408,22 @@ fn start_tls(
 /// loop runs in the frame of this one, and the locals of the steps before and after (the
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
-fn run_client(
-    upgraded: Upgraded,
-    mailbox: (Arc<Outbox>, Inbox),
-    peer: SocketAddr,
-    shared: &Shared,
-) {
-    let (membership, client) = join(upgraded, mailbox, peer, shared);
+fn run_client(upgraded: Upgraded, waker: Waker, peer: SocketAddr, shared: &Shared) {
+    let (membership, client) = join(upgraded, waker, peer, shared);
     let summary = client.run();
     leave(&summary, peer, shared);
     drop(membership);
 }
 
-/// Joins the hub, schedules the greeting, and makes the client.
+/// Joins its room (and gets its history), schedules the greeting, and makes the client.
 #[inline(never)]
 fn join<'a>(
     upgraded: Upgraded,
-    (outbox, inbox): (Arc<Outbox>, Inbox),
+    waker: Waker,
     peer: SocketAddr,
     shared: &'a Shared,
 ) -> (Membership, Box<Client<'a>>) {
-    let membership = shared.hub.join(Arc::clone(&outbox));
+    let (membership, outbox, inbox) = shared.hub.join(&upgraded.room, waker);
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
         let _ = outbox.close(CloseCode::Away, "server shutting down");
@@ -412,7 +434,15 @@ fn join<'a>(
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);
     shared.metrics.connection_opened();
-    let client = Client::start(upgraded.transport, upgraded.leftover, inbox, shared, peer);
+    let room = Arc::clone(membership.room());
+    let client = Client::start(
+        upgraded.transport,
+        upgraded.leftover,
+        inbox,
+        room,
+        shared,
+        peer,
+    );
     (membership, client)
 }
 
@@ -464,6 +494,7 @@ impl Inspect for Shared {
             messages: self.metrics.messages_received(),
             mode: self.config.mode,
             greeting_delay: self.config.greeting.as_ref().map(|greeting| greeting.delay),
+            rooms: self.hub.rooms_open(),
             memory_bytes: self.budget.used(),
             memory_limit_bytes: self.budget.limit(),
             cluster,
@@ -481,7 +512,10 @@ impl Inspect for Shared {
             #[cfg(not(feature = "cluster"))]
             let redis = None;
             let (used, limit) = (self.budget.used(), self.budget.limit());
-            return Some(self.metrics.render(used, limit, redis));
+            return Some(
+                self.metrics
+                    .render(used, limit, self.hub.rooms_open(), redis),
+            );
         }
         None
     }

@@ -16,7 +16,8 @@ use crate::delivery::outbox::{Flow, Outbox};
 /// What the loop is waiting for before it reads again, and since when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Paused {
-    /// A listener is behind (broadcast flow control).
+    /// A listener of its room is behind, or the cluster's publish queue is full (broadcast
+    /// flow control).
     ForListeners(Instant),
     /// The server's memory is full.
     ForMemory(Instant),
@@ -37,13 +38,15 @@ pub(crate) enum Turn {
 #[derive(Debug, Default)]
 pub(crate) struct Pacing {
     paused: Option<Paused>,
-    /// The generation of each wait list this connection is on, if it is.
+    /// The generation of each wait list this connection is on, if it is: its room's senders,
+    /// those waiting for the cluster's publish queue, those waiting for memory.
     listed_for_listeners: Option<u64>,
+    listed_for_publishing: Option<u64>,
     listed_for_memory: Option<u64>,
 }
 
 impl Pacing {
-    /// Whether the loop may read now. `flow` is the hub's flow control in broadcast mode
+    /// Whether the loop may read now. `flow` is its room's flow control in broadcast mode
     /// (`None` in echo mode, where no listener can hold a sender back); `in_progress` is what
     /// the connection holds of a message still arriving (see `Budget::may_read`).
     pub(crate) fn turn(
@@ -54,9 +57,16 @@ impl Pacing {
         in_progress: usize,
     ) -> Turn {
         if let Some(flow) = flow
-            && flow
+            && (flow
                 .senders()
-                .join_while(outbox, &mut self.listed_for_listeners, || flow.congested())
+                .join_while(outbox, &mut self.listed_for_listeners, || {
+                    flow.listeners_behind()
+                })
+                || flow.common().waiting().join_while(
+                    outbox,
+                    &mut self.listed_for_publishing,
+                    || flow.common().publish_full(),
+                ))
         {
             if !matches!(self.paused, Some(Paused::ForListeners(_))) {
                 self.paused = Some(Paused::ForListeners(Instant::now()));

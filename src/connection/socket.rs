@@ -364,8 +364,8 @@ impl Drop for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::hub::Hub;
     use crate::delivery::outbox::Batch;
+    use crate::delivery::outbox::lone_mailbox;
     use std::net::TcpListener;
 
     #[test]
@@ -374,7 +374,7 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (_outbox, inbox) = Hub::new(usize::MAX, Arc::default()).mailbox().unwrap();
+        let (_outbox, inbox) = lone_mailbox(usize::MAX);
         let mut socket = Socket::new(
             Transport::Plain(Arc::new(tcp)),
             Arc::new(Budget::new(usize::MAX)),
@@ -417,7 +417,7 @@ mod tests {
         let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let (outbox, inbox) = Hub::new(usize::MAX, Arc::default()).mailbox().unwrap();
+        let (outbox, inbox) = lone_mailbox(usize::MAX);
         let budget = Arc::new(Budget::new(usize::MAX));
         let mut socket = Socket::new(Transport::Plain(Arc::new(tcp)), budget);
         socket.lend(&outbox);

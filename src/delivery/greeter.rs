@@ -132,8 +132,8 @@ impl Ord for ByTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::hub::Hub;
     use crate::delivery::outbox::Delivery;
+    use crate::delivery::outbox::lone_mailbox;
     use std::time::Duration;
 
     #[test]
@@ -160,9 +160,8 @@ mod tests {
             Arc::clone(&metrics),
         )
         .unwrap();
-        let hub = Hub::new(1 << 20, Arc::default());
-        let (live, live_inbox) = hub.mailbox().unwrap();
-        let (gone, gone_inbox) = hub.mailbox().unwrap();
+        let (live, live_inbox) = lone_mailbox(1 << 20);
+        let (gone, gone_inbox) = lone_mailbox(1 << 20);
         greeter.schedule(&live);
         greeter.schedule(&gone);
         let gone_weak = Arc::downgrade(&gone);

@@ -1,16 +1,32 @@
-//! The set of open connections: broadcasts, shutdown, and the counts `/healthz` reports.
+//! The open connections, by room: broadcasts, history for newcomers, shutdown, and the counts
+//! `/healthz` reports.
 //!
 //! Like the hub of gorilla/websocket's chat example, but without a goroutine of its own: a
-//! broadcast is fanned out by the thread that received the message, under the hub's lock, so
-//! every client sees every broadcast in the one order the server received them. Each
-//! listener's outbox takes the shared frames without ever waiting for a slow client (see
-//! `outbox.rs`, which also decides whether they go straight into a listener's socket); when
-//! listeners fall behind, the hub's [`Flow`] makes the senders stop reading instead.
+//! broadcast is fanned out by the thread that received the message, under its room's lock, so
+//! every client of a room sees every broadcast of that room in the one order the server
+//! received them. Each listener's outbox takes the shared frames without ever waiting for a
+//! slow client (see `outbox.rs`, which also decides whether they go straight into a
+//! listener's socket); when a listener falls behind, its room's [`Flow`] makes that room's
+//! senders stop reading instead. Rooms never wait for each other.
+//!
+//! The URL path names the room (`connection/`); in echo mode, or with `--single-room`, every
+//! connection is in the lobby, the room whose name is empty.
+//!
+//! # History
+//!
+//! With `--history N` a room keeps its last N broadcasts, and a newcomer gets them before
+//! anything else. The seam between history and the live stream is the room's lock: a
+//! broadcast appends to the history and pushes to the members under it, and a newcomer is
+//! handed the history and added to the members under it too. So each broadcast is either in
+//! the history the newcomer gets, or pushed to it live, never both and never neither. The
+//! history's frames are the broadcast frames themselves, held by the memory budget, so they
+//! count against `--max-memory`. A room whose last broadcast is older than `--history-ttl`
+//! forgets its history, and a room with no member and no history is gone.
 //!
 //! The hub knows nothing of clusters: with `--redis`, `cluster/` sits in front of it and
 //! fans out here what comes back from Redis, in Redis's order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,17 +34,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
+use crate::delivery::outbox::{Batch, CommonFlow, Flow, Inbox, Outbox, mailbox};
 use crate::metrics::Metrics;
 use crate::sync;
+use crate::sys::Waker;
 
 /// Identifies a connection for as long as the server runs.
 pub(crate) type ConnectionId = u64;
 
+/// A room's name: the URL path, percent-decoded, without its leading `/`; empty for the lobby.
+pub(crate) type RoomName = Arc<str>;
+
+/// How much history a room keeps for newcomers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistorySettings {
+    /// Broadcasts kept per room; 0: none.
+    pub(crate) len: usize,
+    /// A room's history is forgotten once its last broadcast is this old.
+    pub(crate) ttl: Duration,
+}
+
 #[derive(Debug)]
 pub(crate) struct Hub {
-    flow: Arc<Flow>,
-    members: Mutex<HashMap<ConnectionId, Arc<Outbox>>>,
+    rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
     /// Signalled whenever a member leaves, for [`Hub::wait_until_empty`].
     left: Condvar,
     next_id: AtomicU64,
@@ -37,67 +65,154 @@ pub(crate) struct Hub {
     started: Instant,
     /// Where the broadcast copies are counted.
     metrics: Arc<Metrics>,
+    /// Each new room's flow control starts from these.
+    max_backlog: usize,
+    common: Arc<CommonFlow>,
+    history: HistorySettings,
 }
 
-/// A connection's place in the hub; leaving is dropping it, even when its thread panics.
+/// One room: its members, its flow control, its history.
+#[derive(Debug)]
+pub(crate) struct Room {
+    name: RoomName,
+    flow: Arc<Flow>,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    members: HashMap<ConnectionId, Arc<Outbox>>,
+    /// The last broadcasts, oldest first, at most `HistorySettings::len`.
+    history: VecDeque<Bytes>,
+    /// When the last broadcast came.
+    last_broadcast: Option<Instant>,
+}
+
+/// A connection's place in its room; leaving is dropping it, even when its thread panics.
 #[derive(Debug)]
 pub(crate) struct Membership {
     hub: Arc<Hub>,
+    room: Arc<Room>,
     id: ConnectionId,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.hub.members().remove(&self.id);
-        self.hub.left.notify_all();
+        self.hub.leave(&self.room, self.id);
     }
 }
 
 impl Hub {
     /// An empty hub whose listeners are behind past `max_backlog` queued bytes, counting what
     /// it delivers in `metrics`.
-    pub(crate) fn new(max_backlog: usize, metrics: Arc<Metrics>) -> Hub {
+    pub(crate) fn new(max_backlog: usize, history: HistorySettings, metrics: Arc<Metrics>) -> Hub {
         Hub {
-            flow: Arc::new(Flow::new(max_backlog)),
-            members: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(HashMap::new()),
             left: Condvar::new(),
             next_id: AtomicU64::new(1),
             accepted: AtomicU64::new(0),
             started: Instant::now(),
             metrics,
+            max_backlog,
+            common: Arc::default(),
+            history,
         }
     }
 
-    /// A new connection's mailbox, under this hub's flow control.
-    pub(crate) fn mailbox(&self) -> std::io::Result<(Arc<Outbox>, Inbox)> {
-        mailbox(&self.flow)
+    /// What the flow control of every room shares (the cluster's publish queue, listeners
+    /// behind anywhere).
+    pub(crate) fn common_flow(&self) -> &CommonFlow {
+        &self.common
     }
 
-    /// Broadcast flow control: whether senders must wait, and where.
-    pub(crate) fn flow(&self) -> &Flow {
-        &self.flow
-    }
-
-    /// Adds an open connection.
-    pub(crate) fn join(self: &Arc<Hub>, outbox: Arc<Outbox>) -> Membership {
+    /// Adds a connection to `room` (made if it does not exist): its mailbox, under the room's
+    /// flow control and waking `waker`, first takes the room's history.
+    pub(crate) fn join(
+        self: &Arc<Hub>,
+        room: &str,
+        waker: Waker,
+    ) -> (Membership, Arc<Outbox>, Inbox) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.members().insert(id, outbox);
+        let mut rooms = self.rooms();
+        let room = match rooms.get(room) {
+            Some(room) => Arc::clone(room),
+            None => {
+                let made = Arc::new(Room {
+                    name: RoomName::from(room),
+                    flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
+                    state: Mutex::default(),
+                });
+                rooms.insert(Arc::clone(&made.name), Arc::clone(&made));
+                made
+            }
+        };
+        let (outbox, inbox) = mailbox(&room.flow, waker);
+        {
+            let mut state = room.state();
+            state.forget_stale_history(self.history.ttl);
+            if !state.history.is_empty() {
+                let history: Vec<Bytes> = state.history.iter().cloned().collect();
+                // Queued, never straight in: the connection's thread has not started, and the
+                // history must come before anything else.
+                let _ = outbox.push(&Batch::queued(&history));
+                let bytes: usize = history.iter().map(Bytes::len).sum();
+                self.metrics.sent(history.len() as u64, bytes as u64);
+            }
+            state.members.insert(id, Arc::clone(&outbox));
+        }
+        drop(rooms);
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        Membership {
+        let membership = Membership {
             hub: Arc::clone(self),
+            room,
             id,
+        };
+        (membership, outbox, inbox)
+    }
+
+    fn leave(&self, room: &Arc<Room>, id: ConnectionId) {
+        let mut rooms = self.rooms();
+        let gone = {
+            let mut state = room.state();
+            state.members.remove(&id);
+            state.forget_stale_history(self.history.ttl);
+            state.members.is_empty() && state.history.is_empty()
+        };
+        if gone {
+            rooms.remove(&room.name);
+        }
+        drop(rooms);
+        self.left.notify_all();
+    }
+
+    /// Hands encoded frames, in order, to every connection of the room named `room`, and
+    /// keeps them in its history. A room that does not exist here (a cluster's broadcast for
+    /// a room with no client on this instance) is made when it keeps history. Returns how
+    /// many connections took them.
+    pub(crate) fn broadcast(&self, room: &str, frames: &[Bytes]) -> usize {
+        let found = self.rooms().get(room).cloned();
+        match found {
+            Some(room) => self.broadcast_in(&room, frames),
+            None if self.history.len > 0 => self.broadcast_in(&self.room_for_history(room), frames),
+            None => 0,
         }
     }
 
-    /// Hands encoded frames, in order, to every open connection, and counts each copy handed
-    /// over. Returns how many connections took them.
-    pub(crate) fn broadcast(&self, frames: &[Bytes]) -> usize {
-        let batch = self.flow.batch(frames);
-        let reached = self
-            .members()
-            .values()
-            .filter(|outbox| outbox.push(&batch).is_ok())
-            .count() as u64;
+    /// Hands encoded frames, in order, to every connection of `room`, and keeps them in its
+    /// history; counts each copy handed over. Returns how many connections took them.
+    pub(crate) fn broadcast_in(&self, room: &Room, frames: &[Bytes]) -> usize {
+        let batch = room.flow.batch(frames);
+        let reached = {
+            let mut state = room.state();
+            if self.history.len > 0 {
+                state.remember(frames, self.history.len);
+            }
+            state
+                .members
+                .values()
+                .filter(|outbox| outbox.push(&batch).is_ok())
+                .count() as u64
+        };
         if reached > 0 {
             self.metrics
                 .sent(reached * frames.len() as u64, reached * batch.len() as u64);
@@ -105,24 +220,65 @@ impl Hub {
         reached as usize
     }
 
+    /// A room made to keep history, with no member yet.
+    #[cold]
+    fn room_for_history(&self, room: &str) -> Arc<Room> {
+        let mut rooms = self.rooms();
+        let room = rooms
+            .entry(RoomName::from(room))
+            .or_insert_with_key(|name| {
+                Arc::new(Room {
+                    name: Arc::clone(name),
+                    flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
+                    state: Mutex::default(),
+                })
+            });
+        Arc::clone(room)
+    }
+
     /// Asks every open connection to close with this code and reason. Returns how many.
     pub(crate) fn close_all(&self, code: CloseCode, reason: &'static str) -> usize {
-        let members = self.members();
-        members
-            .values()
-            .filter(|outbox| outbox.close(code, reason).is_ok())
-            .count()
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        rooms
+            .iter()
+            .map(|room| {
+                room.state()
+                    .members
+                    .values()
+                    .filter(|outbox| outbox.close(code, reason).is_ok())
+                    .count()
+            })
+            .sum()
     }
 
     /// Waits until every connection has left, or `timeout` passes. True if all left.
     pub(crate) fn wait_until_empty(&self, timeout: Duration) -> bool {
-        let members = self.members();
-        sync::wait_while(&self.left, members, timeout, |members| !members.is_empty()).is_empty()
+        let rooms = self.rooms();
+        let rooms = sync::wait_while(&self.left, rooms, timeout, |rooms| {
+            rooms.values().any(|room| !room.state().members.is_empty())
+        });
+        !rooms.values().any(|room| !room.state().members.is_empty())
     }
 
     /// WebSocket connections open now.
     pub(crate) fn open_connections(&self) -> usize {
-        self.members().len()
+        self.rooms()
+            .values()
+            .map(|room| room.state().members.len())
+            .sum()
+    }
+
+    /// Rooms that exist now: with a client, or with history not yet expired. Rooms whose
+    /// history expired, with no client, are freed here.
+    pub(crate) fn rooms_open(&self) -> usize {
+        let ttl = self.history.ttl;
+        let mut rooms = self.rooms();
+        rooms.retain(|_, room| {
+            let mut state = room.state();
+            state.forget_stale_history(ttl);
+            !state.members.is_empty() || !state.history.is_empty()
+        });
+        rooms.len()
     }
 
     /// WebSocket connections accepted since start.
@@ -135,8 +291,52 @@ impl Hub {
         self.started.elapsed()
     }
 
-    fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Outbox>>> {
-        sync::lock(&self.members)
+    fn rooms(&self) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
+        sync::lock(&self.rooms)
+    }
+}
+
+impl Room {
+    /// The room's name.
+    pub(crate) fn name(&self) -> &RoomName {
+        &self.name
+    }
+
+    /// The room's flow control.
+    pub(crate) fn flow(&self) -> &Arc<Flow> {
+        &self.flow
+    }
+
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        sync::lock(&self.state)
+    }
+}
+
+impl Membership {
+    /// The room the connection is in.
+    pub(crate) fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+}
+
+impl RoomState {
+    /// Appends broadcasts to the history, keeping the last `len`.
+    fn remember(&mut self, frames: &[Bytes], len: usize) {
+        for frame in frames {
+            if self.history.len() == len {
+                self.history.pop_front();
+            }
+            self.history.push_back(frame.clone());
+        }
+        self.last_broadcast = Some(Instant::now());
+    }
+
+    /// Forgets the history once the last broadcast is `ttl` old.
+    fn forget_stale_history(&mut self, ttl: Duration) {
+        if self.last_broadcast.is_some_and(|at| at.elapsed() >= ttl) {
+            self.history = VecDeque::new();
+            self.last_broadcast = None;
+        }
     }
 }
 
@@ -145,23 +345,81 @@ mod tests {
     use super::*;
     use crate::delivery::outbox::Delivery;
 
+    const NO_HISTORY: HistorySettings = HistorySettings {
+        len: 0,
+        ttl: Duration::from_secs(60),
+    };
+
+    fn waker() -> Waker {
+        Waker::try_new().unwrap()
+    }
+
+    fn frames(inbox: &Inbox) -> Vec<Bytes> {
+        inbox
+            .drain()
+            .filter_map(|delivery| match delivery {
+                Delivery::Frame(frame) => Some(frame),
+                Delivery::Close(..) => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn broadcast_reaches_every_member_until_it_leaves() {
-        let hub = Arc::new(Hub::new(1 << 20, Arc::default()));
-        let (a, a_in) = hub.mailbox().unwrap();
-        let (b, b_in) = hub.mailbox().unwrap();
-        let member_a = hub.join(a);
-        let _member_b = hub.join(b);
-        assert_eq!(hub.broadcast(&[Bytes::from_static(b"one")]), 2);
+    fn broadcast_reaches_every_member_of_its_room_until_it_leaves() {
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
+        let (member_a, _, a_in) = hub.join("", waker());
+        let (_member_b, _, b_in) = hub.join("", waker());
+        let (_member_c, _, c_in) = hub.join("chat", waker());
+        assert_eq!(hub.rooms_open(), 2);
+        assert_eq!(hub.broadcast("", &[Bytes::from_static(b"one")]), 2);
         drop(member_a);
-        assert_eq!(hub.broadcast(&[Bytes::from_static(b"two")]), 1);
-        assert_eq!(a_in.drain().count(), 1);
-        let b_got: Vec<_> = b_in.drain().collect();
-        assert!(
-            matches!(&b_got[..], [Delivery::Frame(x), Delivery::Frame(y)]
-            if &x[..] == b"one" && &y[..] == b"two")
-        );
-        assert_eq!(hub.open_connections(), 1);
+        assert_eq!(hub.broadcast("", &[Bytes::from_static(b"two")]), 1);
+        assert_eq!(frames(&a_in), [&b"one"[..]]);
+        assert_eq!(frames(&b_in), [&b"one"[..], &b"two"[..]]);
+        assert!(frames(&c_in).is_empty(), "another room hears nothing");
+        assert_eq!(hub.open_connections(), 2);
         assert!(!hub.wait_until_empty(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_room_is_gone_with_its_last_member_when_it_keeps_no_history() {
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
+        let (member, _, _inbox) = hub.join("a/b", waker());
+        assert_eq!(hub.rooms_open(), 1);
+        drop(member);
+        assert_eq!(hub.rooms_open(), 0);
+        assert_eq!(hub.broadcast("a/b", &[Bytes::from_static(b"x")]), 0);
+        assert_eq!(hub.rooms_open(), 0, "not made again by a broadcast");
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_last_n_broadcasts_first_and_then_the_live_ones() {
+        let history = HistorySettings {
+            len: 2,
+            ttl: Duration::from_secs(60),
+        };
+        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        for text in ["1", "2", "3"] {
+            hub.broadcast("r", &[Bytes::from(text)]);
+        }
+        assert_eq!(hub.rooms_open(), 1, "a room with history exists");
+        let (_member, _, inbox) = hub.join("r", waker());
+        hub.broadcast("r", &[Bytes::from_static(b"4")]);
+        assert_eq!(frames(&inbox), [&b"2"[..], &b"3"[..], &b"4"[..]]);
+        let (_other, _, other_inbox) = hub.join("s", waker());
+        assert!(frames(&other_inbox).is_empty(), "history is per room");
+    }
+
+    #[test]
+    fn history_expires_and_its_room_goes() {
+        let history = HistorySettings {
+            len: 5,
+            ttl: Duration::ZERO,
+        };
+        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        hub.broadcast("r", &[Bytes::from_static(b"old")]);
+        assert_eq!(hub.rooms_open(), 0);
+        let (_member, _, inbox) = hub.join("r", waker());
+        assert!(frames(&inbox).is_empty());
     }
 }

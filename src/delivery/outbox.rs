@@ -60,8 +60,9 @@ pub(crate) enum Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gone;
 
-/// The hub-wide state of broadcast flow control: how many listeners are behind, and the
-/// senders waiting for them.
+/// One room's broadcast flow control: how many of its listeners are behind, and its senders
+/// waiting for them. Rooms are paced apart: a listener behind in one room holds back the
+/// senders of its own room only.
 #[derive(Debug)]
 pub(crate) struct Flow {
     /// A backlog above this many bytes puts its listener behind.
@@ -69,9 +70,9 @@ pub(crate) struct Flow {
     /// A listener that is behind is back once its backlog is at or below this.
     low: usize,
     behind: AtomicUsize,
-    /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
-    publish_full: AtomicBool,
     senders: WaitList,
+    /// What every room's flow shares.
+    common: Arc<CommonFlow>,
     /// When the last broadcast was pushed, in nanoseconds since `started`; see
     /// [`STRAIGHT_IN_APART`].
     last_broadcast: AtomicU64,
@@ -96,21 +97,73 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// Frames that must wait their turn in the mailbox, whatever the socket (history for a
+    /// newcomer, which comes before anything else).
+    pub(crate) fn queued(frames: &'a [Bytes]) -> Batch<'a> {
+        Batch {
+            frames,
+            straight_in: false,
+        }
+    }
+
     /// Their bytes.
     pub(crate) fn len(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()
     }
 }
 
+/// What the flow control of every room shares: the cluster's publish queue, which every
+/// sender of this instance fills, and a count of the listeners behind in any room, for the
+/// cluster's subscriber, which feeds every room.
+#[derive(Debug, Default)]
+pub(crate) struct CommonFlow {
+    /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
+    publish_full: AtomicBool,
+    /// Listeners behind, in all rooms together.
+    behind: AtomicUsize,
+    /// Who waits for the publish queue to drain (senders) or for every listener to catch up
+    /// (the cluster's subscriber).
+    waiting: WaitList,
+}
+
+impl CommonFlow {
+    /// Records whether the cluster's publish queue is past its high mark; clearing it wakes
+    /// whoever waits for it.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_publish_full(&self, full: bool) {
+        self.publish_full.store(full, Ordering::SeqCst);
+        if !full {
+            self.waiting.wake_all();
+        }
+    }
+
+    /// Whether the cluster's publish queue is full: no sender of this instance may read.
+    pub(crate) fn publish_full(&self) -> bool {
+        self.publish_full.load(Ordering::SeqCst)
+    }
+
+    /// Whether a listener is behind in any room.
+    pub(crate) fn listeners_behind(&self) -> bool {
+        self.behind.load(Ordering::SeqCst) > 0
+    }
+
+    /// Where a sender waits for the publish queue, and the cluster's subscriber for every
+    /// listener: the last listener to catch up in any room, and the publish queue as it
+    /// drains, wake them.
+    pub(crate) fn waiting(&self) -> &WaitList {
+        &self.waiting
+    }
+}
+
 impl Flow {
-    /// Flow control with `max_backlog` as the high mark.
-    pub(crate) fn new(max_backlog: usize) -> Flow {
+    /// A room's flow control with `max_backlog` as the high mark, sharing `common`.
+    pub(crate) fn new(max_backlog: usize, common: Arc<CommonFlow>) -> Flow {
         Flow {
             high: max_backlog,
             low: max_backlog / 2,
             behind: AtomicUsize::new(0),
-            publish_full: AtomicBool::new(false),
             senders: WaitList::default(),
+            common,
             last_broadcast: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -129,43 +182,38 @@ impl Flow {
         }
     }
 
-    /// Whether some listener is behind, or the cluster's publish queue is full: broadcasting
-    /// connections must not read.
+    /// Whether a listener of this room is behind, or the cluster's publish queue is full:
+    /// the room's senders must not read.
     pub(crate) fn congested(&self) -> bool {
-        self.listeners_behind() || self.publish_full.load(Ordering::SeqCst)
+        self.listeners_behind() || self.common.publish_full()
     }
 
-    /// Whether some listener is behind. The cluster's subscriber waits for this only: what it
-    /// reads from Redis goes to listeners, never into the publish queue.
+    /// Whether a listener of this room is behind.
     pub(crate) fn listeners_behind(&self) -> bool {
         self.behind.load(Ordering::SeqCst) > 0
     }
 
-    /// Records whether the cluster's publish queue is past its high mark. Clearing it wakes the
-    /// waiting senders when no listener is behind either (the last listener to catch up wakes
-    /// them otherwise: both stores come before both loads, so one of the two sees the other).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn set_publish_full(&self, full: bool) {
-        self.publish_full.store(full, Ordering::SeqCst);
-        if !full && !self.listeners_behind() {
-            self.senders.wake_all();
-        }
-    }
-
-    /// Where a sender that found the hub congested waits.
+    /// Where a sender waits for this room's listeners to catch up.
     pub(crate) fn senders(&self) -> &WaitList {
         &self.senders
     }
 
+    /// What every room's flow shares.
+    pub(crate) fn common(&self) -> &CommonFlow {
+        &self.common
+    }
+
     fn fell_behind(&self) {
         self.behind.fetch_add(1, Ordering::SeqCst);
+        self.common.behind.fetch_add(1, Ordering::SeqCst);
     }
 
     fn caught_up(&self) {
-        // Woken even while the publish queue is full: the cluster's subscriber waits for the
-        // listeners only; a sender woken too early looks again and waits again.
         if self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.senders.wake_all();
+        }
+        if self.common.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.common.waiting.wake_all();
         }
     }
 }
@@ -237,13 +285,12 @@ pub(crate) struct Inbox {
     outbox: Arc<Outbox>,
 }
 
-/// Creates a connection's mailbox, under the hub's flow control. Fails only when the system
-/// refuses the waker (the portable backend's poller needs descriptors).
-pub(crate) fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)> {
+/// Creates a connection's mailbox, under its room's flow control, waking `waker`.
+pub(crate) fn mailbox(flow: &Arc<Flow>, waker: Waker) -> (Arc<Outbox>, Inbox) {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let outbox = Arc::new(Outbox {
         sender,
-        waker: Waker::try_new()?,
+        waker,
         wake_pending: AtomicBool::new(false),
         backlog: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
@@ -253,7 +300,14 @@ pub(crate) fn mailbox(flow: &Arc<Flow>) -> std::io::Result<(Arc<Outbox>, Inbox)>
         direct: Mutex::new(Direct::default()),
         lent: AtomicBool::new(false),
     });
-    Ok((Arc::clone(&outbox), Inbox { receiver, outbox }))
+    (Arc::clone(&outbox), Inbox { receiver, outbox })
+}
+
+/// A mailbox in a room of its own, for tests.
+#[cfg(test)]
+pub(crate) fn lone_mailbox(max_backlog: usize) -> (Arc<Outbox>, Inbox) {
+    let flow = Arc::new(Flow::new(max_backlog, Arc::default()));
+    mailbox(&flow, Waker::try_new().unwrap())
 }
 
 impl Outbox {
@@ -574,8 +628,8 @@ mod tests {
 
     #[test]
     fn deliveries_arrive_in_order() {
-        let flow = Arc::new(Flow::new(100));
-        let (outbox, inbox) = mailbox(&flow).unwrap();
+        let flow = Arc::new(Flow::new(100, Arc::default()));
+        let (outbox, inbox) = mailbox(&flow, Waker::try_new().unwrap());
         outbox
             .push(&Batch::alone(&[Bytes::from_static(b"one")]))
             .unwrap();
@@ -589,8 +643,8 @@ mod tests {
 
     #[test]
     fn a_listener_is_behind_past_the_high_mark_until_it_is_down_to_the_low_mark() {
-        let flow = Arc::new(Flow::new(100));
-        let (outbox, inbox) = mailbox(&flow).unwrap();
+        let flow = Arc::new(Flow::new(100, Arc::default()));
+        let (outbox, inbox) = mailbox(&flow, Waker::try_new().unwrap());
         outbox.push(&Batch::alone(&[frame(60)])).unwrap();
         outbox.push(&Batch::alone(&[frame(60)])).unwrap(); // 120 > 100: behind; never refused
         assert!(flow.congested() && inbox.behind_since().is_some());
@@ -602,9 +656,9 @@ mod tests {
 
     #[test]
     fn the_last_listener_to_catch_up_wakes_the_waiting_senders() {
-        let flow = Arc::new(Flow::new(10));
-        let (sender, sender_inbox) = mailbox(&flow).unwrap();
-        let (listener, listener_inbox) = mailbox(&flow).unwrap();
+        let flow = Arc::new(Flow::new(10, Arc::default()));
+        let (sender, sender_inbox) = mailbox(&flow, Waker::try_new().unwrap());
+        let (listener, listener_inbox) = mailbox(&flow, Waker::try_new().unwrap());
         listener.push(&Batch::alone(&[frame(20)])).unwrap();
         let generation = flow.senders().add(&sender);
         assert!(flow.senders().still_listed(generation));
@@ -623,8 +677,8 @@ mod tests {
 
     #[test]
     fn a_closed_connection_takes_nothing_and_is_never_behind() {
-        let flow = Arc::new(Flow::new(10));
-        let (outbox, inbox) = mailbox(&flow).unwrap();
+        let flow = Arc::new(Flow::new(10, Arc::default()));
+        let (outbox, inbox) = mailbox(&flow, Waker::try_new().unwrap());
         outbox.push(&Batch::alone(&[frame(20)])).unwrap();
         assert!(flow.congested());
         drop(inbox);
@@ -640,8 +694,8 @@ mod tests {
         let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let flow = Arc::new(Flow::new(1 << 20));
-        let (outbox, inbox) = mailbox(&flow).unwrap();
+        let flow = Arc::new(Flow::new(1 << 20, Arc::default()));
+        let (outbox, inbox) = mailbox(&flow, Waker::try_new().unwrap());
         outbox.lend(Arc::new(tcp));
         assert_eq!(
             outbox.push(&Batch::alone(&[frame(3)])),

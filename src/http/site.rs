@@ -25,6 +25,8 @@ pub(crate) struct Health {
     pub(crate) mode: Mode,
     /// `None`: no greeting.
     pub(crate) greeting_delay: Option<Duration>,
+    /// Rooms with a client or history.
+    pub(crate) rooms: usize,
     /// Bytes held against the memory ceiling, and the ceiling.
     pub(crate) memory_bytes: usize,
     pub(crate) memory_limit_bytes: usize,
@@ -110,11 +112,12 @@ impl Health {
         let cluster = self.cluster.as_ref().map_or("", |(_, fields)| fields);
         format!(
             "{{\"status\":\"{status}\",\"connections\":{},\"uptime_seconds\":{},\"messages\":{},\
-             \"mode\":\"{mode}\",\"greeting_delay_ms\":{greeting_delay_ms},\
+             \"mode\":\"{mode}\",\"greeting_delay_ms\":{greeting_delay_ms},\"rooms\":{},\
              \"memory_bytes\":{},\"memory_limit_bytes\":{}{cluster}}}\n",
             self.connections,
             self.uptime.as_secs(),
             self.messages,
+            self.rooms,
             self.memory_bytes,
             self.memory_limit_bytes,
         )
@@ -145,6 +148,7 @@ mod tests {
                 messages: 0,
                 mode: Mode::Echo,
                 greeting_delay: Some(Duration::from_secs(2)),
+                rooms: 0,
                 memory_bytes: 0,
                 memory_limit_bytes: 1 << 30,
                 cluster: self.cluster_up.map(|up| {
@@ -184,7 +188,7 @@ mod tests {
             "{body}"
         );
         assert!(
-            body.contains("\"mode\":\"echo\",\"greeting_delay_ms\":2000,"),
+            body.contains("\"mode\":\"echo\",\"greeting_delay_ms\":2000,\"rooms\":0,"),
             "{body}"
         );
         assert!(

@@ -119,6 +119,22 @@ impl Wsecho {
         }
     }
 
+    /// Waits until the log as a whole satisfies `done`; returns it.
+    pub fn wait_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let (lines, arrived) = &*self.log;
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            let log = lines.join("\n");
+            if done(&log) {
+                return log;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the log never got there:\n{log}");
+            lines = arrived.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
     /// Every log line so far.
     pub fn log(&self) -> String {
         self.log.0.lock().unwrap().join("\n")
