@@ -11,7 +11,8 @@
 #   URL            ws://HOST:PORT or wss://HOST:PORT of a running wsecho. Without it, a local
 #                  wsecho is built and started on a free loopback port (greeting after 1s;
 #                  --broadcast if asked).
-#   --broadcast    also check broadcast; the server at URL must run with --broadcast.
+#   --broadcast    also check broadcast, and that two rooms (URL paths) hear only their own;
+#                  the server at URL must run with --broadcast.
 #   --cluster      check a cluster (--broadcast --redis): URL1 and URL2 are two instances of
 #                  one deployment (two ports of it, or each instance's own address behind the
 #                  load balancer). Without them, a local redis-server (in a temporary folder,
@@ -270,6 +271,27 @@ if [[ $BROADCAST == 1 ]]; then
         fi
     else
         not_ok "broadcast: bob's message did not reach both clients"
+    fi
+    # Rooms: the URL path names one. dave and erin are in two rooms of their own; each hears
+    # its own room and nothing of the other's, nor of the lobby's.
+    connect dave "${URL%/}/smoke-$$/dave's room"
+    connect erin "${URL%/}/smoke-$$/erin's room"
+    send dave "dave joined $$"
+    send erin "erin joined $$"
+    if expect dave "dave joined $$" "$ECHO_WAIT" && expect erin "erin joined $$" "$ECHO_WAIT"; then
+        send dave "dave's room only $$"
+        send alice "the lobby only $$"
+        send erin "erin's room only $$"
+        if expect erin "erin's room only $$" "$ECHO_WAIT" &&
+            ! grep -qF -e "dave's room only $$" -e "the lobby only $$" "$TMP/erin.seen" &&
+            expect dave "dave's room only $$" "$ECHO_WAIT" &&
+            ! grep -qF -e "erin" -e "the lobby only $$" "$TMP/dave.seen"; then
+            ok "rooms: two rooms and the lobby hear only their own"
+        else
+            not_ok "rooms: a message reached another room"
+        fi
+    else
+        not_ok "rooms: dave or erin did not hear their own message"
     fi
 fi
 

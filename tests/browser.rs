@@ -434,6 +434,63 @@ fn demo_page_shows_broadcast_mode_and_the_greeting_delay() {
     wait(b, &text_is("server", "mode unknown"));
 }
 
+/// Two tabs in two rooms: each hears its own room only; a room joined from the page's room
+/// field is the URL's path, and the page says which room it is in.
+#[test]
+fn demo_page_joins_two_rooms_in_two_tabs() {
+    let server = Server::start(&["--broadcast", "--greeting-delay", "off"]);
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+    let first = b.tab();
+    b.navigate(&format!("{}?room=chat/rust", server.http_url()))
+        .unwrap();
+    wait(b, &status_is("open", "open"));
+    wait(b, &text_is("room-now", "in room chat/rust"));
+    assert_eq!(
+        js(b, "ws.url"),
+        format!("{}/chat/rust", server.ws_url).as_str()
+    );
+
+    // The second tab starts in the lobby and joins "café au lait" with the room field.
+    let second = b.new_tab().unwrap();
+    b.navigate(&server.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    wait(b, &text_is("room-now", "in the lobby"));
+    type_into(b, "room", "café au lait");
+    click(b, "join");
+    wait(b, &text_is("room-now", "in room café au lait"));
+    wait(b, &status_is("open", "open"));
+    assert_eq!(
+        js(b, "ws.url"),
+        format!("{}/caf%C3%A9%20au%20lait", server.ws_url).as_str()
+    );
+    assert_eq!(
+        js(b, "new URLSearchParams(location.search).get('room')"),
+        "café au lait"
+    );
+
+    type_into(b, "text", "in the café");
+    click(b, "send-text");
+    wait(b, &log_has("in", "in the café"));
+
+    b.switch_to(&first);
+    type_into(b, "text", "in rust");
+    click(b, "send-text");
+    wait(b, &log_has("in", "in rust"));
+    let heard = js(
+        b,
+        "[...document.querySelectorAll('#log > li.in')].map(li => li.textContent).join('|')",
+    );
+    assert!(!heard.as_str().unwrap().contains("in the café"), "{heard}");
+
+    b.switch_to(&second);
+    let heard = js(
+        b,
+        "[...document.querySelectorAll('#log > li.in')].map(li => li.textContent).join('|')",
+    );
+    assert!(!heard.as_str().unwrap().contains("in rust"), "{heard}");
+}
+
 #[test]
 #[cfg(feature = "tls")]
 fn demo_page_talks_to_the_server_over_https() {

@@ -69,7 +69,11 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error(msg.into()))
 }
 
-/// A headless Chromium with one page open.
+/// One page of a [`Chromium`] (its flat session's id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tab(String);
+
+/// A headless Chromium with one page open, and more on demand.
 pub struct Chromium {
     child: Child,
     profile_dir: PathBuf,
@@ -184,27 +188,43 @@ impl Chromium {
             stderr_tail,
         };
 
+        chromium.new_tab()?;
+        Ok(chromium)
+    }
+
+    /// Opens another page (a tab) and sends every later command to it, until
+    /// [`Chromium::switch_to`] picks another. Returns it.
+    pub fn new_tab(&mut self) -> Result<Tab> {
         // Open a page of our own and attach to it with a flat session, so its
         // commands and events travel over the same socket, tagged with the session id.
-        let target =
-            chromium.browser_call("Target.createTarget", json!({ "url": "about:blank" }))?;
+        let target = self.browser_call("Target.createTarget", json!({ "url": "about:blank" }))?;
         let target_id = target["targetId"].clone();
-        let attached = chromium.browser_call(
+        let attached = self.browser_call(
             "Target.attachToTarget",
             json!({ "targetId": target_id, "flatten": true }),
         )?;
-        chromium.session = attached["sessionId"]
+        self.session = attached["sessionId"]
             .as_str()
             .ok_or_else(|| Error(format!("no sessionId in {attached}")))?
             .to_string();
 
-        chromium.call("Page.enable", json!({}))?;
-        chromium.call("Page.setLifecycleEventsEnabled", json!({ "enabled": true }))?;
-        chromium.call("Runtime.enable", json!({}))?;
+        self.call("Page.enable", json!({}))?;
+        self.call("Page.setLifecycleEventsEnabled", json!({ "enabled": true }))?;
+        self.call("Runtime.enable", json!({}))?;
         // Overlay-style scrollbars, as on a phone: the page gets the whole
         // viewport width, and full-page screenshots are not cut at the side.
-        chromium.call("Emulation.setScrollbarsHidden", json!({ "hidden": true }))?;
-        Ok(chromium)
+        self.call("Emulation.setScrollbarsHidden", json!({ "hidden": true }))?;
+        Ok(self.tab())
+    }
+
+    /// The page commands go to now.
+    pub fn tab(&self) -> Tab {
+        Tab(self.session.clone())
+    }
+
+    /// Sends every later command to `tab`.
+    pub fn switch_to(&mut self, tab: &Tab) {
+        self.session = tab.0.clone();
     }
 
     /// Loads `url` in the page and waits for its `load` event.
