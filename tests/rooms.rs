@@ -17,9 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use support::{
-    Client, PATIENCE, Wsecho, client_frame, connect, http_exchange, next_data, read_server_frame,
-};
+use support::{Client, Wsecho, client_frame, connect, http_exchange, next_data, read_server_frame};
 use tungstenite::Message;
 
 const BINARY: u8 = 0x2;

@@ -134,18 +134,7 @@ impl Hub {
     ) -> (Membership, Arc<Outbox>, Inbox) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut rooms = self.rooms();
-        let room = match rooms.get(room) {
-            Some(room) => Arc::clone(room),
-            None => {
-                let made = Arc::new(Room {
-                    name: RoomName::from(room),
-                    flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
-                    state: Mutex::default(),
-                });
-                rooms.insert(Arc::clone(&made.name), Arc::clone(&made));
-                made
-            }
-        };
+        let room = self.room_in(&mut rooms, room);
         let (outbox, inbox) = mailbox(&room.flow, waker);
         {
             let mut state = room.state();
@@ -223,17 +212,21 @@ impl Hub {
     /// A room made to keep history, with no member yet.
     #[cold]
     fn room_for_history(&self, room: &str) -> Arc<Room> {
-        let mut rooms = self.rooms();
-        let room = rooms
-            .entry(RoomName::from(room))
-            .or_insert_with_key(|name| {
-                Arc::new(Room {
-                    name: Arc::clone(name),
-                    flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
-                    state: Mutex::default(),
-                })
-            });
-        Arc::clone(room)
+        self.room_in(&mut self.rooms(), room)
+    }
+
+    /// The room named `room` in `rooms`, made if it does not exist.
+    fn room_in(&self, rooms: &mut HashMap<RoomName, Arc<Room>>, room: &str) -> Arc<Room> {
+        if let Some(found) = rooms.get(room) {
+            return Arc::clone(found);
+        }
+        let made = Arc::new(Room {
+            name: RoomName::from(room),
+            flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
+            state: Mutex::default(),
+        });
+        rooms.insert(Arc::clone(&made.name), Arc::clone(&made));
+        made
     }
 
     /// Asks every open connection to close with this code and reason. Returns how many.
