@@ -1,0 +1,210 @@
+"""What every group of rows shares: the options, the paths, the server being
+measured, the wsload runs, the peers, and the notes that end up in results.md."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .peers import Peers
+from .runs import Runs
+from .servers import Fatal, Server, Servers, free_port, say
+
+# The groups of rows BENCH_ONLY can choose (in the order --help lists them).
+GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls"]
+
+WARMUP = "1s"
+PORTABLE_LABEL = "wsecho (portable backend)"
+TLS_LABEL = "wsecho over TLS"
+
+
+@dataclass
+class Options:
+    """The command line and the environment variables, checked."""
+
+    args: list[str]
+    quick: bool = False
+    soak: bool = False
+    compare: bool = False
+    portable: bool = False
+    only: str = ""  # BENCH_ONLY as given
+    soak_seconds: int = 600
+    threads: str = "1"
+    settle: str = "3s"
+    custom: str = ""  # BENCH_SERVER
+    wsecho_bin: str = ""
+    redis_server: str = "redis-server"
+
+    @classmethod
+    def parse(cls, args: list[str], env=os.environ) -> "Options":
+        """The options, or Fatal with the one line that says what is wrong."""
+        opts = cls(list(args))
+        for arg in args:
+            if arg not in ("--quick", "--soak", "--compare", "--portable"):
+                raise Fatal(f"unknown option {arg} (try --help)")
+            setattr(opts, arg[2:], True)
+        opts.only = env.get("BENCH_ONLY", "")
+        for group in opts.only.replace(",", " ").split():
+            if group not in GROUPS:
+                raise Fatal(f"unknown group '{group}' in BENCH_ONLY (groups: {', '.join(GROUPS)})")
+        try:
+            opts.soak_seconds = int(env.get("BENCH_SOAK_SECONDS") or 600)
+        except ValueError:
+            raise Fatal(f"BENCH_SOAK_SECONDS={env['BENCH_SOAK_SECONDS']} is not a number of seconds")
+        opts.threads = env.get("BENCH_THREADS") or "1"
+        opts.settle = env.get("BENCH_SETTLE") or "3s"
+        opts.custom = env.get("BENCH_SERVER", "")
+        opts.wsecho_bin = env.get("WSECHO_BIN", "")
+        opts.redis_server = env.get("REDIS_SERVER") or "redis-server"
+        return opts
+
+    def budget_s(self) -> int:
+        """The bound on the whole run (scripts/bench.sh runs it under timeout(1)).
+        Each wsload run is bounded by itself; this catches anything else (a build
+        that hangs, say)."""
+        return (40 * 60 + self.compare * 30 * 60 + self.portable * 15 * 60
+                + self.soak * (self.soak_seconds + 5 * 60))
+
+
+def raise_fd_limit() -> str:
+    """Raises the open-file limit as far as it goes; returns it as ulimit shows it.
+
+    wsecho needs one descriptor per client (its socket), so 10,000 clients need
+    a little over 10,000, and wsload as many again in its own process. Raising
+    the hard limit needs root (and a container that lets root do it); take
+    whatever we can get."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1048576), 1048576))
+    except (ValueError, OSError):
+        pass
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
+@dataclass
+class Bench:
+    """One benchmark run."""
+
+    opts: Options
+    root: Path
+    work: Path  # the run's temporary folder, removed on exit
+    servers: Servers
+    runs: Runs
+    peers: Peers
+    wsecho: Path
+    main_label: str = "wsecho"  # or "custom (NAME)" with BENCH_SERVER
+    server: Server | None = None  # the one running now
+    fd_limit: str = ""
+    portable_bin: Path | None = None
+    portable_note: str = ""
+    tls_note: str = ""
+    tls_opts: list[str] = field(default_factory=list)  # wsload's --ca and --server-name
+    cluster_note: str = ""
+    soak: Any = None  # the soak's figures (groups/soak.py)
+    chart_note: str = ""
+    start_load: str = ""  # the load average when the measuring began
+    started_at: str = ""  # and the time, for people
+    started: float = field(default_factory=time.monotonic)  # for "took" and the soak's length
+
+    @property
+    def out(self) -> Path:
+        return self.root / "target" / "bench"
+
+    @property
+    def custom(self) -> str:
+        return self.opts.custom
+
+    @property
+    def echo_seconds(self) -> int:
+        return 3 if self.opts.quick else 10
+
+    @property
+    def settle_text(self) -> str:
+        """The settle time for people: 3s -> 3 s."""
+        m = re.fullmatch(r"([0-9.]+)s", self.opts.settle)
+        return f"{m.group(1)} s" if m else self.opts.settle
+
+    @property
+    def cmp_hold_sizes(self) -> list[int]:
+        """The peers' hold rows; wsecho's of these sizes get the "after" figures too."""
+        return [1000] if self.opts.quick else [1000, 5000]
+
+    @property
+    def hold_sizes(self) -> list[int]:
+        """wsecho's hold rows (5,000 too when compared with the peers)."""
+        return [1000, 5000, 10000] if self.opts.compare and not self.opts.quick else [1000, 10000]
+
+    def elapsed_s(self) -> int:
+        """Whole seconds since the measuring began."""
+        return int(time.monotonic() - self.started)
+
+    def want(self, group: str) -> bool:
+        """True if BENCH_ONLY is unset or names GROUP."""
+        return not self.opts.only or group in self.opts.only.split(",")
+
+    def run(self, name: str, *args) -> None:
+        self.runs.run(name, *args)
+
+    # ------------------------------------------------------------ servers --
+    def start_wsecho(self, *flags: str, binary: Path | None = None, label: str = "wsecho") -> Server:
+        """wsecho (or BINARY) with default flags plus FLAGS; it becomes `server`."""
+        self.server = self.servers.start_wsecho(binary or self.wsecho, label, list(flags))
+        return self.server
+
+    def start_default(self) -> Server:
+        """wsecho with default flags, or BENCH_SERVER when given."""
+        if self.custom:
+            self.server = self.start_custom()
+        else:
+            self.start_wsecho()
+        self.main_label = self.server.label
+        return self.server
+
+    def start_custom(self) -> Server:
+        """BENCH_SERVER with {addr} replaced by 127.0.0.1:PORT."""
+        port = free_port()
+        words = [w.replace("{addr}", f"127.0.0.1:{port}") for w in self.custom.split()]
+        server = self.servers.start_command(f"custom ({os.path.basename(words[0])})", port, words)
+        if server is None:
+            raise Fatal("BENCH_SERVER did not come up")
+        return server
+
+    def start_peer(self, name: str) -> Server | None:
+        self.server = self.peers.start(self.servers, name)
+        return self.server
+
+    def stop(self) -> None:
+        """Stops the server started last."""
+        self.servers.stop(self.server)
+        self.server = None
+
+
+def check_binaries(bench_root: Path, opts: Options) -> tuple[Path, Path]:
+    """wsload and wsecho as scripts/bench.sh built them (or WSECHO_BIN)."""
+    target = bench_root / os.environ.get("CARGO_TARGET_DIR", "target")
+    wsload = target / "release" / "wsload"
+    wsecho = Path(opts.wsecho_bin) if opts.wsecho_bin else target / "release" / "wsecho"
+    if not os.access(wsload, os.X_OK):
+        raise Fatal(f"{wsload} was not built")
+    if not opts.custom and not os.access(wsecho, os.X_OK):
+        raise Fatal(f"{wsecho} not found (set WSECHO_BIN or BENCH_SERVER)")
+    return wsload, wsecho
+
+
+def report_fd_limit() -> str:
+    limit = raise_fd_limit()
+    say(f"open-file limit for the servers and wsload: {limit}")
+    if limit != "unlimited" and int(limit) < 10100:
+        say("warning: below the ~10,100 descriptors wsecho needs for 10,000 clients; the 10,000 rows may fall short")
+    return limit

@@ -1,0 +1,3 @@
+"""The groups of rows, one module each: `measure(bench)` starts servers and runs
+wsload, `rows(bench, report)` makes the rows from the runs' JSON (and, for the
+groups the peers of --compare run too, `measure_peers` and `compare`)."""

@@ -1,0 +1,105 @@
+"""Fan-out rows: 100 listeners × 1,000 messages of 32 B, every message to
+every client (wsload fanout against wsecho --broadcast), at full speed and at
+500 messages/s; the peers of --compare are websocat's and Node ws's
+broadcast servers."""
+
+from __future__ import annotations
+
+from ..context import Bench
+from ..report import Chart, Report, Target, awk_number, check, fmt_int, fmt_us
+
+PEERS = ["websocat", "nodebc"]
+RATES = {"full": "0", "500": "500"}  # run name part: --rate
+
+DELIVERED = Target("all, in order", lambda missing, ooo, dups: missing == 0 and ooo == 0 and dups == 0)
+# Targets: at full speed at least 2 × websocat's broadcast; at 500/s a p50
+# and a p99 no worse than websocat's, and a p99 under 1 ms.
+VS_WEBSOCAT = 2
+DELIVERIES_ALONE = Target("≥ 500,000 (and 2 × websocat: run --compare)", lambda dps: dps >= 500000)
+P99_US = 1000
+P99_ALONE = Target("p99 < 1 ms (and ≤ websocat: run --compare)", lambda p99: p99 < P99_US)
+
+
+def title(rate: str) -> str:
+    return f"fan-out 100 × 1,000 at {'full speed' if rate == 'full' else '500/s'}"
+
+
+def measure_with(b: Bench, prefix: str, url: str, *extra) -> None:
+    """The fan-out runs PREFIX-fanout-full and PREFIX-fanout-500."""
+    for rate, per_s in RATES.items():
+        b.run(f"{prefix}-fanout-{rate}", "fanout", "--url", url, *extra, "--listeners", 100,
+              "--messages", 1000, "--rate", per_s)
+
+
+def measure_peers(b: Bench) -> None:
+    if not (b.opts.compare and b.want("fanout")):
+        return
+    for peer in PEERS:
+        if peer not in b.peers.ready:
+            continue
+        if b.start_peer(peer):
+            measure_with(b, peer, b.server.url)
+        b.stop()
+
+
+def measure(b: Bench) -> None:
+    if b.custom or not b.want("fanout"):
+        return
+    measure_with(b, "main", b.start_wsecho("--broadcast").url)
+    b.stop()
+
+
+def delivered_row(b: Bench, r: Report, name: str, test: str, label: str) -> None:
+    """delivered / missing / out of order of a fan-out run (the cluster's too)."""
+    get, text = b.runs.get, b.runs.text
+    r.row(test, label, "delivered / missing / out of order",
+          f"{fmt_int(get(name, 'delivered'))} / {text(name, 'missing')} / {text(name, 'out_of_order')}",
+          DELIVERED.text, DELIVERED.met(get(name, "missing"), get(name, "out_of_order"), get(name, "duplicates")))
+
+
+def rows(b: Bench, r: Report) -> None:
+    if b.custom or not b.want("fanout"):
+        return
+    get = b.runs.get
+    for rate in RATES:
+        name, peer, test = f"main-fanout-{rate}", f"websocat-fanout-{rate}", title(rate)
+        if not b.runs.has(name):
+            r.missing(test, "wsecho", name, "all delivered in order")
+            continue
+        delivered_row(b, r, name, test, "wsecho")
+        latency = "latency p50 / p99 / p99.9 / max"
+        if rate == "full":
+            dps, theirs = get(name, "deliveries_per_s"), get(peer, "deliveries_per_s")
+            if theirs is not None:
+                r.row(test, "wsecho", "deliveries/s", fmt_int(dps),
+                      f"≥ {VS_WEBSOCAT} × websocat ({fmt_int(awk_number(VS_WEBSOCAT * theirs))})",
+                      check(lambda d: d >= VS_WEBSOCAT * theirs, dps))
+            else:
+                r.row(test, "wsecho", "deliveries/s", fmt_int(dps), DELIVERIES_ALONE.text, DELIVERIES_ALONE.met(dps))
+            r.row(test, "wsecho", latency, r.latency(name))
+        else:
+            p50, p99 = get(name, "p50_us"), get(name, "p99_us")
+            their50, their99 = get(peer, "p50_us"), get(peer, "p99_us")
+            if their99 is not None:
+                r.row(test, "wsecho", latency, r.latency(name),
+                      f"p50 ≤ websocat ({fmt_us(their50)}), p99 ≤ websocat ({fmt_us(their99)}) and < 1 ms",
+                      check(lambda p50, p99, their50: p50 <= their50 and p99 <= their99 and p99 < P99_US,
+                            p50, p99, their50))
+            else:
+                r.row(test, "wsecho", latency, r.latency(name), P99_ALONE.text, P99_ALONE.met(p99))
+
+
+def compare(b: Bench, r: Report) -> None:
+    """The side-by-side fan-out table."""
+    heading = "Fan-out: 100 listeners × 1,000 messages of 32 B, every message to every client"
+    if b.custom or not b.want("fanout"):
+        return
+    if not r.compare_table(heading, [(p, b.peers.label(p)) for p in PEERS if p in b.peers.ready]):
+        return
+    at_500 = "Fan-out delivery latency at 500 msgs/s (µs, lower is better)"
+    for percentile in ("p50", "p99"):
+        r.compare_row("fan-out at 500/s", f"latency {percentile}", "lower", fmt_us, f"{percentile}_us", "fanout-500",
+                      Chart(at_500, percentile, "µs"))
+    r.compare_row("fan-out at full speed", "deliveries/s", "higher", fmt_int, "deliveries_per_s", "fanout-full",
+                  Chart("Fan-out deliveries/s at full speed (higher is better)", "deliveries/s", "deliveries/s"))
+    r.compare_row("fan-out at full speed", "latency p99", "lower", fmt_us, "p99_us", "fanout-full")

@@ -1,0 +1,1 @@
+// Only here so the package has a target before the examples arrive.

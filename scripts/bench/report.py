@@ -1,0 +1,297 @@
+"""The output: number formats, the table of rows, the side-by-side tables of
+--compare with comparison.tsv, the chart, and results.md.
+
+The formats are those the bash version printed with awk, to the character:
+fmt_int (thousands commas, no decimals), fmt_us (µs, ms or s), fmt_kib,
+fmt_bytes, and `awk_number` for a figure the bash version worked out with awk
+(6 significant digits) before formatting it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .runs import Runs, last_line
+from .servers import say
+
+NO = "**no**"
+DASH = "—"
+
+
+# ----------------------------------------------------------------- numbers --
+def _value(v) -> float:
+    """A figure as a number; a missing one counts as 0, as it did in awk."""
+    if v is None or isinstance(v, bool):
+        return 0.0
+    return float(v)
+
+
+def awk_number(v) -> float:
+    """V as awk printed a worked-out figure (integers whole, the rest to 6
+    significant digits), which the bash version then formatted."""
+    v = _value(v)
+    return v if v.is_integer() else float(f"{v:.6g}")
+
+
+def awk_text(v) -> str:
+    """V as awk printed it: 2500 or 4567.89 (the figures of comparison.tsv that
+    are worked out, such as connections opened per second)."""
+    v = _value(v)
+    return str(int(v)) if v.is_integer() else f"{v:.6g}"
+
+
+def fmt_int(v) -> str:
+    """12,345: rounded to a whole number, with thousands commas."""
+    return f"{_value(v):,.0f}"
+
+
+def fmt_us(v) -> str:
+    """A time in µs for people: 8.3 µs, 85 µs, 1.25 ms, 2.10 s."""
+    v = _value(v)
+    a = abs(v)
+    if a >= 1_000_000:
+        return f"{v / 1_000_000:.2f} s"
+    if a >= 1000:
+        return f"{v / 1000:.2f} ms"
+    if a >= 10:
+        return f"{v:.0f} µs"
+    return f"{v:.1f} µs"
+
+
+def fmt_kib(v) -> str:
+    """12.34 KiB, or n/a for a figure the run did not have."""
+    return "n/a" if v is None else f"{_value(v):.2f} KiB"
+
+
+def fmt_bytes(v) -> str:
+    """65536 -> 64 KiB, 32 -> 32 B."""
+    v = int(_value(v))
+    return f"{v // 1024} KiB" if v >= 1024 and v % 1024 == 0 else f"{v} B"
+
+
+def fmt_g(v) -> str:
+    """A short number: 3 for 3.0, 1.5 for 1.5 (printf's %g)."""
+    return f"{_value(v):g}"
+
+
+def fmt(spec: str, v) -> str:
+    """printf-style: fmt("%.2f KiB", 1.234) -> "1.23 KiB"."""
+    return spec % _value(v)
+
+
+# ------------------------------------------------------------------ targets --
+def met(ok: bool) -> str:
+    """The Met cell: yes, or a bold no."""
+    return "yes" if ok else NO
+
+
+def check(test: Callable[..., bool], *figures) -> str:
+    """The Met cell of TEST on FIGURES; a figure the run did not report fails."""
+    if any(f is None or isinstance(f, bool) for f in figures):
+        return NO
+    try:
+        return met(bool(test(*figures)))
+    except ZeroDivisionError:
+        return NO
+
+
+@dataclass(frozen=True)
+class Target:
+    """A fixed target: the text of the Target column and the test of the Met one."""
+
+    text: str
+    test: Callable[..., bool]
+
+    def met(self, *figures) -> str:
+        return check(self.test, *figures)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Where a side-by-side row goes in the chart: its panel, its bar group, its unit."""
+
+    panel: str
+    category: str
+    unit: str
+
+
+# -------------------------------------------------------------------- table --
+class Report:
+    """The rows of results.md, and with --compare its side-by-side tables and
+    the figures of comparison.tsv."""
+
+    def __init__(self, runs: Runs, main_label: str):
+        self.runs = runs
+        self.main_label = main_label
+        self.rows: list[str] = []
+        self.side_by_side: list[str] = []  # lines of the side-by-side tables
+        self.tsv: list[str] = []  # lines of comparison.tsv, header aside
+        self._peers: list[tuple[str, str]] = []  # (run prefix, label) of the current table
+
+    def row(self, test: str, server: str, figure: str, measured: str,
+            target: str = DASH, met: str = DASH) -> None:
+        """| Test | Server | Figure | Measured | Target | Met |"""
+        self.rows.append(f"| {test} | {server} | {figure} | {measured} | {target} | {met} |")
+
+    def missing(self, test: str, server: str, name: str, target: str = DASH) -> None:
+        """The row of a run that left no result: what wsload said, not met."""
+        self.row(test, server, "result", f"no result: {self.runs.error(name)}", target, NO)
+
+    # ------------------------------------------------------------ cells --
+    def latency(self, name: str) -> str:
+        """p50 / p99 / p99.9 / max of run NAME."""
+        get = self.runs.get
+        return " / ".join(fmt_us(get(name, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us"))
+
+    def echo_checks(self, name: str) -> str:
+        """The verification outcome of an echo run."""
+        text = self.runs.text
+        if self.runs.ok(name):
+            return f"{text(name, 'opened')} conns, 0 mismatches, 0 errors"
+        return (f"{text(name, 'opened')}/{text(name, 'connections')} conns, "
+                f"{text(name, 'mismatches')} mismatches, {text(name, 'errors')} errors: "
+                f"{self.runs.error(name)}")
+
+    def throughput(self, name: str) -> str:
+        """msgs/s (MB/s) of an echo run."""
+        return f"{fmt_int(self.runs.get(name, 'msgs_per_s'))} ({fmt('%.1f', self.runs.get(name, 'mb_per_s'))})"
+
+    # ------------------------------------------------------ side by side --
+    def compare_table(self, heading: str, peers: Iterable[tuple[str, str]]) -> bool:
+        """Starts a side-by-side table: a column for the server under test, one per
+        peer (run prefix, label) that can run. False, and no table, without peers."""
+        self._peers = list(peers)
+        if not self._peers:
+            return False
+        labels = "".join(f" | {label}" for _, label in self._peers)
+        rule = "|---" * len(self._peers)
+        self.side_by_side += [
+            "", f"### {heading}", "",
+            f"| Test | Figure | {self.main_label}{labels} | {self.main_label} vs best peer |",
+            f"|---|---|---{rule}|---|",
+        ]
+        return True
+
+    def figure(self, name: str, key: str) -> tuple[float | None, str]:
+        """Figure KEY of run NAME, and as comparison.tsv writes it; opened_per_s
+        is worked out (opened / open_s)."""
+        if key != "opened_per_s":
+            return self.runs.get(name, key), self.runs.text(name, key)
+        opened, open_s = self.runs.get(name, "opened"), self.runs.get(name, "open_s")
+        if opened is None or open_s is None or open_s <= 0:
+            return None, ""
+        return awk_number(opened / open_s), awk_text(opened / open_s)
+
+    def compare_row(self, test: str, what: str, better: str, formatter: Callable, key: str,
+                    suffix: str, chart: Chart | None = None) -> None:
+        """A row of figure KEY of the runs main-SUFFIX and PEER-SUFFIX for each peer
+        of the table, then wsecho's as a multiple of the best peer's: the higher
+        or the lower, as BETTER says. A peer whose run failed its checks is
+        marked and not taken as the best. With CHART the figures go to
+        comparison.tsv too. No row when no peer has the figure."""
+        cells, lines, best, best_label, any_figure = "", [], None, "", False
+        for peer, label in self._peers:
+            value, text = self.figure(f"{peer}-{suffix}", key)
+            if value is None:
+                cells += f" | {DASH}"
+                continue
+            any_figure = True
+            cell = formatter(value)
+            if not self.runs.ok(f"{peer}-{suffix}"):
+                cell += f" (failed its checks: {self.runs.error(f'{peer}-{suffix}')})"
+            elif best is None or (value > best if better == "higher" else value < best):
+                best, best_label = value, label
+            cells += f" | {cell}"
+            if chart:
+                lines.append(self._tsv_line(chart, label, text, main=False))
+        if not any_figure:
+            return
+        mine, text = self.figure(f"main-{suffix}", key)
+        if mine is not None:
+            cell = formatter(mine)
+            if not self.runs.ok(f"main-{suffix}"):
+                cell += " (failed its checks)"
+            if chart:
+                lines.insert(0, self._tsv_line(chart, self.main_label, text, main=True))
+        else:
+            cell = f"{DASH} (not run)"
+        if mine is None:
+            ratio = DASH
+        elif best is None:
+            ratio = f"{DASH} (no peer passed its checks)"
+        elif best <= 0 or mine <= 0:
+            ratio = f"n/a (best: {best_label}, {fmt_g(best)}; a figure ≤ 0 is noise)"
+        else:
+            ratio = f"{mine / best:.2f}× best ({best_label}); {better} is better"
+        self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {ratio} |")
+        self.tsv += lines
+
+    @staticmethod
+    def _tsv_line(chart: Chart, server: str, value: str, main: bool) -> str:
+        return "\t".join([chart.panel, chart.category, server, value, chart.unit, "1" if main else "0"])
+
+
+# ------------------------------------------------------------------- files --
+TSV_HEADER = "panel\tcategory\tserver\tvalue\tunit\tmain"
+
+
+def first_error(log: Path) -> str:
+    """The line of a build or install log that says what went wrong (else its last)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    pattern = re.compile(r"^error|npm error|ERR!", re.IGNORECASE)
+    return next((line for line in lines if pattern.search(line)), lines[-1] if lines else "")
+
+
+def draw_chart(tsv: Path, svg: Path, cache: Path, chart_py: Path, title: str, log: Path) -> str:
+    """Draws comparison.tsv with scripts/chart.py and matplotlib from a virtual
+    environment in the cache (made once); returns the line results.md says about it."""
+    venv = cache / "venv"
+    python = venv / "bin" / "python"
+    have = python.exists() and subprocess.run(
+        [python, "-c", "import matplotlib"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL).returncode == 0
+    if not have:
+        say(f"installing matplotlib into {venv} (once)")
+        with open(log, "wb") as out:
+            made = subprocess.run([sys.executable, "-m", "venv", venv],
+                                  stdout=out, stderr=subprocess.STDOUT).returncode == 0
+            made = made and subprocess.run(
+                [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check",
+                 "matplotlib>=3.8,<4"], stdout=out, stderr=subprocess.STDOUT).returncode == 0
+        if not made:
+            return f"no chart: could not install matplotlib ({first_error(log)}; target/bench/chart.log)"
+    with open(log, "wb") as out:
+        drawn = subprocess.run(
+            [python, chart_py, tsv, svg, "--title", title], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "MPLCONFIGDIR": str(cache / "mplconfig")}).returncode == 0
+    if drawn:
+        return "chart of these figures: target/bench/comparison.svg"
+    return f"no chart: scripts/chart.py failed ({last_line(log)}; target/bench/chart.log)"
+
+
+def results_markdown(header: list[str], report: Report, settle_text: str) -> str:
+    """results.md: the header bullets, the table, the side-by-side tables."""
+    lines = ["# wsecho benchmark", "", *header, "",
+             "| Test | Server | Figure | Measured | Target | Met |",
+             "|---|---|---|---|---|---|", *report.rows]
+    if report.side_by_side:
+        lines += [
+            "", "## Side by side (--compare)", "",
+            "Each row: the same run's figures for every server, and wsecho's as a multiple of the best peer's.",
+            "Kernel memory is the machine's (SUnreclaim + KernelStack + PageTables, from /proc/meminfo): "
+            "it counts wsload's end of every connection too, the same for every server.",
+            "\"After a 64 KiB message\": every connection sent one binary message of 64 KiB and read its "
+            f"echo, and the figures were taken {settle_text} later (medians of 5 samples over 1 s).",
+            *report.side_by_side,
+        ]
+    lines += ["", "Raw JSON of every run: target/bench/raw/."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""wsload runs and their results.
+
+Each run is named (main-echo-64x32, tt-hold-1000, cluster-fanout-500, ...):
+the name's first part says whose server it measured (main: wsecho or
+BENCH_SERVER, port: wsecho's portable backend, tls: wsecho over TLS, a peer's
+name), the rest which row. wsload's JSON is kept in target/bench/raw/NAME.json
+and its stderr in NAME.err; the tables are made from those files alone, so a
+run whose JSON is missing simply leaves its cells empty ("no result: ...").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .servers import Servers, say
+
+# Each wsload run bounds itself; this catches one that does not.
+RUN_TIMEOUT_S = 1800
+
+
+def flatten(report: dict) -> dict:
+    """wsload's report as one level of keys: the latency summary's p50_us and
+    friends sit beside the rest. wsload uses each key once, so nothing is lost;
+    were one repeated, the later would win."""
+    flat: dict = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def last_line(path: Path) -> str:
+    """The last line of a file (as tail -1 shows it), or ""."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+class Runs:
+    """Runs wsload and reads back what each run reported."""
+
+    def __init__(self, raw: Path, wsload: Path | None = None, threads: str = "1",
+                 servers: Servers | None = None):
+        self.raw = raw
+        self.wsload = wsload
+        self.threads = threads
+        self.servers = servers
+        self._cache: dict[str, dict | None] = {}
+
+    def run(self, name: str, *args) -> None:
+        """Runs `wsload ARGS --threads N --json`, keeps its JSON as raw/NAME.json and
+        says in one line when there is no result or a check failed."""
+        args = [str(a) for a in args]
+        say(f"{name}: wsload {' '.join(args)}")
+        json_path, err_path = self.raw / f"{name}.json", self.raw / f"{name}.err"
+        self._cache.pop(name, None)
+        with open(json_path, "wb") as out, open(err_path, "wb") as err:
+            proc = self.servers.spawn(
+                [self.wsload, *args, "--threads", self.threads, "--json"],
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            )
+            try:
+                status = proc.wait(RUN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.servers.stop_process(proc)
+                status = 124  # as timeout(1) reports it
+            self.servers.forget(proc)
+        if json_path.stat().st_size == 0:
+            say(f"{name}: no result (exit {status}): {last_line(err_path)}")
+            json_path.unlink()
+        elif status != 0:
+            say(f"{name}: verification FAILED (details in {json_path})")
+
+    # ------------------------------------------------------------- results --
+    def has(self, name: str) -> bool:
+        """Whether run NAME left a result."""
+        return (self.raw / f"{name}.json").is_file()
+
+    def report(self, name: str) -> dict | None:
+        """Run NAME's report, flattened, or None without a result."""
+        if name not in self._cache:
+            path = self.raw / f"{name}.json"
+            try:
+                self._cache[name] = flatten(json.loads(path.read_text()))
+            except FileNotFoundError:
+                self._cache[name] = None
+            except (ValueError, AttributeError):
+                self._cache[name] = {}  # there, but not a report: every figure missing
+        return self._cache[name]
+
+    def get(self, name: str, key: str):
+        """Figure KEY of run NAME; None when the run, the key or its value is missing."""
+        report = self.report(name)
+        return None if report is None else report.get(key)
+
+    def text(self, name: str, key: str) -> str:
+        """Figure KEY of run NAME as the JSON wrote it (1000, true, null), "" when absent:
+        for counts shown as they are."""
+        report = self.report(name)
+        if report is None or key not in report:
+            return ""
+        return json.dumps(report[key], ensure_ascii=False)
+
+    def ok(self, name: str) -> bool:
+        """Whether run NAME passed all of wsload's checks."""
+        return self.get(name, "ok") is True
+
+    def error(self, name: str) -> str:
+        """What went wrong in run NAME: its first_error, else the last line wsload
+        printed on stderr."""
+        text = self.get(name, "first_error")
+        if isinstance(text, str) and text:
+            return text
+        return last_line(self.raw / f"{name}.err")

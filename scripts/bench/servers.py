@@ -1,0 +1,218 @@
+"""Starting and stopping processes: wsecho, BENCH_SERVER, the peers, redis-server,
+and the wsload clients themselves.
+
+Every process goes through `Servers.spawn`, which keeps it in a list, so that
+`stop_all` can stop whatever is still running when the driver leaves, be it
+normally, on an error or on Ctrl-C. Every server listens on 127.0.0.1 only:
+wsecho is given `--host 127.0.0.1`, the peers are given 127.0.0.1 in their
+command lines (or, for tungstenite's example, hard-code it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# How long a server gets to print its URL or answer a handshake, and to exit
+# after SIGTERM before it is killed.
+READY_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
+
+
+def say(text: str) -> None:
+    """One line on stderr, as every message of the benchmark."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+class Fatal(Exception):
+    """An error that ends the run (the driver prints it as `bench: error: ...`)."""
+
+
+@dataclass
+class Server:
+    """A running server: its process, the URL it serves and the label its rows carry."""
+
+    proc: subprocess.Popen
+    url: str
+    label: str
+    drain: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def exit_status(proc: subprocess.Popen) -> int:
+    """The exit status as a shell reports it: 128 + N for a process killed by signal N."""
+    code = proc.returncode
+    return 128 - code if code < 0 else code
+
+
+def port_in_use(port: int) -> bool:
+    """True when something accepts a connection on 127.0.0.1:PORT."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A port nobody listens on (checked by trying to connect), for a server
+    that must be told its port."""
+    for _ in range(200):
+        port = 20000 + random.randrange(20000)
+        if not port_in_use(port):
+            return port
+    raise Fatal("no free port found")
+
+
+def read_line(fd: int, timeout_s: float) -> str | None:
+    """The first line written to FD within TIMEOUT_S, or None (timeout, or the
+    writer closed it first)."""
+    buf = b""
+    deadline = time.monotonic() + timeout_s
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def _drain(fd: int) -> None:
+    """Reads FD to its end, so that a server can never block on a full stdout pipe."""
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # closed under it: the server is gone anyway
+        pass
+
+
+def server_log_tail(path: Path, lines: int | None = None) -> None:
+    """Shows a server's stderr (its last LINES) on ours, to say why it did not come up."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    for line in text[-lines:] if lines else text:
+        print(f"  server: {line}", file=sys.stderr)
+
+
+class Servers:
+    """The processes of one benchmark run, and how to start and stop its servers."""
+
+    def __init__(self, work: Path, wsload: Path):
+        self.work = work
+        self.wsload = wsload
+        self.live: list[subprocess.Popen] = []
+        # "wsecho exited with status N on SIGTERM." lines, for results.md.
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------ processes --
+    def spawn(self, argv: list[str], **popen_args) -> subprocess.Popen:
+        """Starts ARGV and remembers it until it is stopped."""
+        proc = subprocess.Popen([str(a) for a in argv], **popen_args)
+        self.live.append(proc)
+        return proc
+
+    def stop_process(self, proc: subprocess.Popen | None) -> int:
+        """SIGTERM, up to 10 s to exit, then SIGKILL; returns its exit status."""
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                say(f"pid {proc.pid} ignored SIGTERM for 10 s; killing it")
+                proc.kill()
+                proc.wait()
+            except ProcessLookupError:
+                proc.wait()
+        if proc in self.live:
+            self.live.remove(proc)
+        return exit_status(proc)
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        """Drops a process that ended by itself (a wsload run) from the list."""
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        """Stops everything still running, newest first."""
+        for proc in reversed(list(self.live)):
+            try:
+                self.stop_process(proc)
+            except Exception as error:  # keep stopping the others
+                say(f"could not stop pid {proc.pid}: {error}")
+
+    # -------------------------------------------------------------- servers --
+    def start_wsecho(self, binary: Path, label: str, flags: list[str]) -> Server:
+        """Starts wsecho on a port of its choosing, on 127.0.0.1, its log off and
+        its greeting off unless FLAGS say otherwise; ready once it printed its URL."""
+        err = open(self.work / "server.err", "wb")
+        proc = self.spawn(
+            [binary, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
+             "--greeting-delay", "off", *flags],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+        )
+        err.close()
+        fd = proc.stdout.fileno()
+        # The server prints exactly one line, its URL, once it is listening.
+        line = read_line(fd, READY_TIMEOUT_S)
+        if line is None:
+            server_log_tail(self.work / "server.err")
+            raise Fatal(f"wsecho {' '.join(flags)} did not print its URL within 30 s")
+        # Keep draining stdout so the server can never block on a full pipe.
+        drain = threading.Thread(target=_drain, args=(fd,), daemon=True)
+        drain.start()
+        if not (line.startswith("ws://") or line.startswith("wss://")):
+            raise Fatal(f"wsecho printed '{line}' instead of its URL")
+        return Server(proc, line, label, drain)
+
+    def start_command(self, label: str, port: int, argv: list[str]) -> Server | None:
+        """Starts a server that listens on a known PORT; ready once a WebSocket
+        handshake there succeeds (wsload wait). None, said in one line, if it did
+        not come up."""
+        url = f"ws://127.0.0.1:{port}"
+        with open(self.work / "server.err", "wb") as err:
+            proc = self.spawn(argv, stdout=subprocess.DEVNULL, stderr=err,
+                              stdin=subprocess.DEVNULL)
+        server = Server(proc, url, label)
+        wait = self.spawn([self.wsload, "wait", "--url", url, "--timeout", "30s"],
+                          stdin=subprocess.DEVNULL)
+        wait.wait()
+        self.forget(wait)
+        if wait.returncode != 0:
+            server_log_tail(self.work / "server.err", 5)
+            say(f"{label} did not come up on port {port}")
+            self.stop(server)
+            return None
+        return server
+
+    def stop(self, server: Server | None, warn: bool = True) -> None:
+        """Stops SERVER; a wsecho that does not exit cleanly on SIGTERM is a
+        warning in results.md (unless not WARN)."""
+        if server is None:
+            return
+        status = self.stop_process(server.proc)
+        if server.drain is not None:
+            server.drain.join(STOP_TIMEOUT_S)
+        if server.proc.stdout is not None:
+            server.proc.stdout.close()
+        if warn and server.label.startswith("wsecho") and status != 0:
+            say(f"warning: {server.label} exited with status {status} on SIGTERM")
+            self.warnings.append(f"{server.label} exited with status {status} on SIGTERM. ")
