@@ -194,8 +194,12 @@ impl Server {
         #[cfg(feature = "cluster")]
         let cluster = match cluster {
             Some(joining) => {
-                let (max_message, max_backlog) = (config.max_message_size, config.max_backlog);
-                Some(joining.start(&hub, &budget, max_message, max_backlog)?)
+                let limits = crate::cluster::Limits {
+                    max_message_size: config.max_message_size,
+                    max_backlog: config.max_backlog,
+                    history,
+                };
+                Some(joining.start(&hub, &budget, limits)?)
             }
             None => None,
         };

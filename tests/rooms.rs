@@ -454,3 +454,61 @@ fn an_idle_rooms_history_expires_and_the_room_is_freed() {
     let mut newcomer = deployment.client(0, "/brief");
     join(&mut newcomer, "a fresh start");
 }
+
+/// An instance of the cluster on `redis` with these flags, once its link is up.
+#[cfg(feature = "cluster")]
+fn member(redis: &redis_server::RedisServer, extra: &[&str]) -> Wsecho {
+    let mut args: Vec<&str> = BASE.iter().chain(extra).copied().collect();
+    args.extend(["--redis", &redis.url, "--redis-channel", &redis.channel]);
+    let server = Wsecho::start(&args);
+    server.wait_for_log(&["redis link up: subscribed to channel"]);
+    server
+}
+
+/// The history lives in Redis: an instance that starts after the room's messages were sent
+/// gives its newcomer the same last N, and a newcomer arriving while Redis is down gets what
+/// its instance heard, with a log line saying so.
+#[cfg(feature = "cluster")]
+#[test]
+fn history_lives_in_redis_and_falls_back_to_the_instance_while_redis_is_down() {
+    let mut redis = redis_server::RedisServer::start(&[]);
+    let first = member(&redis, &["--history", "3"]);
+    let mut sender = connect(&format!("{}/kept", first.url));
+    for n in 1..=5 {
+        let text = format!("kept {n}");
+        sender.send(Message::text(text.clone())).unwrap();
+        assert_eq!(next_data(&mut sender), Message::text(text));
+    }
+    // A second instance, started now: it heard none of it.
+    let late = member(&redis, &["--history", "3"]);
+    let mut newcomer = connect(&format!("{}/kept", late.url));
+    for n in 3..=5 {
+        assert_eq!(next_data(&mut newcomer), Message::text(format!("kept {n}")));
+    }
+    sender.send(Message::text("live")).unwrap();
+    assert_eq!(next_data(&mut newcomer), Message::text("live"));
+    // In Redis: the room's list, trimmed to the last three, with the TTL on it.
+    let key = format!("{}:history:kept", redis.channel);
+    let ttl = String::from_utf8_lossy(&redis.command(&[b"PTTL", key.as_bytes()])).into_owned();
+    let ms: i64 = ttl
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("a PTTL reply");
+    assert!(ms > 0 && ms <= 600_000, "PTTL {ttl:?}");
+    let len = String::from_utf8_lossy(&redis.command(&[b"LLEN", key.as_bytes()])).into_owned();
+    assert!(len.starts_with(":3"), "LLEN {len:?}");
+
+    // Redis goes away: the late instance's newcomer gets what that instance heard.
+    redis.kill();
+    late.wait_for_log(&["redis link down"]);
+    let mut offline = connect(&format!("{}/kept", late.url));
+    for expected in ["kept 4", "kept 5", "live"] {
+        assert_eq!(next_data(&mut offline), Message::text(expected));
+    }
+    let port = support::local_port(&offline);
+    late.wait_for_log(&[
+        &format!(":{port} gets the history of room \"kept\" from this instance only"),
+        "the link to Redis is down",
+    ]);
+}

@@ -16,7 +16,7 @@ from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
-GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls"]
+GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls", "rooms"]
 
 WARMUP = "1s"
 PORTABLE_LABEL = "wsecho (portable backend)"

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .context import PORTABLE_LABEL, TLS_LABEL, WARMUP, Bench, Options, check_binaries, report_fd_limit
-from .groups import burst, cluster, echo, fanout, greeting, hold, soak, tls
+from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls
 from .peers import Peers
 from .report import TSV_HEADER, Report, draw_chart, results_markdown
 from .runs import Runs
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MEASURE = [
     echo.measure_peers, hold.measure_peers, fanout.measure_peers,  # --compare
     echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, burst.measure,
-    cluster.measure,
+    cluster.measure, rooms.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
     soak.measure,  # --soak
 ]
@@ -56,6 +56,7 @@ def tabulate(b: Bench) -> Report:
     greeting.rows(b, r)
     fanout.rows(b, r)
     cluster.rows(b, r)
+    rooms.rows(b, r)
     burst.rows(b, r)
     soak.rows(b, r)
     if b.opts.compare:

@@ -24,6 +24,18 @@
 //!   which buffers for it up to its `client-output-buffer-limit pubsub` and then drops it,
 //!   which is an outage like any other.
 //!
+//! # Rooms and their history
+//!
+//! Every room travels on the one channel, its name before each frame (`wire.rs`). With
+//! `--history N`, the publisher appends each broadcast to its room's list in Redis, trimmed to
+//! the last N and expiring after `--history-ttl`, and publishes it, in one script: the list
+//! and the channel have one order. A newcomer joins its room *pending* (`delivery/hub.rs`) and
+//! the publisher, in another script, reads the room's list and publishes a *history mark* for
+//! it: the list it read is exactly what came on the channel before the mark. The newcomer gets
+//! that list, then what came after its mark, with no gap and nothing twice, whichever instance
+//! it is on and however long that instance has been up. While the link is down a newcomer gets
+//! the history its instance heard, and the log says so.
+//!
 //! # When Redis is away
 //!
 //! When either connection fails, the link is *down*: it is logged once, `/healthz` answers
@@ -53,7 +65,7 @@ use log::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::delivery::budget::Budget;
-use crate::delivery::hub::{Hub, RoomName};
+use crate::delivery::hub::{ConnectionId, HistorySettings, Hub, RoomName};
 use crate::error::Error;
 use crate::logging::Throttle;
 use crate::sync::lock;
@@ -85,6 +97,25 @@ pub(crate) struct Health {
     /// Broadcasts this instance published, and received from the channel.
     pub published: u64,
     pub received: u64,
+}
+
+/// What the publisher sends to Redis, in the order connection threads queued it.
+#[derive(Debug)]
+enum Outgoing {
+    /// A broadcast to a room.
+    Broadcast(RoomName, Bytes),
+    /// Read a room's history for a pending newcomer, and publish its mark.
+    History(RoomName, ConnectionId),
+}
+
+impl Outgoing {
+    /// Bytes it counts against the publish queue's bound.
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Broadcast(_, frame) => frame.len(),
+            Outgoing::History(..) => 0,
+        }
+    }
 }
 
 /// This instance's membership of a cluster: the publish queue connection threads push into,
@@ -133,6 +164,37 @@ impl Cluster {
     }
 }
 
+/// What the cluster's threads need to know of the server's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_backlog: usize,
+    pub(crate) history: HistorySettings,
+}
+
+/// An id for this instance, to find its own history marks on the channel: the process id
+/// and the time it started, mixed. Two instances would need to share both to collide.
+fn instance_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    (u64::from(std::process::id()) << 32) ^ nanos
+}
+
+/// The link broke (or was found broken): marks it down, logs the outage once, and gives
+/// every pending newcomer this instance's history, as theirs will not come.
+fn link_lost(link: &Link, hub: &Hub, generation: u64, why: &str) {
+    link.go_down(generation, why);
+    let newcomers = hub.history_from_here();
+    if newcomers > 0 {
+        info!(
+            "redis: {} waiting for history from Redis get this instance's instead: the link \
+             is down",
+            crate::logging::count(newcomers as u64, "newcomer")
+        );
+    }
+}
+
 /// A cluster tried once, whose threads have not started yet.
 pub(crate) struct Joining {
     client: redis::Client,
@@ -157,9 +219,14 @@ impl Joining {
         self,
         hub: &Arc<Hub>,
         budget: &Arc<Budget>,
-        max_message_size: usize,
-        max_backlog: usize,
+        limits: Limits,
     ) -> Result<Cluster, Error> {
+        let Limits {
+            max_message_size,
+            max_backlog,
+            history,
+        } = limits;
+        let instance = instance_id();
         let Joining {
             client,
             link,
@@ -174,7 +241,11 @@ impl Joining {
             queue: Arc::clone(&queue),
             link: Arc::clone(&link),
             hub: Arc::clone(hub),
+            budget: Arc::clone(budget),
             channel: channel.clone(),
+            history,
+            instance,
+            max_message_size,
             to_publish,
             handed,
             stopped: stopped.clone(),
@@ -189,6 +260,7 @@ impl Joining {
             hub: Arc::clone(hub),
             budget: Arc::clone(budget),
             channel,
+            instance,
             max_message_size,
             handover,
             stopped,
@@ -221,6 +293,18 @@ impl Cluster {
         }
     }
 
+    /// Whether the link to Redis is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    /// Asks Redis for the history of `room` for the pending newcomer `joiner` (see the
+    /// module's docs); never blocks. If the link goes down first, the newcomer gets this
+    /// instance's history instead.
+    pub(crate) fn request_history(&self, room: &RoomName, joiner: ConnectionId) {
+        self.queue.push_history(room, joiner);
+    }
+
     /// The link's state and counts.
     pub(crate) fn health(&self) -> Health {
         self.link.health()
@@ -236,8 +320,8 @@ impl Cluster {
 /// The queue of broadcasts waiting to be published, bounded in bytes by flow control.
 #[derive(Debug)]
 struct PublishQueue {
-    sender: Sender<(RoomName, Bytes)>,
-    receiver: Receiver<(RoomName, Bytes)>,
+    sender: Sender<Outgoing>,
+    receiver: Receiver<Outgoing>,
     /// Bytes pushed and not yet published (or delivered locally): queued or in flight.
     bytes: AtomicUsize,
     high: usize,
@@ -282,8 +366,17 @@ impl PublishQueue {
                 self.reassess();
             }
             // The receiver lives in the queue itself: sending cannot fail.
-            let _ = self.sender.send((Arc::clone(room), frame.clone()));
+            let _ = self
+                .sender
+                .send(Outgoing::Broadcast(Arc::clone(room), frame.clone()));
         }
+    }
+
+    /// Queues a history request, in order with the broadcasts.
+    fn push_history(&self, room: &RoomName, joiner: ConnectionId) {
+        let _ = self
+            .sender
+            .send(Outgoing::History(Arc::clone(room), joiner));
     }
 
     /// Records that `len` bytes were published or delivered locally.

@@ -9,6 +9,9 @@
 //! link to come back, and nothing is dropped. (Redis may have taken part of a failed round
 //! before the link broke; if this instance's subscription received those before it broke
 //! too, its clients get them twice. The window is one round trip at the moment of a failure.)
+//!
+//! With `--history`, a broadcast is published by [`APPEND_AND_PUBLISH`] instead, and a
+//! newcomer's history is read by [`READ_AND_MARK`] (see `mod.rs`), in the same pipelines.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +19,28 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, select};
 
-use super::{Link, PUBLISH_TIMEOUT, PublishQueue, wire};
-use crate::delivery::hub::{Hub, RoomName};
+use super::{Link, Outgoing, PUBLISH_TIMEOUT, PublishQueue, wire};
+use crate::delivery::budget::Budget;
+use crate::delivery::hub::{HistorySettings, Hub, RoomName};
 
 /// Most broadcasts in one pipeline: a round trip per 256 messages, not per message.
 const MAX_BATCH: usize = 256;
 /// Most bytes in one pipeline, so a round of big messages is not one huge write.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Appends a broadcast to its room's history (the last ARGV[3], expiring after ARGV[4] ms)
+/// and publishes it (ARGV[2] on channel ARGV[1]), in one step: the history and the channel
+/// have one order.
+const APPEND_AND_PUBLISH: &str = "redis.call('RPUSH', KEYS[1], ARGV[2]) \
+     redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1) \
+     redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+     return redis.call('PUBLISH', ARGV[1], ARGV[2])";
+
+/// Reads a room's history and publishes a history mark (ARGV[2] on channel ARGV[1]) in one
+/// step: the history is exactly what the channel carried for the room before the mark.
+const READ_AND_MARK: &str = "local history = redis.call('LRANGE', KEYS[1], 0, -1) \
+     redis.call('PUBLISH', ARGV[1], ARGV[2]) \
+     return history";
 
 /// How long the publisher waits for the connection of a link that was just marked up: the
 /// subscriber hands it over right after, so this is only a bound.
@@ -32,8 +50,14 @@ pub(super) struct Publisher {
     pub queue: Arc<PublishQueue>,
     pub link: Arc<Link>,
     pub hub: Arc<Hub>,
+    /// What the histories read from Redis are held under.
+    pub budget: Arc<Budget>,
     pub channel: String,
-    pub to_publish: Receiver<(RoomName, Bytes)>,
+    pub history: HistorySettings,
+    /// This instance's id, in its history marks.
+    pub instance: u64,
+    pub max_message_size: usize,
+    pub to_publish: Receiver<Outgoing>,
     /// Publishing connections from the subscriber, each with its pair's number.
     pub handed: Receiver<(u64, redis::Connection)>,
     /// Disconnected when the server stops.
@@ -51,12 +75,12 @@ impl Publisher {
                 },
                 recv(self.to_publish) -> first => {
                     let Ok(first) = first else { return };
-                    let mut bytes = first.1.len();
+                    let mut bytes = first.len();
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                         match self.to_publish.try_recv() {
                             Ok(next) => {
-                                bytes += next.1.len();
+                                bytes += next.len();
                                 batch.push(next);
                             }
                             Err(_) => break,
@@ -74,7 +98,7 @@ impl Publisher {
 
     /// Publishes a batch on the current connection pair, or delivers it locally when the link
     /// is down or the publishing fails.
-    fn send(&self, connection: &mut Option<(u64, redis::Connection)>, batch: &[(RoomName, Bytes)]) {
+    fn send(&self, connection: &mut Option<(u64, redis::Connection)>, batch: &[Outgoing]) {
         loop {
             let current = self.link.generation();
             if current == 0 {
@@ -83,23 +107,11 @@ impl Publisher {
             }
             match connection {
                 Some((generation, con)) if *generation == current => {
-                    let mut pipe = redis::pipe();
-                    for (room, frame) in batch {
-                        pipe.cmd("PUBLISH")
-                            .arg(&self.channel)
-                            .arg(wire::message(room, frame).as_ref())
-                            .ignore();
-                    }
-                    return match pipe.query::<()>(con) {
-                        Ok(()) => {
-                            let n = batch.len() as u64;
-                            self.link
-                                .published
-                                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        }
+                    return match self.pipeline(batch).query::<Vec<Vec<Vec<u8>>>>(con) {
+                        Ok(histories) => self.published(batch, histories),
                         Err(e) => {
-                            self.link
-                                .go_down(current, &format!("publishing failed: {e}"));
+                            let why = format!("publishing failed: {e}");
+                            super::link_lost(&self.link, &self.hub, current, &why);
                             *connection = None;
                             self.deliver_locally(batch);
                         }
@@ -117,13 +129,95 @@ impl Publisher {
         }
     }
 
-    fn deliver_locally(&self, batch: &[(RoomName, Bytes)]) {
-        self.link.delivered_locally(batch.len());
-        // In order, each run of one room's broadcasts in one go.
-        for run in batch.chunk_by(|a, b| a.0 == b.0) {
-            let frames: Vec<Bytes> = run.iter().map(|(_, frame)| frame.clone()).collect();
-            self.hub.broadcast(&run[0].0, &frames);
+    /// The batch as one pipeline: broadcasts published (and kept in history), history
+    /// requests answered. Only the history requests' replies are kept, in order.
+    fn pipeline(&self, batch: &[Outgoing]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for outgoing in batch {
+            match outgoing {
+                Outgoing::Broadcast(room, frame) if self.history.len > 0 => {
+                    pipe.cmd("EVAL")
+                        .arg(APPEND_AND_PUBLISH)
+                        .arg(1)
+                        .arg(self.history_key(room))
+                        .arg(&self.channel)
+                        .arg(wire::message(room, frame).as_ref())
+                        .arg(self.history.len)
+                        .arg(self.history.ttl.as_millis().max(1) as u64)
+                        .ignore();
+                }
+                Outgoing::Broadcast(room, frame) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(&self.channel)
+                        .arg(wire::message(room, frame).as_ref())
+                        .ignore();
+                }
+                Outgoing::History(room, joiner) => {
+                    pipe.cmd("EVAL")
+                        .arg(READ_AND_MARK)
+                        .arg(1)
+                        .arg(self.history_key(room))
+                        .arg(&self.channel)
+                        .arg(wire::history_mark(self.instance, *joiner, room));
+                }
+            }
         }
+        pipe
+    }
+
+    /// After a batch went through: counts the broadcasts, and hands each newcomer the history
+    /// read for it (its mark comes through the channel).
+    fn published(&self, batch: &[Outgoing], histories: Vec<Vec<Vec<u8>>>) {
+        let mut histories = histories.into_iter();
+        let mut broadcasts = 0;
+        for outgoing in batch {
+            match outgoing {
+                Outgoing::Broadcast(..) => broadcasts += 1,
+                Outgoing::History(room, joiner) => {
+                    let frames = histories
+                        .next()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|stored| wire::check(stored, self.max_message_size).ok())
+                        .map(|broadcast| self.budget.hold(broadcast.frame.to_vec()))
+                        .collect();
+                    self.hub.history_read(room, *joiner, frames);
+                }
+            }
+        }
+        self.link
+            .published
+            .fetch_add(broadcasts, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The Redis list that keeps `room`'s history.
+    fn history_key(&self, room: &str) -> Vec<u8> {
+        [self.channel.as_bytes(), b":history:", room.as_bytes()].concat()
+    }
+
+    fn deliver_locally(&self, batch: &[Outgoing]) {
+        let broadcasts = batch
+            .iter()
+            .filter(|o| matches!(o, Outgoing::Broadcast(..)));
+        self.link.delivered_locally(broadcasts.count());
+        // In order, each run of one room's broadcasts in one go.
+        let mut run: Vec<Bytes> = Vec::new();
+        let mut run_room: Option<&RoomName> = None;
+        for outgoing in batch {
+            if let Outgoing::Broadcast(room, frame) = outgoing {
+                if run_room.is_some_and(|r| r != room) {
+                    self.hub.broadcast(run_room.expect("checked"), &run);
+                    run.clear();
+                }
+                run_room = Some(room);
+                run.push(frame.clone());
+            }
+        }
+        if let Some(room) = run_room {
+            self.hub.broadcast(room, &run);
+        }
+        // Newcomers waiting for a history from Redis get this instance's.
+        self.hub.history_from_here();
     }
 }
 

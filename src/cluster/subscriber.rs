@@ -51,6 +51,8 @@ pub(super) struct Subscriber {
     pub hub: Arc<Hub>,
     pub budget: Arc<Budget>,
     pub channel: String,
+    /// This instance's id, to find its own history marks.
+    pub instance: u64,
     pub max_message_size: usize,
     pub handover: Sender<(u64, redis::Connection)>,
     /// Disconnected when the server stops.
@@ -171,7 +173,7 @@ impl Subscriber {
                             Err(e) => {
                                 let why =
                                     format!("no answer to a ping from {}: {e}", self.link.shown);
-                                self.link.go_down(generation, &why);
+                                super::link_lost(&self.link, &self.hub, generation, &why);
                                 return true;
                             }
                         }
@@ -179,7 +181,7 @@ impl Subscriber {
                 }
                 Err(e) => {
                     let why = format!("the subscription to {} ended: {e}", self.link.shown);
-                    self.link.go_down(generation, &why);
+                    super::link_lost(&self.link, &self.hub, generation, &why);
                     return true;
                 }
             }
@@ -188,11 +190,20 @@ impl Subscriber {
 
     /// Fans one message from the channel out to this instance's clients, or refuses it.
     fn deliver(&self, message: &[u8]) {
-        match wire::check(message, self.max_message_size) {
-            Ok(broadcast) => {
+        match wire::read(message, self.max_message_size) {
+            Ok(wire::Message::Broadcast(broadcast)) => {
                 self.link.received.fetch_add(1, Ordering::Relaxed);
                 let frame = self.budget.hold(broadcast.frame.to_vec());
                 self.hub.broadcast(broadcast.room, &[frame]);
+            }
+            Ok(wire::Message::HistoryMark {
+                instance,
+                joiner,
+                room,
+            }) => {
+                if instance == self.instance {
+                    self.hub.history_marked(room, joiner);
+                }
             }
             Err(why) => {
                 let count = self.link.malformed.fetch_add(1, Ordering::Relaxed) + 1;

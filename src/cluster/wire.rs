@@ -33,6 +33,16 @@
 //! the one channel, so a cluster costs Redis one subscription per instance however many
 //! rooms there are.
 //!
+//! With `--history`, one more kind of message travels on the channel: a *history mark*,
+//! which an instance publishes, in one Redis script with reading a room's history, when a
+//! client joins that room (see `cluster/mod.rs`):
+//!
+//! - byte 0: `0x01`;
+//! - 8 bytes: the instance's id, and 8 bytes: the joining connection's id, big-endian;
+//! - the room's name as above: its length in 2 bytes, then the name (empty for the lobby).
+//!
+//! Other instances pass over marks that are not theirs.
+//!
 //! Anything else on the channel (another program publishing there, a payload over this
 //! instance's `--max-message-size`) is refused by [`check`]: not delivered, logged, counted.
 
@@ -43,6 +53,56 @@ use crate::http::room::MAX_ROOM_NAME;
 
 /// The first byte of a broadcast to a room other than the lobby.
 const ROOM_MARK: u8 = 0x00;
+
+/// The first byte of a history mark.
+const HISTORY_MARK: u8 = 0x01;
+
+/// What a message on the channel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message<'a> {
+    Broadcast(Broadcast<'a>),
+    /// Where, in the channel's order, instance `instance` read the history of `room` for its
+    /// connection `joiner`.
+    HistoryMark {
+        instance: u64,
+        joiner: u64,
+        room: &'a str,
+    },
+}
+
+/// The history mark for `joiner` of instance `instance` in `room`.
+pub(crate) fn history_mark(instance: u64, joiner: u64, room: &str) -> Vec<u8> {
+    let len = u16::try_from(room.len()).expect("room names are at most 128 bytes");
+    let mut out = Vec::with_capacity(19 + room.len());
+    out.push(HISTORY_MARK);
+    out.extend_from_slice(&instance.to_be_bytes());
+    out.extend_from_slice(&joiner.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(room.as_bytes());
+    out
+}
+
+/// Reads a message from the channel: a broadcast (checked as [`check`] does) or a history
+/// mark.
+pub(crate) fn read(message: &[u8], max_payload: usize) -> Result<Message<'_>, Malformed> {
+    let [HISTORY_MARK, rest @ ..] = message else {
+        return check(message, max_payload).map(Message::Broadcast);
+    };
+    let (Some((instance, rest)), true) = (rest.split_first_chunk::<8>(), rest.len() >= 18) else {
+        return Err(Malformed::Truncated);
+    };
+    let (joiner, rest) = rest.split_first_chunk::<8>().ok_or(Malformed::Truncated)?;
+    let (len, name) = rest.split_first_chunk::<2>().ok_or(Malformed::Truncated)?;
+    if usize::from(u16::from_be_bytes(*len)) != name.len() || name.len() > MAX_ROOM_NAME {
+        return Err(Malformed::Room);
+    }
+    let room = std::str::from_utf8(name).map_err(|_| Malformed::Room)?;
+    Ok(Message::HistoryMark {
+        instance: u64::from_be_bytes(*instance),
+        joiner: u64::from_be_bytes(*joiner),
+        room,
+    })
+}
 
 /// A broadcast that passed [`check`]: its room, its frame, and its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,5 +330,29 @@ mod tests {
         assert_eq!(check(&[0, 0, 1, 0x0a, 0x81, 0], 10), Err(Malformed::Room));
         assert_eq!(check(&[0, 0, 1, b'a', 0x81], 10), Err(Malformed::Truncated));
         assert_eq!(check(&[0], 10), Err(Malformed::Room));
+    }
+
+    #[test]
+    fn a_history_mark_reads_back() {
+        let mark = history_mark(7, 42, "chat");
+        assert_eq!(
+            read(&mark, 10),
+            Ok(Message::HistoryMark {
+                instance: 7,
+                joiner: 42,
+                room: "chat"
+            })
+        );
+        assert_eq!(read(&mark[..mark.len() - 1], 10), Err(Malformed::Room));
+        assert_eq!(read(&mark[..5], 10), Err(Malformed::Truncated));
+        let lobby = history_mark(1, 2, "");
+        assert!(matches!(
+            read(&lobby, 10),
+            Ok(Message::HistoryMark { room: "", .. })
+        ));
+        assert!(matches!(
+            read(&frame::text("hi"), 10),
+            Ok(Message::Broadcast(Broadcast { room: "", .. }))
+        ));
     }
 }

@@ -423,7 +423,30 @@ fn join<'a>(
     peer: SocketAddr,
     shared: &'a Shared,
 ) -> (Membership, Box<Client<'a>>) {
-    let (membership, outbox, inbox) = shared.hub.join(&upgraded.room, waker);
+    // In a cluster with history, a newcomer's history comes from Redis (cluster/mod.rs); while
+    // the link is down, from this instance.
+    #[cfg(feature = "cluster")]
+    let cluster = shared
+        .cluster
+        .as_ref()
+        .filter(|_| shared.config.history > 0);
+    #[cfg(feature = "cluster")]
+    let from_redis = cluster.is_some_and(|cluster| cluster.is_up());
+    #[cfg(not(feature = "cluster"))]
+    let from_redis = false;
+    let (membership, outbox, inbox) = shared.hub.join(&upgraded.room, waker, from_redis);
+    #[cfg(feature = "cluster")]
+    match cluster {
+        Some(cluster) if from_redis => {
+            cluster.request_history(membership.room().name(), membership.id());
+        }
+        Some(_) => info!(
+            "{peer} gets the history of room {:?} from this instance only: the link to Redis \
+             is down",
+            upgraded.room
+        ),
+        None => {}
+    }
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
         let _ = outbox.close(CloseCode::Away, "server shutting down");

@@ -23,6 +23,12 @@
 //! count against `--max-memory`. A room whose last broadcast is older than `--history-ttl`
 //! forgets its history, and a room with no member and no history is gone.
 //!
+//! A newcomer may also wait for a history that comes from elsewhere (a cluster's Redis, see
+//! `cluster/`): it is then *pending*, hears nothing, and needs two things, the history read for
+//! it and its *mark*, the point in the stream of broadcasts where that history was read. Every
+//! broadcast after the mark is kept for it; once it has both, it gets the history and those,
+//! and joins the members, all under the room's lock.
+//!
 //! The hub knows nothing of clusters: with `--redis`, `cluster/` sits in front of it and
 //! fans out here what comes back from Redis, in Redis's order.
 
@@ -82,10 +88,23 @@ pub(crate) struct Room {
 #[derive(Debug, Default)]
 struct RoomState {
     members: HashMap<ConnectionId, Arc<Outbox>>,
+    /// Newcomers waiting for a history from elsewhere.
+    pending: HashMap<ConnectionId, Pending>,
     /// The last broadcasts, oldest first, at most `HistorySettings::len`.
     history: VecDeque<Bytes>,
     /// When the last broadcast came.
     last_broadcast: Option<Instant>,
+}
+
+/// A newcomer whose history comes from elsewhere; see the module's docs.
+#[derive(Debug)]
+struct Pending {
+    outbox: Arc<Outbox>,
+    /// The history read for it, once it came.
+    history: Option<Vec<Bytes>>,
+    /// Set once its mark came: every broadcast since is after its history, kept here.
+    marked: bool,
+    after_mark: Vec<Bytes>,
 }
 
 /// A connection's place in its room; leaving is dropping it, even when its thread panics.
@@ -126,11 +145,14 @@ impl Hub {
     }
 
     /// Adds a connection to `room` (made if it does not exist): its mailbox, under the room's
-    /// flow control and waking `waker`, first takes the room's history.
+    /// flow control and waking `waker`, first takes the room's history: this hub's own, or,
+    /// if `history_from_elsewhere`, the one handed to [`Hub::history_read`] for it (it is
+    /// pending until then).
     pub(crate) fn join(
         self: &Arc<Hub>,
         room: &str,
         waker: Waker,
+        history_from_elsewhere: bool,
     ) -> (Membership, Arc<Outbox>, Inbox) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut rooms = self.rooms();
@@ -139,15 +161,18 @@ impl Hub {
         {
             let mut state = room.state();
             state.forget_stale_history(self.history.ttl);
-            if !state.history.is_empty() {
+            if history_from_elsewhere && self.history.len > 0 {
+                let pending = Pending {
+                    outbox: Arc::clone(&outbox),
+                    history: None,
+                    marked: false,
+                    after_mark: Vec::new(),
+                };
+                state.pending.insert(id, pending);
+            } else {
                 let history: Vec<Bytes> = state.history.iter().cloned().collect();
-                // Queued, never straight in: the connection's thread has not started, and the
-                // history must come before anything else.
-                let _ = outbox.push(&Batch::queued(&history));
-                let bytes: usize = history.iter().map(Bytes::len).sum();
-                self.metrics.sent(history.len() as u64, bytes as u64);
+                self.admit(&mut state, id, Arc::clone(&outbox), &history);
             }
-            state.members.insert(id, Arc::clone(&outbox));
         }
         drop(rooms);
         self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -159,13 +184,90 @@ impl Hub {
         (membership, outbox, inbox)
     }
 
+    /// Makes `outbox` a member, giving it `history` first.
+    fn admit(
+        &self,
+        state: &mut RoomState,
+        id: ConnectionId,
+        outbox: Arc<Outbox>,
+        history: &[Bytes],
+    ) {
+        if !history.is_empty() {
+            // Queued, never straight in: the connection's thread has not started, and the
+            // history must come before anything else.
+            let _ = outbox.push(&Batch::queued(history));
+            let bytes: usize = history.iter().map(Bytes::len).sum();
+            self.metrics.sent(history.len() as u64, bytes as u64);
+        }
+        state.members.insert(id, outbox);
+    }
+
+    /// The history read elsewhere for the pending newcomer `joiner` of `room`: the last
+    /// broadcasts before its mark, oldest first.
+    pub(crate) fn history_read(&self, room: &str, joiner: ConnectionId, history: Vec<Bytes>) {
+        self.with_pending(room, joiner, |pending| pending.history = Some(history));
+    }
+
+    /// The mark of the pending newcomer `joiner` of `room` came: what is broadcast from now on
+    /// is after its history.
+    pub(crate) fn history_marked(&self, room: &str, joiner: ConnectionId) {
+        self.with_pending(room, joiner, |pending| pending.marked = true);
+    }
+
+    /// Every pending newcomer gets this hub's own history instead, now (the history from
+    /// elsewhere will not come). Returns how many there were.
+    pub(crate) fn history_from_here(&self) -> usize {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut count = 0;
+        for room in rooms {
+            let mut state = room.state();
+            let pending: Vec<(ConnectionId, Pending)> = state.pending.drain().collect();
+            let history: Vec<Bytes> = state.history.iter().cloned().collect();
+            count += pending.len();
+            for (id, pending) in pending {
+                self.admit(&mut state, id, pending.outbox, &history);
+            }
+        }
+        count
+    }
+
+    /// Updates a pending newcomer, and admits it once it has both its history and its mark.
+    fn with_pending(&self, room: &str, joiner: ConnectionId, update: impl FnOnce(&mut Pending)) {
+        let Some(room) = self.rooms().get(room).cloned() else {
+            return; // it left, and its room with it
+        };
+        let mut state = room.state();
+        let Some(pending) = state.pending.get_mut(&joiner) else {
+            return; // it left
+        };
+        update(pending);
+        if pending.marked && pending.history.is_some() {
+            let pending = state.pending.remove(&joiner).expect("just found");
+            // The last N before its mark, then everything since: all of that came after it
+            // asked to join.
+            let mut history = pending.history.unwrap_or_default();
+            let keep = history.len().saturating_sub(self.history.len);
+            history.drain(..keep);
+            history.extend(pending.after_mark);
+            // The last N of that is the room's as of now. This hub's own history may have
+            // heard less (it started later, or was cut off): it takes this one.
+            let newest = history.len().saturating_sub(self.history.len);
+            if !history.is_empty() {
+                state.history = history[newest..].iter().cloned().collect();
+                state.last_broadcast.get_or_insert_with(Instant::now);
+            }
+            self.admit(&mut state, joiner, pending.outbox, &history);
+        }
+    }
+
     fn leave(&self, room: &Arc<Room>, id: ConnectionId) {
         let mut rooms = self.rooms();
         let gone = {
             let mut state = room.state();
             state.members.remove(&id);
+            state.pending.remove(&id);
             state.forget_stale_history(self.history.ttl);
-            state.members.is_empty() && state.history.is_empty()
+            state.is_empty()
         };
         if gone {
             rooms.remove(&room.name);
@@ -195,6 +297,9 @@ impl Hub {
             let mut state = room.state();
             if self.history.len > 0 {
                 state.remember(frames, self.history.len);
+            }
+            for pending in state.pending.values_mut().filter(|pending| pending.marked) {
+                pending.after_mark.extend(frames.iter().cloned());
             }
             state
                 .members
@@ -235,9 +340,12 @@ impl Hub {
         rooms
             .iter()
             .map(|room| {
-                room.state()
+                let state = room.state();
+                let pending = state.pending.values().map(|pending| &pending.outbox);
+                state
                     .members
                     .values()
+                    .chain(pending)
                     .filter(|outbox| outbox.close(code, reason).is_ok())
                     .count()
             })
@@ -248,16 +356,16 @@ impl Hub {
     pub(crate) fn wait_until_empty(&self, timeout: Duration) -> bool {
         let rooms = self.rooms();
         let rooms = sync::wait_while(&self.left, rooms, timeout, |rooms| {
-            rooms.values().any(|room| !room.state().members.is_empty())
+            rooms.values().any(|room| room.state().connections() > 0)
         });
-        !rooms.values().any(|room| !room.state().members.is_empty())
+        !rooms.values().any(|room| room.state().connections() > 0)
     }
 
     /// WebSocket connections open now.
     pub(crate) fn open_connections(&self) -> usize {
         self.rooms()
             .values()
-            .map(|room| room.state().members.len())
+            .map(|room| room.state().connections())
             .sum()
     }
 
@@ -269,7 +377,7 @@ impl Hub {
         rooms.retain(|_, room| {
             let mut state = room.state();
             state.forget_stale_history(ttl);
-            !state.members.is_empty() || !state.history.is_empty()
+            !state.is_empty()
         });
         rooms.len()
     }
@@ -306,6 +414,11 @@ impl Room {
 }
 
 impl Membership {
+    /// The connection's id.
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
     /// The room the connection is in.
     pub(crate) fn room(&self) -> &Arc<Room> {
         &self.room
@@ -313,6 +426,16 @@ impl Membership {
 }
 
 impl RoomState {
+    /// Connections in the room, pending newcomers included.
+    fn connections(&self) -> usize {
+        self.members.len() + self.pending.len()
+    }
+
+    /// Whether the room has neither a connection nor history: it is gone.
+    fn is_empty(&self) -> bool {
+        self.connections() == 0 && self.history.is_empty()
+    }
+
     /// Appends broadcasts to the history, keeping the last `len`.
     fn remember(&mut self, frames: &[Bytes], len: usize) {
         for frame in frames {
@@ -360,9 +483,9 @@ mod tests {
     #[test]
     fn broadcast_reaches_every_member_of_its_room_until_it_leaves() {
         let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
-        let (member_a, _, a_in) = hub.join("", waker());
-        let (_member_b, _, b_in) = hub.join("", waker());
-        let (_member_c, _, c_in) = hub.join("chat", waker());
+        let (member_a, _, a_in) = hub.join("", waker(), false);
+        let (_member_b, _, b_in) = hub.join("", waker(), false);
+        let (_member_c, _, c_in) = hub.join("chat", waker(), false);
         assert_eq!(hub.rooms_open(), 2);
         assert_eq!(hub.broadcast("", &[Bytes::from_static(b"one")]), 2);
         drop(member_a);
@@ -377,7 +500,7 @@ mod tests {
     #[test]
     fn a_room_is_gone_with_its_last_member_when_it_keeps_no_history() {
         let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
-        let (member, _, _inbox) = hub.join("a/b", waker());
+        let (member, _, _inbox) = hub.join("a/b", waker(), false);
         assert_eq!(hub.rooms_open(), 1);
         drop(member);
         assert_eq!(hub.rooms_open(), 0);
@@ -396,10 +519,10 @@ mod tests {
             hub.broadcast("r", &[Bytes::from(text)]);
         }
         assert_eq!(hub.rooms_open(), 1, "a room with history exists");
-        let (_member, _, inbox) = hub.join("r", waker());
+        let (_member, _, inbox) = hub.join("r", waker(), false);
         hub.broadcast("r", &[Bytes::from_static(b"4")]);
         assert_eq!(frames(&inbox), [&b"2"[..], &b"3"[..], &b"4"[..]]);
-        let (_other, _, other_inbox) = hub.join("s", waker());
+        let (_other, _, other_inbox) = hub.join("s", waker(), false);
         assert!(frames(&other_inbox).is_empty(), "history is per room");
     }
 
@@ -412,7 +535,45 @@ mod tests {
         let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
         hub.broadcast("r", &[Bytes::from_static(b"old")]);
         assert_eq!(hub.rooms_open(), 0);
-        let (_member, _, inbox) = hub.join("r", waker());
+        let (_member, _, inbox) = hub.join("r", waker(), false);
         assert!(frames(&inbox).is_empty());
+    }
+
+    #[test]
+    fn a_newcomer_waiting_for_history_from_elsewhere_gets_it_then_what_came_after_its_mark() {
+        let history = HistorySettings {
+            len: 2,
+            ttl: Duration::from_secs(60),
+        };
+        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        let (member, _, inbox) = hub.join("r", waker(), true);
+        let id = member.id;
+        hub.broadcast("r", &[Bytes::from_static(b"before the mark")]);
+        assert!(frames(&inbox).is_empty(), "pending: it hears nothing yet");
+        hub.history_marked("r", id);
+        hub.broadcast("r", &[Bytes::from_static(b"after the mark")]);
+        assert!(frames(&inbox).is_empty(), "still waiting for its history");
+        let read = ["0", "1", "before the mark"].map(Bytes::from).to_vec();
+        hub.history_read("r", id, read);
+        assert_eq!(
+            frames(&inbox),
+            [&b"1"[..], &b"before the mark"[..], &b"after the mark"[..]]
+        );
+        hub.broadcast("r", &[Bytes::from_static(b"live")]);
+        assert_eq!(frames(&inbox), [&b"live"[..]]);
+    }
+
+    #[test]
+    fn pending_newcomers_get_the_local_history_when_the_other_will_not_come() {
+        let history = HistorySettings {
+            len: 5,
+            ttl: Duration::from_secs(60),
+        };
+        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        hub.broadcast("r", &[Bytes::from_static(b"heard here")]);
+        let (_member, _, inbox) = hub.join("r", waker(), true);
+        assert_eq!(hub.open_connections(), 1);
+        assert_eq!(hub.history_from_here(), 1);
+        assert_eq!(frames(&inbox), [&b"heard here"[..]]);
     }
 }

@@ -101,6 +101,12 @@ pub struct EchoArgs {
     #[arg(long)]
     pub text: bool,
 
+    /// Spread the connections over N rooms of a server that names rooms by path (wsecho
+    /// --broadcast): connection i connects to the URL's path followed by /ROOM-(i mod N).
+    /// Alone in its room, a connection's broadcast comes back to it like an echo.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rooms: Option<u64>,
+
     #[command(flatten)]
     pub common: Common,
 }
