@@ -55,6 +55,13 @@ const MAX_DESCRIPTORS: usize = 1 << 24;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// In a cluster, a listener this many backlogs (`--max-backlog`) behind is closed at once (1008)
+/// instead of at its send timeout. Its instance's subscriber does not pause for it (one channel
+/// carries every room, and a pause would hold every room up), so broadcasts from the other
+/// instances keep coming: four backlogs leave room for what local senders, paced at one
+/// backlog, still had in flight through Redis, and bound what one stalled listener holds.
+const CLUSTER_OVERFLOW_BACKLOGS: usize = 4;
+
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
@@ -190,7 +197,17 @@ impl Server {
             len: config.history,
             ttl: config.history_ttl,
         };
-        let hub = Arc::new(Hub::new(config.max_backlog, history, Arc::clone(&metrics)));
+        // In a cluster, senders on other instances cannot be paced by a listener here.
+        let overflow = config
+            .cluster
+            .is_some()
+            .then(|| CLUSTER_OVERFLOW_BACKLOGS * config.max_backlog);
+        let hub = Arc::new(Hub::new(
+            config.max_backlog,
+            history,
+            overflow,
+            Arc::clone(&metrics),
+        ));
         #[cfg(feature = "cluster")]
         let cluster = match cluster {
             Some(joining) => {

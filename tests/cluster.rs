@@ -351,9 +351,8 @@ fn messages_on_the_channel_are_checked_and_others_can_publish_broadcasts() {
 }
 
 /// A 50 MiB burst sent at full speed on one instance, while the other has a listener that
-/// reads nothing: the other instance's memory stays bounded (its subscriber stops reading,
-/// Redis holds the rest or drops the subscription), the stalled listener is closed, and the
-/// sender's instance is not held back by it.
+/// reads nothing: the other instance's memory stays bounded (the stalled listener is closed
+/// once it is four backlogs behind), and the sender's instance is not held back by it.
 #[test]
 fn a_burst_on_one_instance_cannot_grow_another_instances_memory() {
     const BINARY: u8 = 0x2;
@@ -388,9 +387,10 @@ fn a_burst_on_one_instance_cannot_grow_another_instances_memory() {
             expected
         );
     }
+    // The stalled listener is closed once it is four backlogs behind (its instance cannot
+    // pace the sender on the other one), long before its send timeout.
     b.wait_for_log(&[&format!(":{stalled_port} too slow")]);
     let peak = proc_status_kib(b.pid(), "VmHWM");
-    b.wait_for_log(&["redis: subscriber paused (a listener is behind)"]);
     assert!(
         peak < 48 << 10,
         "instance b peaked at {peak} KiB for a 50 MiB burst"

@@ -401,6 +401,69 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
     drop(stalled);
 }
 
+/// Across two instances: a stalled listener in room "stalled" on one, its sender flooding on
+/// the other, and room "free" crossing the instances at full speed meanwhile: every message
+/// of "free" arrives, in order, while "stalled" is stalled. (The stalled listener cannot pace
+/// senders on the other instance; had it fallen four backlogs behind, it would be closed.)
+#[cfg(feature = "cluster")]
+#[test]
+fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
+    let redis = redis_server::RedisServer::start(&[]);
+    let flags = ["--max-backlog", "256KiB", "--send-timeout", "1h"];
+    let a = member(&redis, &flags);
+    let b = member(&redis, &flags);
+    let stalled = raw_websocket_to(&b, "/stalled");
+    let stalled_port = stalled.local_addr().unwrap().port();
+    b.wait_for_log(&[&format!(":{stalled_port} connected: path /stalled")]);
+    let flooder = raw_websocket_to(&a, "/stalled");
+    let mut writer = flooder.try_clone().unwrap();
+    thread::spawn(move || {
+        let frame = client_frame(true, BINARY, &[7; 32 << 10]);
+        while writer.write_all(&frame).is_ok() {}
+    });
+    // The flooder does not read its own copies either: its instance paces it.
+    let flooder_port = flooder.local_addr().unwrap().port();
+    a.wait_for_log(&[&format!(
+        ":{flooder_port} paused: a listener of its room is behind"
+    )]);
+
+    let mut sender = raw_websocket_to(&a, "/free");
+    let mut listener = raw_websocket_to(&b, "/free");
+    for (tcp, hello) in [
+        (&mut listener, "hello listener"),
+        (&mut sender, "hello sender"),
+    ] {
+        tcp.write_all(&client_frame(true, 0x1, hello.as_bytes()))
+            .unwrap();
+        while read_server_frame(tcp).2 != hello.as_bytes() {}
+    }
+    let count = 2000u32;
+    let mut writer = sender.try_clone().unwrap();
+    thread::spawn(move || {
+        for n in 0..count {
+            let mut payload = n.to_be_bytes().to_vec();
+            payload.resize(4096, n as u8);
+            writer
+                .write_all(&client_frame(true, BINARY, &payload))
+                .unwrap();
+        }
+    });
+    for expected in 0..count {
+        let (_, mut opcode, mut payload) = read_server_frame(&mut listener);
+        while payload == b"hello sender" {
+            (_, opcode, payload) = read_server_frame(&mut listener);
+        }
+        assert_eq!(opcode, BINARY);
+        assert_eq!(
+            u32::from_be_bytes(payload[..4].try_into().unwrap()),
+            expected
+        );
+        let (_, _, own) = read_server_frame(&mut sender);
+        assert_eq!(u32::from_be_bytes(own[..4].try_into().unwrap()), expected);
+    }
+    drop((stalled, flooder));
+}
+
 /// 2,000 clients in 2,000 rooms: `/healthz` counts them, and once the clients leave the rooms
 /// are freed and it counts none.
 #[test]

@@ -14,15 +14,15 @@
 //! - the **publisher** (`publisher.rs`) takes broadcasts from the *publish queue*, which
 //!   connection threads push into without blocking, and sends them with `PUBLISH`, many per
 //!   round trip (a pipeline). The queue counts its bytes: past a high mark (`--max-backlog`)
-//!   the hub is congested, so broadcasting connections stop reading until it is down to half,
-//!   exactly as when a listener is behind (see `delivery/outbox.rs`). Nothing is dropped and
+//!   every room is congested, so broadcasting connections stop reading until it is down to
+//!   half, exactly as when a listener is behind (see `delivery/outbox.rs`). Nothing is dropped and
 //!   nothing grows without bound; the frames also count against the memory ceiling.
 //! - the **subscriber** (`subscriber.rs`) owns the link: it connects both connections,
 //!   subscribes, hands the publishing connection to the publisher, then reads the channel and
-//!   fans each message out into the hub like a local sender would. While a local listener is
-//!   behind, or memory is full, it stops reading its Redis socket: TCP pushes back on Redis,
-//!   which buffers for it up to its `client-output-buffer-limit pubsub` and then drops it,
-//!   which is an outage like any other.
+//!   fans each message out into the hub like a local sender would. While memory is full it
+//!   stops reading its Redis socket: TCP pushes back on Redis, which buffers for it up to its
+//!   `client-output-buffer-limit pubsub` and then drops it, which is an outage like any other.
+//!   It never waits for one listener: the channel carries every room.
 //!
 //! # Rooms and their history
 //!
@@ -588,13 +588,13 @@ mod tests {
 
     #[test]
     fn a_full_publish_queue_congests_the_hub_until_it_is_down_to_half() {
-        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, None, Arc::default()));
         let queue = PublishQueue::new(Arc::clone(&hub), 100);
         let lobby = RoomName::from("");
         queue.push(&lobby, &[Bytes::from(vec![0; 60])]);
         assert!(!hub.common_flow().publish_full());
         queue.push(&lobby, &[Bytes::from(vec![0; 60])]); // 120 > 100: full; never refused
-        assert!(hub.common_flow().publish_full() && !hub.common_flow().listeners_behind());
+        assert!(hub.common_flow().publish_full());
         assert_eq!(queue.receiver.len(), 2);
         queue.taken(60); // 60: above the low mark, 50
         assert!(hub.common_flow().publish_full());

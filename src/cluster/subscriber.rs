@@ -5,13 +5,14 @@
 //! each message that is a broadcast in the wire format (`wire.rs`) is wrapped in the memory
 //! budget as it is, one shared frame, and pushed into every local connection's outbox.
 //!
-//! Before each read it checks what a local sender checks: while a listener is behind, or
-//! memory is full, it does not read, and sleeps on a waker of its own until the listener
-//! catches up or memory frees. TCP then holds the channel's messages back in Redis, which
-//! buffers them up to its `client-output-buffer-limit pubsub` (by default 32 MiB, or 8 MiB
-//! for a minute) and then closes this subscription: an outage, logged, counted and
-//! reconnected like any other. So another instance's burst can never grow this one's memory
-//! past its ceiling.
+//! Before each read it checks the memory ceiling: while memory is full it does not read, and
+//! sleeps on a waker of its own until memory frees. TCP then holds the channel's messages back
+//! in Redis, which buffers them up to its `client-output-buffer-limit pubsub` (by default
+//! 32 MiB, or 8 MiB for a minute) and then closes this subscription: an outage, logged,
+//! counted and reconnected like any other. So another instance's burst can never grow this
+//! one's memory past its ceiling. It does not wait for a listener that is behind: the channel
+//! carries every room, and one slow listener would hold up every room. A listener too far
+//! behind is closed instead (`CLUSTER_OVERFLOW_BACKLOGS` in server.rs).
 //!
 //! Every [`TICK`] without a message it looks whether the server is stopping or the publisher
 //! found the link broken, and after [`PING_AFTER`] of silence it pings Redis, so a link that
@@ -82,7 +83,6 @@ pub(super) fn is_auth_failure(error: &redis::RedisError) -> bool {
 /// Where the subscriber waits while it must not read, and what it waits on.
 struct Pause {
     inbox: Inbox,
-    listed_for_listeners: Option<u64>,
     listed_for_memory: Option<u64>,
 }
 
@@ -100,7 +100,6 @@ impl Subscriber {
         let (outbox, inbox) = mailbox(&own_flow, waker);
         let mut pause = Pause {
             inbox,
-            listed_for_listeners: None,
             listed_for_memory: None,
         };
         let mut backoff = FIRST_BACKOFF;
@@ -221,29 +220,24 @@ impl Subscriber {
         }
     }
 
-    /// Does not return while a local listener is behind, in any room, or memory is full
-    /// (unless the server stops or the link breaks): the next message stays in Redis
-    /// meanwhile. Uses the same wait lists, and the same protocol, as a connection that may
-    /// not read. (One channel carries every room, so a listener behind in one room pauses the
-    /// channel for all: see docs/cluster.md.)
+    /// Does not return while memory is full (unless the server stops or the link breaks): the
+    /// next message stays in Redis meanwhile. Uses the same wait list, and the same protocol,
+    /// as a connection that may not read. It does not wait for a listener that is behind: one
+    /// channel carries every room, and waiting would hold every room up for one listener;
+    /// such a listener is closed once it is too far behind instead (`CLUSTER_OVERFLOW_BACKLOGS`
+    /// in server.rs).
     fn wait_for_room(&self, outbox: &Arc<Outbox>, pause: &mut Pause, generation: u64) {
-        let flow = self.hub.common_flow();
         let budget = &self.budget;
         let mut paused_since: Option<Instant> = None;
         loop {
-            let behind = flow
-                .waiting()
-                .join_while(outbox, &mut pause.listed_for_listeners, || {
-                    flow.listeners_behind()
-                });
             let full = budget
                 .waiting()
                 .join_while(outbox, &mut pause.listed_for_memory, || !budget.may_read(0));
-            if !behind && !full {
+            if !full {
                 match paused_since.map(|since| since.elapsed()) {
                     Some(paused) if paused >= LONG_PAUSE => info!(
-                        "redis: the subscriber did not read for {paused:.1?} while a listener \
-                         was behind or memory was full; Redis held the channel's messages"
+                        "redis: the subscriber did not read for {paused:.1?} while memory was \
+                         full; Redis held the channel's messages"
                     ),
                     Some(paused) => debug!("redis: subscriber read again after {paused:.1?}"),
                     None => {}
@@ -252,16 +246,10 @@ impl Subscriber {
             }
             if paused_since.is_none() {
                 paused_since = Some(Instant::now());
-                if full {
-                    budget.note_full();
-                }
+                budget.note_full();
                 debug!(
-                    "redis: subscriber paused ({}); Redis holds the channel's messages meanwhile",
-                    if behind {
-                        "a listener is behind"
-                    } else {
-                        "memory is full"
-                    }
+                    "redis: subscriber paused (memory is full); Redis holds the channel's \
+                     messages meanwhile"
                 );
             }
             if self.link.stopping() || self.link.generation() != generation {

@@ -618,7 +618,7 @@ impl<'a> Client<'a> {
             });
         }
         if let Some(since) = self.inbox.behind_since()
-            && now >= since + config.send_timeout
+            && (now >= since + config.send_timeout || self.inbox.overflowed())
         {
             return Err(self.close_too_slow(now - since));
         }

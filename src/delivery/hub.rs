@@ -123,8 +123,14 @@ impl Drop for Membership {
 
 impl Hub {
     /// An empty hub whose listeners are behind past `max_backlog` queued bytes, counting what
-    /// it delivers in `metrics`.
-    pub(crate) fn new(max_backlog: usize, history: HistorySettings, metrics: Arc<Metrics>) -> Hub {
+    /// it delivers in `metrics`. `overflow`: where some senders cannot be paced (a cluster's
+    /// other instances), a listener past this many bytes is closed at once.
+    pub(crate) fn new(
+        max_backlog: usize,
+        history: HistorySettings,
+        overflow: Option<usize>,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
         Hub {
             rooms: Mutex::new(HashMap::new()),
             left: Condvar::new(),
@@ -133,7 +139,7 @@ impl Hub {
             started: Instant::now(),
             metrics,
             max_backlog,
-            common: Arc::default(),
+            common: Arc::new(CommonFlow::new(overflow)),
             history,
         }
     }
@@ -482,7 +488,7 @@ mod tests {
 
     #[test]
     fn broadcast_reaches_every_member_of_its_room_until_it_leaves() {
-        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, None, Arc::default()));
         let (member_a, _, a_in) = hub.join("", waker(), false);
         let (_member_b, _, b_in) = hub.join("", waker(), false);
         let (_member_c, _, c_in) = hub.join("chat", waker(), false);
@@ -499,7 +505,7 @@ mod tests {
 
     #[test]
     fn a_room_is_gone_with_its_last_member_when_it_keeps_no_history() {
-        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, None, Arc::default()));
         let (member, _, _inbox) = hub.join("a/b", waker(), false);
         assert_eq!(hub.rooms_open(), 1);
         drop(member);
@@ -514,7 +520,7 @@ mod tests {
             len: 2,
             ttl: Duration::from_secs(60),
         };
-        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, history, None, Arc::default()));
         for text in ["1", "2", "3"] {
             hub.broadcast("r", &[Bytes::from(text)]);
         }
@@ -532,7 +538,7 @@ mod tests {
             len: 5,
             ttl: Duration::ZERO,
         };
-        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, history, None, Arc::default()));
         hub.broadcast("r", &[Bytes::from_static(b"old")]);
         assert_eq!(hub.rooms_open(), 0);
         let (_member, _, inbox) = hub.join("r", waker(), false);
@@ -545,7 +551,7 @@ mod tests {
             len: 2,
             ttl: Duration::from_secs(60),
         };
-        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, history, None, Arc::default()));
         let (member, _, inbox) = hub.join("r", waker(), true);
         let id = member.id;
         hub.broadcast("r", &[Bytes::from_static(b"before the mark")]);
@@ -569,7 +575,7 @@ mod tests {
             len: 5,
             ttl: Duration::from_secs(60),
         };
-        let hub = Arc::new(Hub::new(1 << 20, history, Arc::default()));
+        let hub = Arc::new(Hub::new(1 << 20, history, None, Arc::default()));
         hub.broadcast("r", &[Bytes::from_static(b"heard here")]);
         let (_member, _, inbox) = hub.join("r", waker(), true);
         assert_eq!(hub.open_connections(), 1);

@@ -17,8 +17,8 @@
 //!
 //! Every outbox counts its *backlog*: bytes handed over by other threads and not yet taken by
 //! the socket. A listener whose backlog passes the high mark (`--max-backlog`) is *behind*.
-//! While any listener is behind, the hub is congested ([`Flow`]) and broadcasting connections
-//! stop reading: their clients' TCP windows close and the senders wait, rather than the
+//! While any listener of a room is behind, the room is congested ([`Flow`]) and its
+//! broadcasting connections stop reading: their clients' TCP windows close and the senders wait, rather than the
 //! listener being dropped or the server's memory growing. The listener is back once its
 //! backlog falls to the low mark (half the high mark), and the last one back wakes the waiting
 //! senders. The gap between the marks is what makes "catching up" mean something: a listener
@@ -29,10 +29,11 @@
 //! others. So no client holds the others back for longer than the send timeout, and a client
 //! that keeps reading is never dropped and never loses a message.
 //!
-//! In a cluster (`--redis`, see `cluster/`) one more thing makes the hub congested: the queue
-//! of broadcasts waiting to be published to Redis, when it is past its own high mark (Redis is
-//! slower than the senders). Senders wait for it exactly as for a listener; it is never closed
-//! for it, since it drains as fast as Redis answers.
+//! In a cluster (`--redis`, see `cluster/`) one more thing makes every room congested: the
+//! queue of broadcasts waiting to be published to Redis, when it is past its own high mark
+//! (Redis is slower than the senders). Senders wait for it exactly as for a listener
+//! ([`CommonFlow`]). And senders on other instances cannot be paced: a listener whose backlog
+//! passes the overflow mark is closed at once.
 
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
@@ -113,20 +114,28 @@ impl<'a> Batch<'a> {
 }
 
 /// What the flow control of every room shares: the cluster's publish queue, which every
-/// sender of this instance fills, and a count of the listeners behind in any room, for the
-/// cluster's subscriber, which feeds every room.
+/// sender of this instance fills, and where the senders wait for it.
 #[derive(Debug, Default)]
 pub(crate) struct CommonFlow {
     /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
     publish_full: AtomicBool,
-    /// Listeners behind, in all rooms together.
-    behind: AtomicUsize,
-    /// Who waits for the publish queue to drain (senders) or for every listener to catch up
-    /// (the cluster's subscriber).
+    /// The senders waiting for the publish queue to drain.
     waiting: WaitList,
+    /// Where some senders cannot be paced (a cluster's other instances): a listener whose
+    /// backlog passes this many bytes is closed at once rather than at its send timeout.
+    overflow: Option<usize>,
 }
 
 impl CommonFlow {
+    /// Flow control for every room, closing a listener past `overflow` bytes if some senders
+    /// cannot be paced.
+    pub(crate) fn new(overflow: Option<usize>) -> CommonFlow {
+        CommonFlow {
+            overflow,
+            ..CommonFlow::default()
+        }
+    }
+
     /// Records whether the cluster's publish queue is past its high mark; clearing it wakes
     /// whoever waits for it.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -142,14 +151,7 @@ impl CommonFlow {
         self.publish_full.load(Ordering::SeqCst)
     }
 
-    /// Whether a listener is behind in any room.
-    pub(crate) fn listeners_behind(&self) -> bool {
-        self.behind.load(Ordering::SeqCst) > 0
-    }
-
-    /// Where a sender waits for the publish queue, and the cluster's subscriber for every
-    /// listener: the last listener to catch up in any room, and the publish queue as it
-    /// drains, wake them.
+    /// Where a sender waits for the publish queue; it wakes them as it drains.
     pub(crate) fn waiting(&self) -> &WaitList {
         &self.waiting
     }
@@ -205,15 +207,11 @@ impl Flow {
 
     fn fell_behind(&self) {
         self.behind.fetch_add(1, Ordering::SeqCst);
-        self.common.behind.fetch_add(1, Ordering::SeqCst);
     }
 
     fn caught_up(&self) {
         if self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.senders.wake_all();
-        }
-        if self.common.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.common.waiting.wake_all();
         }
     }
 }
@@ -242,6 +240,8 @@ pub(crate) struct Outbox {
     direct: Mutex<Direct>,
     /// Whether the socket is lent, readable without the lock: most outboxes never lend it.
     lent: AtomicBool,
+    /// Set once the backlog passed the overflow mark (see [`CommonFlow`]).
+    overflowed: AtomicBool,
 }
 
 /// A listener's socket, lent to the threads that broadcast to it (plain TCP, broadcast mode).
@@ -299,6 +299,7 @@ pub(crate) fn mailbox(flow: &Arc<Flow>, waker: Waker) -> (Arc<Outbox>, Inbox) {
         behind: AtomicBool::new(false),
         direct: Mutex::new(Direct::default()),
         lent: AtomicBool::new(false),
+        overflowed: AtomicBool::new(false),
     });
     (Arc::clone(&outbox), Inbox { receiver, outbox })
 }
@@ -462,6 +463,12 @@ impl Outbox {
         if before <= self.flow.high && before + len > self.flow.high {
             self.reassess();
         }
+        if let Some(overflow) = self.flow.common.overflow
+            && before <= overflow
+            && before + len > overflow
+        {
+            self.overflowed.store(true, Ordering::SeqCst);
+        }
         if self.sender.send(Delivery::Frame(frame)).is_err() {
             self.taken(len);
             return Err(Gone);
@@ -525,6 +532,11 @@ impl Inbox {
     /// Records that `len` bytes of delivered frames reached the socket (or were dropped).
     pub(crate) fn written(&self, len: usize) {
         self.outbox.taken(len);
+    }
+
+    /// Whether the backlog passed the overflow mark: the connection must close now.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.outbox.overflowed.load(Ordering::SeqCst)
     }
 
     /// Since when this connection has been behind, if it is.
