@@ -18,7 +18,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,7 @@ use crate::connection::{READ_BUFFER_SIZE, Shared};
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
 use crate::metrics::Tally;
+use crate::proxy::Peer;
 use crate::sys::{self, Interest};
 
 /// Text longer than this is shortened in the debug log.
@@ -96,7 +96,7 @@ pub(crate) struct Client<'a> {
     /// What other threads hand this connection.
     inbox: Inbox,
     shared: &'a Shared,
-    peer: SocketAddr,
+    peer: Peer,
     stats: Stats,
     liveness: Liveness,
     closing: Closing,
@@ -155,7 +155,7 @@ impl<'a> Client<'a> {
         leftover: Vec<u8>,
         inbox: Inbox,
         shared: &'a Shared,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Box<Client<'a>> {
         let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
         socket.follow(&leftover);
