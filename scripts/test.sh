@@ -5,7 +5,8 @@
 #      (scripts/install-chromium.sh), redis-server for the cluster tests
 #      (scripts/install-redis.sh), Debian's prometheus package for `promtool` (the metrics
 #      format check), openssl (key formats, SNI), nginx and haproxy (the tests behind a
-#      real proxy) through scripts/need.sh, and websocat for the smoke test (built once into target/tools/bin),
+#      real proxy) and iproute2's `ss` (the sockets of stalled clients) through
+#      scripts/need.sh, and websocat for the smoke test (built once into target/tools/bin),
 #   2. cargo test for the whole workspace: unit tests, the integration tests in tests/ (a real
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
@@ -35,6 +36,8 @@ scripts/need.sh openssl openssl
 step "checking for nginx and haproxy (the proxy tests)"
 scripts/need.sh nginx nginx
 scripts/need.sh haproxy haproxy
+step "checking for ss (the sockets of stalled clients)"
+scripts/need.sh ss iproute2
 step "checking for redis-server (cluster tests)"
 scripts/install-redis.sh
 step "checking for websocat (smoke test)"
