@@ -4,8 +4,9 @@
 #   1. installs what the tests need when it is missing: Chromium for the browser test
 #      (scripts/install-chromium.sh), redis-server for the cluster tests
 #      (scripts/install-redis.sh), Debian's prometheus package for `promtool` (the metrics
-#      format check) and openssl (key formats, SNI) through scripts/need.sh, and websocat for
-#      the smoke test (built once into target/tools/bin),
+#      format check), openssl (key formats, SNI), nginx and haproxy (the tests behind a
+#      real proxy) and iproute2's `ss` (the sockets of stalled clients) through
+#      scripts/need.sh, and websocat for the smoke test (built once into target/tools/bin),
 #   2. cargo test for the whole workspace: unit tests, the integration tests in tests/ (a real
 #      wsecho on a free loopback port, tungstenite and raw TCP clients, the demo page in
 #      headless Chromium, property tests of the request parsing), and wsload's own tests,
@@ -36,6 +37,11 @@ scripts/install-chromium.sh
 step "checking for promtool and openssl (metrics and TLS tests, TLS smoke test)"
 scripts/need.sh promtool prometheus
 scripts/need.sh openssl openssl
+step "checking for nginx and haproxy (the proxy tests)"
+scripts/need.sh nginx nginx
+scripts/need.sh haproxy haproxy
+step "checking for ss (the sockets of stalled clients)"
+scripts/need.sh ss iproute2
 step "checking for redis-server (cluster tests)"
 scripts/install-redis.sh
 step "checking for websocat (smoke test)"

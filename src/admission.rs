@@ -12,11 +12,14 @@
 //!   hide a whole campus).
 //!
 //! An "address" is an IPv4 address, or an IPv6 /64: one IPv6 host usually has a whole /64 to
-//! pick addresses from. Refusals are logged once per address, reason and [`LOG_INTERVAL`],
+//! pick addresses from. It is the client's: a connection from a trusted proxy, or any under
+//! `--proxy-protocol`, is admitted against the connection limit only, and counted per address
+//! once its client is known ([`Ticket::rehome`]), so that the proxy's own address never counts
+//! the clients behind it. Refusals are logged once per address, reason and [`LOG_INTERVAL`],
 //! with a count of the ones not logged, so a flood cannot flood the log too.
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Display};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -116,7 +119,8 @@ impl fmt::Display for Group {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
-    group: Group,
+    /// The address it counts under; `None` until its client is known (behind a proxy).
+    group: Option<Group>,
     handshaking: bool,
 }
 
@@ -142,27 +146,28 @@ impl Admission {
     }
 
     /// Admits a connection from `peer`, or says why not (and logs it, at most once per
-    /// address, reason and interval).
-    pub(crate) fn admit(self: &Arc<Admission>, peer: SocketAddr) -> Result<Ticket, Refusal> {
+    /// address, reason and interval). With `per_address` false (a proxy's connection, whose
+    /// client is not known yet) only the connection limit applies, and the per-address caps
+    /// apply when [`Ticket::rehome`] names the client.
+    pub(crate) fn admit(
+        self: &Arc<Admission>,
+        peer: SocketAddr,
+        per_address: bool,
+    ) -> Result<Ticket, Refusal> {
         let group = Group::of(peer.ip());
         let refused = {
             let mut counts = self.counts();
-            let mine = counts.by_address.get(&group).copied().unwrap_or_default();
             if counts.active >= self.capacity {
                 Some(Refusal::Full(self.capacity))
-            } else if let Some(cap) = self.handshakes_per_address
-                && mine.handshakes >= cap
-            {
-                Some(Refusal::AddressHandshakes(cap))
-            } else if let Some(cap) = self.per_address
-                && mine.connections >= cap
-            {
-                Some(Refusal::AddressFull(cap))
+            } else if per_address {
+                let refused = self.refusal(&counts, group, true);
+                if refused.is_none() {
+                    counts.active += 1;
+                    counts.enter(group, true);
+                }
+                refused
             } else {
                 counts.active += 1;
-                let mine = counts.by_address.entry(group).or_default();
-                mine.connections += 1;
-                mine.handshakes += 1;
                 None
             }
         };
@@ -173,13 +178,30 @@ impl Admission {
             }
             None => Ok(Ticket {
                 admission: Arc::clone(self),
-                group,
+                group: per_address.then_some(group),
                 handshaking: true,
             }),
         }
     }
 
-    fn log_refusal(&self, peer: SocketAddr, group: Group, refusal: Refusal) {
+    /// Which per-address cap, if any, refuses one more connection from `group`.
+    fn refusal(&self, counts: &Counts, group: Group, handshaking: bool) -> Option<Refusal> {
+        let mine = counts.by_address.get(&group).copied().unwrap_or_default();
+        if let Some(cap) = self.handshakes_per_address
+            && handshaking
+            && mine.handshakes >= cap
+        {
+            Some(Refusal::AddressHandshakes(cap))
+        } else if let Some(cap) = self.per_address
+            && mine.connections >= cap
+        {
+            Some(Refusal::AddressFull(cap))
+        } else {
+            None
+        }
+    }
+
+    fn log_refusal(&self, peer: impl Display, group: Group, refusal: Refusal) {
         let now = Instant::now();
         let mut refusals = crate::sync::lock(&self.refusals);
         if refusals.len() >= REMEMBERED_REFUSALS {
@@ -204,15 +226,67 @@ impl Admission {
     }
 }
 
+impl Counts {
+    /// Counts one more connection under `group`.
+    fn enter(&mut self, group: Group, handshaking: bool) {
+        let mine = self.by_address.entry(group).or_default();
+        mine.connections += 1;
+        mine.handshakes += usize::from(handshaking);
+    }
+
+    /// Counts one connection fewer under `group`.
+    fn leave(&mut self, group: Group, handshaking: bool) {
+        if let Some(mine) = self.by_address.get_mut(&group) {
+            mine.connections -= 1;
+            mine.handshakes -= usize::from(handshaking);
+            if mine.connections == 0 {
+                self.by_address.remove(&group);
+            }
+        }
+    }
+}
+
 impl Ticket {
     /// The handshake is over (answered, upgraded or failed): it no longer counts as
     /// unfinished.
     pub(crate) fn handshake_done(&mut self) {
-        if std::mem::take(&mut self.handshaking) {
+        if std::mem::take(&mut self.handshaking)
+            && let Some(group) = self.group
+        {
             let mut counts = self.admission.counts();
-            if let Some(mine) = counts.by_address.get_mut(&self.group) {
+            if let Some(mine) = counts.by_address.get_mut(&group) {
                 mine.handshakes -= 1;
             }
+        }
+    }
+
+    /// Counts the connection under its client's address `ip`, once a proxy has named it,
+    /// instead of the address it counted under until then (none, for a proxy's connection).
+    /// The per-address caps apply as at accept: a refusal is logged like one at accept
+    /// (`client` names the connection in the line), and the ticket stays as it was.
+    pub(crate) fn rehome(&mut self, client: impl Display, ip: IpAddr) -> Result<(), Refusal> {
+        let group = Group::of(ip);
+        if self.group == Some(group) {
+            return Ok(());
+        }
+        let refused = {
+            let mut counts = self.admission.counts();
+            let refused = self.admission.refusal(&counts, group, self.handshaking);
+            if refused.is_none() {
+                if let Some(old) = self.group {
+                    counts.leave(old, self.handshaking);
+                }
+                counts.enter(group, self.handshaking);
+                self.group = Some(group);
+            }
+            refused
+        };
+        match refused {
+            Some(refusal) => {
+                self.admission.log_refusal(client, group, refusal);
+                Err(refusal)
+            }
+            None => Ok(()),
         }
     }
 }
@@ -222,11 +296,8 @@ impl Drop for Ticket {
         self.handshake_done();
         let mut counts = self.admission.counts();
         counts.active -= 1;
-        if let Some(mine) = counts.by_address.get_mut(&self.group) {
-            mine.connections -= 1;
-            if mine.connections == 0 {
-                counts.by_address.remove(&self.group);
-            }
+        if let Some(group) = self.group {
+            counts.leave(group, false);
         }
     }
 }
@@ -252,33 +323,38 @@ mod tests {
     fn each_cap_refuses_only_its_own_address() {
         let admission = Arc::new(Admission::new(6, Some(3), Some(2)));
         let a = ip("127.0.0.2");
-        let mut first = admission.admit(a).unwrap();
-        let mut second = admission.admit(a).unwrap();
+        let mut first = admission.admit(a, true).unwrap();
+        let mut second = admission.admit(a, true).unwrap();
         assert_eq!(
-            admission.admit(a).unwrap_err(),
+            admission.admit(a, true).unwrap_err(),
             Refusal::AddressHandshakes(2)
         );
         first.handshake_done();
-        let mut third = admission.admit(a).unwrap();
+        let mut third = admission.admit(a, true).unwrap();
         second.handshake_done();
         third.handshake_done();
-        assert_eq!(admission.admit(a).unwrap_err(), Refusal::AddressFull(3));
+        assert_eq!(
+            admission.admit(a, true).unwrap_err(),
+            Refusal::AddressFull(3)
+        );
         // Another address is not affected, until the server as a whole is full.
         let others: Vec<_> = (0..3)
             .map(|_| {
-                let mut other = admission.admit(ip("127.0.0.1")).expect("another address");
+                let mut other = admission
+                    .admit(ip("127.0.0.1"), true)
+                    .expect("another address");
                 other.handshake_done();
                 other
             })
             .collect();
         assert_eq!(
-            admission.admit(ip("127.0.0.3")).unwrap_err(),
+            admission.admit(ip("127.0.0.3"), true).unwrap_err(),
             Refusal::Full(6)
         );
         drop(others);
         drop(first);
         assert_eq!(admission.active(), 2);
-        assert!(admission.admit(a).is_ok());
+        assert!(admission.admit(a, true).is_ok());
     }
 
     #[test]
@@ -287,13 +363,43 @@ mod tests {
         let a = ip("127.0.0.2");
         let tickets: Vec<_> = (0..2)
             .map(|_| {
-                let mut t = admission.admit(a).unwrap();
+                let mut t = admission.admit(a, true).unwrap();
                 t.handshake_done();
                 t
             })
             .collect();
-        assert_eq!(admission.admit(a).unwrap_err(), Refusal::AddressFull(2));
+        assert_eq!(
+            admission.admit(a, true).unwrap_err(),
+            Refusal::AddressFull(2)
+        );
         drop(tickets);
-        assert!(admission.admit(a).is_ok());
+        assert!(admission.admit(a, true).is_ok());
+    }
+
+    #[test]
+    fn a_proxys_connection_counts_under_its_client_once_named() {
+        let admission = Arc::new(Admission::new(10, Some(1), Some(2)));
+        let proxy = ip("127.0.0.1");
+        let client = ip("203.0.113.7").ip();
+        // The proxy's own address counts nothing: many connections through it are admitted.
+        let mut first = admission.admit(proxy, false).unwrap();
+        let mut second = admission.admit(proxy, false).unwrap();
+        let mut third = admission.admit(proxy, false).unwrap();
+        assert_eq!(admission.active(), 3);
+        first.rehome("first", client).unwrap();
+        first.handshake_done();
+        // The client's cap of one connection holds, through the proxy too.
+        assert_eq!(
+            second.rehome("second", client).unwrap_err(),
+            Refusal::AddressFull(1)
+        );
+        second.rehome("second", ip("203.0.113.8").ip()).unwrap();
+        // Moving again to the same address changes nothing.
+        second.rehome("second", ip("203.0.113.8").ip()).unwrap();
+        drop(first);
+        third.rehome("third", client).unwrap();
+        drop((second, third));
+        assert_eq!(admission.active(), 0);
+        assert!(admission.counts().by_address.is_empty());
     }
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use log::LevelFilter;
 
-use wsecho::config::{self, ClusterConfig, Config, Greeting, Mode, TlsFiles};
+use wsecho::config::{self, AddressRange, ClusterConfig, Config, Greeting, Mode, TlsFiles};
 
 /// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
 /// and serves a browser demo page at http://HOST:PORT/.
@@ -148,6 +148,23 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::CLOSE_TIMEOUT))]
     pub(crate) close_timeout: Span,
 
+    /// A reverse proxy (an address, or a range like 10.0.0.0/8), repeatable. For a peer in
+    /// one of these only, the client's address is read from the request's Forwarded header
+    /// (RFC 7239), or X-Forwarded-For when it has no Forwarded: the rightmost address that is
+    /// not itself a trusted proxy. From any other peer both headers are ignored. The
+    /// per-address limits and the log then use the client's address. With --proxy-protocol,
+    /// these ranges are matched against the address in the PROXY header.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub(crate) trusted_proxies: Vec<AddressRange>,
+
+    /// Every connection must begin with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// send-proxy and send-proxy-v2 write it, before TLS); its client address is used for the
+    /// per-address limits and the log. A connection without one is closed. Combined with
+    /// --trusted-proxy, a PROXY header naming a trusted proxy lets that proxy's Forwarded or
+    /// X-Forwarded-For header name the client.
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
+
     /// Join a cluster of instances through this Redis, like `redis://:PASSWORD@HOST:6379/0`
     /// (`rediss://` for TLS). Every client of every instance then gets every broadcast. Needs
     /// --broadcast. Prefer REDIS_URL for a password: the command line is visible to others.
@@ -262,6 +279,8 @@ impl Args {
             idle_timeout: self.idle_timeout.0.map(|s| s.0),
             close_timeout: self.close_timeout.0,
             cluster,
+            trusted_proxies: self.trusted_proxies.clone(),
+            proxy_protocol: self.proxy_protocol,
             panic_on_message: None,
         })
     }
@@ -504,6 +523,29 @@ mod tests {
         let error = parse(&["--broadcast", "--redis", "127.0.0.1:6379"]).unwrap_err();
         assert!(error.contains("not a Redis URL"), "{error}");
         assert_eq!(parse(&["--broadcast"]).unwrap().cluster, None);
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_proxy_protocol() {
+        let config = parse(&[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--proxy-protocol",
+        ])
+        .unwrap();
+        let ranges: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(ranges, ["127.0.0.1/32", "10.0.0.0/8"]);
+        assert!(config.proxy_protocol);
+        let defaults = parse(&[]).unwrap();
+        assert!(defaults.trusted_proxies.is_empty() && !defaults.proxy_protocol);
+        let error = parse(&["--trusted-proxy", "nginx"]).unwrap_err();
+        assert!(error.contains("expected an address or a range"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The server's settings: one plain struct, every field public, with the defaults a newcomer
 //! gets from `wsecho` with no flags. The command line (`cli.rs`) only fills this in.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Where the server listens by default: loopback only, so a first run exposes nothing.
@@ -213,6 +214,32 @@ mod tests {
         );
         assert_eq!(shown("not a url"), "the Redis URL");
     }
+
+    #[test]
+    fn address_ranges_parse_and_match() {
+        let range = |text: &str| text.parse::<AddressRange>().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(range("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!range("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(range("10.1.2.3/8").contains(ip("10.200.0.1")));
+        assert_eq!(range("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert!(range("10.0.0.0/8").contains(ip("::ffff:10.0.0.9")));
+        assert!(range("2001:db8::/32").contains(ip("2001:db8:1::5")));
+        assert!(!range("2001:db8::/32").contains(ip("10.0.0.1")));
+        assert!(range("0.0.0.0/0").contains(ip("203.0.113.7")));
+        assert!(range("::1").contains(ip("::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "nginx",
+            "10.0.0.0/x",
+            "10.0.0.0/",
+        ] {
+            let error = bad.parse::<AddressRange>().unwrap_err();
+            assert!(error.contains("expected an address or a range"), "{error}");
+        }
+    }
 }
 
 /// The PEM files to serve TLS with (`--tls-cert`, `--tls-key`).
@@ -301,6 +328,12 @@ pub struct Config {
     pub close_timeout: Duration,
     /// The cluster to join (broadcast mode only); `None`: this instance alone.
     pub cluster: Option<ClusterConfig>,
+    /// Peers whose `Forwarded` or `X-Forwarded-For` header names the client (see
+    /// `src/proxy/`); empty: those headers are ignored, whoever sends them.
+    pub trusted_proxies: Vec<AddressRange>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client;
+    /// a connection without one is closed.
+    pub proxy_protocol: bool,
     /// Test hook: a text message equal to this makes the connection's thread panic, to show that
     /// a panic in one connection is logged and the server goes on. Never set by the command line.
     #[doc(hidden)]
@@ -339,7 +372,95 @@ impl Default for Config {
             idle_timeout: Some(IDLE_TIMEOUT),
             close_timeout: CLOSE_TIMEOUT,
             cluster: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             panic_on_message: None,
         }
+    }
+}
+
+/// A range of addresses, written like `10.0.0.0/8` or `2001:db8::/32`; a plain address is a
+/// range of one (`/32`, `/128`). An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as a
+/// dual-stack listener reports IPv4 peers) is matched as the IPv4 address it maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    /// The first address of the range (the bits past the prefix are zero).
+    network: IpAddr,
+    /// The prefix length in bits.
+    prefix: u8,
+}
+
+impl AddressRange {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, unmapped(ip)) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(ip) & mask == u32::from(network)
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(ip) & mask == u128::from(network)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it maps; any other as it is.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl std::str::FromStr for AddressRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AddressRange, String> {
+        let expected = "expected an address or a range like 10.0.0.0/8 or 2001:db8::/32";
+        let text = text.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("{expected}, not {text:?}"))?;
+        let address = unmapped(address);
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => match prefix.parse::<u8>() {
+                Ok(n) if n <= bits => n,
+                _ => {
+                    return Err(format!(
+                        "{expected}, not {text:?} (the prefix length is 0 to {bits})"
+                    ));
+                }
+            },
+        };
+        let network = match address {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        };
+        Ok(AddressRange { network, prefix })
+    }
+}
+
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }

@@ -14,6 +14,8 @@
 //!
 //! 1. `server` (the main thread) accepts a TCP connection, asks `admission` whether a cap
 //!    forbids it (the connection limit, per-address caps: a 503 if so), and starts its thread.
+//!    Behind a proxy (`--trusted-proxy`, `--proxy-protocol`), `proxy` finds out who the client
+//!    is, and the per-address caps count it from then on.
 //! 2. `connection` (that thread, from here on) reads the HTTP request with `http`: the demo
 //!    page, `/healthz` and `/metrics` are answered by `http::site`, an upgrade is checked by
 //!    `http::handshake` and answered with 101.
@@ -72,13 +74,14 @@ mod frame;
 pub mod http;
 mod logging;
 mod metrics;
+mod proxy;
 mod server;
 mod sync;
 mod sys;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use config::{ClusterConfig, Config, Greeting, Mode, TlsFiles};
+pub use config::{AddressRange, ClusterConfig, Config, Greeting, Mode, TlsFiles};
 pub use error::{Error, TlsError};
 #[cfg(feature = "tls")]
 pub use server::TlsReloader;

@@ -1,5 +1,6 @@
 //! The listening socket: accepting connections, one thread each, and shutting down.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
@@ -16,16 +17,18 @@ use crate::cluster::Cluster;
 #[cfg(feature = "tls")]
 use crate::config::TlsFiles;
 use crate::config::{self, Config, Mode};
-use crate::connection::{self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, Shared};
+use crate::connection::{
+    self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, Shared,
+};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{HistorySettings, Hub};
 use crate::error::Error;
 #[cfg(feature = "tls")]
 use crate::error::TlsError;
-use crate::http::Response;
 use crate::logging::{Throttle, approx_size, count};
 use crate::metrics::Metrics;
+use crate::proxy::{self, Peer};
 use crate::sys::{self, Interest, Waker};
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
@@ -230,6 +233,7 @@ impl Server {
             tls,
             metrics,
             out_of_descriptors_log: Throttle::new(OUT_OF_DESCRIPTORS_LOG_INTERVAL),
+            proxy_header_log: Throttle::new(PROXY_HEADER_LOG_INTERVAL),
             greeter,
             shutting_down: AtomicBool::new(false),
         };
@@ -348,7 +352,12 @@ impl Server {
 
     /// Gives an accepted connection its thread, or a 503 when a cap is reached.
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
-        let ticket: Ticket = match self.admission.admit(peer) {
+        // A connection that may come for another client is counted per address once the
+        // client is known (connection::handle); until then, by the connection limit only.
+        let config = &self.shared.config;
+        let proxied =
+            config.proxy_protocol || proxy::is_trusted(&config.trusted_proxies, peer.ip());
+        let ticket: Ticket = match self.admission.admit(peer, !proxied) {
             Ok(ticket) => ticket,
             Err(refusal) => {
                 self.shared.metrics.http_response(BUSY);
@@ -356,7 +365,7 @@ impl Server {
                     Refusal::Full(_) => "limit",
                     Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per_address",
                 });
-                return reject_busy(stream, refusal);
+                return connection::reject_busy(&stream, refusal);
             }
         };
         let shared = Arc::clone(&self.shared);
@@ -366,11 +375,13 @@ impl Server {
             .spawn(move || {
                 // Dropped when the thread ends, panics included: the place is given back.
                 let mut ticket = ticket;
+                // The client, once a proxy has named it: a panic's log line names it too.
+                let client = Cell::new(Peer::direct(peer));
                 let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    connection::handle(stream, peer, &shared, &mut ticket)
+                    connection::handle(stream, &client, &shared, &mut ticket)
                 }));
                 if let Err(panic) = served {
-                    report_panic(peer, panic.as_ref());
+                    report_panic(client.get(), panic.as_ref());
                 }
             });
         // The closure, and with it the socket, is dropped: the client sees the connection close.
@@ -384,7 +395,7 @@ impl Server {
 /// message, the log line) do not sit in a frame under every connection's loop.
 #[cold]
 #[inline(never)]
-fn report_panic(peer: SocketAddr, panic: &(dyn std::any::Any + Send)) {
+fn report_panic(peer: Peer, panic: &(dyn std::any::Any + Send)) {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -443,16 +454,6 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
             io::Error::new(io::ErrorKind::NotFound, "the host name has no address"),
         )
     }))
-}
-
-/// Refuses a connection on the accepting thread, without blocking it: the short 503 fits in
-/// the socket's empty send buffer, and a client that does not read it loses nothing else.
-/// (Admission has logged it, at most once per address and interval.)
-fn reject_busy(stream: TcpStream, refusal: Refusal) {
-    let response = Response::text(BUSY, format!("server busy: {refusal}")).to_bytes(false);
-    let _ = stream.set_nonblocking(true);
-    let _ = io::Write::write(&mut &stream, &response);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Raises the open-file limit, and derives how many connections fit under it.

@@ -110,12 +110,19 @@ fn load_certified_key(
     let key_path = &files.key;
     let key =
         PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_error("key", key_path, &e))?;
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        TlsError(format!(
+    // Checking that the key matches parses the first certificate: a file of PEM armour
+    // around anything else fails there, and it is the certificate that is broken.
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InvalidCertificate(why) => TlsError(format!(
+            "cannot use TLS certificate {}: not a valid X.509 certificate ({why:?}); expected \
+             a PEM chain, the server's certificate first",
+            cert.display()
+        )),
+        e => TlsError(format!(
             "cannot use TLS key {} with certificate {}: {e} (is it the key of that certificate?)",
             key_path.display(),
             cert.display()
-        ))
+        )),
     })?;
     Ok(Arc::new(certified))
 }

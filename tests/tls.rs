@@ -365,6 +365,17 @@ fn missing_unreadable_mismatched_or_malformed_files_are_one_line_at_start() {
     assert!(error.contains("no CERTIFICATE in it"), "{error}");
     let error = refused_start(&["--tls-cert", &cert, "--tls-key", &cert]);
     assert!(error.contains("no private key in it"), "{error}");
+    // PEM armour around garbage: the certificate is the broken file, not the key.
+    let armoured = pki.path("armoured.pem");
+    std::fs::write(&armoured, ARMOURED_GARBAGE).unwrap();
+    let error = refused_start(&["--tls-cert", &armoured, "--tls-key", &key]);
+    assert!(
+        error.contains(&format!(
+            "cannot use TLS certificate {armoured}: not a valid"
+        )),
+        "{error}"
+    );
+    assert!(!error.contains("key"), "{error}");
     // One without the other.
     let output = Command::new(env!("CARGO_BIN_EXE_wsecho"))
         .args(["--tls-cert", &cert])
@@ -373,6 +384,10 @@ fn missing_unreadable_mismatched_or_malformed_files_are_one_line_at_start() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tls-key"));
 }
+
+/// A file that is PEM, with a CERTIFICATE in it, that is not a certificate.
+const ARMOURED_GARBAGE: &str =
+    "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n";
 
 fn replace(path: &Path, with: &Path) {
     std::fs::copy(with, path).unwrap();
@@ -409,6 +424,10 @@ fn sighup_rotates_the_certificate_for_new_connections_only() {
         "SIGHUP: cannot use TLS certificate",
         "the certificate in use stays",
     ]);
+    std::fs::write(pki.dir.join("cert.pem"), ARMOURED_GARBAGE).unwrap();
+    server.signal("HUP");
+    let line = server.wait_for_log(&["SIGHUP: cannot use TLS certificate", "not a valid"]);
+    assert!(!line.contains("key"), "{line}");
     let mut still = wss(server.addr, &pki.ca);
     still.send(Message::text("still")).unwrap();
     assert_eq!(data(&mut still), Message::text("still"));

@@ -18,7 +18,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,7 @@ use crate::delivery::hub::Room;
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
 use crate::metrics::Tally;
+use crate::proxy::Peer;
 use crate::sys::{self, Interest};
 
 /// Text longer than this is shortened in the debug log.
@@ -66,6 +66,10 @@ pub(crate) struct Ending {
     pub(crate) code: CloseCode,
     pub(crate) reason: String,
     pub(crate) how: &'static str,
+    /// Ended because its client stopped reading: the socket is reset when closed (SO_LINGER
+    /// 0), so the kernel drops what the client never took at once instead of keeping it, and
+    /// the socket, in FIN-WAIT-1 behind a zero window. Graceful endings keep a normal FIN.
+    pub(crate) reset: bool,
 }
 
 impl fmt::Display for Ending {
@@ -99,7 +103,7 @@ pub(crate) struct Client<'a> {
     /// The room it broadcasts to (the lobby in echo mode).
     room: Arc<Room>,
     shared: &'a Shared,
-    peer: SocketAddr,
+    peer: Peer,
     stats: Stats,
     liveness: Liveness,
     closing: Closing,
@@ -159,7 +163,7 @@ impl<'a> Client<'a> {
         inbox: Inbox,
         room: Arc<Room>,
         shared: &'a Shared,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Box<Client<'a>> {
         let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
         socket.follow(&leftover);
@@ -200,11 +204,13 @@ impl<'a> Client<'a> {
 
     /// Serves the connection until it ends.
     pub(crate) fn run(mut self: Box<Self>) -> Summary {
-        let Err(ending) = self.event_loop();
-        self.linger();
+        let Err(mut ending) = self.event_loop();
+        // What could not be written in time (a Close to a client that does not read) would
+        // sit in the kernel too: reset.
+        ending.reset |= !self.linger();
         self.stats.tally.flush(&self.shared.metrics);
         self.inbox.waker().forget(self.socket.tcp());
-        self.socket.close();
+        self.socket.close(ending.reset);
         Summary {
             ending,
             messages: self.stats.messages,
@@ -252,6 +258,7 @@ impl<'a> Client<'a> {
                     code: CloseCode::Abnormal,
                     reason: String::new(),
                     how: "connection lost while waiting to read",
+                    reset: false,
                 });
             }
             // Counted before they go out, so that a client that got its echo and then asks
@@ -475,6 +482,7 @@ impl<'a> Client<'a> {
                     code: CloseCode::Abnormal,
                     reason: String::new(),
                     how: "closed without a Close frame",
+                    reset: false,
                 };
             }
             WsError::Protocol(e) => (CloseCode::Protocol, format!("protocol error: {e}")),
@@ -491,6 +499,7 @@ impl<'a> Client<'a> {
             code,
             reason,
             how: "failed by client, closed by server",
+            reset: false,
         }
     }
 
@@ -502,11 +511,13 @@ impl<'a> Client<'a> {
                 code,
                 reason,
                 how: "closed by client",
+                reset: false,
             },
             (None, None) => Ending {
                 code: CloseCode::Abnormal,
                 reason: String::new(),
                 how: "closed",
+                reset: false,
             },
         }
     }
@@ -535,6 +546,7 @@ impl<'a> Client<'a> {
             code,
             reason: reason.to_string(),
             how,
+            reset: false,
         };
         let deadline = Instant::now() + self.shared.config.close_timeout;
         self.closing.by_server = Some((ending, deadline));
@@ -615,6 +627,7 @@ impl<'a> Client<'a> {
                 code: ending.code,
                 reason: ending.reason.clone(),
                 how: "no reply to the server's Close in time",
+                reset: false,
             });
         }
         if let Some(since) = self.inbox.behind_since()
@@ -636,10 +649,13 @@ impl<'a> Client<'a> {
             } else {
                 "timed out: nothing received, not even a pong"
             };
+            // Silent or not reading: nothing graceful can come of it, and what is queued for
+            // it would only sit in the kernel.
             return Err(Ending {
                 code: CloseCode::Abnormal,
                 reason: String::new(),
                 how,
+                reset: true,
             });
         }
         if let Some(every) = config.ping_interval
@@ -684,6 +700,7 @@ impl<'a> Client<'a> {
             code: CloseCode::Policy,
             reason: reason.to_string(),
             how: "too slow, closed by server",
+            reset: true,
         }
     }
 
@@ -708,14 +725,15 @@ impl<'a> Client<'a> {
             code: CloseCode::Again,
             reason: reason.to_string(),
             how: "memory full, closed by server",
+            reset: true,
         }
     }
 
-    /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out.
-    /// When the server's Close is waiting for its reply, the close timeout already runs and
-    /// lingering does not extend it.
+    /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out, and
+    /// says whether it all went. When the server's Close is waiting for its reply, the close
+    /// timeout already runs and lingering does not extend it.
     #[inline(never)]
-    fn linger(&mut self) {
+    fn linger(&mut self) -> bool {
         // The connection is ending: from here only its own thread writes.
         self.socket.reclaim();
         let deadline = match &self.closing.by_server {
@@ -730,13 +748,14 @@ impl<'a> Client<'a> {
             };
             let socket = Some(self.socket.tcp());
             if left.is_zero() || sys::wait(socket, write, self.inbox.waker(), Some(left)).is_err() {
-                return;
+                return false;
             }
             self.inbox.waker().reset();
             if self.socket.send_queued(&self.inbox).is_err() {
-                return;
+                return false;
             }
         }
+        true
     }
 }
 
@@ -746,6 +765,7 @@ fn lost(what: &'static str, error: &std::io::Error) -> Ending {
         code: CloseCode::Abnormal,
         reason: error.to_string(),
         how: what,
+        reset: false,
     }
 }
 

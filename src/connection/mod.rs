@@ -17,6 +17,11 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Refusals for lack of descriptors are logged at most once per this interval.
 pub(crate) const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Connections dropped for a missing or broken PROXY protocol header are logged at most once
+/// per this interval: a client that connects straight to a `--proxy-protocol` port (or a
+/// scanner) could otherwise write a line per connection.
+pub(crate) const PROXY_HEADER_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The status of a refused connection: Service Unavailable.
 pub(crate) const BUSY: u16 = 503;
 
@@ -27,6 +32,7 @@ const SWITCHING_PROTOCOLS: u16 = 101;
 /// deadline just passed still lets the answer go out (a zero timeout would mean "none").
 const MIN_WRITE_TIME: Duration = Duration::from_millis(1);
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -38,7 +44,7 @@ use log::{debug, info, warn};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::admission::Ticket;
+use crate::admission::{Refusal, Ticket};
 #[cfg(feature = "cluster")]
 use crate::cluster::Cluster;
 use crate::config::{Config, Mode};
@@ -53,6 +59,8 @@ use crate::http::site::{self, Health, Inspect};
 use crate::http::{self, Conn, HeadError, Response};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
+use crate::proxy::protocol::{self, Header, ReadError};
+use crate::proxy::{self, Peer, forwarded};
 use crate::sys::Waker;
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
@@ -95,6 +103,9 @@ pub(crate) struct Shared {
     /// Refusals for lack of descriptors, logged at most once per
     /// [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`].
     pub(crate) out_of_descriptors_log: Throttle,
+    /// Connections without a valid PROXY protocol header, logged at most once per
+    /// [`PROXY_HEADER_LOG_INTERVAL`].
+    pub(crate) proxy_header_log: Throttle,
     pub(crate) greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub(crate) shutting_down: AtomicBool,
@@ -109,6 +120,11 @@ impl Shared {
             return cluster.publish(room.name(), frames);
         }
         self.hub.broadcast_in(room, frames);
+    }
+
+    /// Whether `ip` is a trusted proxy's, whose forwarding headers name its client.
+    pub(crate) fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        proxy::is_trusted(&self.config.trusted_proxies, ip)
     }
 
     /// Whether this port speaks TLS.
@@ -142,16 +158,106 @@ impl Shared {
 /// head, headers, handshake answer) leave the stack before the WebSocket's loop begins. A
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
-pub(crate) fn handle(stream: TcpStream, peer: SocketAddr, shared: &Shared, ticket: &mut Ticket) {
+pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, ticket: &mut Ticket) {
+    let peer = client.get().addr;
     // The mailbox first: its waker may need descriptors (the portable backend's poller), and
     // a client the server cannot wake is better told "busy" than upgraded and dropped.
     let waker = match Waker::try_new() {
         Ok(waker) => waker,
         Err(e) => return refuse_out_of_descriptors(stream, peer, shared, &e),
     };
-    if let Some(upgraded) = answer_request(stream, peer, shared, ticket) {
-        run_client(upgraded, waker, peer, shared);
+    // One deadline for everything before the upgrade: the PROXY header, TLS, the request.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Some(arrived) = arrive(&stream, peer, shared, ticket, deadline) else {
+        return;
+    };
+    client.set(arrived);
+    if let Some(upgraded) = answer_request(stream, client, shared, ticket, deadline) {
+        run_client(upgraded, waker, client.get(), shared);
     }
+}
+
+/// Who the connection is for before a byte of HTTP or TLS: the PROXY protocol header's
+/// client (`--proxy-protocol`), or the peer. Unless that is a trusted proxy, whose request
+/// names the client later, it is counted under its address now (`Ticket::rehome`). `None`:
+/// the connection was dropped (no valid header) or refused (a per-address cap).
+fn arrive(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    ticket: &mut Ticket,
+    deadline: Instant,
+) -> Option<Peer> {
+    let mut client = Peer::direct(peer);
+    if shared.config.proxy_protocol {
+        match protocol::read_header(stream, deadline) {
+            Ok(Header::Client(addr)) => client = Peer::via(addr, peer),
+            Ok(Header::Local) => {}
+            Err(e) => {
+                drop_without_proxy_header(peer, shared, &e);
+                return None;
+            }
+        }
+    }
+    if !shared.trusts(client.addr.ip())
+        && let Err(refusal) = ticket.rehome(client, client.addr.ip())
+    {
+        count_busy(shared, refusal);
+        reject_busy(stream, refusal);
+        return None;
+    }
+    Some(client)
+}
+
+/// Logs a connection dropped for its PROXY protocol header, at most once per
+/// [`PROXY_HEADER_LOG_INTERVAL`] for all of them.
+#[cold]
+#[inline(never)]
+fn drop_without_proxy_header(peer: SocketAddr, shared: &Shared, error: &ReadError) {
+    let why = match error {
+        ReadError::Timeout => format!(
+            "no PROXY protocol header within {:?}",
+            shared.config.handshake_timeout
+        ),
+        ReadError::Closed(0) => "closed before sending a PROXY protocol header".to_string(),
+        ReadError::Closed(n) => {
+            format!("closed after {n} bytes of a PROXY protocol header")
+        }
+        ReadError::Malformed(why) => why.clone(),
+        ReadError::Io(e) => format!("lost before its PROXY protocol header: {e}"),
+    };
+    shared.metrics.reject("bad_request");
+    if let Some(held_back) = shared.proxy_header_log.pass() {
+        let more = if held_back > 0 {
+            format!(" ({held_back} more since the last such line)")
+        } else {
+            String::new()
+        };
+        warn!(
+            "{peer} dropped: {why} (--proxy-protocol: every connection must start with one)\
+             {more}; such drops are logged once per {}s",
+            PROXY_HEADER_LOG_INTERVAL.as_secs()
+        );
+    }
+}
+
+/// Counts a refusal by a cap: a 503.
+fn count_busy(shared: &Shared, refusal: Refusal) {
+    shared.metrics.http_response(BUSY);
+    shared.metrics.reject(match refusal {
+        Refusal::Full(_) => "limit",
+        Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per_address",
+    });
+}
+
+/// Refuses a connection by a cap, without blocking: the short 503 fits in the socket's empty
+/// send buffer, and a client that does not read it loses nothing else. (Admission has logged
+/// it, at most once per address and interval.) Before TLS: like every refusal at accept.
+pub(crate) fn reject_busy(stream: &TcpStream, refusal: Refusal) {
+    let response = Response::text(BUSY, format!("server busy: {refusal}")).to_bytes(false);
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write(&response);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Refuses a connection the server cannot give a waker: 503 at once, before reading, and one
@@ -192,12 +298,13 @@ struct Upgraded {
 #[inline(never)]
 fn answer_request(
     stream: TcpStream,
-    peer: SocketAddr,
+    client: &Cell<Peer>,
     shared: &Shared,
     ticket: &mut Ticket,
+    deadline: Instant,
 ) -> Option<Upgraded> {
     let config = &shared.config;
-    let deadline = Instant::now() + config.handshake_timeout;
+    let peer = client.get();
     #[cfg(feature = "tls")]
     let mut transport = match &shared.tls {
         None => Transport::Plain(Arc::new(stream)),
@@ -206,6 +313,31 @@ fn answer_request(
     #[cfg(not(feature = "tls"))]
     let mut transport = Transport::Plain(Arc::new(stream));
     let head = http::read_head(&mut transport, deadline, config.max_request_head);
+    // A trusted proxy's request names its client: counted under that address from here.
+    let peer = match &head {
+        Ok((request, _)) if shared.trusts(peer.addr.ip()) => {
+            match forwarded::client(request, peer.addr, &config.trusted_proxies) {
+                Ok(addr) => {
+                    let named = Peer::via(addr, peer.socket());
+                    if let Err(refusal) = ticket.rehome(named, addr.ip()) {
+                        count_busy(shared, refusal);
+                        let busy = Response::text(BUSY, format!("server busy: {refusal}"));
+                        http::respond_and_close(&mut transport, &busy, false);
+                        return None;
+                    }
+                    client.set(named);
+                    named
+                }
+                Err(why) => {
+                    ticket.handshake_done();
+                    let response = Response::text(400, why);
+                    refuse(&mut transport, peer, shared, response, false);
+                    return None;
+                }
+            }
+        }
+        _ => peer,
+    };
     // Whatever came of it, the client is no longer one whose request may never come: what
     // follows is the server's own quick work, so it stops counting as an unfinished handshake.
     ticket.handshake_done();
@@ -342,7 +474,7 @@ fn answer_request(
 #[inline(never)]
 fn start_tls(
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     tls: &Tls,
     deadline: Instant,
     shared: &Shared,
@@ -408,7 +540,7 @@ fn start_tls(
 /// loop runs in the frame of this one, and the locals of the steps before and after (the
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
-fn run_client(upgraded: Upgraded, waker: Waker, peer: SocketAddr, shared: &Shared) {
+fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &Shared) {
     let (membership, client) = join(upgraded, waker, peer, shared);
     let summary = client.run();
     leave(&summary, peer, shared);
@@ -420,7 +552,7 @@ fn run_client(upgraded: Upgraded, waker: Waker, peer: SocketAddr, shared: &Share
 fn join<'a>(
     upgraded: Upgraded,
     waker: Waker,
-    peer: SocketAddr,
+    peer: Peer,
     shared: &'a Shared,
 ) -> (Membership, Box<Client<'a>>) {
     // In a cluster with history, a newcomer's history comes from Redis (cluster/mod.rs); while
@@ -471,7 +603,7 @@ fn join<'a>(
 
 /// Counts and logs how the connection ended.
 #[inline(never)]
-fn leave(summary: &Summary, peer: SocketAddr, shared: &Shared) {
+fn leave(summary: &Summary, peer: Peer, shared: &Shared) {
     shared.metrics.connection_closed(summary.ending.code);
     info!(
         "{peer} disconnected: {}, after {:.1?}, {}",
@@ -486,7 +618,7 @@ fn leave(summary: &Summary, peer: SocketAddr, shared: &Shared) {
 #[inline(never)]
 fn refuse(
     transport: &mut Transport,
-    peer: SocketAddr,
+    peer: Peer,
     shared: &Shared,
     response: Response,
     head_only: bool,

@@ -215,9 +215,10 @@ impl Socket {
         self.transport.tcp().peek(&mut [0; 1]).is_ok_and(|n| n > 0)
     }
 
-    /// Ends the stream: TLS's close_notify if it takes it, then the socket.
-    pub(super) fn close(&mut self) {
-        self.transport.close();
+    /// Ends the stream: TLS's close_notify if it takes it, then the socket; or, with `reset`,
+    /// a reset that drops whatever the kernel still holds for it (see `Transport::close`).
+    pub(super) fn close(&mut self, reset: bool) {
+        self.transport.close(reset);
     }
 
     /// Appends an encoded frame to the queue.

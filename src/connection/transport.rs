@@ -156,7 +156,19 @@ impl Transport {
     }
 
     /// Ends TLS cleanly (a close_notify alert, if the socket takes it), then the socket.
-    pub(super) fn close(&mut self) {
+    ///
+    /// With `reset`, for a client that stopped reading: no close_notify and no FIN, but
+    /// SO_LINGER 0, so that closing the socket (when its last reference drops, which is now:
+    /// the connection has taken its socket back from the broadcasters) sends a reset and the
+    /// kernel frees the socket and the bytes it held at once. A FIN would wait behind those
+    /// bytes, in FIN-WAIT-1, for a client that never opens its window again, until the
+    /// kernel gives up on it (minutes).
+    pub(super) fn close(&mut self, reset: bool) {
+        if reset {
+            // Failing leaves a normal close, which is all that can be done.
+            let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(Duration::ZERO));
+            return;
+        }
         #[cfg(feature = "tls")]
         if let Transport::Tls(tls) = self {
             tls.tls.send_close_notify();
