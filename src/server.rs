@@ -4,8 +4,8 @@ use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::error::TlsError;
 use crate::logging::{Throttle, approx_size, count};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Peer};
+use crate::sync;
 use crate::sys::{self, Interest, Waker};
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
@@ -74,7 +75,13 @@ pub struct Server {
     /// The connection limit and the per-address caps, and what counts against them.
     admission: Arc<Admission>,
     capacity: usize,
+    /// Connections refused because the system refused their thread, logged at most once per
+    /// [`NO_THREAD_LOG_INTERVAL`].
+    no_thread_log: Throttle,
 }
+
+/// Refusals for want of a thread are logged at most once per this interval.
+const NO_THREAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Reloads a running server's TLS certificate: new connections get the new one, open ones
 /// keep theirs, and files that do not load leave the old certificate in use.
@@ -168,13 +175,13 @@ impl Server {
         }
 
         // Raised and logged with --max-connections too: the connections it allows need
-        // their descriptors all the same.
-        let fits = connection_capacity();
+        // their descriptors and threads all the same.
+        let fits = connection_capacity().min(thread_capacity());
         let capacity = match config.max_connections {
             Some(n) if n > fits => {
                 warn!(
-                    "--max-connections {n} is more than the open-file limit allows ({fits}); \
-                     past that, new clients wait or get 503 until others leave"
+                    "--max-connections {n} is more than the open-file and thread limits allow \
+                     ({fits}); past that, new clients wait or get 503 until others leave"
                 );
                 n
             }
@@ -248,6 +255,7 @@ impl Server {
             signal: Arc::new(signal),
             admission: Arc::new(admission),
             capacity,
+            no_thread_log: Throttle::new(NO_THREAD_LOG_INTERVAL),
         })
     }
 
@@ -369,10 +377,18 @@ impl Server {
             }
         };
         let shared = Arc::clone(&self.shared);
+        // The socket goes to the thread through this slot, so that it is still here to answer
+        // 503 on if the system refuses the thread.
+        let slot = Arc::new(Mutex::new(Some(stream)));
+        let handed = Arc::clone(&slot);
         let spawned = thread::Builder::new()
             .name("connection".into())
             .stack_size(CONNECTION_STACK_SIZE)
             .spawn(move || {
+                let Some(stream) = sync::lock(&handed).take() else {
+                    return;
+                };
+                drop(handed);
                 // Dropped when the thread ends, panics included: the place is given back.
                 let mut ticket = ticket;
                 // The client, once a proxy has named it: a panic's log line names it too.
@@ -384,9 +400,19 @@ impl Server {
                     report_panic(client.get(), panic.as_ref());
                 }
             });
-        // The closure, and with it the socket, is dropped: the client sees the connection close.
-        if let Err(e) = spawned {
-            warn!("{peer} dropped: cannot start a thread for it: {e}");
+        if let Err(e) = spawned
+            && let Some(stream) = sync::lock(&slot).take()
+        {
+            self.shared.metrics.http_response(BUSY);
+            self.shared.metrics.reject("limit");
+            if self.no_thread_log.pass().is_some() {
+                warn!(
+                    "{peer} rejected: 503, the system refused a thread for it ({e}); see the \
+                     thread limit logged at start; logged at most once per {}s",
+                    NO_THREAD_LOG_INTERVAL.as_secs()
+                );
+            }
+            connection::reject_with(&stream, "server busy: no thread for this connection");
         }
     }
 }
@@ -454,6 +480,26 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
             io::Error::new(io::ErrorKind::NotFound, "the host name has no address"),
         )
     }))
+}
+
+/// Threads kept for everything but connections: the main thread, the greeting timer, the
+/// signal thread, the cluster's two, and room for a few more.
+const RESERVED_THREADS: u64 = 16;
+
+/// How many connections the system's thread settings leave room for (a thread each): past it,
+/// new clients get 503, never a dropped TCP connection. Logged beside the descriptor cap.
+fn thread_capacity() -> usize {
+    let Some((room, setting, value)) = sys::thread_room() else {
+        return usize::MAX;
+    };
+    let capacity = usize::try_from(room.saturating_sub(RESERVED_THREADS))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    info!(
+        "thread limit: room for {capacity} connections ({setting} {value}; raise it for more, \
+         see docs/deploying.md)"
+    );
+    capacity
 }
 
 /// Raises the open-file limit, and derives how many connections fit under it.

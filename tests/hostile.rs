@@ -468,6 +468,15 @@ fn at_start_the_open_file_limit_is_raised_to_the_hard_limit_and_the_capacity_log
     server.wait_for_log(&[&format!(
         "open-file limit {fds}: room for {capacity} connections"
     )]);
+    // The threads the system allows bound it too (on Linux, vm.max_map_count most often).
+    let threads = server.wait_for_log(&["thread limit: room for "]);
+    let threads: usize = threads
+        .split("room for ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a thread limit");
+    let capacity = capacity.min(threads);
     server.wait_for_log(&["listening on", &format!("up to {capacity} connections")]);
 
     // With --max-connections too: the limit still matters, for the descriptors it needs.
@@ -483,7 +492,7 @@ fn at_start_the_open_file_limit_is_raised_to_the_hard_limit_and_the_capacity_log
     )]);
     server.wait_for_log(&[
         "--max-connections 100",
-        "more than the open-file limit allows",
+        "more than the open-file and thread limits allow",
     ]);
 }
 

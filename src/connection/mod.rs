@@ -254,7 +254,12 @@ fn count_busy(shared: &Shared, refusal: Refusal) {
 /// send buffer, and a client that does not read it loses nothing else. (Admission has logged
 /// it, at most once per address and interval.) Before TLS: like every refusal at accept.
 pub(crate) fn reject_busy(stream: &TcpStream, refusal: Refusal) {
-    let response = Response::text(BUSY, format!("server busy: {refusal}")).to_bytes(false);
+    reject_with(stream, &format!("server busy: {refusal}"));
+}
+
+/// Answers 503 with `why` on the accepting thread, without blocking it (see [`reject_busy`]).
+pub(crate) fn reject_with(stream: &TcpStream, why: &str) {
+    let response = Response::text(BUSY, why).to_bytes(false);
     let _ = stream.set_nonblocking(true);
     let _ = (&*stream).write(&response);
     let _ = stream.shutdown(std::net::Shutdown::Write);
