@@ -421,11 +421,10 @@ fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
         let frame = client_frame(true, BINARY, &[7; 32 << 10]);
         while writer.write_all(&frame).is_ok() {}
     });
-    // The flooder does not read its own copies either: its instance paces it.
+    // The flooder does not read its own copies either: its instance paces it (for its own
+    // copies, or for the publish queue it fills faster than Redis takes it).
     let flooder_port = flooder.local_addr().unwrap().port();
-    a.wait_for_log(&[&format!(
-        ":{flooder_port} paused: a listener of its room is behind"
-    )]);
+    a.wait_for_log(&[&format!(":{flooder_port} paused: ")]);
 
     let mut sender = raw_websocket_to(&a, "/free");
     let mut listener = raw_websocket_to(&b, "/free");

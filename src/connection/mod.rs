@@ -289,13 +289,40 @@ fn refuse_out_of_descriptors(
     let _ = stream.write_all(&response.to_bytes(false));
 }
 
-/// A connection whose handshake has completed.
+/// A connection whose upgrade request was accepted; its 101 goes out once it is in its room
+/// (see [`join`]).
 struct Upgraded {
+    /// Still blocking, under the handshake's deadline.
     transport: Transport,
+    /// The 101 answer, and when it must have gone out.
+    answer: Vec<u8>,
+    deadline: Instant,
     /// Bytes the client sent after its request head: the start of its first frame.
     leftover: Vec<u8>,
     /// The room it joins; the lobby (empty) in echo mode.
     room: String,
+    /// What the "connected" log line says after the peer: path, room, origin, subprotocol.
+    described: String,
+}
+
+impl Upgraded {
+    /// Sends the 101 and turns the stream to the loop's phase (non-blocking).
+    fn switch(self) -> io::Result<(Transport, Vec<u8>)> {
+        let Upgraded {
+            mut transport,
+            answer,
+            deadline,
+            leftover,
+            ..
+        } = self;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_WRITE_TIME);
+        transport.set_write_timeout(Some(left))?;
+        transport.write_all(&answer)?;
+        transport.flush()?;
+        Ok((transport.into_nonblocking()?, leftover))
+    }
 }
 
 /// Reads the request and answers it: plain HTTP (then the connection is done) or the
@@ -434,21 +461,6 @@ fn answer_request(
         refuse(&mut transport, peer, shared, response, false);
         return None;
     }
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(MIN_WRITE_TIME);
-    let sent = transport
-        .set_write_timeout(Some(left))
-        .and_then(|()| transport.write_all(&handshake::switching_protocols(&accepted)))
-        .and_then(|()| transport.flush());
-    let transport = match sent.and_then(|()| transport.into_nonblocking()) {
-        Ok(transport) => transport,
-        Err(e) => {
-            debug!("{peer} lost during the handshake: {e}");
-            return None;
-        }
-    };
-    shared.metrics.http_response(SWITCHING_PROTOCOLS);
     let origin = request.header("origin").unwrap_or("none");
     let subprotocol = accepted
         .subprotocol
@@ -459,16 +471,19 @@ fn answer_request(
     } else {
         String::new()
     };
-    info!(
-        "{peer} connected: path {}{in_room}, origin {origin}{}{}",
+    let described = format!(
+        "path {}{in_room}, origin {origin}{}{}",
         request.target,
         subprotocol.unwrap_or_default(),
         if transport.is_tls() { ", TLS" } else { "" }
     );
     Some(Upgraded {
         transport,
+        answer: handshake::switching_protocols(&accepted),
+        deadline,
         leftover,
         room,
+        described,
     })
 }
 
@@ -546,20 +561,24 @@ fn start_tls(
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
 fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &Shared) {
-    let (membership, client) = join(upgraded, waker, peer, shared);
+    let Some((membership, client)) = join(upgraded, waker, peer, shared) else {
+        return;
+    };
     let summary = client.run();
     leave(&summary, peer, shared);
     drop(membership);
 }
 
-/// Joins its room (and gets its history), schedules the greeting, and makes the client.
+/// Joins its room (and gets its history), answers 101, schedules the greeting, and makes the
+/// client. In its room before the 101 goes out: a client that saw its upgrade hears every
+/// broadcast sent after that. `None`: the 101 could not be sent (the room is left at once).
 #[inline(never)]
 fn join<'a>(
-    upgraded: Upgraded,
+    mut upgraded: Upgraded,
     waker: Waker,
     peer: Peer,
     shared: &'a Shared,
-) -> (Membership, Box<Client<'a>>) {
+) -> Option<(Membership, Box<Client<'a>>)> {
     // In a cluster with history, a newcomer's history comes from Redis (cluster/mod.rs); while
     // the link is down, from this instance.
     #[cfg(feature = "cluster")]
@@ -584,6 +603,16 @@ fn join<'a>(
         ),
         None => {}
     }
+    let described = std::mem::take(&mut upgraded.described);
+    let (transport, leftover) = match upgraded.switch() {
+        Ok(switched) => switched,
+        Err(e) => {
+            debug!("{peer} lost during the handshake: {e}");
+            return None;
+        }
+    };
+    shared.metrics.http_response(SWITCHING_PROTOCOLS);
+    info!("{peer} connected: {described}");
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
         let _ = outbox.close(CloseCode::Away, "server shutting down");
@@ -595,15 +624,8 @@ fn join<'a>(
     drop(outbox);
     shared.metrics.connection_opened();
     let room = Arc::clone(membership.room());
-    let client = Client::start(
-        upgraded.transport,
-        upgraded.leftover,
-        inbox,
-        room,
-        shared,
-        peer,
-    );
-    (membership, client)
+    let client = Client::start(transport, leftover, inbox, room, shared, peer);
+    Some((membership, client))
 }
 
 /// Counts and logs how the connection ended.
