@@ -327,37 +327,11 @@ fn raw_websocket_to(server: &Wsecho, path: &str) -> TcpStream {
     tcp
 }
 
-/// Room "stalled" has a listener that reads nothing and a sender at full speed: its sender is
-/// paced (held back) while its listener is behind. Room "free" meanwhile goes at full speed:
-/// all of its messages arrive while the stalled listener is still connected (the send timeout
-/// is far away), so nothing in "free" waited for "stalled".
-#[test]
-fn a_stalled_client_in_one_room_does_not_slow_another_room() {
-    let server = Wsecho::start(
-        &[
-            &BASE[..],
-            &["--max-backlog", "256KiB", "--send-timeout", "1h"],
-        ]
-        .concat(),
-    );
-    let stalled = raw_websocket_to(&server, "/stalled");
-    let stalled_port = stalled.local_addr().unwrap().port();
-    server.wait_for_log(&[&format!(":{stalled_port} connected: path /stalled")]);
-    // The stalled room's sender floods without reading; it is soon paced.
-    let flooder = raw_websocket_to(&server, "/stalled");
-    let mut writer = flooder.try_clone().unwrap();
-    thread::spawn(move || {
-        let frame = client_frame(true, BINARY, &[7; 32 << 10]);
-        while writer.write_all(&frame).is_ok() {}
-    });
-    // Wait until the stalled room is congested: its sender is paced.
-    let flooder_port = flooder.local_addr().unwrap().port();
-    server.wait_for_log(&[&format!(
-        ":{flooder_port} paused: a listener of its room is behind"
-    )]);
-    // The free room at full speed: 2,000 messages of 4 KiB, every one heard in order.
-    let mut sender = raw_websocket_to(&server, "/free");
-    let mut listener = raw_websocket_to(&server, "/free");
+/// Room "free" at full speed: a sender on `from` sends 2,000 messages of 4 KiB as fast as the
+/// server takes them, and a listener on `to` hears every one in order, as does the sender.
+fn free_room_at_full_speed(from: &Wsecho, to: &Wsecho) {
+    let mut sender = raw_websocket_to(from, "/free");
+    let mut listener = raw_websocket_to(to, "/free");
     // Each is in the room once it hears its own hello (the other may hear it too).
     for (tcp, hello) in [
         (&mut listener, "hello listener"),
@@ -391,6 +365,38 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
         let (_, _, own) = read_server_frame(&mut sender);
         assert_eq!(u32::from_be_bytes(own[..4].try_into().unwrap()), expected);
     }
+}
+
+/// Room "stalled" has a listener that reads nothing and a sender at full speed: its sender is
+/// paced (held back) while its listener is behind. Room "free" meanwhile goes at full speed:
+/// all of its messages arrive while the stalled listener is still connected (the send timeout
+/// is far away), so nothing in "free" waited for "stalled".
+#[test]
+fn a_stalled_client_in_one_room_does_not_slow_another_room() {
+    let server = Wsecho::start(
+        &[
+            &BASE[..],
+            &["--max-backlog", "256KiB", "--send-timeout", "1h"],
+        ]
+        .concat(),
+    );
+    let stalled = raw_websocket_to(&server, "/stalled");
+    let stalled_port = stalled.local_addr().unwrap().port();
+    server.wait_for_log(&[&format!(":{stalled_port} connected: path /stalled")]);
+    // The stalled room's sender floods without reading; it is soon paced.
+    let flooder = raw_websocket_to(&server, "/stalled");
+    let mut writer = flooder.try_clone().unwrap();
+    thread::spawn(move || {
+        let frame = client_frame(true, BINARY, &[7; 32 << 10]);
+        while writer.write_all(&frame).is_ok() {}
+    });
+    // Wait until the stalled room is congested: its sender is paced.
+    let flooder_port = flooder.local_addr().unwrap().port();
+    server.wait_for_log(&[&format!(
+        ":{flooder_port} paused: a listener of its room is behind"
+    )]);
+    // The free room at full speed: 2,000 messages of 4 KiB, every one heard in order.
+    free_room_at_full_speed(&server, &server);
     // The stalled room is still stalled, and its listener still connected.
     assert!(
         !server
@@ -426,40 +432,7 @@ fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
     let flooder_port = flooder.local_addr().unwrap().port();
     a.wait_for_log(&[&format!(":{flooder_port} paused: ")]);
 
-    let mut sender = raw_websocket_to(&a, "/free");
-    let mut listener = raw_websocket_to(&b, "/free");
-    for (tcp, hello) in [
-        (&mut listener, "hello listener"),
-        (&mut sender, "hello sender"),
-    ] {
-        tcp.write_all(&client_frame(true, 0x1, hello.as_bytes()))
-            .unwrap();
-        while read_server_frame(tcp).2 != hello.as_bytes() {}
-    }
-    let count = 2000u32;
-    let mut writer = sender.try_clone().unwrap();
-    thread::spawn(move || {
-        for n in 0..count {
-            let mut payload = n.to_be_bytes().to_vec();
-            payload.resize(4096, n as u8);
-            writer
-                .write_all(&client_frame(true, BINARY, &payload))
-                .unwrap();
-        }
-    });
-    for expected in 0..count {
-        let (_, mut opcode, mut payload) = read_server_frame(&mut listener);
-        while payload == b"hello sender" {
-            (_, opcode, payload) = read_server_frame(&mut listener);
-        }
-        assert_eq!(opcode, BINARY);
-        assert_eq!(
-            u32::from_be_bytes(payload[..4].try_into().unwrap()),
-            expected
-        );
-        let (_, _, own) = read_server_frame(&mut sender);
-        assert_eq!(u32::from_be_bytes(own[..4].try_into().unwrap()), expected);
-    }
+    free_room_at_full_speed(&a, &b);
     drop((stalled, flooder));
 }
 
