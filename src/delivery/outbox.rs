@@ -446,9 +446,9 @@ impl Outbox {
     /// Wakes the connection's thread without giving it anything: it looks again at whatever
     /// it waits for (room in the hub, room in memory).
     pub(crate) fn wake(&self) {
-        // AcqRel pairs with the swap in `Inbox::drain`: whoever sees `true` knows the thread
-        // has not looked yet and will see this delivery when it does.
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        // Whoever sees `true` knows the thread has not looked yet (see `Inbox::drain`) and will
+        // see this delivery when it does.
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
             self.waker.wake();
         }
     }
@@ -522,10 +522,14 @@ impl Inbox {
 
     /// Takes everything queued so far. Call after the wait reported the waker.
     pub(crate) fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
-        // Clear the flag and the waker before looking, so a delivery that races with the
-        // look wakes the next wait instead of being missed.
-        self.outbox.wake_pending.swap(false, Ordering::AcqRel);
+        // Clear the waker, then the flag, before looking, so that a delivery that races with
+        // the look wakes the next wait instead of being missed. In that order: a sender that
+        // finds the flag clear wakes the waker after it was cleared, so the wake stays. The
+        // other order lost wake-ups for good: a sender could set the flag and wake the waker
+        // between the two, the reset then cleared its wake, and the flag, left set, kept
+        // every later sender from waking the thread again.
         self.outbox.waker.reset();
+        self.outbox.wake_pending.store(false, Ordering::SeqCst);
         self.receiver.try_iter()
     }
 
