@@ -525,9 +525,9 @@ impl Inbox {
         // Clear the waker, then the flag, before looking, so that a delivery that races with
         // the look wakes the next wait instead of being missed. In that order: a sender that
         // finds the flag clear wakes the waker after it was cleared, so the wake stays. The
-        // other order lost wake-ups for good: a sender could set the flag and wake the waker
-        // between the two, the reset then cleared its wake, and the flag, left set, kept
-        // every later sender from waking the thread again.
+        // other order would lose wake-ups for good: a sender could set the flag and wake the
+        // waker between the two, the reset would clear its wake, and the flag, left set,
+        // would keep every later sender from waking the thread again.
         self.outbox.waker.reset();
         self.outbox.wake_pending.store(false, Ordering::SeqCst);
         self.receiver.try_iter()
