@@ -135,6 +135,7 @@ impl std::fmt::Debug for ClusterConfig {
 
 /// Checks a `--redis` URL without connecting: redis:// or rediss:// (or a Unix socket), as the
 /// redis crate reads them. The error never repeats the URL, which may hold a password.
+#[cfg(feature = "cluster")]
 fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url).map(|_| ()).map_err(|e| {
         format!(

@@ -101,6 +101,7 @@ struct RoomState {
 struct Pending {
     outbox: Arc<Outbox>,
     /// The history read for it, once it came.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     history: Option<Vec<Bytes>>,
     /// Set once its mark came: every broadcast since is after its history, kept here.
     marked: bool,
@@ -146,6 +147,7 @@ impl Hub {
 
     /// What the flow control of every room shares (the cluster's publish queue, listeners
     /// behind anywhere).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn common_flow(&self) -> &CommonFlow {
         &self.common
     }
@@ -210,18 +212,21 @@ impl Hub {
 
     /// The history read elsewhere for the pending newcomer `joiner` of `room`: the last
     /// broadcasts before its mark, oldest first.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn history_read(&self, room: &str, joiner: ConnectionId, history: Vec<Bytes>) {
         self.with_pending(room, joiner, |pending| pending.history = Some(history));
     }
 
     /// The mark of the pending newcomer `joiner` of `room` came: what is broadcast from now on
     /// is after its history.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn history_marked(&self, room: &str, joiner: ConnectionId) {
         self.with_pending(room, joiner, |pending| pending.marked = true);
     }
 
     /// Every pending newcomer gets this hub's own history instead, now (the history from
     /// elsewhere will not come). Returns how many there were.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn history_from_here(&self) -> usize {
         let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
         let mut count = 0;
@@ -238,6 +243,7 @@ impl Hub {
     }
 
     /// Updates a pending newcomer, and admits it once it has both its history and its mark.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     fn with_pending(&self, room: &str, joiner: ConnectionId, update: impl FnOnce(&mut Pending)) {
         let Some(room) = self.rooms().get(room).cloned() else {
             return; // it left, and its room with it
@@ -286,6 +292,7 @@ impl Hub {
     /// keeps them in its history. A room that does not exist here (a cluster's broadcast for
     /// a room with no client on this instance) is made when it keeps history. Returns how
     /// many connections took them.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn broadcast(&self, room: &str, frames: &[Bytes]) -> usize {
         let found = self.rooms().get(room).cloned();
         match found {
@@ -322,6 +329,7 @@ impl Hub {
 
     /// A room made to keep history, with no member yet.
     #[cold]
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     fn room_for_history(&self, room: &str) -> Arc<Room> {
         self.room_in(&mut self.rooms(), room)
     }
@@ -405,6 +413,7 @@ impl Hub {
 
 impl Room {
     /// The room's name.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn name(&self) -> &RoomName {
         &self.name
     }
@@ -421,6 +430,7 @@ impl Room {
 
 impl Membership {
     /// The connection's id.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn id(&self) -> ConnectionId {
         self.id
     }

@@ -212,6 +212,7 @@ const STACK_MARGIN: usize = 512;
 /// `vm.max_map_count`: its stack and the stack's guard page, and what its allocator arena and
 /// the pages it gives back split off. Measured: with the default count of 65,530, thread
 /// creation failed at the 16,364th connection, four maps each.
+#[cfg(any(target_os = "linux", test))]
 pub(crate) const MAPS_PER_CONNECTION: u64 = 4;
 
 /// The most threads this process may still start, and the system setting that bounds it
@@ -232,6 +233,7 @@ pub(crate) fn thread_room() -> Option<(u64, &'static str, u64)> {
 /// The most threads the system settings `(name, value)` leave room for, given the memory maps
 /// the process has and the threads the machine runs: each setting bounds it, and the least
 /// wins. Returns that room, and the setting.
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn least_room(
     max_map_count: Option<u64>,
     maps_now: u64,
