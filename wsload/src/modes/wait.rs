@@ -30,6 +30,11 @@ impl Handler for Probe {
     fn on_message(&mut self, _: usize, _: Message<'_>, _: &mut Conn, _: Instant) {}
 
     fn on_close(&mut self, _: usize, reason: &CloseReason) {
+        // An attempt cut short by the deadline says less than the real error an earlier
+        // attempt met (a certificate for another name, say): that one is kept.
+        if matches!(reason, CloseReason::TimedOut) && self.last_error.is_some() {
+            return;
+        }
         self.last_error = Some(reason.to_string());
     }
 }
