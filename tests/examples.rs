@@ -6,11 +6,13 @@
 //! as they arrive. The only sleeps measure idleness (the context-switch counts, Linux only).
 //! Time limits are generous lower or upper bounds, never tight windows.
 
+mod support;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier, Condvar, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -97,7 +99,7 @@ struct Lesson {
     child: Child,
     url: String,
     addr: SocketAddr,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: support::Log,
 }
 
 impl Lesson {
@@ -121,19 +123,12 @@ impl Lesson {
             .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let mut lesson = Lesson {
             child,
             url: String::new(),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log: Arc::clone(&log),
+            log: support::Log::follow(stderr),
         };
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.0.lock().unwrap().push(line);
-                log.1.notify_all();
-            }
-        });
         // The ready line, read on a thread so that a lesson that never prints fails the test
         // after PATIENCE instead of hanging it.
         let (ready, ready_line) = mpsc::channel();
@@ -145,12 +140,9 @@ impl Lesson {
         let line = ready_line.recv_timeout(PATIENCE).unwrap_or_default();
         lesson.url = line.trim_end().to_string();
         let port = lesson.url.strip_prefix("ws://127.0.0.1:").unwrap_or("");
-        let port: u16 = port.parse().unwrap_or_else(|_| {
-            panic!(
-                "{name}: ready line {line:?}, log: {:?}",
-                lesson.log.0.lock().unwrap()
-            )
-        });
+        let port: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: ready line {line:?}, log: {}", lesson.log.text()));
         assert_ne!(
             port, 0,
             "{name} printed port 0, not the port it is listening on"
@@ -179,27 +171,12 @@ impl Lesson {
 
     /// Waits until a log line contains every one of `needles`; returns that line.
     fn wait_for_log(&self, needles: &[&str]) -> String {
-        let (lines, arrived) = &*self.log;
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needles:?} in:\n{}",
-                lines.join("\n")
-            );
-            lines = arrived.wait_timeout(lines, left).unwrap().0;
-        }
+        self.log.wait_for(needles)
     }
 
     /// Whether a log line so far contains every one of `needles`.
     fn logged(&self, needles: &[&str]) -> bool {
-        let lines = self.log.0.lock().unwrap();
-        lines.iter().any(|l| needles.iter().all(|n| l.contains(n)))
+        self.log.has(needles)
     }
 }
 

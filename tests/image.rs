@@ -21,14 +21,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use pki::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 use support::{PATIENCE, connect, expect_close, http_exchange, next_data};
 use tungstenite::Message;
 
@@ -136,7 +135,7 @@ struct Container {
     /// `ws://127.0.0.1:PORT` (or `wss://`), from the ready line.
     url: String,
     addr: SocketAddr,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: support::Log,
 }
 
 impl Container {
@@ -163,15 +162,7 @@ impl Container {
             .spawn()
             .expect("podman is not installed: scripts/test.sh installs it");
 
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        let stderr = run.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.0.lock().unwrap().push(line);
-                sink.1.notify_all();
-            }
-        });
+        let log = support::Log::follow(run.stderr.take().unwrap());
         let (ready, ready_line) = mpsc::channel();
         let stdout = run.stdout.take().unwrap();
         thread::spawn(move || {
@@ -217,25 +208,11 @@ impl Container {
 
     /// Waits until a log line contains every one of `needles`; returns that line.
     fn wait_for_log(&self, needles: &[&str]) -> String {
-        let (lines, arrived) = &*self.log;
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needles:?} in:\n{}",
-                lines.join("\n")
-            );
-            lines = arrived.wait_timeout(lines, left).unwrap().0;
-        }
+        self.log.wait_for(needles)
     }
 
     fn log(&self) -> String {
-        self.log.0.lock().unwrap().join("\n")
+        self.log.text()
     }
 
     /// `podman inspect --format FORMAT` of the container.
@@ -461,28 +438,13 @@ fn options_after_the_image_name_reach_wsecho_broadcast() {
     assert_eq!(health["mode"], "broadcast");
 }
 
-/// A client TLS configuration that trusts only `ca_pem`.
-fn trusting(ca_pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 /// `GET path` over TLS to `addr` as `localhost`, trusting only `ca_pem`: the whole response,
 /// or the TLS handshake's error.
 fn https_get(addr: SocketAddr, ca_pem: &str, path: &str) -> std::io::Result<String> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(PATIENCE))?;
     let name = ServerName::try_from("localhost").unwrap();
-    let session = ClientConnection::new(trusting(ca_pem), name).unwrap();
+    let session = ClientConnection::new(pki::trusting(ca_pem), name).unwrap();
     let mut tls = StreamOwned::new(session, tcp);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;

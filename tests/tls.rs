@@ -11,14 +11,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pki::Pki;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 use support::{PATIENCE, Wsecho, expect_close, next_data};
 use tungstenite::{Message, WebSocket};
 
@@ -32,28 +30,13 @@ fn start(pki: &Pki, extra: &[&str]) -> Wsecho {
     Wsecho::start(&args)
 }
 
-/// A client TLS configuration that trusts only `ca_pem`.
-fn trusting(ca_pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 /// A TLS connection to the server, as `localhost`, trusting only `ca_pem`; the handshake is
 /// done (or failed) when it returns.
 fn tls_to(addr: SocketAddr, ca_pem: &str) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(PATIENCE))?;
     let name = ServerName::try_from("localhost").unwrap();
-    let session = ClientConnection::new(trusting(ca_pem), name).unwrap();
+    let session = ClientConnection::new(pki::trusting(ca_pem), name).unwrap();
     let mut tls = StreamOwned::new(session, tcp);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;

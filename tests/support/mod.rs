@@ -27,7 +27,71 @@ pub struct Wsecho {
     child: Child,
     pub url: String,
     pub addr: SocketAddr,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Log,
+}
+
+/// A process's log, line by line as it writes it, and a way to wait for a line without
+/// sleeping: every new line wakes the waiters.
+#[derive(Clone)]
+pub struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Log {
+    /// Collects the lines `stream` (a child's standard error, say) writes, on a thread.
+    pub fn follow(stream: impl Read + Send + 'static) -> Log {
+        let log = Log(Arc::new((Mutex::new(Vec::new()), Condvar::new())));
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.0.0.lock().unwrap().push(line);
+                sink.0.1.notify_all();
+            }
+        });
+        log
+    }
+
+    /// Waits until a line contains every one of `needles`; returns that line.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        let matches = |l: &str| needles.iter().all(|n| l.contains(n));
+        let log = self.wait(
+            |log| log.lines().any(matches),
+            &format!("a line with {needles:?}"),
+        );
+        log.lines()
+            .find(|l| matches(l))
+            .expect("just found")
+            .to_string()
+    }
+
+    /// Waits until the log as a whole satisfies `done`, at most [`PATIENCE`]; returns it.
+    pub fn wait_until(&self, done: impl Fn(&str) -> bool) -> String {
+        self.wait(done, "what the test waits for")
+    }
+
+    fn wait(&self, done: impl Fn(&str) -> bool, what: &str) -> String {
+        let (lines, arrived) = &*self.0;
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            let log = lines.join("\n");
+            if done(&log) {
+                return log;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {what} in the log:\n{log}");
+            lines = arrived.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Whether a line so far contains every one of `needles`.
+    pub fn has(&self, needles: &[&str]) -> bool {
+        let lines = self.0.0.lock().unwrap();
+        lines.iter().any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    /// Every line so far.
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap().join("\n")
+    }
 }
 
 impl Wsecho {
@@ -63,15 +127,7 @@ impl Wsecho {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start wsecho");
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.0.lock().unwrap().push(line);
-                sink.1.notify_all();
-            }
-        });
+        let log = Log::follow(child.stderr.take().unwrap());
         let mut url = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut url)
@@ -79,8 +135,8 @@ impl Wsecho {
         let url = url.trim().to_string();
         assert!(
             url.starts_with("ws://127.0.0.1:") || url.starts_with("wss://127.0.0.1:"),
-            "ready line {url:?}, log: {:?}",
-            log.0.lock()
+            "ready line {url:?}, log: {}",
+            log.text()
         );
         let addr = url
             .trim_start_matches("ws://")
@@ -102,42 +158,17 @@ impl Wsecho {
 
     /// Waits until a log line contains every one of `needles`; returns that line.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
-        let (lines, arrived) = &*self.log;
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needles:?} in:\n{}",
-                lines.join("\n")
-            );
-            lines = arrived.wait_timeout(lines, left).unwrap().0;
-        }
+        self.log.wait_for(needles)
     }
 
     /// Waits until the log as a whole satisfies `done`; returns it.
     pub fn wait_until(&self, done: impl Fn(&str) -> bool) -> String {
-        let (lines, arrived) = &*self.log;
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = lines.lock().unwrap();
-        loop {
-            let log = lines.join("\n");
-            if done(&log) {
-                return log;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the log never got there:\n{log}");
-            lines = arrived.wait_timeout(lines, left).unwrap().0;
-        }
+        self.log.wait_until(done)
     }
 
     /// Every log line so far.
     pub fn log(&self) -> String {
-        self.log.0.lock().unwrap().join("\n")
+        self.log.text()
     }
 
     /// Sends a signal (by name, as `kill -s` takes it) to the server.
