@@ -389,12 +389,10 @@ impl Server {
                     return;
                 };
                 drop(handed);
-                // Dropped when the thread ends, panics included: the place is given back.
-                let mut ticket = ticket;
                 // The client, once a proxy has named it: a panic's log line names it too.
                 let client = Cell::new(Peer::direct(peer));
                 let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    connection::handle(stream, &client, &shared, &mut ticket)
+                    connection::handle(stream, &client, &shared, ticket)
                 }));
                 if let Err(panic) = served {
                     report_panic(client.get(), panic.as_ref());

@@ -158,7 +158,11 @@ impl Shared {
 /// head, headers, handshake answer) leave the stack before the WebSocket's loop begins. A
 /// thread keeps every stack page it ever touched, so an idle connection costs the deeper of
 /// the two steps, not their sum.
-pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, ticket: &mut Ticket) {
+///
+/// `ticket` is the connection's place under the caps. It is given back before the line that
+/// says the client disconnected, so a client that reads that line may come straight back.
+/// (A panic gives it back too, as it unwinds.)
+pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, mut ticket: Ticket) {
     let peer = client.get().addr;
     // The mailbox first: its waker may need descriptors (the portable backend's poller), and
     // a client the server cannot wake is better told "busy" than upgraded and dropped.
@@ -168,12 +172,12 @@ pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, ti
     };
     // One deadline for everything before the upgrade: the PROXY header, TLS, the request.
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let Some(arrived) = arrive(&stream, peer, shared, ticket, deadline) else {
+    let Some(arrived) = arrive(&stream, peer, shared, &mut ticket, deadline) else {
         return;
     };
     client.set(arrived);
-    if let Some(upgraded) = answer_request(stream, client, shared, ticket, deadline) {
-        run_client(upgraded, waker, client.get(), shared);
+    if let Some(upgraded) = answer_request(stream, client, shared, &mut ticket, deadline) {
+        run_client(upgraded, waker, client.get(), shared, ticket);
     }
 }
 
@@ -560,11 +564,12 @@ fn start_tls(
 /// loop runs in the frame of this one, and the locals of the steps before and after (the
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
-fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &Shared) {
+fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &Shared, ticket: Ticket) {
     let Some((membership, client)) = join(upgraded, waker, peer, shared) else {
         return;
     };
     let summary = client.run();
+    drop(ticket);
     leave(&summary, peer, shared);
     drop(membership);
 }
