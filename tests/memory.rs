@@ -270,3 +270,35 @@ fn a_connection_that_gave_its_buffers_back_loses_nothing_even_mid_message() {
         Outcome::Echoed(big.len())
     );
 }
+
+#[test]
+fn a_connection_reading_in_bigger_steps_after_a_big_message_loses_nothing() {
+    let server = Wsecho::start(&["--greeting-delay", "off"]);
+    let mut tcp = raw_websocket(server.addr);
+    let small = vec![0x11; 32];
+    let medium = vec![0x22; 5000];
+    let large = vec![0x33; 20_000];
+
+    // A small message and the start of a bigger one in one write, the rest a moment later: the
+    // server first reads in small steps, and must not change them with half a frame in hand.
+    let bigger = client_frame(true, BINARY, &medium);
+    let (first, rest) = bigger.split_at(1000);
+    let mut start = client_frame(true, BINARY, &small);
+    start.extend_from_slice(first);
+    tcp.write_all(&start).unwrap();
+    assert_eq!(read_server_frame(&mut tcp), (true, BINARY, small.clone()));
+    thread::sleep(Duration::from_millis(100));
+    tcp.write_all(rest).unwrap();
+    assert_eq!(read_server_frame(&mut tcp), (true, BINARY, medium.clone()));
+
+    // Then messages of every size back to back, in one write: each comes back whole, in order.
+    let sizes = [&small, &large, &small, &medium, &large];
+    let burst: Vec<u8> = sizes
+        .iter()
+        .flat_map(|payload| client_frame(true, BINARY, payload))
+        .collect();
+    tcp.write_all(&burst).unwrap();
+    for payload in sizes {
+        assert_eq!(read_server_frame(&mut tcp), (true, BINARY, payload.clone()));
+    }
+}

@@ -30,11 +30,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::Mode;
+use crate::connection::Shared;
 use crate::connection::pace::{Pacing, Turn};
+use crate::connection::read_size::{self, ReadSize};
 use crate::connection::settle::{BIG_QUEUE, Settling};
 use crate::connection::socket::Socket;
 use crate::connection::transport::Transport;
-use crate::connection::{READ_BUFFER_SIZE, Shared};
 use crate::delivery::hub::Room;
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
@@ -96,6 +97,8 @@ pub(crate) struct Summary {
 pub(crate) struct Client<'a> {
     /// The protocol's state (tungstenite): frames, fragments, the close handshake.
     ws: WebSocketContext,
+    /// The read step `ws` was made with (`read_size.rs`).
+    read_size: ReadSize,
     /// The client's socket, with everything queued for it.
     socket: Socket,
     /// What other threads hand this connection.
@@ -171,14 +174,21 @@ impl<'a> Client<'a> {
             // Listeners with nothing queued take broadcasts without a wake-up (outbox.rs).
             socket.lend(inbox.outbox());
         }
+        // No read buffer until the client sends something, unless it already has.
+        let read_size = if leftover.is_empty() {
+            ReadSize::Dormant
+        } else {
+            ReadSize::Small
+        };
         let ws = WebSocketContext::from_partially_read(
             leftover,
             Role::Server,
-            Some(shared.websocket_config()),
+            Some(read_size.apply(shared.websocket_config())),
         );
         let now = Instant::now();
         Box::new(Client {
             ws,
+            read_size,
             socket,
             inbox,
             room,
@@ -266,7 +276,8 @@ impl<'a> Client<'a> {
             self.stats.tally.flush(&self.shared.metrics);
             self.send_queued()?;
             if ready.woken || ready.readable {
-                self.settling.note_activity(ready.woken, self.grew());
+                let holds = self.read_size != ReadSize::Dormant || self.grew();
+                self.settling.note_activity(ready.woken, holds);
             }
             self.check_deadlines()?;
         }
@@ -274,8 +285,30 @@ impl<'a> Client<'a> {
 
     /// Whether a burst grew tungstenite's read buffer or the queue past their quiet size.
     fn grew(&self) -> bool {
-        self.socket.largest_frame() > READ_BUFFER_SIZE as u64
+        self.socket.largest_frame() > read_size::SMALL as u64
             || self.socket.peak_queued() > BIG_QUEUE
+    }
+
+    /// Moves tungstenite to the read step the client's frames call for (`read_size.rs`), if
+    /// it is not there and the WebSocket can be made again now.
+    fn fit_read_size(&mut self) {
+        if let Some(size) = self.read_size.after_reading(self.socket.largest_frame()) {
+            self.remake_websocket(size);
+        }
+    }
+
+    /// Makes the WebSocket again around the same socket with the read step `size`, which also
+    /// drops its read buffer, if that is safe: every byte read is parsed and every message
+    /// whole (tungstenite's state is then empty but for its buffer), and the protocol is still
+    /// open (a new WebSocket would forget a Close sent or received). Out of line: the new
+    /// WebSocket is built in this frame, not under the loop.
+    #[inline(never)]
+    fn remake_websocket(&mut self, size: ReadSize) {
+        let open = self.closing.by_server.is_none() && self.ws.can_write();
+        if open && !self.read_pending && self.socket.between_messages() {
+            self.ws = WebSocketContext::new(Role::Server, Some(size.apply(*self.ws.get_config())));
+            self.read_size = size;
+        }
     }
 
     /// Gives back what the last burst left (see `settle.rs`), if the connection is quiet: no
@@ -294,10 +327,8 @@ impl<'a> Client<'a> {
             return;
         }
         let grew = self.grew();
-        if self.socket.largest_frame() > READ_BUFFER_SIZE as u64 {
-            // Every byte read is parsed and every message whole: tungstenite's state is empty
-            // but for its buffer, which a new one allocates at its first size.
-            self.ws = WebSocketContext::new(Role::Server, Some(*self.ws.get_config()));
+        if self.read_size != ReadSize::Dormant {
+            self.remake_websocket(ReadSize::Dormant);
         }
         self.socket.shrink_queue();
         self.socket.forget_peaks();
@@ -368,6 +399,7 @@ impl<'a> Client<'a> {
     /// Reads every complete message the socket has, and acts on each.
     fn read_messages(&mut self) -> Result<(), Ending> {
         let mut ended = None;
+        self.fit_read_size();
         self.socket.start_round();
         // Stays true if the loop stops for pushback before the stream said "would block".
         self.read_pending = true;
@@ -400,6 +432,10 @@ impl<'a> Client<'a> {
         }
         // Refused for lack of memory: the next may_read finds out and waits for room.
         self.socket.take_starved();
+        if ended.is_none() {
+            // The next round reads in bigger steps if this one brought a big frame.
+            self.fit_read_size();
+        }
         ended.map_or(Ok(()), Err)
     }
 

@@ -6,6 +6,7 @@
 mod boundary;
 mod client;
 mod pace;
+mod read_size;
 mod settle;
 mod socket;
 mod transport;
@@ -70,20 +71,12 @@ use crate::tls::Tls;
 // - its thread's stack: the pages it touched of the 256 KiB reserved (server.rs), glibc's
 //   thread bookkeeping among them; the handshake keeps its buffers on the heap so that the
 //   stack stays shallow;
-// - tungstenite's read buffer, READ_BUFFER_SIZE below, and its small state;
+// - tungstenite's small state, and no read buffer: it has one only while the client sends
+//   (read_size.rs);
 // - the outbox (a channel and a waker), the socket's empty queue, and a hub entry;
 // - in the kernel, not counted above: the thread's kernel stack and the socket with its
 //   buffers. No other descriptor: the waker is a signal (sys/ppoll.rs).
 // After a burst, the connection gives back what the burst grew (settle.rs).
-
-/// tungstenite reads the socket at most this much at a time, into a buffer of at least this
-/// size that it zero-fills before each read, so every connection that ever received a byte
-/// keeps this much resident. Its default, 128 KiB, would be most of what an idle connection
-/// costs. 2 KiB holds the small messages of chat-like traffic in one read and keeps an idle
-/// connection small (docs/performance.md); the price is more
-/// reads for big messages (a 4 KiB message takes three, a 16 MiB one eight thousand, which is
-/// still milliseconds).
-pub(crate) const READ_BUFFER_SIZE: usize = 2 * 1024;
 
 /// What every connection thread shares.
 #[derive(Debug)]
@@ -135,10 +128,10 @@ impl Shared {
         false
     }
 
-    /// tungstenite's settings, derived from ours.
+    /// tungstenite's settings, derived from ours; the read step is the connection's own
+    /// (`read_size.rs`).
     fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
             // Every frame tungstenite writes (pongs, closes) goes straight into our queue,
             // which does its own batching (see socket.rs).
             .write_buffer_size(0)
