@@ -13,7 +13,8 @@
 //! from accept to echo:
 //!
 //! 1. `server` (the main thread) accepts a TCP connection, asks `admission` whether a cap
-//!    forbids it (the connection limit, per-address caps: a 503 if so), and starts its thread.
+//!    forbids it (the connection limit, per-address caps: a 503 if so), and hands it to a
+//!    thread of its own, made ahead and parked until then (`threads`).
 //!    Behind a proxy (`--trusted-proxy`, `--proxy-protocol`), `proxy` finds out who the client
 //!    is, and the per-address caps count it from then on.
 //! 2. `connection` (that thread, from here on) reads the HTTP request with `http`: the demo
@@ -78,6 +79,7 @@ mod proxy;
 mod server;
 mod sync;
 mod sys;
+mod threads;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use log::{error, info, warn};
@@ -31,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Peer};
 use crate::sync;
 use crate::sys::{self, Interest, Waker};
+use crate::threads::{MAX_PARKED, Threads};
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -78,6 +78,8 @@ pub struct Server {
     /// Connections refused because the system refused their thread, logged at most once per
     /// [`NO_THREAD_LOG_INTERVAL`].
     no_thread_log: Throttle,
+    /// The connection threads: spares parked for the next clients, and their maker.
+    threads: Threads,
 }
 
 /// Refusals for want of a thread are logged at most once per this interval.
@@ -256,6 +258,8 @@ impl Server {
             admission: Arc::new(admission),
             capacity,
             no_thread_log: Throttle::new(NO_THREAD_LOG_INTERVAL),
+            threads: Threads::start(CONNECTION_STACK_SIZE)
+                .map_err(|e| Error::Io("starting the connection threads' maker", e))?,
         })
     }
 
@@ -381,23 +385,20 @@ impl Server {
         // 503 on if the system refuses the thread.
         let slot = Arc::new(Mutex::new(Some(stream)));
         let handed = Arc::clone(&slot);
-        let spawned = thread::Builder::new()
-            .name("connection".into())
-            .stack_size(CONNECTION_STACK_SIZE)
-            .spawn(move || {
-                let Some(stream) = sync::lock(&handed).take() else {
-                    return;
-                };
-                drop(handed);
-                // The client, once a proxy has named it: a panic's log line names it too.
-                let client = Cell::new(Peer::direct(peer));
-                let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    connection::handle(stream, &client, &shared, ticket)
-                }));
-                if let Err(panic) = served {
-                    report_panic(client.get(), panic.as_ref());
-                }
-            });
+        let spawned = self.threads.run(Box::new(move || {
+            let Some(stream) = sync::lock(&handed).take() else {
+                return;
+            };
+            drop(handed);
+            // The client, once a proxy has named it: a panic's log line names it too.
+            let client = Cell::new(Peer::direct(peer));
+            let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                connection::handle(stream, &client, &shared, ticket)
+            }));
+            if let Err(panic) = served {
+                report_panic(client.get(), panic.as_ref());
+            }
+        }));
         if let Err(e) = spawned
             && let Some(stream) = sync::lock(&slot).take()
         {
@@ -481,8 +482,9 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
 }
 
 /// Threads kept for everything but connections: the main thread, the greeting timer, the
-/// signal thread, the cluster's two, and room for a few more.
-const RESERVED_THREADS: u64 = 16;
+/// signal thread, the cluster's two, the connection threads' maker and its spares
+/// (`threads.rs`), and room for a few more.
+const RESERVED_THREADS: u64 = 16 + MAX_PARKED as u64;
 
 /// How many connections the system's thread settings leave room for (a thread each): past it,
 /// new clients get 503, never a dropped TCP connection. Logged beside the descriptor cap.
