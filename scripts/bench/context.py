@@ -161,8 +161,8 @@ class Bench:
         """True if BENCH_ONLY is unset or names GROUP."""
         return not self.opts.only or group in self.opts.only.split(",")
 
-    def run(self, name: str, *args) -> None:
-        self.runs.run(name, *args)
+    def run(self, name: str, *args, quiet: bool = False) -> None:
+        self.runs.run(name, *args, quiet=quiet)
 
     # ------------------------------------------------------------ servers --
     def start_wsecho(self, *flags: str, binary: Path | None = None, label: str = "wsecho") -> Server:

@@ -131,6 +131,7 @@ class Report:
         self.main_label = main_label
         self.rows: list[str] = []
         self.side_by_side: list[str] = []  # lines of the side-by-side tables
+        self.sections: list[str] = []  # lines of sections of their own below the table (the soak's)
         self.tsv: list[str] = []  # lines of comparison.tsv, header aside
         self._peers: list[tuple[str, str]] = []  # (run prefix, label) of the current table
 
@@ -292,7 +293,7 @@ def results_markdown(header: list[str], report: Report, settle_text: str) -> str
     """results.md: the header bullets, the table, the side-by-side tables."""
     lines = ["# wsecho benchmark", "", *header, "",
              "| Test | Server | Figure | Measured | Target | Met |",
-             "|---|---|---|---|---|---|", *report.rows]
+             "|---|---|---|---|---|---|", *report.rows, *report.sections]
     if report.side_by_side:
         lines += [
             "", "## Side by side (--compare)", "",
