@@ -16,7 +16,7 @@ from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
-GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls", "rooms"]
+GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls", "rooms", "wide"]
 
 WARMUP = "1s"
 PORTABLE_LABEL = "wsecho (portable backend)"
@@ -34,6 +34,7 @@ class Options:
     portable: bool = False
     only: str = ""  # BENCH_ONLY as given
     soak_seconds: int = 600
+    wide_clients: int = 20000  # BENCH_WIDE_CLIENTS: the clients of the wide row
     threads: str = "1"
     settle: str = "3s"
     custom: str = ""  # BENCH_SERVER
@@ -56,6 +57,12 @@ class Options:
             opts.soak_seconds = int(env.get("BENCH_SOAK_SECONDS") or 600)
         except ValueError:
             raise Fatal(f"BENCH_SOAK_SECONDS={env['BENCH_SOAK_SECONDS']} is not a number of seconds")
+        try:
+            opts.wide_clients = int(env.get("BENCH_WIDE_CLIENTS") or 20000)
+        except ValueError:
+            raise Fatal(f"BENCH_WIDE_CLIENTS={env['BENCH_WIDE_CLIENTS']} is not a number of clients")
+        if not 1 <= opts.wide_clients <= 100000:
+            raise Fatal(f"BENCH_WIDE_CLIENTS={opts.wide_clients}: give 1 to 100,000 (wsload's most listeners)")
         opts.threads = env.get("BENCH_THREADS") or "1"
         opts.settle = env.get("BENCH_SETTLE") or "3s"
         opts.custom = env.get("BENCH_SERVER", "")
@@ -111,6 +118,7 @@ class Bench:
     tls_note: str = ""
     tls_opts: list[str] = field(default_factory=list)  # wsload's --ca and --server-name
     cluster_note: str = ""
+    wide_note: str = ""  # the wide row's vm.max_map_count, or why it did not run (groups/wide.py)
     soak: Any = None  # the soak's figures (groups/soak.py)
     chart_note: str = ""
     start_load: str = ""  # the load average when the measuring began
@@ -153,8 +161,8 @@ class Bench:
         """True if BENCH_ONLY is unset or names GROUP."""
         return not self.opts.only or group in self.opts.only.split(",")
 
-    def run(self, name: str, *args) -> None:
-        self.runs.run(name, *args)
+    def run(self, name: str, *args, quiet: bool = False) -> None:
+        self.runs.run(name, *args, quiet=quiet)
 
     # ------------------------------------------------------------ servers --
     def start_wsecho(self, *flags: str, binary: Path | None = None, label: str = "wsecho") -> Server:

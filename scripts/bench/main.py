@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .context import PORTABLE_LABEL, TLS_LABEL, WARMUP, Bench, Options, check_binaries, report_fd_limit
-from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls
+from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls, wide
 from .peers import Peers
 from .report import TSV_HEADER, Report, draw_chart, results_markdown
 from .runs import Runs
@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The peers come first: wsecho's targets refer to their figures.
 MEASURE = [
-    echo.measure_peers, hold.measure_peers, fanout.measure_peers,  # --compare
+    echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide.measure_peers,  # --compare
     echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, burst.measure,
-    cluster.measure, rooms.measure,
+    cluster.measure, rooms.measure, wide.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
     soak.measure,  # --soak
 ]
@@ -58,11 +58,13 @@ def tabulate(b: Bench) -> Report:
     cluster.rows(b, r)
     rooms.rows(b, r)
     burst.rows(b, r)
+    wide.rows(b, r)
     soak.rows(b, r)
     if b.opts.compare:
         echo.compare(b, r)
         hold.compare(b, r)
         fanout.compare(b, r)
+        wide.compare(b, r)
     return r
 
 
@@ -151,10 +153,12 @@ def header(b: Bench) -> list[str]:
             lines.append(f"- {PORTABLE_LABEL}: {b.portable_note or 'no rows selected'}")
     if b.want("tls"):
         lines.append(f"- {TLS_LABEL}: {b.tls_note or tls.HEADER}")
+    if b.want("wide") and b.wide_note and not b.custom:
+        lines.append(f"- {wide.title(b)}: {b.wide_note}")
     if b.opts.compare:
         lines.append("- compared with (--compare):")
         listed = []
-        for name in echo.PEERS + hold.PEERS + fanout.PEERS:
+        for name in echo.PEERS + hold.PEERS + fanout.PEERS + wide.PEERS:
             peer = b.peers.ready.get(name)
             if peer is None or name in listed or not any(b.runs.raw.glob(f"{name}-*.json")):
                 continue  # not ready, listed already, or no rows in this run
@@ -239,7 +243,7 @@ def main(args: list[str]) -> int:
         b.started = time.monotonic()
         if opts.compare:
             b.peers.prepare(rust=b.want("echo") or b.want("hold"),
-                            node=b.want("echo") or b.want("hold") or b.want("fanout"),
+                            node=b.want("echo") or b.want("hold") or b.want("fanout") or b.want("wide"),
                             websocat=b.want("fanout"))
         for step in MEASURE:
             step(b)

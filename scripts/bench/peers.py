@@ -188,8 +188,8 @@ class Peers:
                 lambda port: [node, ws_dir / "echo-server.mjs", port])
             self.ready["nodebc"] = Peer(
                 "nodebc", f"Node ws {version}",
-                f"for the fan-out rows, the same ws {version} with its README's \"Server broadcast\" example "
-                "(every message to every client, the sender too)",
+                f"for the fan-out and wide rows, the same ws {version} with its README's \"Server broadcast\" "
+                "example (every message to every client, the sender too)",
                 lambda port: [node, ws_dir / "broadcast-server.mjs", port])
         else:
             self.skip("Node ws", version)

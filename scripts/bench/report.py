@@ -131,6 +131,7 @@ class Report:
         self.main_label = main_label
         self.rows: list[str] = []
         self.side_by_side: list[str] = []  # lines of the side-by-side tables
+        self.sections: list[str] = []  # lines of sections of their own below the table (the soak's)
         self.tsv: list[str] = []  # lines of comparison.tsv, header aside
         self._peers: list[tuple[str, str]] = []  # (run prefix, label) of the current table
 
@@ -189,14 +190,18 @@ class Report:
         return awk_number(opened / open_s), awk_text(opened / open_s)
 
     def compare_row(self, test: str, what: str, better: str, formatter: Callable, key: str,
-                    suffix: str, chart: Chart | None = None) -> None:
+                    suffix: str, chart: Chart | None = None, runs_of: dict[str, str] | None = None) -> None:
         """A row of figure KEY of the runs main-SUFFIX and PEER-SUFFIX for each peer
         of the table, then wsecho's as a multiple of the best peer's: the higher
         or the lower, as BETTER says. A peer whose run failed its checks is
         marked and not taken as the best. With CHART the figures go to
-        comparison.tsv too. No row when no peer has the figure."""
+        comparison.tsv too. No row when no peer has the figure. RUNS_OF maps a
+        column's peer to another peer whose runs fill it in this row: another
+        server of the same library, as Node ws's broadcast example is of its
+        echo server's."""
         cells, lines, best, best_label, any_figure = "", [], None, "", False
-        for peer, label in self._peers:
+        for column, label in self._peers:
+            peer = (runs_of or {}).get(column, column)
             value, text = self.figure(f"{peer}-{suffix}", key)
             if value is None:
                 cells += f" | {DASH}"
@@ -231,6 +236,12 @@ class Report:
             ratio = f"{mine / best:.2f}× best ({best_label}); {better} is better"
         self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {ratio} |")
         self.tsv += lines
+
+    def compare_alone(self, test: str, what: str, cell: str, why: str) -> None:
+        """A row of a side-by-side table that only the server under test has a
+        figure for: each peer's cell says WHY not (a feature it lacks)."""
+        cells = "".join(f" | {DASH} ({why})" for _ in self._peers)
+        self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {DASH} |")
 
     @staticmethod
     def _tsv_line(chart: Chart, server: str, value: str, main: bool) -> str:
@@ -282,7 +293,7 @@ def results_markdown(header: list[str], report: Report, settle_text: str) -> str
     """results.md: the header bullets, the table, the side-by-side tables."""
     lines = ["# wsecho benchmark", "", *header, "",
              "| Test | Server | Figure | Measured | Target | Met |",
-             "|---|---|---|---|---|---|", *report.rows]
+             "|---|---|---|---|---|---|", *report.rows, *report.sections]
     if report.side_by_side:
         lines += [
             "", "## Side by side (--compare)", "",

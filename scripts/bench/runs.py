@@ -53,11 +53,13 @@ class Runs:
         self.servers = servers
         self._cache: dict[str, dict | None] = {}
 
-    def run(self, name: str, *args) -> None:
+    def run(self, name: str, *args, quiet: bool = False) -> None:
         """Runs `wsload ARGS --threads N --json`, keeps its JSON as raw/NAME.json and
-        says in one line when there is no result or a check failed."""
+        says in one line when there is no result or a check failed; unless QUIET
+        (runs repeated many times, such as the soak's), first the command line too."""
         args = [str(a) for a in args]
-        say(f"{name}: wsload {' '.join(args)}")
+        if not quiet:
+            say(f"{name}: wsload {' '.join(args)}")
         json_path, err_path = self.raw / f"{name}.json", self.raw / f"{name}.err"
         self._cache.pop(name, None)
         with open(json_path, "wb") as out, open(err_path, "wb") as err:

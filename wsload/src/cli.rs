@@ -148,6 +148,20 @@ pub struct HoldArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub settle: Option<Duration>,
 
+    /// Send each upgrade request but for its last line break, wait until the server (--pid)
+    /// holds a descriptor for every connection, then complete all the requests at once: the
+    /// handshakes complete close together instead of over the time the server takes to accept
+    /// them all, and so do the greetings fall due (the report's opened_within_s says how
+    /// close). Needs --pid.
+    #[arg(long, requires = "pid")]
+    pub upgrade_together: bool,
+
+    /// Spread the connections over N rooms of a server that names rooms by path (wsecho
+    /// --broadcast): connection i connects to the URL's path followed by /ROOM-(i mod N).
+    /// Alone in its room, a connection's probe comes back to it like an echo.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rooms: Option<u64>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -377,6 +391,20 @@ mod tests {
         };
         assert_eq!(args.then_echo, Some(65536));
         assert_eq!(args.settle, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn upgrade_together_needs_a_pid() {
+        let base = ["wsload", "hold", "--url", "ws://127.0.0.1:1"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        assert!(with(&["--upgrade-together"]).is_err());
+        let cli = with(&["--upgrade-together", "--pid", "1", "--rooms", "50"]).unwrap();
+        let Command::Hold(args) = cli.command else {
+            panic!("expected hold");
+        };
+        assert!(args.upgrade_together);
+        assert_eq!(args.rooms, Some(50));
+        assert!(with(&["--rooms", "0"]).is_err());
     }
 
     #[test]

@@ -24,6 +24,10 @@ use std::io::{self, Write};
 pub enum Phase {
     /// TCP connect in progress.
     Connecting,
+    /// Upgrade request sent but for the empty line that ends it, which the
+    /// worker sends to every waiting connection at once
+    /// ([`crate::worker::Worker::upgrade_waiting`]).
+    Waiting,
     /// Upgrade request sent, waiting for the 101 response.
     Handshaking,
     /// WebSocket open: messages flow.
@@ -37,7 +41,10 @@ pub enum Phase {
 impl Phase {
     /// True until the handshake has completed.
     pub fn is_starting(self) -> bool {
-        matches!(self, Phase::Connecting | Phase::Handshaking)
+        matches!(
+            self,
+            Phase::Connecting | Phase::Waiting | Phase::Handshaking
+        )
     }
 }
 

@@ -37,6 +37,10 @@ pub fn accept_key(key: &str) -> [u8; ACCEPT_LEN] {
         .expect("base64 of 20 bytes is 28 characters")
 }
 
+/// The empty line that ends a request's head: `hold --upgrade-together` holds
+/// it back until every connection's request can be completed at once.
+pub const REQUEST_END: &[u8] = b"\r\n";
+
 /// The upgrade request. `host` is the URL's authority (`host:port`), `path`
 /// its path and query.
 pub fn request(host: &str, path: &str, key: &str) -> String {
@@ -198,5 +202,19 @@ mod tests {
         assert!(req.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
         assert!(req.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_request_held_back_by_its_end_is_incomplete() {
+        let req = request("127.0.0.1:9000", "/", RFC_KEY);
+        let held = req.as_bytes().strip_suffix(REQUEST_END).unwrap();
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let parsed = httparse::Request::new(&mut headers).parse(held).unwrap();
+        assert!(parsed.is_partial());
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let parsed = httparse::Request::new(&mut headers)
+            .parse(req.as_bytes())
+            .unwrap();
+        assert!(parsed.is_complete());
     }
 }

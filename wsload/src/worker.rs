@@ -121,6 +121,11 @@ impl Handler for Ignore {
 /// split across two reads is copied into the connection's own buffer.
 const SCRATCH: usize = 64 * 1024;
 
+/// How many waiting upgrades [`Worker::upgrade_waiting`] completes before it
+/// reads the responses that arrived meanwhile: a few hundred microseconds of
+/// writes.
+const UPGRADES_BETWEEN_READS: usize = 32;
+
 /// Which server a connection goes to, by its local id (see [`Worker::with_route`]).
 pub type Route = Arc<dyn Fn(usize) -> Arc<Target> + Send + Sync>;
 
@@ -134,8 +139,12 @@ pub struct Worker {
     conns: Vec<Option<Conn>>,
     scratch: Vec<u8>,
     rng: Rng,
-    /// Connections still connecting or handshaking.
+    /// Connections still connecting or handshaking (waiting ones included).
     starting: usize,
+    /// Hold back the end of new connections' upgrade requests ([`Worker::defer_upgrades`]).
+    defer_upgrades: bool,
+    /// Connections whose upgrade request waits for its end ([`Worker::upgrade_waiting`]).
+    waiting: usize,
     /// Connections not yet closed (in any phase).
     live: usize,
 }
@@ -151,6 +160,8 @@ impl Worker {
             scratch: vec![0; SCRATCH],
             rng: Rng::from_entropy(),
             starting: 0,
+            defer_upgrades: false,
+            waiting: 0,
             live: 0,
         })
     }
@@ -174,7 +185,9 @@ impl Worker {
     /// Opens `count` connections with at most `max_starting` handshakes in
     /// flight, processing events for already open ones meanwhile. Returns
     /// when every connection is open or has failed; connections still not
-    /// open at `deadline` are reported to the handler as timed out.
+    /// open at `deadline` are reported to the handler as timed out. After
+    /// [`Worker::defer_upgrades`], a connection is done here once its TCP
+    /// connect completed, and waits for [`Worker::upgrade_waiting`].
     pub fn connect<H: Handler>(
         &mut self,
         count: usize,
@@ -185,11 +198,11 @@ impl Worker {
         let first = self.conns.len();
         let mut started = 0;
         loop {
-            while started < count && self.starting < max_starting.max(1) {
+            while started < count && self.starting - self.waiting < max_starting.max(1) {
                 self.start_connect(h);
                 started += 1;
             }
-            if started == count && self.starting == 0 {
+            if started == count && self.starting == self.waiting {
                 return Ok(());
             }
             let now = Instant::now();
@@ -198,17 +211,112 @@ impl Worker {
             }
             self.poll_once(Some(deadline - now), h)?;
         }
+        self.time_out_starting(first, h);
+        for id in first + started..first + count {
+            h.on_close(id, &CloseReason::TimedOut);
+        }
+        Ok(())
+    }
+
+    /// Reports every connection from `first` on that is still connecting or
+    /// handshaking as timed out (those waiting for [`Worker::upgrade_waiting`]
+    /// are left to it).
+    fn time_out_starting<H: Handler>(&mut self, first: usize, h: &mut H) {
         for id in first..self.conns.len() {
             if self.conns[id]
                 .as_ref()
-                .is_some_and(|c| c.phase.is_starting())
+                .is_some_and(|c| c.phase.is_starting() && c.phase != Phase::Waiting)
             {
                 self.remove(id, CloseReason::TimedOut, h);
             }
         }
-        for id in first + started..first + count {
-            h.on_close(id, &CloseReason::TimedOut);
+    }
+
+    /// From now on, [`Worker::connect`] sends each connection's upgrade request
+    /// without its last line break, and stops there: `hold --upgrade-together`
+    /// completes them all at once later, so that the handshakes complete
+    /// together rather than spread over the time the server takes to accept
+    /// every connection. Sending the rest of the request at once keeps the
+    /// client the one that retransmits: a connection whose handshake's last ACK
+    /// the server dropped (its accept queue was full) gets in again as soon as
+    /// the request's bytes are resent, where a silent client would wait on the
+    /// server's own SYN-ACK retries, seconds apart, or be forgotten.
+    pub fn defer_upgrades(&mut self) {
+        self.defer_upgrades = true;
+    }
+
+    /// Connections whose upgrade request waits for its end.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Completes the upgrade request of every waiting connection, back to
+    /// back, then handles events until every handshake has completed or
+    /// failed; those not open at `deadline` are reported to the handler as
+    /// timed out.
+    pub fn upgrade_waiting<H: Handler>(&mut self, deadline: Instant, h: &mut H) -> io::Result<()> {
+        let mut sent = 0;
+        for id in 0..self.conns.len() {
+            let Some(conn) = self.conns[id]
+                .as_mut()
+                .filter(|c| c.phase == Phase::Waiting)
+            else {
+                continue;
+            };
+            conn.phase = Phase::Handshaking;
+            self.waiting -= 1;
+            conn.send_raw(handshake::REQUEST_END);
+            if let Some(e) = conn.error.take() {
+                self.remove(id, CloseReason::Io(e), h);
+            }
+            // Read the responses that came meanwhile, so that a handshake is
+            // stamped open when its response arrives, not once all are sent.
+            sent += 1;
+            if sent % UPGRADES_BETWEEN_READS == 0 {
+                self.poll_once(Some(Duration::ZERO), h)?;
+            }
         }
+        while self.starting > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.poll_once(Some(deadline - now), h)?;
+        }
+        self.time_out_starting(0, h);
+        Ok(())
+    }
+
+    /// Sends connection `id`'s upgrade request (over TLS, starts the TLS
+    /// handshake, which carries the request once it is done); after
+    /// [`Worker::defer_upgrades`], all of it but its last line break.
+    fn send_request(&mut self, id: usize) -> Result<(), CloseReason> {
+        let target = self.target_of(id);
+        let session = match &self.target.tls {
+            Some(tls) => Some(tls.session().map_err(CloseReason::TlsHandshake)?),
+            None => None,
+        };
+        let key = handshake::encode_key(self.rng.bytes16());
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if let Some(session) = session {
+            conn.start_tls(session);
+        }
+        conn.accept = handshake::accept_key(&key);
+        let request = handshake::request(&target.host_header, &target.path, &key);
+        let mut bytes = request.as_bytes();
+        if self.defer_upgrades {
+            bytes = bytes
+                .strip_suffix(handshake::REQUEST_END)
+                .expect("a request ends with an empty line");
+            conn.phase = Phase::Waiting;
+            self.waiting += 1;
+        } else {
+            conn.phase = Phase::Handshaking;
+        }
+        // With TLS, rustls keeps the request until its handshake is done.
+        conn.send_raw(bytes);
         Ok(())
     }
 
@@ -327,7 +435,7 @@ impl Worker {
                         self.remove(id, CloseReason::Io(e), &mut Ignore);
                     }
                 }
-                Phase::Connecting | Phase::Handshaking => {
+                Phase::Connecting | Phase::Waiting | Phase::Handshaking => {
                     self.remove(id, CloseReason::TimedOut, &mut Ignore);
                 }
                 Phase::Closing => {}
@@ -355,6 +463,9 @@ impl Worker {
         if conn.phase.is_starting() {
             self.starting -= 1;
         }
+        if conn.phase == Phase::Waiting {
+            self.waiting -= 1;
+        }
         self.live -= 1;
         drop(conn);
         h.on_close(id, &reason);
@@ -368,11 +479,6 @@ impl Worker {
         must_drain: bool,
         h: &mut H,
     ) {
-        // Only a connection that is connecting needs its server (for its handshake).
-        let connecting = self.conns.get(id).and_then(Option::as_ref);
-        let target = connecting
-            .is_some_and(|c| c.phase == Phase::Connecting)
-            .then(|| self.target_of(id));
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -385,24 +491,17 @@ impl Worker {
                     if let Err(e) = conn.stream.set_nodelay(true) {
                         return self.remove(id, CloseReason::Connect(e), h);
                     }
-                    if let Some(tls) = &self.target.tls {
-                        match tls.session() {
-                            Ok(session) => conn.start_tls(session),
-                            Err(e) => return self.remove(id, CloseReason::TlsHandshake(e), h),
-                        }
+                    if let Err(reason) = self.send_request(id) {
+                        return self.remove(id, reason, h);
                     }
-                    let key = handshake::encode_key(self.rng.bytes16());
-                    conn.accept = handshake::accept_key(&key);
-                    let target = target.as_ref().expect("looked up for a connecting one");
-                    let request = handshake::request(&target.host_header, &target.path, &key);
-                    conn.phase = Phase::Handshaking;
-                    // With TLS, rustls keeps the request until its handshake is done.
-                    conn.send_raw(request.as_bytes());
                 }
             }
         } else if writable && conn.has_pending_output() {
             conn.flush();
         }
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
         let was_starting = conn.phase.is_starting();
         let mut outcome = if readable {
             self.read(id, must_drain, h)
@@ -557,6 +656,17 @@ fn ingest<H: Handler>(
     h: &mut H,
     now: Instant,
 ) -> Option<CloseReason> {
+    if conn.phase == Phase::Waiting {
+        // An answer to a request not yet complete can only be a refusal (503, say).
+        conn.rx.extend_from_slice(data);
+        return match handshake::check_response(&conn.rx, &conn.accept) {
+            Ok(None) => None,
+            Err(e) => Some(CloseReason::Handshake(e)),
+            Ok(Some(_)) => Some(CloseReason::Protocol(
+                "the server accepted the upgrade before the request was complete".into(),
+            )),
+        };
+    }
     if conn.phase == Phase::Handshaking {
         conn.rx.extend_from_slice(data);
         match handshake::check_response(&conn.rx, &conn.accept) {

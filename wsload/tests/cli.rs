@@ -361,6 +361,49 @@ fn hold_then_echo_measures_again_after_the_greeting_and_a_message() {
 }
 
 #[test]
+fn hold_upgrade_together_opens_every_connection_in_its_room() {
+    if !cfg!(target_os = "linux") {
+        return; // --upgrade-together counts the server's descriptors in /proc
+    }
+    let url = server(Behaviour::Echo, Some(Duration::from_millis(100)));
+    // The server is this process, whose other tests open and close sockets
+    // meanwhile: whether its count reached the connections' is not asserted.
+    let pid = std::process::id().to_string();
+    let (code, r) = wsload_json(&[
+        "hold",
+        "--url",
+        &format!("{url}/soak"),
+        "--connections",
+        "20",
+        "--hold",
+        "500ms",
+        "--greeting-delay",
+        "100ms",
+        "--pid",
+        &pid,
+        "--upgrade-together",
+        "--rooms",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (
+            r["opened"].as_u64(),
+            r["greetings"].as_u64(),
+            r["still_echo"].as_u64()
+        ),
+        (Some(20), Some(20), Some(20)),
+        "{r}"
+    );
+    assert_eq!(
+        (r["upgrade_together"].as_bool(), r["rooms"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert!(r["accepted_before_upgrade"].is_boolean(), "{r}");
+    assert!(r["opened_within_s"].as_f64().unwrap() < 1.0, "{r}");
+}
+
+#[test]
 fn hold_then_echo_needs_a_pid() {
     let out = wsload(&["hold", "--url", "ws://127.0.0.1:1", "--then-echo", "1KiB"]);
     assert_eq!(out.status.code(), Some(2));

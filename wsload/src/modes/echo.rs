@@ -5,7 +5,7 @@
 //! measures how fast the server turns messages around, and the latency of
 //! every message in the measured window is recorded exactly.
 
-use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
+use super::{Errors, Report, ensure_opened, on_workers, room_workers, row, verdict};
 use crate::cli::EchoArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -244,24 +244,7 @@ pub fn run(args: &EchoArgs) -> Result<EchoReport> {
     if plan.duration.is_zero() {
         bail!("--duration must be longer than 0");
     }
-    // With --rooms, connection gid goes to room gid mod N (see `on_workers` on how ids map).
-    let rooms: Vec<Arc<Target>> = (0..args.rooms.unwrap_or(0))
-        .map(|room| {
-            let mut in_room = (*target).clone();
-            in_room.path = format!("{}/room-{room}", target.path.trim_end_matches('/'));
-            Arc::new(in_room)
-        })
-        .collect();
-    let workers = (0..threads)
-        .map(|t| {
-            if rooms.is_empty() {
-                return Worker::new(target.clone());
-            }
-            let rooms = rooms.clone();
-            let route = move |id: usize| Arc::clone(&rooms[(t + id * threads) % rooms.len()]);
-            Worker::with_route(target.clone(), Arc::new(route))
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let workers = room_workers(&target, args.rooms, threads)?;
     let barrier = Barrier::new(threads);
     let cpu_before = sys::own_cpu_seconds();
 

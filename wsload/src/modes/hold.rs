@@ -18,7 +18,7 @@
 //! whatever the server), and anything else that allocates kernel memory
 //! during the run. The reclaimable part of `Slab` is reported apart.
 
-use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
+use super::{Errors, Report, ensure_opened, on_workers, room_workers, row, verdict};
 use crate::cli::HoldArgs;
 use crate::conn::{Conn, MessageKind};
 use crate::stats::{self, Summary};
@@ -27,6 +27,7 @@ use crate::target::{self, Target};
 use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,6 +52,13 @@ const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
 /// apart; their median is the figure.
 const SAMPLES: usize = 5;
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How often the server's descriptors are counted while waiting for it to accept every
+/// connection (`--upgrade-together`): listing 20,000 of them takes a few milliseconds.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+/// How long the server's descriptor count may stand still before the upgrades
+/// go anyway: a server accepting connections adds some every few
+/// milliseconds, and one that refused some will never have them all.
+const ACCEPT_STALL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -241,10 +249,19 @@ struct Plan {
     /// How long the main thread takes its figures after a phase: the settle
     /// time and the samples; the workers keep reading meanwhile.
     after_window: Duration,
+    /// `--upgrade-together`: the workers send every upgrade request but its
+    /// end, meet the main thread (which waits for the server to accept every
+    /// connection), then complete them all.
+    upgrade_together: bool,
+    /// Connections whose upgrade request waits for its end, summed over the
+    /// workers.
+    waiting: AtomicUsize,
 }
 
 /// Runs one worker thread through the phases, meeting the main thread at
-/// `barrier`: when all connections are open, when the idle window is over,
+/// `barrier`: with `--upgrade-together` when every request but its end is sent
+/// and again once the server has accepted them, when all connections are open,
+/// when the idle window is over,
 /// and, for each phase after it (the greeting, the `--then-echo` message),
 /// once when the phase is done and once when the main thread has taken its
 /// figures. Every meeting happens even after an error, or the others would
@@ -258,7 +275,18 @@ fn run_worker(
 ) -> Result<HoldHandler> {
     let mut h = HoldHandler::new(thread, plan.threads, count, plan.then_echo.unwrap_or(0));
     let per_thread = plan.concurrency.div_ceil(plan.threads);
+    if plan.upgrade_together {
+        worker.defer_upgrades();
+    }
     let mut status = worker.connect(count, per_thread, plan.connect_deadline, &mut h);
+    if plan.upgrade_together {
+        plan.waiting.fetch_add(worker.waiting(), Ordering::AcqRel);
+        barrier.wait();
+        barrier.wait();
+        if status.is_ok() {
+            status = worker.upgrade_waiting(plan.connect_deadline, &mut h);
+        }
+    }
     barrier.wait();
     let idle_until = Instant::now() + plan.hold;
     if status.is_ok() {
@@ -425,8 +453,32 @@ fn after_figures(pid: u32) -> Result<AfterFigures> {
     })
 }
 
+/// Waits until process `pid` holds at least `wanted` descriptors; false if
+/// its count stood still for [`ACCEPT_STALL`] first (a server that refused
+/// some connections closed them), or `deadline` came.
+fn wait_for_descriptors(pid: u32, wanted: u64, deadline: Instant) -> Result<bool> {
+    let (mut last, mut since) = (sys::open_fds(pid)?, Instant::now());
+    loop {
+        if last >= wanted {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline || now - since >= ACCEPT_STALL {
+            return Ok(false);
+        }
+        thread::sleep(ACCEPT_POLL);
+        let count = sys::open_fds(pid)?;
+        if count != last {
+            (last, since) = (count, Instant::now());
+        }
+    }
+}
+
 /// What the main thread measures between the barriers.
 struct Measured {
+    /// `--upgrade-together`: whether the server accepted every connection
+    /// before the upgrade requests went.
+    accepted: Option<Result<bool>>,
     open_s: f64,
     fresh: Option<Result<ServerFigures>>,
     after_greeting: Option<Result<AfterFigures>>,
@@ -462,6 +514,8 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
             .map(|delay| delay + GREETING_GRACE),
         then_echo: args.then_echo,
         after_window: settle + SAMPLE_EVERY * SAMPLES as u32,
+        upgrade_together: args.upgrade_together,
+        waiting: AtomicUsize::new(0),
     };
     let rss_before = args.pid.map(sys::rss_bytes).transpose()?;
     let fds_before = args.pid.map(sys::open_fds).transpose()?;
@@ -471,9 +525,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         Some(_) => KernelFigures::of(&kernel_samples(SAMPLES, SAMPLE_EVERY / 2)),
         None => None,
     };
-    let workers = (0..threads)
-        .map(|_| Worker::new(target.clone()))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let workers = room_workers(&target, args.rooms, threads)?;
     // The workers plus this thread, which takes the server's figures.
     let barrier = Barrier::new(threads + 1);
     let started = Instant::now();
@@ -490,6 +542,16 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     };
     let (results, measured): (Vec<Result<HoldHandler>>, _) =
         on_workers(workers, connections, run, || {
+            // --upgrade-together: every request is sent but its end; the ends
+            // go once the server holds a descriptor for each connection.
+            let accepted = plan.upgrade_together.then(|| {
+                barrier.wait();
+                let pid = args.pid.expect("--upgrade-together requires --pid");
+                let wanted = fds_before.unwrap_or(0) + plan.waiting.load(Ordering::Acquire) as u64;
+                let accepted = wait_for_descriptors(pid, wanted, plan.connect_deadline);
+                barrier.wait();
+                accepted
+            });
             barrier.wait();
             let open_s = started.elapsed().as_secs_f64();
             let fresh = args.pid.map(|pid| -> Result<ServerFigures> {
@@ -535,6 +597,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
             let after_greeting = plan.greeting_wait.map(|_| after_phase(pid));
             let after_message = plan.then_echo.map(|_| after_phase(pid));
             Measured {
+                accepted,
                 open_s,
                 fresh,
                 after_greeting,
@@ -544,6 +607,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
 
     let handlers = results.into_iter().collect::<Result<Vec<_>>>()?;
     let open_s = measured.open_s;
+    let accepted = measured.accepted.transpose()?;
     let server = measured.fresh.transpose()?;
     let after_greeting = measured.after_greeting.transpose()?;
     let after_message = measured.after_message.transpose()?;
@@ -554,6 +618,10 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         opened: 0,
         threads,
         open_s,
+        opened_within_s: None,
+        upgrade_together: args.upgrade_together,
+        accepted_before_upgrade: accepted,
+        rooms: args.rooms,
         hold_s: args.hold.as_secs_f64(),
         pid: args.pid,
         rss_before_kib: rss_before.map(|b| b / 1024),
@@ -599,7 +667,12 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     let mut lateness_ns = Vec::new();
     let (mut failures, mut dropped, mut bad) =
         (Errors::default(), Errors::default(), Errors::default());
+    let (mut first_open, mut last_open): (Option<Instant>, Option<Instant>) = (None, None);
     for h in handlers {
+        for opened in h.opened_at.iter().flatten() {
+            first_open = Some(first_open.map_or(*opened, |t| t.min(*opened)));
+            last_open = Some(last_open.map_or(*opened, |t| t.max(*opened)));
+        }
         report.opened += h.opened;
         report.greetings += h.greeted;
         report.text_messages += h.texts;
@@ -616,6 +689,9 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         dropped.merge(h.dropped);
         bad.merge(h.bad_messages);
     }
+    report.opened_within_s = first_open
+        .zip(last_open)
+        .map(|(first, last)| (last - first).as_secs_f64());
     let opened = report.opened as f64;
     if let Some(server) = server {
         report.rss_after_kib = Some(server.rss_after / 1024);
@@ -723,6 +799,17 @@ pub struct HoldReport {
     pub threads: usize,
     /// Seconds from the first connect to the last connection open.
     pub open_s: f64,
+    /// Seconds from the first handshake completed to the last: with
+    /// --greeting-delay, the span over which the greetings fall due.
+    pub opened_within_s: Option<f64>,
+    /// --upgrade-together: every upgrade request completed at once.
+    pub upgrade_together: bool,
+    /// With --upgrade-together: whether the server held a descriptor for
+    /// every connection before the upgrade requests went (if not, they went
+    /// once its count had stood still for 2 s, or at the connect timeout).
+    pub accepted_before_upgrade: Option<bool>,
+    /// --rooms: the connections were spread over this many rooms.
+    pub rooms: Option<u64>,
     pub hold_s: f64,
     pub pid: Option<u32>,
     pub rss_before_kib: Option<u64>,
@@ -803,13 +890,27 @@ impl Report for HoldReport {
             "hold {}: {} connections held idle for {:.1} s, {} thread(s)",
             self.url, self.connections, self.hold_s, self.threads
         );
+        let within = self.opened_within_s.map_or(String::new(), |s| {
+            format!(", handshakes completed within {s:.2} s")
+        });
+        let together = if self.upgrade_together {
+            " (upgrade requests completed together)"
+        } else {
+            ""
+        };
         row(
             "opened",
             format!(
-                "{} of {} in {:.2} s",
+                "{} of {} in {:.2} s{within}{together}",
                 self.opened, self.connections, self.open_s
             ),
         );
+        if let Some(rooms) = self.rooms {
+            row(
+                "rooms",
+                format!("{rooms}, connection i in room i mod {rooms}"),
+            );
+        }
         if let (Some(before), Some(after)) = (self.rss_before_kib, self.rss_after_kib) {
             let per = self.rss_per_conn_kib.unwrap_or(0.0);
             row(

@@ -5,10 +5,12 @@ pub mod fanout;
 pub mod hold;
 pub mod wait;
 
+use crate::target::Target;
 use crate::worker::Worker;
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Display;
+use std::sync::Arc;
 use std::thread;
 
 /// A finished run's figures: printable for people and as JSON for scripts.
@@ -53,6 +55,37 @@ where
             .collect();
         (results, during)
     })
+}
+
+/// One worker per thread, its connections spread over `rooms` rooms of a server that names
+/// rooms by path (`--rooms`): connection gid goes to the URL's path followed by
+/// `/room-(gid mod rooms)` (see [`on_workers`] on how ids map); without rooms, every
+/// connection goes to `target`.
+pub fn room_workers(
+    target: &Arc<Target>,
+    rooms: Option<u64>,
+    threads: usize,
+) -> std::io::Result<Vec<Worker>> {
+    let rooms: Vec<Arc<Target>> = (0..rooms.unwrap_or(0))
+        .map(|room| Arc::new(in_room(target, room)))
+        .collect();
+    (0..threads)
+        .map(|t| {
+            if rooms.is_empty() {
+                return Worker::new(target.clone());
+            }
+            let rooms = rooms.clone();
+            let route = move |id: usize| Arc::clone(&rooms[(t + id * threads) % rooms.len()]);
+            Worker::with_route(target.clone(), Arc::new(route))
+        })
+        .collect()
+}
+
+/// `target` with `/room-N` added to its path.
+fn in_room(target: &Target, room: u64) -> Target {
+    let mut in_room = target.clone();
+    in_room.path = format!("{}/room-{room}", target.path.trim_end_matches('/'));
+    in_room
 }
 
 /// A run that could not open a single connection has nothing to report: it is an error,
@@ -115,6 +148,14 @@ mod tests {
         }
         assert_eq!(share(5, 2, 0), 3);
         assert_eq!(share(5, 2, 1), 2);
+    }
+
+    #[test]
+    fn rooms_extend_the_path() {
+        let target = crate::target::resolve("ws://127.0.0.1:9/soak", false).unwrap();
+        assert_eq!(in_room(&target, 3).path, "/soak/room-3");
+        let root = crate::target::resolve("ws://127.0.0.1:9/", false).unwrap();
+        assert_eq!(in_room(&root, 0).path, "/room-0");
     }
 
     #[test]
