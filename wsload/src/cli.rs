@@ -204,6 +204,13 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "BYTES_PER_SECOND", value_parser = parse_rate)]
     pub slow_listener: Option<u64>,
 
+    /// Server process id: report its CPU time (user + system) from the first
+    /// message sent to the last delivered (the slow listener's aside), or to
+    /// when the missing ones are given up: the sending's cost, not the
+    /// connections' opening.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -408,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_a_slow_listener() {
+    fn parses_a_slow_listener_and_a_pid() {
         let cli = Cli::try_parse_from([
             "wsload",
             "fanout",
@@ -418,11 +425,14 @@ mod tests {
             "64KiB",
             "--slow-listener",
             "2MiB",
+            "--pid",
+            "42",
         ])
         .unwrap();
         let Command::Fanout(args) = cli.command else {
             panic!("expected fanout");
         };
         assert_eq!((args.size, args.slow_listener), (65536, Some(2 << 20)));
+        assert_eq!(args.pid, Some(42));
     }
 }

@@ -412,8 +412,11 @@ fn hold_then_echo_needs_a_pid() {
 #[test]
 fn fanout_checks_every_delivery() {
     let url = server(Behaviour::Broadcast, Some(Duration::from_millis(50)));
+    // The server runs in this process; its CPU time comes from /proc.
+    let pid = std::process::id().to_string();
+    let linux = cfg!(target_os = "linux");
     for rate in ["0", "2000"] {
-        let (code, r) = wsload_json(&[
+        let mut args = vec![
             "fanout",
             "--url",
             &url,
@@ -423,12 +426,21 @@ fn fanout_checks_every_delivery() {
             "200",
             "--rate",
             rate,
-        ]);
+        ];
+        if linux {
+            args.extend(["--pid", &pid]);
+        }
+        let (code, r) = wsload_json(&args);
         assert_eq!(code, 0, "{r}");
         assert_eq!(r["delivered"], 1000);
         assert_eq!(r["missing"], 0);
         assert_eq!(r["out_of_order"], 0);
         assert_eq!(r["latency_us"]["count"], 1000);
+        if linux {
+            assert!(r["server_cpu_s"].as_f64().unwrap() >= 0.0, "{r}");
+        } else {
+            assert!(r["server_cpu_s"].is_null(), "{r}");
+        }
     }
 }
 

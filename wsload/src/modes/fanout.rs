@@ -13,6 +13,12 @@
 //!
 //! With `--slow-listener RATE` one more listener, on a thread of its own,
 //! reads its socket at most RATE bytes per second (see `fanout/slow.rs`).
+//!
+//! With `--pid PID` the server's CPU time (user + system, from `/proc`) is
+//! read when the sender sends its first counted message and again when the
+//! last listener has every message (the slow listener aside), or, if one
+//! never does, when wsload gives up on it: what the sending cost the server,
+//! without the connections' opening or closing.
 
 mod slow;
 
@@ -26,7 +32,7 @@ use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Sequence number that marks the sync message.
@@ -67,6 +73,10 @@ struct Shared {
     send_done_ns: AtomicI64,
     /// Set when the run cannot go on (e.g. the sync never arrived).
     abort: AtomicBool,
+    /// Listeners (the fast ones) that have received every counted message.
+    complete: AtomicUsize,
+    /// With `--pid`: the server's CPU time over the sending.
+    server_cpu: Option<ServerCpu>,
 }
 
 impl Shared {
@@ -80,6 +90,76 @@ impl Shared {
     fn drained(&self, last_arrival_ns: i64, now: Instant) -> bool {
         let done_ns = self.send_done_ns.load(Ordering::Acquire);
         done_ns >= 0 && self.ns_since_base(now) > done_ns.max(last_arrival_ns) + stats::nanos(DRAIN)
+    }
+
+    /// True once every listener (the fast ones) has every counted message.
+    fn all_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire) >= self.listeners
+    }
+
+    /// The sender is about to send its first counted message: the server's
+    /// CPU time is read (with `--pid`).
+    fn sending_starts(&self) -> Result<()> {
+        self.server_cpu.as_ref().map_or(Ok(()), ServerCpu::start)
+    }
+
+    /// Counts a listener that now has every counted message; the last one
+    /// reads the server's CPU time at the end of the sending (with `--pid`).
+    fn listener_complete(&self) -> Result<()> {
+        let complete = self.complete.fetch_add(1, Ordering::AcqRel) + 1;
+        match &self.server_cpu {
+            Some(cpu) if complete == self.listeners => cpu.end(),
+            _ => Ok(()),
+        }
+    }
+
+    /// A worker leaves without every listener complete (the timeout, the
+    /// drain time, an abort): the sending ends now, unless it ended already.
+    fn giving_up(&self) -> Result<()> {
+        self.server_cpu.as_ref().map_or(Ok(()), ServerCpu::end)
+    }
+}
+
+/// The server's CPU time at the first counted send and at the end of the
+/// sending (`--pid`), each read once, by whichever thread gets there first.
+struct ServerCpu {
+    pid: u32,
+    start: OnceLock<f64>,
+    end: OnceLock<f64>,
+}
+
+impl ServerCpu {
+    fn new(pid: u32) -> ServerCpu {
+        ServerCpu {
+            pid,
+            start: OnceLock::new(),
+            end: OnceLock::new(),
+        }
+    }
+
+    fn start(&self) -> Result<()> {
+        self.read_into(&self.start)
+    }
+
+    /// The end of the sending; nothing before it started.
+    fn end(&self) -> Result<()> {
+        if self.start.get().is_none() {
+            return Ok(());
+        }
+        self.read_into(&self.end)
+    }
+
+    fn read_into(&self, at: &OnceLock<f64>) -> Result<()> {
+        if at.get().is_none() {
+            // Two threads may both read; the first value stays.
+            let _ = at.set(sys::cpu_seconds(self.pid)?);
+        }
+        Ok(())
+    }
+
+    /// CPU seconds the server used from the start to the end of the sending.
+    fn seconds(&self) -> Option<f64> {
+        Some(self.end.get()? - self.start.get()?)
     }
 }
 
@@ -167,8 +247,6 @@ struct FanoutHandler<'a> {
     /// Local id of the sender connection, if this worker owns it.
     sender: Option<usize>,
     listeners: Vec<Listener>,
-    local_listeners: usize,
-    complete: usize,
     opened: usize,
     delivered: u64,
     out_of_order: u64,
@@ -205,8 +283,6 @@ impl<'a> FanoutHandler<'a> {
             thread,
             sender,
             listeners,
-            local_listeners,
-            complete: 0,
             opened: 0,
             delivered: 0,
             out_of_order: 0,
@@ -264,8 +340,11 @@ impl Handler for FanoutHandler<'_> {
             return;
         }
         self.delivered += 1;
-        if listener.distinct == shared.messages {
-            self.complete += 1;
+        if listener.distinct == shared.messages
+            && let Err(e) = shared.listener_complete()
+        {
+            self.errors
+                .record(format!("cannot read the server's CPU time: {e:#}"));
         }
     }
 
@@ -317,6 +396,10 @@ impl Sender {
                     self.next_sync = now + SYNC_EVERY;
                 }
                 return self.next_sync - now;
+            }
+            if let Err(e) = shared.sending_starts() {
+                h.errors
+                    .record(format!("cannot read the server's CPU time: {e:#}"));
             }
             self.start = Some(now);
         }
@@ -375,9 +458,11 @@ impl Sender {
 }
 
 /// Runs one worker thread: connect, wait for all threads, then deliver (and,
-/// on the thread that owns the sender connection, send) until every local
+/// on the thread that owns the sender connection, send) until every
 /// listener has everything, nothing has arrived for the drain time after
-/// the last send, or the timeout strikes.
+/// the last send, or the timeout strikes. A worker whose own listeners are
+/// done waits for the others' before it closes its connections, so that no
+/// closing falls within the server's CPU time of the sending.
 fn run_worker<'a>(
     mut worker: Worker,
     shared: &'a Shared,
@@ -415,7 +500,7 @@ fn run_worker<'a>(
         match sender.as_mut() {
             Some(s) if !s.finished => wait = s.step(&mut worker, &mut h, now),
             _ => {
-                if h.complete == h.local_listeners {
+                if shared.all_complete() {
                     break;
                 }
                 if shared.drained(h.last_arrival_ns, now) {
@@ -424,6 +509,12 @@ fn run_worker<'a>(
             }
         }
         worker.poll_once(Some(wait.min(deadline - now)), &mut h)?;
+    }
+    if !shared.all_complete()
+        && let Err(e) = shared.giving_up()
+    {
+        h.errors
+            .record(format!("cannot read the server's CPU time: {e:#}"));
     }
     worker.close_all(CLOSE_GRACE)?;
     if let Some(s) = sender {
@@ -442,6 +533,10 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let connections = listeners + 1;
     let threads = usize::from(args.common.threads).min(connections);
     let connect_deadline = Instant::now() + args.common.connect_timeout;
+    // A server whose CPU time cannot be read is an error before anything starts.
+    if let Some(pid) = args.pid {
+        sys::cpu_seconds(pid)?;
+    }
     // Connected first, so that a failure is a clear error rather than a
     // sync message that never arrives.
     let slow_listener = args
@@ -462,6 +557,8 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         synced: AtomicUsize::new(0),
         send_done_ns: AtomicI64::new(-1),
         abort: AtomicBool::new(false),
+        complete: AtomicUsize::new(0),
+        server_cpu: args.pid.map(ServerCpu::new),
     };
     // Listeners on --listener-url servers, in turn; the sender (the last global id) on --url.
     let listener_targets = args
@@ -526,6 +623,8 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         errors: 0,
         first_error: None,
         client_cpu_s: None,
+        pid: args.pid,
+        server_cpu_s: shared.server_cpu.as_ref().and_then(ServerCpu::seconds),
         ok: false,
     };
     let mut latencies = Vec::with_capacity(expected as usize);
@@ -629,6 +728,12 @@ pub struct FanoutReport {
     pub errors: u64,
     pub first_error: Option<String>,
     pub client_cpu_s: Option<f64>,
+    /// --pid: the server's process id.
+    pub pid: Option<u32>,
+    /// With --pid: the server's CPU seconds (user + system) from the first
+    /// counted send to the last delivery to the fast listeners (or, when some
+    /// never got everything, to when wsload gave up on them).
+    pub server_cpu_s: Option<f64>,
     pub ok: bool,
 }
 
@@ -752,9 +857,113 @@ impl Report for FanoutReport {
         if let Some(first) = &self.first_error {
             row("first error", first);
         }
+        if let Some(cpu) = self.server_cpu_s {
+            let until = if self.missing == 0 {
+                "the last delivery"
+            } else {
+                "giving up on the missing"
+            };
+            row(
+                "server cpu",
+                format!(
+                    "{cpu:.3} s from the first send to {until} (pid {})",
+                    self.pid.unwrap_or(0)
+                ),
+            );
+        }
         if let Some(cpu) = self.client_cpu_s {
             row("client cpu", format!("{cpu:.2} s"));
         }
         row("result", verdict(self.ok));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(listeners: usize, pid: Option<u32>) -> Shared {
+        Shared {
+            base: Instant::now(),
+            threads: 1,
+            listeners,
+            messages: 1,
+            rate: 0,
+            size: 16,
+            concurrency: 1,
+            connect_deadline: Instant::now(),
+            timeout: Duration::from_secs(5),
+            sync_target: listeners,
+            synced: AtomicUsize::new(0),
+            send_done_ns: AtomicI64::new(-1),
+            abort: AtomicBool::new(false),
+            complete: AtomicUsize::new(0),
+            server_cpu: pid.map(ServerCpu::new),
+        }
+    }
+
+    fn server_cpu_s(shared: &Shared) -> Option<f64> {
+        shared.server_cpu.as_ref().and_then(ServerCpu::seconds)
+    }
+
+    /// Spins until this process's CPU time (as /proc counts it, in clock
+    /// ticks) has moved on from `from`.
+    #[cfg(target_os = "linux")]
+    fn burn_past(from: f64) {
+        let pid = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sys::cpu_seconds(pid).unwrap() <= from {
+            assert!(Instant::now() < deadline, "no CPU time counted in 30 s");
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_server_cpu_is_counted_from_the_first_send_to_the_last_listener() {
+        let shared = shared(2, Some(std::process::id()));
+        // Nothing before the sending starts, even if wsload gives up.
+        shared.giving_up().unwrap();
+        assert_eq!(server_cpu_s(&shared), None);
+        shared.sending_starts().unwrap();
+        let start = *shared.server_cpu.as_ref().unwrap().start.get().unwrap();
+        burn_past(start);
+        shared.listener_complete().unwrap();
+        assert!(!shared.all_complete());
+        assert_eq!(server_cpu_s(&shared), None, "one listener of two is done");
+        shared.listener_complete().unwrap();
+        assert!(shared.all_complete());
+        let cpu = server_cpu_s(&shared).unwrap();
+        assert!(cpu > 0.0, "{cpu}");
+        // What comes after the last delivery (the closing) is not counted.
+        burn_past(start + cpu);
+        shared.giving_up().unwrap();
+        assert_eq!(server_cpu_s(&shared), Some(cpu));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn giving_up_ends_the_server_cpu_window() {
+        let shared = shared(3, Some(std::process::id()));
+        shared.sending_starts().unwrap();
+        shared.listener_complete().unwrap();
+        shared.giving_up().unwrap();
+        assert!(server_cpu_s(&shared).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn without_a_pid_nothing_is_read() {
+        let shared = shared(1, None);
+        shared.sending_starts().unwrap();
+        shared.listener_complete().unwrap();
+        assert!(shared.all_complete());
+        assert_eq!(server_cpu_s(&shared), None);
+    }
+
+    #[test]
+    fn a_server_that_is_gone_is_an_error() {
+        // Above the largest pid Linux hands out (4,194,304).
+        let shared = shared(1, Some(u32::MAX));
+        assert!(shared.sending_starts().is_err());
     }
 }

@@ -557,6 +557,8 @@ mod tests {
             synced: AtomicUsize::new(0),
             send_done_ns: AtomicI64::new(-1),
             abort: AtomicBool::new(false),
+            complete: AtomicUsize::new(0),
+            server_cpu: None,
         }
     }
 
