@@ -16,7 +16,7 @@ from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
-GROUPS = ["echo", "hold", "greeting", "fanout", "burst", "cluster", "tls", "rooms", "wide"]
+GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "cluster", "tls", "rooms", "wide"]
 
 WARMUP = "1s"
 PORTABLE_LABEL = "wsecho (portable backend)"
@@ -35,6 +35,7 @@ class Options:
     only: str = ""  # BENCH_ONLY as given
     soak_seconds: int = 600
     wide_clients: int = 20000  # BENCH_WIDE_CLIENTS: the clients of the wide row
+    wide_fanout_listeners: int = 5000  # BENCH_WIDE_FANOUT_LISTENERS: the wide fan-out row's
     threads: str = "1"
     settle: str = "3s"
     custom: str = ""  # BENCH_SERVER
@@ -63,6 +64,14 @@ class Options:
             raise Fatal(f"BENCH_WIDE_CLIENTS={env['BENCH_WIDE_CLIENTS']} is not a number of clients")
         if not 1 <= opts.wide_clients <= 100000:
             raise Fatal(f"BENCH_WIDE_CLIENTS={opts.wide_clients}: give 1 to 100,000 (wsload's most listeners)")
+        try:
+            opts.wide_fanout_listeners = int(env.get("BENCH_WIDE_FANOUT_LISTENERS") or 5000)
+        except ValueError:
+            raise Fatal(f"BENCH_WIDE_FANOUT_LISTENERS={env['BENCH_WIDE_FANOUT_LISTENERS']} is not a number of "
+                        "listeners")
+        if not 1 <= opts.wide_fanout_listeners <= 100000:
+            raise Fatal(f"BENCH_WIDE_FANOUT_LISTENERS={opts.wide_fanout_listeners}: give 1 to 100,000 "
+                        "(wsload's most listeners)")
         opts.threads = env.get("BENCH_THREADS") or "1"
         opts.settle = env.get("BENCH_SETTLE") or "3s"
         opts.custom = env.get("BENCH_SERVER", "")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .context import PORTABLE_LABEL, TLS_LABEL, WARMUP, Bench, Options, check_binaries, report_fd_limit
-from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls, wide
+from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls, wide, wide_fanout
 from .peers import Peers
 from .report import TSV_HEADER, Report, draw_chart, results_markdown
 from .runs import Runs
@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The peers come first: wsecho's targets refer to their figures.
 MEASURE = [
-    echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide.measure_peers,  # --compare
-    echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, burst.measure,
-    cluster.measure, rooms.measure, wide.measure,
+    echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide_fanout.measure_peers,  # --compare
+    wide.measure_peers,
+    echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, wide_fanout.measure,
+    burst.measure, cluster.measure, rooms.measure, wide.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
     soak.measure,  # --soak
 ]
@@ -55,6 +56,7 @@ def tabulate(b: Bench) -> Report:
         tls.hold_rows(b, r, n)
     greeting.rows(b, r)
     fanout.rows(b, r)
+    wide_fanout.rows(b, r)
     cluster.rows(b, r)
     rooms.rows(b, r)
     burst.rows(b, r)
@@ -64,6 +66,7 @@ def tabulate(b: Bench) -> Report:
         echo.compare(b, r)
         hold.compare(b, r)
         fanout.compare(b, r)
+        wide_fanout.compare(b, r)
         wide.compare(b, r)
     return r
 
@@ -158,7 +161,7 @@ def header(b: Bench) -> list[str]:
     if b.opts.compare:
         lines.append("- compared with (--compare):")
         listed = []
-        for name in echo.PEERS + hold.PEERS + fanout.PEERS + wide.PEERS:
+        for name in echo.PEERS + hold.PEERS + fanout.PEERS + wide_fanout.PEERS + wide.PEERS:
             peer = b.peers.ready.get(name)
             if peer is None or name in listed or not any(b.runs.raw.glob(f"{name}-*.json")):
                 continue  # not ready, listed already, or no rows in this run
@@ -243,8 +246,9 @@ def main(args: list[str]) -> int:
         b.started = time.monotonic()
         if opts.compare:
             b.peers.prepare(rust=b.want("echo") or b.want("hold"),
-                            node=b.want("echo") or b.want("hold") or b.want("fanout") or b.want("wide"),
-                            websocat=b.want("fanout"))
+                            node=(b.want("echo") or b.want("hold") or b.want("fanout") or b.want("wide-fanout")
+                                  or b.want("wide")),
+                            websocat=b.want("fanout") or b.want("wide-fanout"))
         for step in MEASURE:
             step(b)
         finish(b)

@@ -1,0 +1,150 @@
+"""The wide fan-out row: one sender, 5,000 listeners (BENCH_WIDE_FANOUT_LISTENERS),
+50 messages of 32 B at 10 a second, every message to every client (wsload
+fanout against wsecho --broadcast): delivery latency p50 / p99 / max, and the
+server's CPU time while the messages go out, from the first send to the last
+delivery (wsload fanout --pid), not while the 5,000 connections open or
+close. With --compare, the fan-out rows' peers on the same rows: websocat's
+broadcast:mirror: and Node ws's broadcast example.
+
+Not to be confused with the wide rows (groups/wide.py), 20,000 clients.
+"""
+
+from __future__ import annotations
+
+from ..context import Bench
+from ..report import DASH, Chart, Report, Target, fmt, fmt_int, fmt_us
+from ..servers import say
+from .fanout import delivered_row
+from .wide import FD_MARGIN, NO_PINGS
+
+GROUP = "wide-fanout"  # its name in BENCH_ONLY
+PEERS = ["websocat", "nodebc"]  # the fan-out rows' peers
+TARGET_PEER = "websocat"
+SUFFIX = "fanout-wide"  # run names PREFIX-fanout-wide (the wide rows have PREFIX-wide-fanout)
+MESSAGES, RATE, SIZE = 50, 10, 32
+# Opening 5,000 connections takes a second or two on a quiet machine and can
+# take much longer on a busy one (wsload's default is 30 s).
+CONNECT_TIMEOUT = "2m"
+# The bound on the run once connected: the sync (10 s at most), 5 s of
+# sending and the 2 s a listener waits for what is missing.
+TIMEOUT = "60s"
+# wsecho as in the fan-out rows (--broadcast, greeting off), without pings,
+# as the wide rows: its pings to 5,000 clients, due 20 s after opening,
+# would fall within the sending on a busy machine. Neither peer pings.
+FLAGS = ("--broadcast", *NO_PINGS)
+
+# The figures with a target: p99 and the server's CPU time, each no more than
+# websocat's in the same run.
+LATENCY = "latency p50 / p99 / max"
+CPU = "server CPU, first send to last delivery"
+
+
+def listeners(b: Bench) -> int:
+    return b.opts.wide_fanout_listeners
+
+
+def title(b: Bench) -> str:
+    return f"wide fan-out {fmt_int(listeners(b))} × {MESSAGES} at {RATE}/s"
+
+
+def fmt_s(v) -> str:
+    """CPU seconds: 0.42 s (/proc counts clock ticks, hundredths on Linux)."""
+    return fmt("%.2f s", v)
+
+
+def shortfall(b: Bench) -> str:
+    """Why the row cannot run with this open-file limit (each process gets it:
+    the server, wsload), or ""."""
+    wanted = listeners(b) + 1 + FD_MARGIN
+    if b.fd_limit == "unlimited" or int(b.fd_limit) >= wanted:
+        return ""
+    return (f"not run: {fmt_int(listeners(b))} listeners need {fmt_int(wanted)} open files in the server and "
+            f"again in wsload, and the limit is {fmt_int(int(b.fd_limit))} (raise the hard limit, ulimit -Hn, "
+            "as root; or set BENCH_WIDE_FANOUT_LISTENERS lower)")
+
+
+def measure_with(b: Bench, prefix: str) -> None:
+    """The run PREFIX-fanout-wide against the server just started."""
+    b.run(f"{prefix}-{SUFFIX}", "fanout", "--url", b.server.url, "--listeners", listeners(b),
+          "--messages", MESSAGES, "--rate", RATE, "--size", SIZE, "--pid", b.server.pid,
+          "--connect-timeout", CONNECT_TIMEOUT, "--timeout", TIMEOUT)
+
+
+def measure_peers(b: Bench) -> None:
+    if not (b.opts.compare and b.want(GROUP)) or b.custom or shortfall(b):
+        return
+    for peer in PEERS:
+        if peer in b.peers.ready and b.start_peer(peer):
+            measure_with(b, peer)
+        b.stop()
+
+
+def measure(b: Bench) -> None:
+    if b.custom or not b.want(GROUP):
+        return
+    if shortfall(b):
+        say(f"{GROUP}: {shortfall(b)}")
+        return
+    b.start_wsecho(*FLAGS)
+    measure_with(b, "main")
+    b.stop()
+
+
+# -------------------------------------------------------------------- rows --
+def vs_target_peer(b: Bench, what: str, key: str, formatter) -> Target | str:
+    """The target "WHAT ≤ websocat's" on figure KEY, with websocat's figure in
+    the same run; without one (no --compare, no result, a run that failed its
+    checks), only the Target column's text: nothing to test against."""
+    name = f"{TARGET_PEER}-{SUFFIX}"
+    theirs = b.runs.get(name, key)
+    if not b.opts.compare:
+        return f"{what} ≤ websocat (run --compare)"
+    if theirs is None:
+        return f"{what} ≤ websocat (no result: {b.runs.error(name)})"
+    label = b.peers.label(TARGET_PEER)
+    if not b.runs.ok(name):
+        return f"{what} ≤ {label} ({formatter(theirs)}, but its run failed its checks: {b.runs.error(name)})"
+    return Target(f"{what} ≤ {label} ({formatter(theirs)})", lambda mine: mine <= theirs)
+
+
+def target_row(r: Report, test: str, figure: str, measured: str, target: Target | str, value) -> None:
+    if isinstance(target, Target):
+        r.row(test, "wsecho", figure, measured, target.text, target.met(value))
+    else:
+        r.row(test, "wsecho", figure, measured, target)
+
+
+def rows(b: Bench, r: Report) -> None:
+    if b.custom or not b.want(GROUP):
+        return
+    test, name = title(b), f"main-{SUFFIX}"
+    if shortfall(b):
+        r.row(test, "wsecho", "result", shortfall(b))
+        return
+    if not b.runs.has(name):
+        r.missing(test, "wsecho", name, "all delivered in order")
+        return
+    get = b.runs.get
+    delivered_row(b, r, name, test, "wsecho")
+    latency = " / ".join(fmt_us(get(name, k)) for k in ("p50_us", "p99_us", "max_us"))
+    target_row(r, test, LATENCY, latency, vs_target_peer(b, "p99", "p99_us", fmt_us), get(name, "p99_us"))
+    cpu = get(name, "server_cpu_s")
+    target_row(r, test, CPU, DASH if cpu is None else fmt_s(cpu), vs_target_peer(b, "CPU", "server_cpu_s", fmt_s),
+               cpu)
+
+
+def compare(b: Bench, r: Report) -> None:
+    """The side-by-side table: wsecho, websocat and Node ws on the same rows."""
+    if b.custom or not b.want(GROUP) or shortfall(b):
+        return
+    heading = (f"Wide fan-out: {fmt_int(listeners(b))} listeners × {MESSAGES} messages of {SIZE} B at {RATE}/s, "
+               "every message to every client; server CPU from the first send to the last delivery")
+    if not r.compare_table(heading, [(p, b.peers.label(p)) for p in PEERS if p in b.peers.ready]):
+        return
+    test, wide = title(b), f"Wide fan-out to {fmt_int(listeners(b))}"
+    for percentile in ("p50", "p99", "max"):
+        chart = Chart(f"{wide}: delivery latency (µs, lower is better)", percentile, "µs")
+        r.compare_row(test, f"latency {percentile}", "lower", fmt_us, f"{percentile}_us", SUFFIX,
+                      chart if percentile != "max" else None)  # the chart as the fan-out rows': p50, p99
+    r.compare_row(test, CPU, "lower", fmt_s, "server_cpu_s", SUFFIX,
+                  Chart(f"{wide}: server CPU while sending (s, lower is better)", "server CPU", "s"))
