@@ -10,7 +10,9 @@
 //! something to send (`wants_write()`: the handshake, alerts, records the
 //! socket did not take) the next writable edge flushes it, with no
 //! re-registration. Reads go through `read_tls`, `process_new_packets` and
-//! the session's `reader()`; the plaintext then takes the plain path.
+//! the session's `reader()`; the plaintext then takes the plain path. As on
+//! the plain path, a read that empties the socket ends the connection's turn,
+//! so one fast connection cannot keep the loop from the others.
 //!
 //! Connection ids are dense: the n-th connection a worker opens has id n, so
 //! handlers can keep per-connection state in a plain `Vec`.
@@ -532,7 +534,7 @@ impl Worker {
         let Worker { conns, scratch, .. } = self;
         let conn = conns.get_mut(id).and_then(Option::as_mut)?;
         if conn.tls.is_some() {
-            return read_tls(conn, id, scratch, h);
+            return read_tls(conn, id, scratch, must_drain, h);
         }
         loop {
             match conn.stream.read(scratch) {
@@ -555,26 +557,39 @@ impl Worker {
     }
 }
 
-/// [`Worker::read`] for a TLS connection: reads records until the socket is
-/// empty (rustls reads at most a few KiB at a time, so a short read says
-/// nothing), decrypts them, and hands the plaintext to [`ingest`]. Whatever
-/// rustls has to send in return (handshake messages, and the upgrade request
-/// once the handshake is done) is flushed after each read.
+/// [`Worker::read`] for a TLS connection: reads records, decrypts them, and
+/// hands the plaintext to [`ingest`]. Whatever rustls has to send in return
+/// (handshake messages, and the upgrade request once the handshake is done)
+/// is flushed after each read.
+///
+/// It stops where the plain path stops: after a socket read that came back
+/// shorter than rustls asked for, which emptied the socket (rustls asks for
+/// 4 KiB at a time, so a full read may leave more), unless the event says
+/// the peer closed and the loop must read on to the end. Reading on until
+/// `WouldBlock` instead would be unfair: in a closed loop the handler sends
+/// the next message from inside `ingest`, and a server that answers before
+/// the next `read_tls` keeps this one connection in the loop, echo after
+/// echo, while every other connection's event waits. Stopping leaves nothing
+/// behind: every complete record has been decrypted and its plaintext taken,
+/// and whatever arrives later raises a new edge.
 fn read_tls<H: Handler>(
     conn: &mut Conn,
     id: usize,
     scratch: &mut [u8],
+    must_drain: bool,
     h: &mut H,
 ) -> Option<CloseReason> {
     loop {
         let tls = conn.tls.as_mut()?;
-        let eof = match tls.read_tls(&mut conn.stream) {
+        let mut socket = NoteShort::new(&mut conn.stream);
+        let eof = match tls.read_tls(&mut socket) {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Some(CloseReason::Io(e)),
         };
+        let emptied = socket.short;
         if let Err(e) = tls.process_new_packets() {
             // rustls has queued an alert that tells the server why; send it
             // if the socket takes it now.
@@ -593,6 +608,33 @@ fn read_tls<H: Handler>(
         if eof {
             return Some(end_of_stream(conn));
         }
+        if emptied && !must_drain {
+            return None;
+        }
+    }
+}
+
+/// A reader that notes whether its last read returned less than was asked
+/// for: for a socket, that the read emptied it.
+struct NoteShort<R> {
+    inner: R,
+    short: bool,
+}
+
+impl<R: Read> NoteShort<R> {
+    fn new(inner: R) -> NoteShort<R> {
+        NoteShort {
+            inner,
+            short: false,
+        }
+    }
+}
+
+impl<R: Read> Read for NoteShort<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 
@@ -811,4 +853,223 @@ fn dispatch<H: Handler>(
         }
     }
     conn.error.take().map(CloseReason::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream as StdTcpStream};
+
+    /// A client and a server session that completed their TLS handshake in
+    /// memory, the client trusting a CA made for the test.
+    fn sessions() -> (ClientConnection, ServerConnection) {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let client_config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = "localhost".try_into().unwrap();
+        let mut client = ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        // Ping-pong the handshake (and the server's session tickets) until
+        // neither side has anything left to say.
+        while client.is_handshaking()
+            || server.is_handshaking()
+            || client.wants_write()
+            || server.wants_write()
+        {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                server.read_tls(&mut rest).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+        (client, server)
+    }
+
+    /// The server's end of a TLS connection whose client is a [`Conn`].
+    struct Server {
+        tls: ServerConnection,
+        tcp: StdTcpStream,
+        /// TLS bytes written so far.
+        sent: usize,
+    }
+
+    impl Server {
+        /// Sends one binary message (an unmasked server frame) at once.
+        fn send(&mut self, payload: &[u8]) {
+            let mut frame = vec![0x82];
+            match payload.len() {
+                n if n < 126 => frame.push(n as u8),
+                n => {
+                    frame.push(126);
+                    frame.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(payload);
+            self.tls.writer().write_all(&frame).unwrap();
+            while self.tls.wants_write() {
+                self.sent += self.tls.write_tls(&mut self.tcp).unwrap();
+            }
+        }
+    }
+
+    /// An open `wss://` connection over loopback, and its server's end.
+    fn open_tls_conn() -> (Conn, Server) {
+        let (client, server) = sessions();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let std_stream = StdTcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(TcpStream::from_std(std_stream), Rng::with_seed(1));
+        conn.start_tls(client);
+        conn.phase = Phase::Open;
+        let server = Server {
+            tls: server,
+            tcp,
+            sent: 0,
+        };
+        (conn, server)
+    }
+
+    /// Waits until `bytes` TLS bytes wait in the client's socket, as when its
+    /// readable edge is handled.
+    fn wait_arrived(conn: &Conn, bytes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0; 64 * 1024];
+        while conn.stream.peek(&mut buf).unwrap_or(0) < bytes {
+            assert!(
+                Instant::now() < deadline,
+                "the server's bytes never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Counts messages, and has the server answer each of the first
+    /// `answers` at once, like a fast echo server in a closed loop.
+    struct Answering {
+        server: Server,
+        received: Vec<usize>,
+        answers: usize,
+    }
+
+    impl Handler for Answering {
+        fn on_message(&mut self, _: usize, msg: Message<'_>, _: &mut Conn, _: Instant) {
+            self.received.push(msg.data.len());
+            if self.answers > 0 {
+                self.answers -= 1;
+                self.server.send(&[7; 32]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tls_connection_whose_server_answers_at_once_gets_one_read_per_event() {
+        let (mut conn, server) = open_tls_conn();
+        let mut h = Answering {
+            server,
+            received: Vec::new(),
+            answers: 100,
+        };
+        let mut scratch = vec![0; SCRATCH];
+        h.server.send(&[7; 32]);
+        let mut read = 0;
+        for turn in 1..=3 {
+            let sent = h.server.sent;
+            wait_arrived(&conn, sent - read);
+            // The answer to each message is on the socket before the read
+            // could look again; it waits for the next event, like the others'.
+            let outcome = read_tls(&mut conn, 0, &mut scratch, false, &mut h);
+            assert!(outcome.is_none(), "{outcome:?}");
+            assert_eq!(h.received.len(), turn);
+            read = sent;
+        }
+    }
+
+    #[test]
+    fn a_tls_read_that_fills_the_buffer_reads_on() {
+        let (mut conn, server) = open_tls_conn();
+        let mut h = Answering {
+            server,
+            received: Vec::new(),
+            answers: 0,
+        };
+        let mut scratch = vec![0; SCRATCH];
+        // One record of ~10 KB: more than rustls reads at once.
+        h.server.send(&[1; 10_000]);
+        wait_arrived(&conn, h.server.sent);
+        let outcome = read_tls(&mut conn, 0, &mut scratch, false, &mut h);
+        assert!(outcome.is_none(), "{outcome:?}");
+        assert_eq!(h.received, [10_000]);
+    }
+
+    #[test]
+    fn a_tls_connection_the_server_closed_is_read_to_its_end() {
+        let (mut conn, server) = open_tls_conn();
+        let mut h = Answering {
+            server,
+            received: Vec::new(),
+            answers: 0,
+        };
+        let mut scratch = vec![0; SCRATCH];
+        h.server.send(&[7; 32]);
+        h.server.tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        wait_arrived(&conn, h.server.sent);
+        // The event says the peer closed: the read after the short one sees
+        // the end of the stream.
+        let outcome = read_tls(&mut conn, 0, &mut scratch, true, &mut h);
+        assert!(matches!(outcome, Some(CloseReason::Eof)), "{outcome:?}");
+        assert_eq!(h.received, [32]);
+    }
+
+    #[test]
+    fn note_short_tells_a_short_read_from_a_full_one() {
+        let data = [1u8; 10];
+        let mut reader = NoteShort::new(&data[..]);
+        let mut buf = [0; 4];
+        assert_eq!(reader.read(&mut buf).unwrap(), 4);
+        assert!(!reader.short);
+        assert_eq!(reader.read(&mut buf).unwrap(), 4);
+        assert!(!reader.short);
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
+        assert!(reader.short);
+    }
 }
