@@ -11,17 +11,21 @@
 //! A thread still serves one client at a time. When its client has left, it parks again if
 //! fewer than [`MAX_PARKED`] are parked, with the stack below its parking frame given back,
 //! and ends otherwise: while clients come and go, the threads of those that left serve the
-//! next ones, and no thread is made at all.
+//! next ones, and no thread is made at all. Once clients stop coming, the threads parked
+//! beyond [`SPARE_THREADS`] end after [`PARKED_IDLE`], and a quiet server is back to its
+//! spares.
 //!
-//! Parked threads cost no CPU (they sleep in a channel's `recv`) and the memory of as many
-//! idle connections without their sockets: two stack pages and a kernel task each.
+//! Parked threads cost no CPU (they sleep in a channel's `recv`; those beyond the spares wake
+//! once, to end) and the memory of as many idle connections without their sockets: two stack
+//! pages and a kernel task each.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use log::debug;
 
 use crate::sys;
@@ -36,6 +40,11 @@ pub(crate) const SPARE_THREADS: usize = 4;
 /// threads of those that left rather than by threads made for them; few enough that what
 /// waits after a wave stays under a megabyte.
 pub(crate) const MAX_PARKED: usize = 16;
+
+/// How long a thread parked beyond [`SPARE_THREADS`] waits for a client before it ends: long
+/// enough to serve clients that reconnect in waves, short enough that a server whose clients
+/// stopped coming is back to its spares within seconds.
+pub(crate) const PARKED_IDLE: Duration = Duration::from_secs(10);
 
 /// What a connection thread runs: one connection, from its first byte to its last, panics
 /// caught inside.
@@ -144,6 +153,15 @@ impl Pool {
             .is_ok()
     }
 
+    /// Gives a place among the parked back, if more than `keep` are taken.
+    fn leave_place(&self, keep: usize) -> bool {
+        self.spares
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > keep).then(|| n - 1)
+            })
+            .is_ok()
+    }
+
     /// After a job, parks for the next if there is room; otherwise the thread ends.
     fn serve_while_needed(self: &Arc<Pool>) {
         if self.claim_place(MAX_PARKED) {
@@ -152,15 +170,25 @@ impl Pool {
     }
 
     /// Waits for jobs and runs them, parking between them while there is room. The thread
-    /// holds a place among the parked on entry.
+    /// holds a place among the parked on entry, and gives it back if it ends for being idle.
     #[inline(never)]
     fn park(self: &Arc<Pool>) {
         loop {
             // What the last client touched below this frame goes back before the wait.
             sys::release_stack_below_caller();
             // Taken off the count by whoever hands a job over (Threads::run).
-            let Ok(job) = self.jobs.recv() else {
-                return;
+            let job = if self.spares.load(Ordering::SeqCst) > SPARE_THREADS {
+                match self.jobs.recv_timeout(PARKED_IDLE) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) if self.leave_place(SPARE_THREADS) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                let Ok(job) = self.jobs.recv() else {
+                    return;
+                };
+                job
             };
             job();
             if !self.claim_place(MAX_PARKED) {
@@ -174,9 +202,9 @@ impl Pool {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    const PATIENCE: Duration = Duration::from_secs(10);
+    const PATIENCE: Duration = Duration::from_secs(30);
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + PATIENCE;
@@ -217,6 +245,40 @@ mod tests {
         wait_until("the threads park again", || {
             threads.spares() == MAX_PARKED.min(SPARE_THREADS + jobs)
         });
+    }
+
+    #[test]
+    fn threads_parked_beyond_the_spares_end_once_idle() {
+        let threads = Threads::start(256 * 1024).unwrap();
+        wait_until("spares made at start", || threads.spares() == SPARE_THREADS);
+        let (go, gate) = crossbeam_channel::unbounded::<()>();
+        for _ in 0..MAX_PARKED {
+            let gate = gate.clone();
+            threads.run(Box::new(move || gate.recv().unwrap())).unwrap();
+        }
+        for _ in 0..MAX_PARKED {
+            go.send(()).unwrap();
+        }
+        wait_until("the pool fills", || threads.spares() == MAX_PARKED);
+        let full = Instant::now();
+        let deadline = full + PARKED_IDLE * 3;
+        while threads.spares() > SPARE_THREADS {
+            assert!(
+                Instant::now() < deadline,
+                "{} still parked",
+                threads.spares()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(full.elapsed() >= PARKED_IDLE - Duration::from_secs(1));
+        // The spares stay, and still serve.
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(threads.spares(), SPARE_THREADS);
+        let (done, finished) = mpsc::channel();
+        threads
+            .run(Box::new(move || done.send(()).unwrap()))
+            .unwrap();
+        finished.recv_timeout(PATIENCE).unwrap();
     }
 
     #[test]
