@@ -985,6 +985,17 @@ mod tests {
 
     /// Counts messages, and has the server answer each of the first
     /// `answers` at once, like a fast echo server in a closed loop.
+    /// A TLS connection to a server that answers its first `answers` messages at once.
+    fn answered_tls_conn(answers: usize) -> (Conn, Answering) {
+        let (conn, server) = open_tls_conn();
+        let h = Answering {
+            server,
+            received: Vec::new(),
+            answers,
+        };
+        (conn, h)
+    }
+
     struct Answering {
         server: Server,
         received: Vec<usize>,
@@ -1003,12 +1014,7 @@ mod tests {
 
     #[test]
     fn a_tls_connection_whose_server_answers_at_once_gets_one_read_per_event() {
-        let (mut conn, server) = open_tls_conn();
-        let mut h = Answering {
-            server,
-            received: Vec::new(),
-            answers: 100,
-        };
+        let (mut conn, mut h) = answered_tls_conn(100);
         let mut scratch = vec![0; SCRATCH];
         h.server.send(&[7; 32]);
         let mut read = 0;
@@ -1026,12 +1032,7 @@ mod tests {
 
     #[test]
     fn a_tls_read_that_fills_the_buffer_reads_on() {
-        let (mut conn, server) = open_tls_conn();
-        let mut h = Answering {
-            server,
-            received: Vec::new(),
-            answers: 0,
-        };
+        let (mut conn, mut h) = answered_tls_conn(0);
         let mut scratch = vec![0; SCRATCH];
         // One record of ~10 KB: more than rustls reads at once.
         h.server.send(&[1; 10_000]);
@@ -1043,12 +1044,7 @@ mod tests {
 
     #[test]
     fn a_tls_connection_the_server_closed_is_read_to_its_end() {
-        let (mut conn, server) = open_tls_conn();
-        let mut h = Answering {
-            server,
-            received: Vec::new(),
-            answers: 0,
-        };
+        let (mut conn, mut h) = answered_tls_conn(0);
         let mut scratch = vec![0; SCRATCH];
         h.server.send(&[7; 32]);
         h.server.tcp.shutdown(std::net::Shutdown::Write).unwrap();
