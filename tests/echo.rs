@@ -3,6 +3,8 @@
 mod support;
 
 use std::io::Write;
+use std::thread;
+use std::time::Duration;
 
 use support::{
     Wsecho, client_frame, connect, local_port, next_data, raw_websocket, read_server_frame,
@@ -46,6 +48,62 @@ fn the_greeting_arrives_once_after_the_delay_with_the_time() {
     // Exactly one: after it, only the echo of what we send comes back.
     ws.send(Message::text("after")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("after"));
+}
+
+/// An idle client's greeting costs its connection no wake-up: the greeting thread writes it
+/// straight into the socket, and the connection's thread sleeps on (docs/design.md).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
+    let server = Wsecho::start(&["--greeting-delay", "3s"]);
+    let mut ws = server.connect();
+    // A new connection wakes once, a second after its handshake, to settle (settle.rs); the
+    // count starts after that and well before the greeting is due.
+    thread::sleep(Duration::from_millis(2000));
+    let before = connection_thread_switches(server.pid());
+    let Message::Text(greeting) = next_data(&mut ws) else {
+        panic!("greeting is text")
+    };
+    assert!(greeting.ends_with(" hello client !!!"), "{greeting}");
+    assert_eq!(
+        connection_thread_switches(server.pid()),
+        before,
+        "the connection's thread ran for its greeting"
+    );
+
+    // The socket is the connection's again as soon as it has something of its own to send.
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("after"));
+}
+
+/// The threads named `connection` of process `pid` (one per client, and the parked spares),
+/// and the context switches, voluntary and not, that each has made so far.
+#[cfg(target_os = "linux")]
+fn connection_thread_switches(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // ended meanwhile
+        };
+        if !status.lines().any(|line| line == "Name:\tconnection") {
+            continue;
+        }
+        let switches = status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .map(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        threads.push((task.file_name().to_string_lossy().into_owned(), switches));
+    }
+    threads.sort();
+    threads
 }
 
 #[test]

@@ -170,8 +170,9 @@ impl<'a> Client<'a> {
     ) -> Box<Client<'a>> {
         let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
         socket.follow(&leftover);
-        if shared.config.mode == Mode::Broadcast {
-            // Listeners with nothing queued take broadcasts without a wake-up (outbox.rs).
+        if shared.config.mode == Mode::Broadcast || shared.greeter.is_some() {
+            // A connection with nothing queued takes broadcasts and its greeting without a
+            // wake-up (outbox.rs).
             socket.lend(inbox.outbox());
         }
         // No read buffer until the client sends something, unless it already has.

@@ -609,14 +609,16 @@ fn join<'a>(
             return None;
         }
     };
+    // The greeting falls due counting from the 101, before anything else: under a burst of
+    // handshakes the log line below can wait its turn for many milliseconds.
+    if let Some(greeter) = &shared.greeter {
+        greeter.schedule(&outbox);
+    }
     shared.metrics.http_response(SWITCHING_PROTOCOLS);
     info!("{peer} connected: {described}");
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
         let _ = outbox.close(CloseCode::Away, "server shutting down");
-    }
-    if let Some(greeter) = &shared.greeter {
-        greeter.schedule(&outbox);
     }
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);

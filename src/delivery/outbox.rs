@@ -4,9 +4,9 @@
 //! the connection's [`Outbox`]: a `crossbeam-channel` queue plus a [`Waker`] that ends the
 //! thread's wait at once. Pushing never blocks the pusher.
 //!
-//! One shortcut: in broadcast mode, while a listener has nothing queued, its socket is lent to
-//! the broadcasters ([`Direct`]), which write a frame straight into it with one non-blocking
-//! write, no wake-up and no context switch. The lend's lock keeps frames whole: the connection
+//! One shortcut: in broadcast mode or with the greeting on, while a connection has nothing
+//! queued, its socket is lent to the broadcasters and the greeting timer ([`Direct`]), which
+//! write a frame straight into it with one non-blocking write, no wake-up and no context switch. The lend's lock keeps frames whole: the connection
 //! takes it back before it queues anything of its own, and a frame the socket took only in part
 //! is finished by the connection before anything else. A full socket sends the rest through the
 //! queue, so a slow listener never holds a broadcaster up. Whether a push may go straight in is
@@ -238,16 +238,18 @@ pub(crate) struct Outbox {
     behind: AtomicBool,
     /// The socket, while the connection lends it for broadcasts written straight into it.
     direct: Mutex<Direct>,
-    /// Whether the socket is lent, readable without the lock: most outboxes never lend it.
+    /// Whether the socket is lent, readable without the lock: an outbox that does not lend it
+    /// never takes the lock to push.
     lent: AtomicBool,
     /// Set once the backlog passed the overflow mark (see [`CommonFlow`]).
     overflowed: AtomicBool,
 }
 
-/// A listener's socket, lent to the threads that broadcast to it (plain TCP, broadcast mode).
+/// A connection's socket, lent to the threads that broadcast or greet it (plain TCP, in
+/// broadcast mode or with the greeting on).
 ///
 /// Waking a thread costs a signal and a context switch per listener per broadcast, most of a
-/// broadcast's latency. So while a listener has nothing queued, a broadcaster writes the frame
+/// broadcast's latency, and per client for its greeting. So while a listener has nothing queued, a broadcaster writes the frame
 /// into its socket itself: a non-blocking write, under this lock, which the connection's thread
 /// also takes before it queues anything of its own, so frames never interleave. Only when the
 /// socket is full does the rest go through the queue and a wake-up.
