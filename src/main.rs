@@ -1,5 +1,6 @@
 //! The `wsecho` command: parse the arguments, set up logging and signals, run the server.
 
+mod allocator;
 mod cli;
 mod log_output;
 
@@ -23,6 +24,10 @@ const EXIT_INTERRUPTED: i32 = 130;
 const SIGNALS_TOGETHER: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
+    // First, while the process has one thread and nothing open: this may replace it.
+    if let Some(warning) = allocator::turn_off_thread_cache() {
+        eprintln!("{warning}");
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -44,6 +49,9 @@ fn main() -> ExitCode {
 fn run(args: &Args, config: wsecho::Config) -> Result<(), String> {
     log_output::init(args.log_level, args.log_file.as_deref())?;
     let server = Server::bind(config).map_err(|e| e.to_string())?;
+    if let Some(line) = allocator::describe() {
+        info!("{line}");
+    }
 
     // The handlers go in before the ready line: a script that waits for the line and then
     // sends SIGTERM must get a graceful shutdown, never the default "killed by a signal".

@@ -305,3 +305,48 @@ fn a_connection_reading_in_bigger_steps_after_a_big_message_loses_nothing() {
         assert_eq!(read_server_frame(&mut tcp), (true, BINARY, payload.clone()));
     }
 }
+
+/// The server's environment, as /proc shows it for its process.
+#[cfg(target_env = "gnu")]
+fn environment(server: &Wsecho) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+    environ
+        .split(|&byte| byte == 0)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect()
+}
+
+/// glibc keeps a cache of freed memory in every thread, which a thread per idle client pays for
+/// with kilobytes each: the server runs itself again, in the same process, with it turned off.
+#[cfg(target_env = "gnu")]
+#[test]
+fn the_server_runs_with_glibcs_per_thread_cache_off_in_its_own_process() {
+    let server = Wsecho::start_with_env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")], &[]);
+    server.wait_for_log(&["glibc's per-thread allocation cache: off"]);
+    // The process the test started (its pid) is the one that runs with the setting, and the
+    // deployment's own tunables are kept beside it. (glibc parses the variable in place, so
+    // /proc may show the pairs after the first as entries of their own.)
+    let environment = environment(&server).join("\n");
+    for expected in [
+        "GLIBC_TUNABLES=glibc.malloc.arena_max=4",
+        "glibc.malloc.tcache_count=0",
+    ] {
+        assert!(environment.contains(expected), "{expected}: {environment}");
+    }
+    let mut ws = server.connect();
+    ws.send(Message::text("still the server")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("still the server"));
+}
+
+/// A deployment that sets the cache's size itself keeps it.
+#[cfg(target_env = "gnu")]
+#[test]
+fn a_deployments_own_cache_size_is_kept() {
+    let server = Wsecho::start_with_env(&[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")], &[]);
+    server.wait_for_log(&["glibc's per-thread allocation cache: 7 chunks of each size"]);
+    assert!(
+        environment(&server).contains(&"GLIBC_TUNABLES=glibc.malloc.tcache_count=7".into()),
+        "{:?}",
+        environment(&server)
+    );
+}
