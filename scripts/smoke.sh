@@ -150,26 +150,33 @@ start_wsecho() {
 }
 
 # A local Redis for a local cluster: a free loopback port, a temporary folder, no persistence.
+# A port nobody listens on may still be some client socket's own: redis-server then exits at
+# once, and another port is tried (5 at most).
 start_redis() {
-    local program=${REDIS_SERVER:-redis-server} port="" reply="" try
+    local program=${REDIS_SERVER:-redis-server} port="" reply="" try attempt pid
     command -v "$program" >/dev/null ||
         die "--cluster without URLs needs redis-server (scripts/install-redis.sh installs it)"
-    for try in $(seq 50); do
-        port=$((20000 + RANDOM % 20000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-    done
-    "$program" --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$TMP" \
-        --logfile "$TMP/redis.log" --daemonize no &
-    PIDS+=($!)
-    # Ready when it answers PING; each try is a connection attempt, bounded overall.
-    for try in $(seq 100); do
-        if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
-            printf 'PING\r\n' >&3
-            IFS= read -r -t 2 reply <&3 || true
-            exec 3>&-
-            [[ $reply == +PONG* ]] && break
-        fi
-        sleep 0.1
+    for attempt in 1 2 3 4 5; do
+        for try in $(seq 50); do
+            port=$((20000 + RANDOM % 20000))
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+        done
+        "$program" --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$TMP" \
+            --logfile "$TMP/redis.log" --daemonize no &
+        pid=$!
+        PIDS+=("$pid")
+        # Ready when it answers PING; each try is a connection attempt, bounded overall.
+        for try in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break # exited: the port was taken
+            if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+                printf 'PING\r\n' >&3
+                IFS= read -r -t 2 reply <&3 || true
+                exec 3>&-
+                [[ $reply == +PONG* ]] && break
+            fi
+            sleep 0.1
+        done
+        [[ $reply == +PONG* ]] && break
     done
     [[ $reply == +PONG* ]] || die "the local redis-server did not answer PING (log: $TMP/redis.log)"
     REDIS_URL_LOCAL="redis://127.0.0.1:$port/0"
