@@ -40,7 +40,7 @@ mod glibc {
     /// when the command could not be run again.
     pub(crate) fn turn_off_thread_cache() -> Option<String> {
         let tunables = std::env::var_os(TUNABLES).unwrap_or_default();
-        if std::env::var_os(RESTARTED).is_some() || sets_tcache_count(&tunables) {
+        if std::env::var_os(RESTARTED).is_some() || tcache_count(&tunables).is_some() {
             return None;
         }
         let mut with_cache_off = tunables;
@@ -66,11 +66,7 @@ mod glibc {
     /// What the process runs with, for the log.
     pub(crate) fn describe() -> Option<String> {
         let tunables = std::env::var_os(TUNABLES).unwrap_or_default();
-        let tunables = tunables.to_string_lossy();
-        match tunables
-            .split(':')
-            .find_map(|pair| pair.strip_prefix(TCACHE_COUNT)?.strip_prefix('='))
-        {
+        match tcache_count(&tunables).as_deref() {
             Some("0") => "glibc's per-thread allocation cache: off".to_owned(),
             Some(count) => format!(
                 "glibc's per-thread allocation cache: {count} chunks of each size, as \
@@ -81,11 +77,13 @@ mod glibc {
         .into()
     }
 
-    fn sets_tcache_count(tunables: &OsString) -> bool {
+    /// The cache's size, if `tunables` (`GLIBC_TUNABLES`'s value) sets it.
+    fn tcache_count(tunables: &OsString) -> Option<String> {
         tunables
             .to_string_lossy()
             .split(':')
-            .any(|pair| pair.starts_with(&format!("{TCACHE_COUNT}=")))
+            .find_map(|pair| pair.strip_prefix(TCACHE_COUNT)?.strip_prefix('='))
+            .map(str::to_owned)
     }
 }
 

@@ -6,12 +6,13 @@
 //!
 //! One shortcut: in broadcast mode or with the greeting on, while a connection has nothing
 //! queued, its socket is lent to the broadcasters and the greeting timer ([`Direct`]), which
-//! write a frame straight into it with one non-blocking write, no wake-up and no context switch. The lend's lock keeps frames whole: the connection
-//! takes it back before it queues anything of its own, and a frame the socket took only in part
-//! is finished by the connection before anything else. A full socket sends the rest through the
-//! queue, so a slow listener never holds a broadcaster up. Whether a push may go straight in is
-//! decided here and nowhere else: [`Outbox::push`] is the one way in, and the [`Batch`] it
-//! takes says whether its frames came alone (see [`Flow::batch`]).
+//! write a frame straight into it with one non-blocking write, no wake-up and no context
+//! switch. The lend's lock keeps frames whole: the connection takes it back before it queues
+//! anything of its own, and a frame the socket took only in part is finished by the connection
+//! before anything else. A full socket sends the rest through the queue, so a slow listener
+//! never holds a broadcaster up. Whether a push may go straight in is decided here and nowhere
+//! else: [`Outbox::push`] is the one way in, and the [`Batch`] it takes says whether its frames
+//! came alone (see [`Flow::batch`]).
 //!
 //! # Flow control
 //!
@@ -249,9 +250,10 @@ pub(crate) struct Outbox {
 /// broadcast mode or with the greeting on).
 ///
 /// Waking a thread costs a signal and a context switch per listener per broadcast, most of a
-/// broadcast's latency, and per client for its greeting. So while a listener has nothing queued, a broadcaster writes the frame
-/// into its socket itself: a non-blocking write, under this lock, which the connection's thread
-/// also takes before it queues anything of its own, so frames never interleave. Only when the
+/// broadcast's latency, and per client for its greeting. So while a connection has nothing
+/// queued, a broadcaster (or the greeting timer) writes the frame into its socket itself: a
+/// non-blocking write, under this lock, which the connection's thread also takes before it
+/// queues anything of its own, so frames never interleave. Only when the
 /// socket is full does the rest go through the queue and a wake-up.
 #[derive(Debug, Default)]
 struct Direct {
