@@ -12,8 +12,8 @@
 //!
 //! The cache's size can only be set before the process starts, in the `GLIBC_TUNABLES`
 //! environment variable, which glibc reads before `main`. So on Linux with glibc the command
-//! first replaces itself (`exec`: the same process, the same pid, before any thread or file is
-//! opened) with itself run with `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES`. A
+//! first replaces itself (`exec`: the same process, the same pid and name, before any thread or
+//! file is opened) with itself run with `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES`. A
 //! deployment that sets the cache's size itself is left as it is: glibc's default is
 //! `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`.
 
@@ -35,6 +35,11 @@ mod glibc {
     /// glibc's secure mode, which may drop `GLIBC_TUNABLES` from the environment it passes on.
     const RESTARTED: &str = "WSECHO_TCACHE_SET";
 
+    /// What the warning says when the command could not run itself again.
+    const CACHE_KEPT: &str = "could not run again with glibc's per-thread allocation cache \
+        off, so each idle connection keeps 2 to 8 KiB more (set \
+        GLIBC_TUNABLES=glibc.malloc.tcache_count=0 to turn it off)";
+
     /// Runs the command again with the cache turned off, unless it was already or the
     /// deployment chose its size. Returns only if it does not: then with a warning to print
     /// when the command could not be run again.
@@ -50,17 +55,19 @@ mod glibc {
         with_cache_off.push(format!("{TCACHE_COUNT}=0"));
         let mut args = std::env::args_os();
         let name = args.next().unwrap_or_else(|| OsString::from("wsecho"));
-        let error = Command::new("/proc/self/exe")
+        // The binary's own path, not /proc/self/exe: the kernel names the process after the
+        // file it runs, and `ps`, `pkill wsecho` and the journal must still see `wsecho`.
+        let binary = match std::env::current_exe() {
+            Ok(binary) => binary,
+            Err(e) => return Some(format!("warning: {e}; {CACHE_KEPT}")),
+        };
+        let error = Command::new(binary)
             .arg0(name)
             .args(args)
             .env(TUNABLES, with_cache_off)
             .env(RESTARTED, "1")
             .exec();
-        Some(format!(
-            "warning: could not run again with glibc's per-thread allocation cache off \
-             ({error}); each idle connection keeps 2 to 8 KiB more (set \
-             {TUNABLES}={TCACHE_COUNT}=0 to turn it off)"
-        ))
+        Some(format!("warning: {error}; {CACHE_KEPT}"))
     }
 
     /// What the process runs with, for the log.

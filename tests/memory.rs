@@ -333,6 +333,9 @@ fn the_server_runs_with_glibcs_per_thread_cache_off_in_its_own_process() {
     ] {
         assert!(environment.contains(expected), "{expected}: {environment}");
     }
+    // Still named for its binary: `ps`, `pkill wsecho` and the journal see the same process.
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap();
+    assert_eq!(name.trim_end(), "wsecho");
     let mut ws = server.connect();
     ws.send(Message::text("still the server")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("still the server"));
