@@ -12,10 +12,10 @@
 //!
 //! The cache's size can only be set before the process starts, in the `GLIBC_TUNABLES`
 //! environment variable, which glibc reads before `main`. So on Linux with glibc the command
-//! first replaces itself (`exec`: the same process, the same pid and name, before any thread or
-//! file is opened) with itself run with `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES`. A
-//! deployment that sets the cache's size itself is left as it is: glibc's default is
-//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`.
+//! first replaces itself (`exec`: the same process, the same pid and name, before any thread
+//! or file is opened) with itself run with `glibc.malloc.tcache_count=0` added to
+//! `GLIBC_TUNABLES`. A deployment that sets the cache's size itself is left as it is: glibc's
+//! default is `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`.
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {

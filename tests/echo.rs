@@ -77,33 +77,14 @@ fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
 }
 
 /// The threads named `connection` of process `pid` (one per client, and the parked spares),
-/// and the context switches, voluntary and not, that each has made so far.
+/// with the context switches each has made so far.
 #[cfg(target_os = "linux")]
 fn connection_thread_switches(pid: u32) -> Vec<(String, u64)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap();
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // ended meanwhile
-        };
-        if !status.lines().any(|line| line == "Name:\tconnection") {
-            continue;
-        }
-        let switches = status
-            .lines()
-            .filter(|line| line.contains("ctxt_switches:"))
-            .map(|line| {
-                line.split_whitespace()
-                    .nth(1)
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-            })
-            .sum();
-        threads.push((task.file_name().to_string_lossy().into_owned(), switches));
-    }
-    threads.sort();
-    threads
+    support::thread_switches(pid)
+        .into_iter()
+        .filter(|thread| thread.name == "connection")
+        .map(|thread| (thread.tid, thread.voluntary + thread.involuntary))
+        .collect()
 }
 
 #[test]

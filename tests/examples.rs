@@ -284,24 +284,11 @@ fn assert_greeting_and_own_message(name: &str) {
 /// talks to it for `quiet`.
 #[cfg(target_os = "linux")]
 fn switches_while_quiet(pid: u32, quiet: Duration) -> (u64, u64) {
-    fn count(pid: u32) -> (u64, u64) {
-        let mut total = (0, 0);
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let path = task.unwrap().path().join("status");
-            let Ok(status) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            for line in status.lines() {
-                let number = |prefix| line.strip_prefix(prefix).map(|n: &str| n.trim().parse());
-                if let Some(n) = number("voluntary_ctxt_switches:") {
-                    total.0 += n.unwrap_or(0);
-                } else if let Some(n) = number("nonvoluntary_ctxt_switches:") {
-                    total.1 += n.unwrap_or(0);
-                }
-            }
-        }
-        total
-    }
+    let count = |pid| {
+        support::thread_switches(pid)
+            .iter()
+            .fold((0, 0), |(v, n), t| (v + t.voluntary, n + t.involuntary))
+    };
     let before = count(pid);
     thread::sleep(quiet);
     let after = count(pid);

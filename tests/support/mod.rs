@@ -375,3 +375,41 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// One thread of a process, as /proc shows it: its id, its name, and the context switches it
+/// has made so far, voluntary and not.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ThreadSwitches {
+    pub tid: String,
+    pub name: String,
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+/// Every thread of process `pid` (a thread that ends meanwhile is left out), sorted by id.
+/// Linux only, like the tests that read it.
+pub fn thread_switches(pid: u32) -> Vec<ThreadSwitches> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        threads.push(ThreadSwitches {
+            tid: task.file_name().to_string_lossy().into_owned(),
+            name: field("Name:"),
+            voluntary: field("voluntary_ctxt_switches:").parse().unwrap_or(0),
+            involuntary: field("nonvoluntary_ctxt_switches:").parse().unwrap_or(0),
+        });
+    }
+    threads.sort();
+    threads
+}
