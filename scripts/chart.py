@@ -29,8 +29,8 @@ from collections import OrderedDict
 import matplotlib
 
 matplotlib.use("svg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt  # imported after choosing the backend
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 MAIN_COLOR = "#e8590c"  # wsecho: the one warm colour
 PEER_COLORS = ["#4263eb", "#2b8a3e", "#7048e8", "#1098ad", "#868e96", "#c2255c"]

@@ -153,11 +153,11 @@ start_wsecho() {
 # A port nobody listens on may still be some client socket's own: redis-server then exits at
 # once, and another port is tried (5 at most).
 start_redis() {
-    local program=${REDIS_SERVER:-redis-server} port="" reply="" try attempt pid
+    local program=${REDIS_SERVER:-redis-server} port="" reply="" pid
     command -v "$program" >/dev/null ||
         die "--cluster without URLs needs redis-server (scripts/install-redis.sh installs it)"
-    for attempt in 1 2 3 4 5; do
-        for try in $(seq 50); do
+    for _ in 1 2 3 4 5; do
+        for _ in $(seq 50); do
             port=$((20000 + RANDOM % 20000))
             (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
         done
@@ -166,7 +166,7 @@ start_redis() {
         pid=$!
         PIDS+=("$pid")
         # Ready when it answers PING; each try is a connection attempt, bounded overall.
-        for try in $(seq 100); do
+        for _ in $(seq 100); do
             kill -0 "$pid" 2>/dev/null || break # exited: the port was taken
             if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
                 printf 'PING\r\n' >&3
@@ -232,7 +232,7 @@ connect() {
 # and the expect that follows reports websocat's error.
 send() {
     local fd="${1}_in"
-    printf '%s\n' "$2" >&"${!fd}" 2>/dev/null || true
+    printf '%s\n' "$2" 1>&"${!fd}" 2>/dev/null || true
 }
 
 # expect NAME TEXT SECONDS: true once NAME has received a line containing TEXT. Lines seen
@@ -310,8 +310,8 @@ if [[ $CLUSTER == 1 ]]; then
     send carol "carol joined $$"
     if expect carol "carol joined $$" "$ECHO_WAIT"; then
         across() { # across FROM TO WHAT LINE: FROM sends LINE until TO hears it
-            local from=$1 to=$2 what=$3 line=$4 try
-            for try in 1 2 3 4 5; do
+            local from=$1 to=$2 what=$3 line=$4
+            for _ in 1 2 3 4 5; do
                 send "$from" "$line"
                 if expect "$to" "$line" 2 2>/dev/null; then
                     ok "cluster: $what"

@@ -2,9 +2,9 @@
 
 import sys
 
-if sys.version_info < (3, 11):
+if sys.version_info < (3, 11):  # noqa: UP036  (the check is for the older Pythons it turns away)
     sys.exit(f"bench: needs Python 3.11 or newer (this is {sys.version.split()[0]})")
 
-from .main import main  # noqa: E402  (after the version check)
+from .main import main  # imported after the version check
 
 sys.exit(main(sys.argv[1:]))

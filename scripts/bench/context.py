@@ -43,7 +43,7 @@ class Options:
     redis_server: str = "redis-server"
 
     @classmethod
-    def parse(cls, args: list[str], env=os.environ) -> "Options":
+    def parse(cls, args: list[str], env=os.environ) -> Options:
         """The options, or Fatal with the one line that says what is wrong."""
         opts = cls(list(args))
         for arg in args:

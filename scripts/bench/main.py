@@ -91,7 +91,7 @@ def build_portable(b: Bench) -> None:
         built = subprocess.run(
             ["cargo", "build", "--release", "-p", "wsecho", "--features", "portable-poll",
              "--target-dir", b.root / "target" / "portable"],
-            cwd=b.root, stdout=out, stderr=out).returncode == 0
+            cwd=b.root, stdout=out, stderr=out, check=False).returncode == 0
     if built and os.access(binary, os.X_OK):
         b.portable_bin = binary
         return
@@ -117,9 +117,10 @@ def cores() -> int:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.rstrip("\n").rsplit(": ", 1)[-1]
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.rstrip("\n").rsplit(": ", 1)[-1]
     except OSError:
         pass
     return ""
@@ -127,10 +128,11 @@ def cpu_model() -> str:
 
 def commit(root: Path) -> str:
     """The commit measured, and whether the tree had changes."""
-    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
     if head.returncode:
         return "none yet"
-    dirty = subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD"], capture_output=True).returncode
+    dirty = subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD"], capture_output=True, check=False).returncode
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
@@ -141,8 +143,8 @@ def header(b: Bench) -> list[str]:
         f"- started: {b.started_at}; took {took // 60} min {took % 60} s; options: {' '.join(b.opts.args) or 'none'}",
         f"- machine: {cores()} cores, {cpu_model()}, Linux {platform.release()}; load average at start: {b.start_load}",
         f"- commit: {commit(b.root)}",
-        f"- client: wsload, {b.opts.threads} thread(s), on the same machine; echo rows {b.echo_seconds} s after "
-        f"{WARMUP} warm-up; open-file limit {b.fd_limit}",
+        (f"- client: wsload, {b.opts.threads} thread(s), on the same machine; echo rows {b.echo_seconds} s after "
+         f"{WARMUP} warm-up; open-file limit {b.fd_limit}"),
     ]
     if b.custom:
         lines.append(f"- server: BENCH_SERVER='{b.custom}' "

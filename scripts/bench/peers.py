@@ -23,9 +23,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .report import first_error
 from .servers import Server, Servers, free_port, port_in_use, say
@@ -100,9 +100,9 @@ class Peers:
         with open(log, "wb") as out, open(cmp / "metadata.json", "wb") as metadata:
             fetched = (
                 subprocess.run(["cargo", "fetch", "--quiet"], cwd=cmp, env=env,
-                               stdout=out, stderr=out).returncode == 0
+                               stdout=out, stderr=out, check=False).returncode == 0
                 and subprocess.run(["cargo", "metadata", "--format-version", "1"], cwd=cmp, env=env,
-                                   stdout=metadata, stderr=out).returncode == 0
+                                   stdout=metadata, stderr=out, check=False).returncode == 0
             )
         if not fetched:
             self.skip(names, f"could not fetch the crates ({first_error(log)})")
@@ -121,7 +121,7 @@ class Peers:
             shutil.copyfile(path, cmp / "src" / "bin" / name)
         with open(log, "ab") as out:
             built = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=cmp, env=env,
-                                   stdout=out, stderr=out).returncode == 0
+                                   stdout=out, stderr=out, check=False).returncode == 0
         if not built:
             self.skip(names, f"the build failed ({first_error(log)}; target/bench/compare-build.log)")
             return
@@ -155,10 +155,10 @@ class Peers:
             say(f"installing the npm package {name}@{version_range} into {dest} (once)")
             with open(log, "wb") as out:
                 if subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev",
-                                   "--loglevel=error"], cwd=dest, stdout=out, stderr=out).returncode:
+                                   "--loglevel=error"], cwd=dest, stdout=out, stderr=out, check=False).returncode:
                     return False, f"npm install {name}@{version_range} failed ({first_error(log)})"
         asked = subprocess.run([self.node, "-p", f"require('{name}/package.json').version"],
-                               cwd=dest, capture_output=True, text=True)
+                               cwd=dest, capture_output=True, text=True, check=False)
         if asked.returncode:
             return False, asked.stderr.strip().splitlines()[-1] if asked.stderr.strip() else ""
         for server in source.iterdir():
@@ -175,7 +175,7 @@ class Peers:
             self.skip("Node ws, WebSocket-Node", "no npm to install their packages with")
             return
         node = self.node
-        node_version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+        node_version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         ws_dir, websocket_dir = self.cache / "node" / "ws", self.cache / "node" / "websocket"
         ok, version = self.npm_package(HERE / "node-ws", ws_dir)
         if ok:
@@ -223,12 +223,13 @@ class Peers:
                 env = {k: v for k, v in os.environ.items() if k != "CARGO_TARGET_DIR"}
                 with open(log, "wb") as out:
                     if subprocess.run(["cargo", "install", "--locked", "--quiet", "--root", root, "websocat",
-                                       "--version", WEBSOCAT_VERSION], env=env, stdout=out, stderr=out).returncode:
+                                       "--version", WEBSOCAT_VERSION], env=env, stdout=out, stderr=out,
+                                      check=False).returncode:
                         self.skip("websocat", f"cargo install websocat failed ({first_error(log)}; "
                                   "target/bench/websocat-build.log)")
                         return
         try:
-            words = subprocess.run([bin_, "--version"], capture_output=True, text=True).stdout.split()
+            words = subprocess.run([bin_, "--version"], capture_output=True, text=True, check=False).stdout.split()
         except OSError:
             words = []
         version = words[1] if len(words) > 1 else "?"

@@ -13,9 +13,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .runs import Runs, last_line
 from .servers import say
@@ -269,21 +269,21 @@ def draw_chart(tsv: Path, svg: Path, cache: Path, chart_py: Path, title: str, lo
     python = venv / "bin" / "python"
     have = python.exists() and subprocess.run(
         [python, "-c", "import matplotlib"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL).returncode == 0
+        stderr=subprocess.DEVNULL, check=False).returncode == 0
     if not have:
         say(f"installing matplotlib into {venv} (once)")
         with open(log, "wb") as out:
             made = subprocess.run([sys.executable, "-m", "venv", venv],
-                                  stdout=out, stderr=subprocess.STDOUT).returncode == 0
+                                  stdout=out, stderr=subprocess.STDOUT, check=False).returncode == 0
             made = made and subprocess.run(
                 [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "matplotlib>=3.8,<4"], stdout=out, stderr=subprocess.STDOUT).returncode == 0
+                 "matplotlib>=3.8,<4"], stdout=out, stderr=subprocess.STDOUT, check=False).returncode == 0
         if not made:
             return f"no chart: could not install matplotlib ({first_error(log)}; target/bench/chart.log)"
     with open(log, "wb") as out:
         drawn = subprocess.run(
             [python, chart_py, tsv, svg, "--title", title], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "MPLCONFIGDIR": str(cache / "mplconfig")}).returncode == 0
+            env={**os.environ, "MPLCONFIGDIR": str(cache / "mplconfig")}, check=False).returncode == 0
     if drawn:
         return "chart of these figures: target/bench/comparison.svg"
     return f"no chart: scripts/chart.py failed ({last_line(log)}; target/bench/chart.log)"
@@ -298,10 +298,10 @@ def results_markdown(header: list[str], report: Report, settle_text: str) -> str
         lines += [
             "", "## Side by side (--compare)", "",
             "Each row: the same run's figures for every server, and wsecho's as a multiple of the best peer's.",
-            "Kernel memory is the machine's (SUnreclaim + KernelStack + PageTables, from /proc/meminfo): "
-            "it counts wsload's end of every connection too, the same for every server.",
-            "\"After a 64 KiB message\": every connection sent one binary message of 64 KiB and read its "
-            f"echo, and the figures were taken {settle_text} later (medians of 5 samples over 1 s).",
+            ("Kernel memory is the machine's (SUnreclaim + KernelStack + PageTables, from /proc/meminfo): "
+             "it counts wsload's end of every connection too, the same for every server."),
+            ("\"After a 64 KiB message\": every connection sent one binary message of 64 KiB and read its "
+             f"echo, and the figures were taken {settle_text} later (medians of 5 samples over 1 s)."),
             *report.side_by_side,
         ]
     lines += ["", "Raw JSON of every run: target/bench/raw/."]

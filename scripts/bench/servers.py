@@ -156,20 +156,19 @@ class Servers:
         for proc in reversed(list(self.live)):
             try:
                 self.stop_process(proc)
-            except Exception as error:  # keep stopping the others
+            except Exception as error:  # noqa: BLE001  (whatever one raised, keep stopping the others)
                 say(f"could not stop pid {proc.pid}: {error}")
 
     # -------------------------------------------------------------- servers --
     def start_wsecho(self, binary: Path, label: str, flags: list[str]) -> Server:
         """Starts wsecho on a port of its choosing, on 127.0.0.1, its log off and
         its greeting off unless FLAGS say otherwise; ready once it printed its URL."""
-        err = open(self.work / "server.err", "wb")
-        proc = self.spawn(
-            [binary, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
-             "--greeting-delay", "off", *flags],
-            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-        )
-        err.close()
+        with open(self.work / "server.err", "wb") as err:
+            proc = self.spawn(
+                [binary, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
+                 "--greeting-delay", "off", *flags],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+            )
         fd = proc.stdout.fileno()
         # The server prints exactly one line, its URL, once it is listening.
         line = read_line(fd, READY_TIMEOUT_S)
@@ -179,7 +178,7 @@ class Servers:
         # Keep draining stdout so the server can never block on a full pipe.
         drain = threading.Thread(target=_drain, args=(fd,), daemon=True)
         drain.start()
-        if not (line.startswith("ws://") or line.startswith("wss://")):
+        if not line.startswith(("ws://", "wss://")):
             raise Fatal(f"wsecho printed '{line}' instead of its URL")
         return Server(proc, line, label, drain)
 

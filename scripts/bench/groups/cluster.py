@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from functools import partial
 
 from ..context import Bench
 from ..report import NO, Report, awk_number, fmt_int, fmt_us
@@ -63,7 +64,7 @@ def measure(b: Bench) -> None:
     if b.custom or not b.want("cluster"):
         return
     redis = b.opts.redis_server
-    if not shutil.which(redis) and subprocess.run([b.root / "scripts" / "install-redis.sh"]).returncode:
+    if not shutil.which(redis) and subprocess.run([b.root / "scripts" / "install-redis.sh"], check=False).returncode:
         b.cluster_note = "not run: no redis-server (scripts/install-redis.sh could not install one)"
         say(f"cluster: {b.cluster_note}")
         return
@@ -73,13 +74,13 @@ def measure(b: Bench) -> None:
                                  stdin=subprocess.DEVNULL)
     if not wait_until(lambda: redis_ping(port)):
         raise Fatal(f"redis-server did not answer PING on port {port}")
-    version = subprocess.run([redis, "--version"], capture_output=True, text=True).stdout.split(" ")
+    version = subprocess.run([redis, "--version"], capture_output=True, text=True, check=False).stdout.split(" ")
     say(f"cluster: redis-server {version[2] if len(version) > 2 else ''} on port {port}")
     instances = [b.servers.start_wsecho(b.wsecho, "wsecho", ["--broadcast", "--redis", f"redis://127.0.0.1:{port}/0"])
                  for _ in range(2)]
     # Each instance has subscribed once its /healthz says so (bounded wait).
     for instance in instances:
-        if not wait_until(lambda: healthz_says(instance.url, '"redis":"up"')):
+        if not wait_until(partial(healthz_says, instance.url, '"redis":"up"')):
             raise Fatal(f"wsecho at {instance.url} did not join Redis")
     spread = [arg for instance in instances for arg in ("--listener-url", instance.url)]
     measure_with(b, "cluster", instances[0].url, *spread)

@@ -81,7 +81,7 @@ def rows(b: Bench, r: Report) -> None:
 
 def rows_of(b: Bench, r: Report, prefix: str, label: str, specs=SPECS) -> None:
     """For each spec: msgs/s, latency and the checks, each against its target."""
-    peer_label = lambda name: b.peers.label(name.split("-")[0])  # noqa: E731
+    peer_label = lambda name: b.peers.label(name.split("-")[0])
     for spec in specs:
         name = f"{prefix}-echo-{spec_name(spec)}"
         title = "echo 64×4 KiB" if spec == (64, 4096) else f"echo {spec[0]}×{spec[1]} B"
@@ -95,7 +95,7 @@ def rows_of(b: Bench, r: Report, prefix: str, label: str, specs=SPECS) -> None:
             best_msgs, who = best(b, "msgs_per_s", True, peers)
             if best_msgs is not None:
                 target = f"≥ {peer_label(who)} ({fmt_int(best_msgs)})"
-                m = check(lambda v: v >= best_msgs, msgs)
+                m = check(lambda v, best: v >= best, msgs, best_msgs)
             else:
                 target = "≥ the best peer (run --compare)"
         r.row(title, label, "msgs/s (MB/s)", r.throughput(name), target, m)
@@ -104,7 +104,7 @@ def rows_of(b: Bench, r: Report, prefix: str, label: str, specs=SPECS) -> None:
             best_p99, who = best(b, "p99_us", False, peers)
             if best_p99 is not None:
                 target = f"p99 ≤ {peer_label(who)} ({fmt_us(best_p99)})"
-                m = check(lambda v: v <= best_p99, p99)
+                m = check(lambda v, best: v <= best, p99, best_p99)
             else:
                 target = "p99 ≤ the best peer (run --compare)"
         r.row(title, label, "latency p50 / p99 / p99.9 / max", r.latency(name), target, m)

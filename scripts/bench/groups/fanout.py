@@ -73,7 +73,7 @@ def rows(b: Bench, r: Report) -> None:
             if theirs is not None:
                 r.row(test, "wsecho", "deliveries/s", fmt_int(dps),
                       f"≥ {VS_WEBSOCAT} × websocat ({fmt_int(awk_number(VS_WEBSOCAT * theirs))})",
-                      check(lambda d: d >= VS_WEBSOCAT * theirs, dps))
+                      check(lambda d, theirs: d >= VS_WEBSOCAT * theirs, dps, theirs))
             else:
                 r.row(test, "wsecho", "deliveries/s", fmt_int(dps), DELIVERIES_ALONE.text, DELIVERIES_ALONE.met(dps))
             r.row(test, "wsecho", latency, r.latency(name))
@@ -83,8 +83,8 @@ def rows(b: Bench, r: Report) -> None:
             if their99 is not None:
                 r.row(test, "wsecho", latency, r.latency(name),
                       f"p50 ≤ websocat ({fmt_us(their50)}), p99 ≤ websocat ({fmt_us(their99)}) and < 1 ms",
-                      check(lambda p50, p99, their50: p50 <= their50 and p99 <= their99 and p99 < P99_US,
-                            p50, p99, their50))
+                      check(lambda p50, p99, their50, their99: p50 <= their50 and p99 <= their99 and p99 < P99_US,
+                            p50, p99, their50, their99))
             else:
                 r.row(test, "wsecho", latency, r.latency(name), P99_ALONE.text, P99_ALONE.met(p99))
 

@@ -5,9 +5,10 @@ greeting off (--greeting-delay off, as every wsecho start here)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..context import PORTABLE_LABEL, Bench
-from ..report import (DASH, NO, Chart, Report, Target, awk_number, check, fmt, fmt_bytes, fmt_g,
-                      fmt_int, fmt_kib)
+from ..report import DASH, NO, Chart, Report, Target, awk_number, check, fmt, fmt_bytes, fmt_g, fmt_int, fmt_kib
 
 PEERS = ["tt", "tung", "node"]
 HOLD = "10s"  # how long the connections stay idle
@@ -216,7 +217,7 @@ def compare(b: Bench, r: Report) -> None:
     for n in b.cmp_hold_sizes:
         title, suffix = f"hold {fmt_int(n)} idle", f"hold-{n}"
         panel = f"Memory per idle connection, {fmt_int(n)} connections (KiB, lower is better)"
-        kib = lambda category: Chart(panel, category, "KiB")  # noqa: E731
+        kib = partial(Chart, panel, unit="KiB")
         r.compare_row(title, "connections opened/s", "higher", fmt_int, "opened_per_s", suffix)
         r.compare_row(title, "server RSS", "lower", fmt_kib, "rss_per_conn_kib", suffix, kib("RSS"))
         r.compare_row(title, "kernel", "lower", fmt_kib, "kernel_per_conn_kib", suffix)

@@ -270,8 +270,8 @@ def rows(b: Bench, r: Report) -> None:
 def minutes_section(r: Report, test: str, soak: Soak, per_minute: list[tuple[int, Sample]]) -> None:
     """The soak's section below the table: the server per minute, and every error."""
     lines = ["", f"### {test}: the server per minute", "",
-             f"Peaks of the samples (every {SAMPLE_EVERY_S} s) in each minute; before: once started, "
-             "before the loads; after: once the loads had ended and the counts were back (or the wait ran out).",
+             (f"Peaks of the samples (every {SAMPLE_EVERY_S} s) in each minute; before: once started, "
+              "before the loads; after: once the loads had ended and the counts were back (or the wait ran out)."),
              "", "| minute | RSS (KiB) | threads | descriptors |", "|---|---|---|---|"]
 
     def line(when: str, s: Sample | None) -> str:

@@ -18,9 +18,9 @@ row is not run and says why in one line.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..context import Bench
 from ..report import DASH, Report, Target, check, fmt_int, fmt_kib, fmt_us
