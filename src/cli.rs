@@ -10,7 +10,9 @@ use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use log::LevelFilter;
 
-use wsecho::config::{self, AddressRange, ClusterConfig, Config, Greeting, Mode, TlsFiles};
+use wsecho::config::{
+    self, AddressRange, ClusterConfig, Config, Greeting, Mode, SlowListener, TlsFiles,
+};
 
 /// The tutorial's WebSocket server: echoes (or broadcasts) every message, greets each client,
 /// and serves a browser demo page at http://HOST:PORT/.
@@ -41,7 +43,8 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) single_room: bool,
     /// With --broadcast: each room keeps its last N broadcasts, and a client joining it gets
-    /// them first, then every later one; 0: none. They count against --max-memory.
+    /// them first, then every later one; 0: none. They count against --max-memory. It also
+    /// lets a client that connects with ?resume=EPOCH:OFFSET continue where it left off.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) history: usize,
     /// How long an idle room keeps its history: once its last broadcast is this old, it is
@@ -127,12 +130,28 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_FRAME_SIZE))]
     pub(crate) max_frame_size: Size,
 
-    /// Bytes queued for a client and not yet read by it; past it, broadcast senders wait
-    /// until it is down to half, and echo stops reading from it.
+    /// Bytes queued for a client and not yet read by it; past it, a broadcast listener is
+    /// let go or paces its room (--slow-listener), and echo stops reading from it.
     #[arg(long, value_name = "SIZE", default_value_t = Size(config::MAX_BACKLOG))]
     pub(crate) max_backlog: Size,
 
-    /// How long a broadcast listener may stay past --max-backlog before it is closed with 1008.
+    /// A broadcast listener past --max-backlog: close (it gets 1008 at once, and no sender
+    /// ever waits for another client; a client using ?resume comes back and gets what it
+    /// missed) or wait (its room's senders are paced to it until it is down to half, or it is
+    /// closed with 1008 after --send-timeout).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "close",
+        value_parser = PossibleValuesParser::new(["close", "wait"]).map(|policy| match policy.as_str() {
+            "wait" => SlowListener::Wait,
+            _ => SlowListener::Close,
+        })
+    )]
+    pub(crate) slow_listener: SlowListener,
+
+    /// With --slow-listener wait: how long a broadcast listener may stay past --max-backlog
+    /// before it is closed with 1008.
     #[arg(long, value_name = "DURATION", default_value_t = Span(config::SEND_TIMEOUT))]
     pub(crate) send_timeout: Span,
 
@@ -274,6 +293,7 @@ impl Args {
             max_message_size: self.max_message_size.0,
             max_frame_size: self.max_frame_size.0,
             max_backlog: self.max_backlog.0,
+            slow_listener: self.slow_listener,
             send_timeout: self.send_timeout.0,
             ping_interval: self.ping_interval.0.map(|s| s.0),
             idle_timeout: self.idle_timeout.0.map(|s| s.0),

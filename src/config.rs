@@ -252,6 +252,19 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
+/// What happens to a broadcast listener that falls more than `--max-backlog` behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowListener {
+    /// Close it at once with 1008; no sender ever waits for another client, so a room's
+    /// latency does not depend on its slowest member. A client that uses `?resume` comes back
+    /// and gets what it missed. Redis's, NATS's and Centrifugo's choice.
+    Close,
+    /// Pace the room's senders to it (they stop being read from) until it catches up, or
+    /// close it after `--send-timeout`: every plain client gets everything, and one slow
+    /// reader slows its room. RabbitMQ's choice.
+    Wait,
+}
+
 /// What the server does with each message it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -319,7 +332,10 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Bytes queued for a client before it counts as behind; see [`MAX_BACKLOG`].
     pub max_backlog: usize,
-    /// How long a broadcast listener may stay behind before it is closed with 1008.
+    /// What happens to a broadcast listener more than `max_backlog` behind.
+    pub slow_listener: SlowListener,
+    /// With [`SlowListener::Wait`], how long a broadcast listener may stay behind before it is
+    /// closed with 1008.
     pub send_timeout: Duration,
     /// `None` turns pings off.
     pub ping_interval: Option<Duration>,
@@ -368,6 +384,7 @@ impl Default for Config {
             max_message_size: MAX_MESSAGE_SIZE,
             max_frame_size: MAX_FRAME_SIZE,
             max_backlog: MAX_BACKLOG,
+            slow_listener: SlowListener::Close,
             send_timeout: SEND_TIMEOUT,
             ping_interval: Some(PING_INTERVAL),
             idle_timeout: Some(IDLE_TIMEOUT),

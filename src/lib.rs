@@ -83,7 +83,7 @@ mod threads;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use config::{AddressRange, ClusterConfig, Config, Greeting, Mode, TlsFiles};
+pub use config::{AddressRange, ClusterConfig, Config, Greeting, Mode, SlowListener, TlsFiles};
 pub use error::{Error, TlsError};
 #[cfg(feature = "tls")]
 pub use server::TlsReloader;

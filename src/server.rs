@@ -15,13 +15,14 @@ use crate::admission::{Admission, Refusal, Ticket};
 use crate::cluster::Cluster;
 #[cfg(feature = "tls")]
 use crate::config::TlsFiles;
-use crate::config::{self, Config, Mode};
+use crate::config::{self, Config, Mode, SlowListener};
 use crate::connection::{
     self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, Shared,
 };
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{HistorySettings, Hub};
+use crate::delivery::outbox::Policy;
 use crate::error::Error;
 #[cfg(feature = "tls")]
 use crate::error::TlsError;
@@ -209,15 +210,20 @@ impl Server {
             len: config.history,
             ttl: config.history_ttl,
         };
-        // In a cluster, senders on other instances cannot be paced by a listener here.
-        let overflow = config
-            .cluster
-            .is_some()
-            .then(|| CLUSTER_OVERFLOW_BACKLOGS * config.max_backlog);
+        let policy = match config.slow_listener {
+            SlowListener::Close => Policy::let_go(config.max_backlog),
+            // In a cluster, senders on other instances cannot be paced by a listener here.
+            SlowListener::Wait => Policy::pace(
+                config
+                    .cluster
+                    .is_some()
+                    .then(|| CLUSTER_OVERFLOW_BACKLOGS * config.max_backlog),
+            ),
+        };
         let hub = Arc::new(Hub::new(
             config.max_backlog,
             history,
-            overflow,
+            policy,
             Arc::clone(&metrics),
         ));
         #[cfg(feature = "cluster")]

@@ -376,7 +376,14 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
     let server = Wsecho::start(
         &[
             &BASE[..],
-            &["--max-backlog", "256KiB", "--send-timeout", "1h"],
+            &[
+                "--slow-listener",
+                "wait",
+                "--max-backlog",
+                "256KiB",
+                "--send-timeout",
+                "1h",
+            ],
         ]
         .concat(),
     );
@@ -415,7 +422,14 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
 #[test]
 fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
     let redis = redis_server::RedisServer::start(&[]);
-    let flags = ["--max-backlog", "256KiB", "--send-timeout", "1h"];
+    let flags = [
+        "--slow-listener",
+        "wait",
+        "--max-backlog",
+        "256KiB",
+        "--send-timeout",
+        "1h",
+    ];
     let a = member(&redis, &flags);
     let b = member(&redis, &flags);
     let stalled = raw_websocket_to(&b, "/stalled");

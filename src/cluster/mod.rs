@@ -185,6 +185,9 @@ fn instance_id() -> u64 {
 /// every pending newcomer this instance's history, as theirs will not come.
 fn link_lost(link: &Link, hub: &Hub, generation: u64, why: &str) {
     link.go_down(generation, why);
+    // Offsets come from Redis: without it, every room numbers its broadcasts itself, in an
+    // epoch of its own, and resuming clients are told so.
+    hub.renumber_here();
     let newcomers = hub.history_from_here();
     if newcomers > 0 {
         info!(
@@ -588,7 +591,12 @@ mod tests {
 
     #[test]
     fn a_full_publish_queue_congests_the_hub_until_it_is_down_to_half() {
-        let hub = Arc::new(Hub::new(1 << 20, NO_HISTORY, None, Arc::default()));
+        let hub = Arc::new(Hub::new(
+            1 << 20,
+            NO_HISTORY,
+            crate::delivery::outbox::Policy::default(),
+            Arc::default(),
+        ));
         let queue = PublishQueue::new(Arc::clone(&hub), 100);
         let lobby = RoomName::from("");
         queue.push(&lobby, &[Bytes::from(vec![0; 60])]);

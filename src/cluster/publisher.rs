@@ -21,25 +21,46 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, select};
 
 use super::{Link, Outgoing, PUBLISH_TIMEOUT, PublishQueue, wire};
 use crate::delivery::budget::Budget;
-use crate::delivery::hub::{HistorySettings, Hub, RoomName};
+use crate::delivery::hub::{HistorySettings, Hub, ReadHistory, RoomName};
+use crate::delivery::resume::Epoch;
 
 /// Most broadcasts in one pipeline: a round trip per 256 messages, not per message.
 const MAX_BATCH: usize = 256;
 /// Most bytes in one pipeline, so a round of big messages is not one huge write.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// Appends a broadcast to its room's history (the last ARGV[3], expiring after ARGV[4] ms)
-/// and publishes it (ARGV[2] on channel ARGV[1]), in one step: the history and the channel
-/// have one order.
-const APPEND_AND_PUBLISH: &str = "redis.call('RPUSH', KEYS[1], ARGV[2]) \
+/// Numbers a broadcast and appends it to its room's history, then publishes it, in one step:
+/// the history and the channel have one order, and the numbering is the room's in the whole
+/// cluster. KEYS[1] is the room's history list (the last ARGV[3] kept), KEYS[2] its numbering
+/// (a hash of its `epoch`, made from ARGV[5] if the room has none, and its `newest` offset);
+/// both expire after ARGV[4] ms. The message is ARGV[2] with the numbering before it, in the
+/// wire format (`wire.rs`), published on channel ARGV[1].
+const APPEND_AND_PUBLISH: &str = "local epoch = redis.call('HGET', KEYS[2], 'epoch') \
+     if not epoch then epoch = ARGV[5] redis.call('HSET', KEYS[2], 'epoch', epoch) end \
+     local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'newest', 1)) \
+     local message = string.char(2, #epoch) .. epoch .. string.char(#offset) .. offset .. ARGV[2] \
+     redis.call('RPUSH', KEYS[1], message) \
      redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1) \
      redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
-     return redis.call('PUBLISH', ARGV[1], ARGV[2])";
+     redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
+     return redis.call('PUBLISH', ARGV[1], message)";
 
-/// Reads a room's history and publishes a history mark (ARGV[2] on channel ARGV[1]) in one
-/// step: the history is exactly what the channel carried for the room before the mark.
-const READ_AND_MARK: &str = "local history = redis.call('LRANGE', KEYS[1], 0, -1) \
+/// Reads a room's numbering and history and publishes a history mark (ARGV[2] on channel
+/// ARGV[1]) in one step: the history is exactly what the channel carried for the room before
+/// the mark. A room with no numbering gets one (epoch ARGV[3], expiring after ARGV[4] ms), so
+/// that a newcomer learns the epoch the room's next broadcast will have. Returns the epoch,
+/// the newest offset, then the history, oldest first.
+const READ_AND_MARK: &str = "local epoch = redis.call('HGET', KEYS[2], 'epoch') \
+     if not epoch then \
+       epoch = ARGV[3] \
+       redis.call('HSET', KEYS[2], 'epoch', epoch) \
+       redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
+     end \
+     local newest = redis.call('HGET', KEYS[2], 'newest') or '0' \
+     local history = redis.call('LRANGE', KEYS[1], 0, -1) \
      redis.call('PUBLISH', ARGV[1], ARGV[2]) \
+     table.insert(history, 1, newest) \
+     table.insert(history, 1, epoch) \
      return history";
 
 /// How long the publisher waits for the connection of a link that was just marked up: the
@@ -133,17 +154,22 @@ impl Publisher {
     /// requests answered. Only the history requests' replies are kept, in order.
     fn pipeline(&self, batch: &[Outgoing]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
+        // The epoch a room gets if it has none in Redis yet.
+        let proposed = Epoch::fresh();
+        let ttl = self.history.ttl.as_millis().max(1) as u64;
         for outgoing in batch {
             match outgoing {
                 Outgoing::Broadcast(room, frame) if self.history.len > 0 => {
                     pipe.cmd("EVAL")
                         .arg(APPEND_AND_PUBLISH)
-                        .arg(1)
-                        .arg(self.history_key(room))
+                        .arg(2)
+                        .arg(self.key(room, "history"))
+                        .arg(self.key(room, "numbering"))
                         .arg(&self.channel)
                         .arg(wire::message(room, frame).as_ref())
                         .arg(self.history.len)
-                        .arg(self.history.ttl.as_millis().max(1) as u64)
+                        .arg(ttl)
+                        .arg(proposed.as_str())
                         .ignore();
                 }
                 Outgoing::Broadcast(room, frame) => {
@@ -155,10 +181,13 @@ impl Publisher {
                 Outgoing::History(room, joiner) => {
                     pipe.cmd("EVAL")
                         .arg(READ_AND_MARK)
-                        .arg(1)
-                        .arg(self.history_key(room))
+                        .arg(2)
+                        .arg(self.key(room, "history"))
+                        .arg(self.key(room, "numbering"))
                         .arg(&self.channel)
-                        .arg(wire::history_mark(self.instance, *joiner, room));
+                        .arg(wire::history_mark(self.instance, *joiner, room))
+                        .arg(proposed.as_str())
+                        .arg(ttl);
                 }
             }
         }
@@ -174,14 +203,8 @@ impl Publisher {
             match outgoing {
                 Outgoing::Broadcast(..) => broadcasts += 1,
                 Outgoing::History(room, joiner) => {
-                    let frames = histories
-                        .next()
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|stored| wire::check(stored, self.max_message_size).ok())
-                        .map(|broadcast| self.budget.hold(broadcast.frame.to_vec()))
-                        .collect();
-                    self.hub.history_read(room, *joiner, frames);
+                    let read = self.read_history(histories.next().unwrap_or_default());
+                    self.hub.history_read(room, *joiner, read);
                 }
             }
         }
@@ -190,9 +213,55 @@ impl Publisher {
             .fetch_add(broadcasts, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The Redis list that keeps `room`'s history.
-    fn history_key(&self, room: &str) -> Vec<u8> {
-        [self.channel.as_bytes(), b":history:", room.as_bytes()].concat()
+    /// What [`READ_AND_MARK`] returned: the epoch, the newest offset, then the history.
+    /// Only the newest run of the history that is numbered on to the newest offset in that
+    /// epoch is kept: anything else (written by another version, or not a broadcast) would
+    /// break the numbering.
+    fn read_history(&self, reply: Vec<Vec<u8>>) -> ReadHistory {
+        let mut reply = reply.into_iter();
+        let epoch = reply
+            .next()
+            .and_then(|epoch| String::from_utf8(epoch).ok())
+            .and_then(|epoch| Epoch::parse(&epoch).ok())
+            .unwrap_or_else(Epoch::fresh);
+        let newest = reply
+            .next()
+            .and_then(|newest| String::from_utf8(newest).ok())
+            .and_then(|newest| newest.parse().ok())
+            .unwrap_or(0);
+        let mut frames = Vec::new();
+        let mut expected = newest;
+        for stored in reply.rev() {
+            match wire::read(&stored, self.max_message_size) {
+                Ok(wire::Message::Numbered {
+                    epoch: stored_epoch,
+                    offset,
+                    broadcast,
+                }) if offset == expected && offset > 0 && stored_epoch == epoch.as_str() => {
+                    frames.push(self.budget.hold(broadcast.frame.to_vec()));
+                    expected -= 1;
+                }
+                _ => break,
+            }
+        }
+        frames.reverse();
+        ReadHistory {
+            epoch,
+            newest,
+            frames,
+        }
+    }
+
+    /// The Redis key of `room`'s `what` (its history list, or its numbering).
+    fn key(&self, room: &str, what: &str) -> Vec<u8> {
+        [
+            self.channel.as_bytes(),
+            b":",
+            what.as_bytes(),
+            b":",
+            room.as_bytes(),
+        ]
+        .concat()
     }
 
     fn deliver_locally(&self, batch: &[Outgoing]) {

@@ -31,6 +31,7 @@ use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, wire};
 use crate::delivery::budget::Budget;
 use crate::delivery::hub::Hub;
 use crate::delivery::outbox::{Flow, Inbox, Outbox, mailbox};
+use crate::delivery::resume::Epoch;
 use crate::sys::Waker;
 use crate::sys::{self, Interest};
 
@@ -149,6 +150,9 @@ impl Subscriber {
             return false;
         }
         let generation = self.link.go_up(&self.channel);
+        // The rooms' numbering was this instance's own while the link was down: resuming
+        // clients come back to learn Redis's.
+        self.hub.renumber_here();
         // The publisher waits for this connection as soon as the link is up.
         if self.handover.send((generation, publishing)).is_err() {
             return true; // the publisher has stopped: so is the server
@@ -158,6 +162,8 @@ impl Subscriber {
             if self.link.stopping() || self.link.generation() != generation {
                 return true; // stopping, or the publisher found the link broken
             }
+            // Resume positions held for broadcasts not heard yet wait at most about this long.
+            self.hub.release_held(Instant::now());
             match pubsub.get_message() {
                 Ok(message) => {
                     last_heard = Instant::now();
@@ -194,6 +200,19 @@ impl Subscriber {
                 self.link.received.fetch_add(1, Ordering::Relaxed);
                 let frame = self.budget.hold(broadcast.frame.to_vec());
                 self.hub.broadcast(broadcast.room, &[frame]);
+            }
+            Ok(wire::Message::Numbered {
+                epoch,
+                offset,
+                broadcast,
+            }) => {
+                self.link.received.fetch_add(1, Ordering::Relaxed);
+                let frame = self.budget.hold(broadcast.frame.to_vec());
+                // read() checked the epoch.
+                if let Ok(epoch) = Epoch::parse(epoch) {
+                    self.hub
+                        .broadcast_numbered(broadcast.room, &epoch, offset, frame);
+                }
             }
             Ok(wire::Message::HistoryMark {
                 instance,

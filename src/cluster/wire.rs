@@ -43,6 +43,19 @@
 //!
 //! Other instances pass over marks that are not theirs.
 //!
+//! With `--history`, every broadcast is also *numbered* (see `delivery/resume.rs`): the Redis
+//! script that keeps it in its room's history gives it the room's next offset, in the room's
+//! epoch, and publishes it as:
+//!
+//! - byte 0: `0x02`;
+//! - 1 byte: the epoch's length, 1 to 64, then the epoch (`[A-Za-z0-9_-]`);
+//! - 1 byte: the offset's length, 1 to 16, then the offset in decimal ASCII digits;
+//! - then the broadcast as above (the room's name if it is not the lobby, and the frame).
+//!
+//! So `"hi"` to the lobby as offset 12 of epoch `e7` is `02 02 65 37 02 31 32 81 02 68 69`.
+//! The history list in Redis keeps the same bytes, so a history read back carries its
+//! numbering too.
+//!
 //! Anything else on the channel (another program publishing there, a payload over this
 //! instance's `--max-message-size`) is refused by [`check`]: not delivered, logged, counted.
 
@@ -57,10 +70,22 @@ const ROOM_MARK: u8 = 0x00;
 /// The first byte of a history mark.
 const HISTORY_MARK: u8 = 0x01;
 
+/// The first byte of a numbered broadcast.
+pub(crate) const NUMBERED: u8 = 0x02;
+
+/// The most digits of an offset: 2^53 has 16.
+const MAX_OFFSET_DIGITS: usize = 16;
+
 /// What a message on the channel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Message<'a> {
     Broadcast(Broadcast<'a>),
+    /// A broadcast with its room's numbering: offset `offset` of the epoch `epoch`.
+    Numbered {
+        epoch: &'a str,
+        offset: u64,
+        broadcast: Broadcast<'a>,
+    },
     /// Where, in the channel's order, instance `instance` read the history of `room` for its
     /// connection `joiner`.
     HistoryMark {
@@ -85,6 +110,9 @@ pub(crate) fn history_mark(instance: u64, joiner: u64, room: &str) -> Vec<u8> {
 /// Reads a message from the channel: a broadcast (checked as [`check`] does) or a history
 /// mark.
 pub(crate) fn read(message: &[u8], max_payload: usize) -> Result<Message<'_>, Malformed> {
+    if let [NUMBERED, rest @ ..] = message {
+        return read_numbered(rest, max_payload);
+    }
     let [HISTORY_MARK, rest @ ..] = message else {
         return check(message, max_payload).map(Message::Broadcast);
     };
@@ -101,6 +129,34 @@ pub(crate) fn read(message: &[u8], max_payload: usize) -> Result<Message<'_>, Ma
         instance: u64::from_be_bytes(*instance),
         joiner: u64::from_be_bytes(*joiner),
         room,
+    })
+}
+
+/// A numbered broadcast, after its first byte.
+fn read_numbered(message: &[u8], max_payload: usize) -> Result<Message<'_>, Malformed> {
+    fn field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (&len, rest) = bytes.split_first()?;
+        (rest.len() >= usize::from(len)).then(|| rest.split_at(usize::from(len)))
+    }
+    let (epoch, rest) = field(message).ok_or(Malformed::Numbering)?;
+    let (offset, rest) = field(rest).ok_or(Malformed::Numbering)?;
+    let epoch = std::str::from_utf8(epoch).map_err(|_| Malformed::Numbering)?;
+    crate::delivery::resume::Epoch::parse(epoch).map_err(|_| Malformed::Numbering)?;
+    if offset.is_empty()
+        || offset.len() > MAX_OFFSET_DIGITS
+        || !offset.iter().all(u8::is_ascii_digit)
+    {
+        return Err(Malformed::Numbering);
+    }
+    let offset = std::str::from_utf8(offset)
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .ok_or(Malformed::Numbering)?;
+    let broadcast = check(rest, max_payload)?;
+    Ok(Message::Numbered {
+        epoch,
+        offset,
+        broadcast,
     })
 }
 
@@ -154,6 +210,8 @@ pub(crate) enum Malformed {
     /// A room's name that is empty, too long, cut short, not UTF-8, or holds a control
     /// character.
     Room,
+    /// A numbered broadcast whose epoch or offset is cut short or not one.
+    Numbering,
 }
 
 impl fmt::Display for Malformed {
@@ -173,6 +231,7 @@ impl fmt::Display for Malformed {
             }
             Malformed::NotUtf8 => write!(f, "a text payload that is not UTF-8"),
             Malformed::Room => write!(f, "a room name that is not one"),
+            Malformed::Numbering => write!(f, "an epoch or offset that is not one"),
         }
     }
 }
@@ -330,6 +389,43 @@ mod tests {
         assert_eq!(check(&[0, 0, 1, 0x0a, 0x81, 0], 10), Err(Malformed::Room));
         assert_eq!(check(&[0, 0, 1, b'a', 0x81], 10), Err(Malformed::Truncated));
         assert_eq!(check(&[0], 10), Err(Malformed::Room));
+    }
+
+    #[test]
+    fn a_numbered_broadcast_reads_back_with_its_epoch_and_offset() {
+        let lobby = [2, 2, b'e', b'7', 2, b'1', b'2', 0x81, 2, b'h', b'i'];
+        assert_eq!(
+            read(&lobby, 10),
+            Ok(Message::Numbered {
+                epoch: "e7",
+                offset: 12,
+                broadcast: Broadcast {
+                    room: "",
+                    frame: &[0x81, 2, b'h', b'i'],
+                    kind: Kind::Text
+                }
+            })
+        );
+        let mut to_chat = vec![2, 1, b'e', 1, b'1'];
+        to_chat.extend_from_slice(&message("chat", &frame::text("hi")));
+        assert!(matches!(
+            read(&to_chat, 10),
+            Ok(Message::Numbered {
+                offset: 1,
+                broadcast: Broadcast { room: "chat", .. },
+                ..
+            })
+        ));
+        for bad in [
+            &[2][..],
+            &[2, 0, 1, b'1', 0x81, 0],
+            &[2, 1, b'.', 1, b'1', 0x81, 0],
+            &[2, 1, b'e', 0, 0x81, 0],
+            &[2, 1, b'e', 1, b'x', 0x81, 0],
+            &[2, 1, b'e', 9, b'1'],
+        ] {
+            assert_eq!(read(bad, 10), Err(Malformed::Numbering), "{bad:?}");
+        }
     }
 
     #[test]

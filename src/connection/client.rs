@@ -56,6 +56,9 @@ const MAX_BROADCAST_BATCH: usize = 64 * 1024;
 /// blocked (python-websockets' sync client, a one-thread tungstenite client) is its own
 /// slowest reader (docs/design.md).
 const TOO_SLOW: &str = "too slow: not reading what it was sent";
+/// The close reason of a listener let go for falling behind (`--slow-listener close`).
+const FELL_BEHIND: &str =
+    "too slow: fell behind its room; reconnect with ?resume=EPOCH:OFFSET to get what it missed";
 const TOO_SLOW_WHILE_SENDING: &str =
     "too slow: not reading what it was sent, while its own broadcasts waited for it";
 
@@ -340,8 +343,17 @@ impl<'a> Client<'a> {
     /// The loop stops reading while the client has not taken what it was already sent: its
     /// unread echoes (or pongs) are then bounded by the backlog limit (plus one message), and
     /// TCP flow control slows the client down. Other clients are not affected.
+    ///
+    /// Under `--slow-listener close`, a broadcasting client's own copies count too, from half
+    /// the backlog limit: its thread reads its messages, fans them out and only then writes
+    /// its own copies, so without this a client sending fast would overflow its own backlog
+    /// and be let go for its own broadcasts.
     fn backpressured(&self) -> bool {
-        self.socket.queued() >= self.shared.config.max_backlog
+        let limit = self.shared.config.max_backlog;
+        self.socket.queued() >= limit
+            || (self.shared.config.mode == Mode::Broadcast
+                && self.room.flow().common().lets_go()
+                && self.inbox.backlog() >= limit / 2)
     }
 
     /// Whether the loop may read now: its own client has taken what it was sent, and no other
@@ -368,6 +380,15 @@ impl<'a> Client<'a> {
                 debug!("{} paused: {why}", self.peer);
                 false
             }
+            Turn::Wait if !was_paused && self.pacing.waiting_for_memory_since().is_some() => {
+                // Under --slow-listener close, the listeners furthest behind go before any
+                // sender waits for memory.
+                if self.shared.config.mode == Mode::Broadcast && self.room.flow().common().lets_go()
+                {
+                    self.shared.hub.let_go_furthest_behind();
+                }
+                false
+            }
             Turn::Wait => false,
             Turn::Read => true,
             Turn::Resume => {
@@ -387,7 +408,9 @@ impl<'a> Client<'a> {
         for delivery in self.inbox.drain() {
             match delivery {
                 // After a Close, nothing more may be sent (section 5.5.1): drop the frame.
-                Delivery::Frame(frame) if !self.ws.can_write() => self.inbox.written(frame.len()),
+                Delivery::Frame(frame) if close.is_some() || !self.ws.can_write() => {
+                    self.inbox.written(frame.len());
+                }
                 Delivery::Frame(frame) => self.socket.push(frame, true),
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
@@ -411,7 +434,7 @@ impl<'a> Client<'a> {
                     // Released only now: until its echo or broadcast frame exists (counted on
                     // its own), the message's bytes are held twice.
                     self.socket.message_done();
-                    if self.broadcasts.bytes >= MAX_BROADCAST_BATCH {
+                    if self.broadcasts.bytes >= self.broadcast_batch() {
                         self.fan_out();
                     }
                 }
@@ -438,6 +461,13 @@ impl<'a> Client<'a> {
             self.fit_read_size();
         }
         ended.map_or(Ok(()), Err)
+    }
+
+    /// The most bytes of broadcasts read before they are fanned out: [`MAX_BROADCAST_BATCH`],
+    /// or a quarter of the backlog limit if that is less, so that one batch never puts a
+    /// listener (the sender itself included) behind on its own.
+    fn broadcast_batch(&self) -> usize {
+        MAX_BROADCAST_BATCH.min(self.shared.config.max_backlog / 4)
     }
 
     /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
@@ -619,6 +649,7 @@ impl<'a> Client<'a> {
         let behind = self
             .inbox
             .behind_since()
+            .filter(|_| !self.room.flow().common().lets_go())
             .map(|since| since + config.send_timeout);
         let starved = self
             .pacing
@@ -667,10 +698,15 @@ impl<'a> Client<'a> {
                 reset: false,
             });
         }
-        if let Some(since) = self.inbox.behind_since()
-            && (now >= since + config.send_timeout || self.inbox.overflowed())
+        // Under --slow-listener close, the overflow mark alone lets a listener go: one
+        // catching up on a long history may take longer than the send timeout.
+        let behind = self
+            .inbox
+            .behind_since()
+            .filter(|_| !self.room.flow().common().lets_go());
+        if self.inbox.overflowed() || behind.is_some_and(|since| now >= since + config.send_timeout)
         {
-            return Err(self.close_too_slow(now - since));
+            return Err(self.close_too_slow(behind.map_or(Duration::ZERO, |since| now - since)));
         }
         if let Some(since) = self.pacing.waiting_for_memory_since()
             && now >= since + self.stall_timeout()
@@ -715,14 +751,18 @@ impl<'a> Client<'a> {
         // Its own sends were held back if it was waiting for listeners with input unread.
         let sending = self.pacing.waiting_for_listeners()
             && (self.read_pending || self.socket.input_waiting());
-        let reason = if sending {
+        let reason = if self.room.flow().common().lets_go() {
+            FELL_BEHIND
+        } else if sending {
             TOO_SLOW_WHILE_SENDING
         } else {
             TOO_SLOW
         };
         warn!(
             "{} {reason}: more than {} bytes queued and not read for {:.1?}; closing it",
-            self.peer, self.shared.config.max_backlog, behind_for
+            self.peer,
+            self.shared.config.max_backlog.min(self.inbox.backlog()),
+            behind_for
         );
         self.inbox.close_intake();
         self.socket.discard_unsent(&self.inbox);
@@ -830,6 +870,7 @@ mod tests {
     #[test]
     fn close_reasons_fit_a_close_frame() {
         assert!(TOO_SLOW_WHILE_SENDING.len() <= 123);
+        assert!(FELL_BEHIND.len() <= 123);
         assert_eq!(close_reason(&"é".repeat(100)).len(), 122);
     }
 }

@@ -54,10 +54,11 @@ use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{Hub, Membership, Room};
+use crate::delivery::resume::Resume;
 use crate::http::handshake;
-use crate::http::room;
 use crate::http::site::{self, Health, Inspect};
 use crate::http::{self, Conn, HeadError, Response};
+use crate::http::{query, room};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::proxy::protocol::{self, Header, ReadError};
@@ -298,6 +299,8 @@ struct Upgraded {
     leftover: Vec<u8>,
     /// The room it joins; the lobby (empty) in echo mode.
     room: String,
+    /// Where it asked to resume, with `?resume`.
+    resume: Option<Resume>,
     /// What the "connected" log line says after the peer: path, room, origin, subprotocol.
     described: String,
 }
@@ -435,23 +438,18 @@ fn answer_request(
             return None;
         }
     };
-    // In broadcast mode the path names the room; echo mode, and --single-room, ignore it.
-    let room = if config.mode == Mode::Broadcast && config.rooms {
-        match room::from_target(&request.target) {
-            Ok(room) => room,
-            Err(why) => {
-                refuse(
-                    &mut transport,
-                    peer,
-                    shared,
-                    Response::text(400, why),
-                    false,
-                );
-                return None;
-            }
+    let (room, resume) = match room_and_position(&request.target, config) {
+        Ok(found) => found,
+        Err(why) => {
+            refuse(
+                &mut transport,
+                peer,
+                shared,
+                Response::text(400, why),
+                false,
+            );
+            return None;
         }
-    } else {
-        String::new()
     };
     if shared.shutting_down.load(Ordering::SeqCst) {
         let response = Response::text(BUSY, "server shutting down");
@@ -463,10 +461,13 @@ fn answer_request(
         .subprotocol
         .as_deref()
         .map(|p| format!(", subprotocol {p}"));
-    let in_room = if config.mode == Mode::Broadcast {
-        format!(", room {room:?}")
-    } else {
-        String::new()
+    let in_room = match (&resume, config.mode) {
+        (Some(Resume::After(epoch, offset)), _) => {
+            format!(", room {room:?}, resuming after {epoch}:{offset}")
+        }
+        (Some(Resume::Newcomer), _) => format!(", room {room:?}, resuming"),
+        (None, Mode::Broadcast) => format!(", room {room:?}"),
+        (None, Mode::Echo) => String::new(),
     };
     let described = format!(
         "path {}{in_room}, origin {origin}{}{}",
@@ -480,8 +481,43 @@ fn answer_request(
         deadline,
         leftover,
         room,
+        resume,
         described,
     })
+}
+
+/// The room a request joins, and where it asks to resume, or why it cannot be served. In
+/// broadcast mode the path names the room; echo mode, and --single-room, ignore it.
+fn room_and_position(target: &str, config: &Config) -> Result<(String, Option<Resume>), String> {
+    let room = if config.mode == Mode::Broadcast && config.rooms {
+        room::from_target(target)?
+    } else {
+        String::new()
+    };
+    Ok((room, resume_position(target, config)?))
+}
+
+/// Where the request asks to resume (`?resume`, see `delivery/resume.rs`), if it does, or why
+/// that cannot be served.
+fn resume_position(target: &str, config: &Config) -> Result<Option<Resume>, String> {
+    let Some(value) = query::param(target, "resume")? else {
+        return Ok(None);
+    };
+    if config.mode != Mode::Broadcast {
+        return Err(
+            "resume needs a server in broadcast mode (--broadcast --history N): an echo has \
+             no position to resume from"
+                .to_string(),
+        );
+    }
+    if config.history == 0 {
+        return Err(
+            "resume needs a server that keeps history (--history N, N > 0): without it there \
+             is nothing to resume from"
+                .to_string(),
+        );
+    }
+    Resume::parse(&value).map(Some)
 }
 
 /// Begins TLS on an accepted socket, or refuses what is not TLS: a browser or `curl` speaking
@@ -588,7 +624,13 @@ fn join<'a>(
     let from_redis = cluster.is_some_and(|cluster| cluster.is_up());
     #[cfg(not(feature = "cluster"))]
     let from_redis = false;
-    let (membership, outbox, inbox) = shared.hub.join(&upgraded.room, waker, from_redis);
+    // A resuming client counts room messages: no greeting comes between them.
+    let greeter = shared
+        .greeter
+        .as_ref()
+        .filter(|_| upgraded.resume.is_none());
+    let resume = upgraded.resume.take();
+    let (membership, outbox, inbox) = shared.hub.join(&upgraded.room, waker, from_redis, resume);
     #[cfg(feature = "cluster")]
     match cluster {
         Some(cluster) if from_redis => {
@@ -611,7 +653,7 @@ fn join<'a>(
     };
     // The greeting falls due counting from the 101, before anything else: under a burst of
     // handshakes the log line below can wait its turn for many milliseconds.
-    if let Some(greeter) = &shared.greeter {
+    if let Some(greeter) = greeter {
         greeter.schedule(&outbox);
     }
     shared.metrics.http_response(SWITCHING_PROTOCOLS);

@@ -1,4 +1,5 @@
-//! How other threads hand work to a connection's thread, and how broadcasts are paced.
+//! How other threads hand work to a connection's thread, and what happens to a listener that
+//! falls behind.
 //!
 //! Other threads (the greeting timer, a broadcasting client, shutdown) put a [`Delivery`] into
 //! the connection's [`Outbox`]: a `crossbeam-channel` queue plus a [`Waker`] that ends the
@@ -14,27 +15,30 @@
 //! else: [`Outbox::push`] is the one way in, and the [`Batch`] it takes says whether its frames
 //! came alone (see [`Flow::batch`]).
 //!
-//! # Flow control
+//! # A listener that falls behind
 //!
 //! Every outbox counts its *backlog*: bytes handed over by other threads and not yet taken by
 //! the socket. A listener whose backlog passes the high mark (`--max-backlog`) is *behind*.
-//! While any listener of a room is behind, the room is congested ([`Flow`]) and its
-//! broadcasting connections stop reading: their clients' TCP windows close and the senders wait, rather than the
-//! listener being dropped or the server's memory growing. The listener is back once its
-//! backlog falls to the low mark (half the high mark), and the last one back wakes the waiting
-//! senders. The gap between the marks is what makes "catching up" mean something: a listener
-//! must take half a backlog's worth before senders go on, not one byte.
+//! What then happens is the server's slow-listener policy ([`Policy`]):
 //!
-//! A listener that stays behind for the send timeout (`--send-timeout`) is not reading, or
-//! reads too slowly to ever catch up: its own thread closes it with 1008, which frees the
-//! others. So no client holds the others back for longer than the send timeout, and a client
-//! that keeps reading is never dropped and never loses a message.
+//! - **Let go** (`--slow-listener close`, the default): the listener's backlog has passed its
+//!   *overflow mark*, the high mark itself, and its own thread closes it at once with 1008. No
+//!   sender ever waits for another client, so a room's latency does not depend on its slowest
+//!   member. A client that uses `?resume` comes back and gets exactly what it missed.
+//! - **Pace** (`--slow-listener wait`): while any listener of a room is behind, the room is
+//!   congested ([`Flow`]) and its broadcasting connections stop reading: their clients' TCP
+//!   windows close and the senders wait. The listener is back once its backlog falls to the
+//!   low mark (half the high mark), and the last one back wakes the waiting senders. The gap
+//!   between the marks is what makes "catching up" mean something: a listener must take half a
+//!   backlog's worth before senders go on, not one byte. A listener that stays behind for the
+//!   send timeout (`--send-timeout`) is not reading, or reads too slowly to ever catch up: its
+//!   own thread closes it with 1008, which frees the others.
 //!
-//! In a cluster (`--redis`, see `cluster/`) one more thing makes every room congested: the
-//! queue of broadcasts waiting to be published to Redis, when it is past its own high mark
-//! (Redis is slower than the senders). Senders wait for it exactly as for a listener
-//! ([`CommonFlow`]). And senders on other instances cannot be paced: a listener whose backlog
-//! passes the overflow mark is closed at once.
+//! In a cluster (`--redis`, see `cluster/`) one more thing makes every room congested, under
+//! either policy: the queue of broadcasts waiting to be published to Redis, when it is past its
+//! own high mark (Redis is slower than the senders). Senders wait for it exactly as for a
+//! listener ([`CommonFlow`]). And senders on other instances cannot be paced: under `wait`, a
+//! listener whose backlog passes a larger overflow mark is closed at once too.
 
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
@@ -108,33 +112,77 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// The frames, in order.
+    pub(crate) fn frames(&self) -> &'a [Bytes] {
+        self.frames
+    }
+
     /// Their bytes.
     pub(crate) fn len(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()
     }
 }
 
-/// What the flow control of every room shares: the cluster's publish queue, which every
-/// sender of this instance fills, and where the senders wait for it.
+/// The slow-listener policy: when a listener is let go, and whether senders wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// A listener whose backlog passes this many bytes is closed at once; `None`: only after
+    /// the send timeout.
+    pub(crate) overflow: Option<usize>,
+    /// Whether a listener that is behind makes its room's senders wait.
+    pub(crate) pace_senders: bool,
+}
+
+impl Policy {
+    /// `--slow-listener close`: a listener past `max_backlog` is let go, and no sender waits.
+    pub(crate) fn let_go(max_backlog: usize) -> Policy {
+        Policy {
+            overflow: Some(max_backlog),
+            pace_senders: false,
+        }
+    }
+
+    /// `--slow-listener wait`: senders wait for a listener behind; past `overflow` bytes, if
+    /// given, it is closed at once (where some senders cannot be paced).
+    pub(crate) fn pace(overflow: Option<usize>) -> Policy {
+        Policy {
+            overflow,
+            pace_senders: true,
+        }
+    }
+}
+
+impl Default for Policy {
+    /// Pacing, with no overflow mark.
+    fn default() -> Policy {
+        Policy::pace(None)
+    }
+}
+
+/// What the flow control of every room shares: the slow-listener policy, and the cluster's
+/// publish queue, which every sender of this instance fills, and where the senders wait for
+/// it.
 #[derive(Debug, Default)]
 pub(crate) struct CommonFlow {
     /// Set while the cluster's publish queue is past its high mark (see `cluster/`).
     publish_full: AtomicBool,
     /// The senders waiting for the publish queue to drain.
     waiting: WaitList,
-    /// Where some senders cannot be paced (a cluster's other instances): a listener whose
-    /// backlog passes this many bytes is closed at once rather than at its send timeout.
-    overflow: Option<usize>,
+    policy: Policy,
 }
 
 impl CommonFlow {
-    /// Flow control for every room, closing a listener past `overflow` bytes if some senders
-    /// cannot be paced.
-    pub(crate) fn new(overflow: Option<usize>) -> CommonFlow {
+    /// Flow control for every room, under `policy`.
+    pub(crate) fn new(policy: Policy) -> CommonFlow {
         CommonFlow {
-            overflow,
+            policy,
             ..CommonFlow::default()
         }
+    }
+
+    /// Whether a listener past the high mark is let go at once rather than waited for.
+    pub(crate) fn lets_go(&self) -> bool {
+        !self.policy.pace_senders
     }
 
     /// Records whether the cluster's publish queue is past its high mark; clearing it wakes
@@ -207,11 +255,13 @@ impl Flow {
     }
 
     fn fell_behind(&self) {
-        self.behind.fetch_add(1, Ordering::SeqCst);
+        if self.common.policy.pace_senders {
+            self.behind.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn caught_up(&self) {
-        if self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.common.policy.pace_senders && self.behind.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.senders.wake_all();
         }
     }
@@ -244,6 +294,10 @@ pub(crate) struct Outbox {
     lent: AtomicBool,
     /// Set once the backlog passed the overflow mark (see [`CommonFlow`]).
     overflowed: AtomicBool,
+    /// Bytes at the head of the backlog that the client asked for (its history when it
+    /// joined): they do not count towards the overflow mark, so that a client catching up on
+    /// a long history is not let go for it. Down to 0 as the socket takes them.
+    catching_up: AtomicUsize,
 }
 
 /// A connection's socket, lent to the threads that broadcast or greet it (plain TCP, in
@@ -304,6 +358,7 @@ pub(crate) fn mailbox(flow: &Arc<Flow>, waker: Waker) -> (Arc<Outbox>, Inbox) {
         direct: Mutex::new(Direct::default()),
         lent: AtomicBool::new(false),
         overflowed: AtomicBool::new(false),
+        catching_up: AtomicUsize::new(0),
     });
     (Arc::clone(&outbox), Inbox { receiver, outbox })
 }
@@ -438,8 +493,26 @@ impl Outbox {
         lock(&self.direct)
     }
 
-    /// Asks the connection's thread to start the close handshake.
+    /// Bytes handed over and not yet taken by the socket.
+    pub(crate) fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
+    }
+
+    /// Lets the listener go, as if its backlog had passed the overflow mark: its thread
+    /// closes it with 1008 and drops what it had not started sending.
+    pub(crate) fn let_go(&self) {
+        self.overflowed.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Asks the connection's thread to start the close handshake. Nothing pushed after it
+    /// reaches the client: the lent socket is shut, and the thread drops what follows a Close.
     pub(crate) fn close(&self, code: CloseCode, reason: &'static str) -> Result<(), Gone> {
+        let _held = self.lent.load(Ordering::Acquire).then(|| {
+            let mut direct = self.direct();
+            direct.open = false;
+            direct
+        });
         self.sender
             .send(Delivery::Close(code, reason))
             .map_err(|_| Gone)?;
@@ -467,9 +540,13 @@ impl Outbox {
         if before <= self.flow.high && before + len > self.flow.high {
             self.reassess();
         }
-        if let Some(overflow) = self.flow.common.overflow
-            && before <= overflow
-            && before + len > overflow
+        // Let go only with half the mark queued already: a listener that is keeping up is
+        // never let go for one message larger than the mark. What it is catching up on does
+        // not count.
+        let counted = before.saturating_sub(self.catching_up.load(Ordering::SeqCst));
+        if let Some(overflow) = self.flow.common.policy.overflow
+            && counted + len > overflow
+            && counted > overflow / 2
         {
             self.overflowed.store(true, Ordering::SeqCst);
         }
@@ -480,8 +557,22 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues frames the client asked for (its history, when it joins) at the head of its
+    /// backlog, where they do not count towards the overflow mark.
+    pub(crate) fn push_catch_up(&self, frames: &[Bytes]) -> Result<(), Gone> {
+        let bytes = frames.iter().map(Bytes::len).sum();
+        self.catching_up.fetch_add(bytes, Ordering::SeqCst);
+        self.push(&Batch::queued(frames))
+    }
+
     /// Records that `len` bytes left the backlog.
     fn taken(&self, len: usize) {
+        // The socket takes the backlog in order: the catch-up goes first.
+        let _ = self
+            .catching_up
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                Some(left.saturating_sub(len))
+            });
         let before = self.backlog.fetch_sub(len, Ordering::SeqCst);
         if before > self.flow.low && before - len <= self.flow.low {
             self.reassess();
@@ -542,9 +633,15 @@ impl Inbox {
         self.outbox.taken(len);
     }
 
-    /// Whether the backlog passed the overflow mark: the connection must close now.
+    /// Whether the backlog passed the overflow mark, or the listener was let go to free
+    /// memory: the connection must close now.
     pub(crate) fn overflowed(&self) -> bool {
         self.outbox.overflowed.load(Ordering::SeqCst)
+    }
+
+    /// Bytes handed over and not yet taken by the socket.
+    pub(crate) fn backlog(&self) -> usize {
+        self.outbox.backlog()
     }
 
     /// Since when this connection has been behind, if it is.

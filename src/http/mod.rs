@@ -5,6 +5,7 @@
 //! One request per connection: every plain HTTP response says `Connection: close`.
 
 pub mod handshake;
+pub(crate) mod query;
 pub(crate) mod room;
 pub(crate) mod site;
 

@@ -30,7 +30,7 @@ pub(crate) fn from_target(target: &str) -> Result<String, String> {
 }
 
 /// `%XX` escapes decoded (RFC 3986 section 2.1); every other byte as it is.
-fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(byte) = bytes.next() {
