@@ -10,6 +10,9 @@
 //! test: the page must pick `wss://` by itself. Chromium trusts exactly that
 //! certificate, by the hash of its public key, and nothing on the machine changes.
 //!
+//! Another run puts a TCP relay between the page and a broadcast server with history, and cuts
+//! it: the page must reconnect by itself, resume where it was and get every message once.
+//!
 //! Needs Chromium: run `scripts/install-chromium.sh`, or set `$CHROMIUM`.
 
 #[path = "support/chromium.rs"]
@@ -18,10 +21,11 @@ mod chromium;
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -98,6 +102,12 @@ impl Server {
     /// (`wss://...` with TLS).
     fn page_ws_url(&self) -> String {
         format!("{}/", self.ws_url.trim_end_matches('/'))
+    }
+
+    /// The address it listens on (plain `ws://` only).
+    fn address(&self) -> SocketAddr {
+        let rest = self.ws_url.strip_prefix("ws://").expect("a ws:// server");
+        rest.trim_end_matches('/').parse().expect("IP:PORT")
     }
 
     /// Stops the server now, so that the page's next requests fail.
@@ -579,4 +589,289 @@ fn demo_page_talks_to_the_server_over_https() {
     assert!(errors.is_empty(), "errors in the page: {errors:?}");
     let error_entries = js(b, "document.querySelectorAll('#log > li.error').length");
     assert_eq!(error_entries, 0, "no error entries in the log");
+}
+
+/// A TCP relay between the browser and the server: the test's network, which it can cut.
+///
+/// This is how the test drops the page's connection without the page asking. Chromium's
+/// offline emulation (`Network.emulateNetworkConditions`) fails new requests but leaves open
+/// WebSockets alone (crbug.com/423246), and a page cannot be made to stop reading; cutting
+/// the TCP connections in between is a real drop, as a flaky network or a restarted proxy
+/// gives: the page sees code 1006, and its own reconnecting is what brings it back.
+struct Relay {
+    address: SocketAddr,
+    shared: Arc<Mutex<Relayed>>,
+}
+
+struct Relayed {
+    /// Where connections go.
+    upstream: SocketAddr,
+    /// While false, a new connection is closed as soon as it is accepted: a network that is down.
+    up: bool,
+    /// Both ends of every connection relayed so far, for [`Relay::cut`].
+    streams: Vec<TcpStream>,
+}
+
+impl Relay {
+    /// Relays every connection to 127.0.0.1:PORT (a free port) to `upstream`. The thread that
+    /// accepts lives as long as the test binary; what it relays ends when the relay is dropped.
+    fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let address = listener.local_addr().expect("the relay's address");
+        let shared = Arc::new(Mutex::new(Relayed {
+            upstream,
+            up: true,
+            streams: Vec::new(),
+        }));
+        let relayed = Arc::clone(&shared);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut relayed = relayed.lock().unwrap();
+                if !relayed.up {
+                    continue; // dropped here: closed at once
+                }
+                let Ok(server) = TcpStream::connect(relayed.upstream) else {
+                    continue;
+                };
+                let ends = (client.try_clone(), server.try_clone());
+                let (Ok(client_end), Ok(server_end)) = ends else {
+                    continue;
+                };
+                pipe(
+                    client_end.try_clone().unwrap(),
+                    server_end.try_clone().unwrap(),
+                );
+                pipe(server_end, client_end);
+                relayed.streams.extend([client, server]);
+            }
+        });
+        Relay { address, shared }
+    }
+
+    /// The page's address through the relay.
+    fn http_url(&self) -> String {
+        format!("http://{}/", self.address)
+    }
+
+    /// The WebSocket address through the relay, `ws://127.0.0.1:PORT`.
+    fn ws_url(&self) -> String {
+        format!("ws://{}", self.address)
+    }
+
+    /// Cuts every connection, and refuses new ones until [`Relay::restore`].
+    fn cut(&self) {
+        let mut relayed = self.shared.lock().unwrap();
+        relayed.up = false;
+        for stream in relayed.streams.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Relays new connections again.
+    fn restore(&self) {
+        self.shared.lock().unwrap().up = true;
+    }
+
+    /// Relays new connections to `upstream` from now on.
+    fn redirect(&self, upstream: SocketAddr) {
+        self.shared.lock().unwrap().upstream = upstream;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own, until `from` ends or breaks; then `to` gets
+/// the end of the stream too, so that a close on one side is a close on the other.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    thread::spawn(move || {
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// A WebSocket client of the test's own, in the lobby, straight to the server: it sends the
+/// room's messages, and learns the room's epoch from its own resume header.
+struct Peer {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    epoch: String,
+}
+
+impl Peer {
+    fn join(server: &Server) -> Peer {
+        let (mut ws, _) =
+            tungstenite::connect(format!("{}/?resume", server.ws_url)).expect("connect a peer");
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = ws.get_ref() {
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        }
+        let header = ws.read().expect("the resume header");
+        let header: Value = serde_json::from_str(header.to_text().unwrap()).unwrap();
+        let epoch = header["epoch"].as_str().expect("an epoch").to_string();
+        Peer { ws, epoch }
+    }
+
+    /// Sends `text` to the room and reads it back: once it is back, the server has numbered it.
+    #[track_caller]
+    fn say(&mut self, text: &str) {
+        self.ws.send(tungstenite::Message::text(text)).unwrap();
+        let back = self.ws.read().expect("its own message back");
+        assert_eq!(
+            back.to_text().unwrap(),
+            text,
+            "the peer hears its own message"
+        );
+    }
+}
+
+/// What the page's log shows as received, in order: each message's text and offset.
+#[track_caller]
+fn received(browser: &mut Chromium) -> Vec<(String, Option<u64>)> {
+    let list = js(
+        browser,
+        "[...document.querySelectorAll('#log > li.in')].map(li => \
+             [li.querySelector('.body').textContent, li.dataset.offset ?? null])",
+    );
+    let list = list.as_array().expect("a list").iter();
+    list.map(|pair| {
+        let text = pair[0].as_str().expect("the text").to_string();
+        let offset = pair[1].as_str().map(|o| o.parse().expect("a number"));
+        (text, offset)
+    })
+    .collect()
+}
+
+/// JavaScript: the log shows `n` received messages.
+fn received_len_is(n: usize) -> String {
+    format!("document.querySelectorAll('#log > li.in').length === {n}")
+}
+
+/// The page's connection breaks without the page asking: it reconnects by itself after its
+/// backoff, resumes where it was and gets what was sent meanwhile, each message once and in
+/// order, and says how many it recovered. After a server restart it says it could not.
+#[test]
+fn demo_page_resumes_after_a_dropped_connection() {
+    let args = ["--broadcast", "--history", "100", "--greeting-delay", "off"];
+    let mut server = Server::start(&args);
+    let relay = Relay::start(server.address());
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+    b.set_viewport(1200, 900).unwrap();
+    b.navigate(&relay.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    wait(
+        b,
+        &log_has("event", "joined the lobby as a newcomer at offset 0"),
+    );
+    assert_eq!(
+        js(b, "ws.url"),
+        format!("{}/?resume", relay.ws_url()).as_str()
+    );
+
+    // Three messages: offsets 1 to 3, and the page shows where it is.
+    let mut peer = Peer::join(&server);
+    let epoch = peer.epoch.clone();
+    for text in ["m1", "m2", "m3"] {
+        peer.say(text);
+    }
+    wait(b, &received_len_is(3));
+    wait(
+        b,
+        &text_is("position", &format!("epoch {epoch} · last offset 3")),
+    );
+
+    // The network goes: the page's connection breaks, and its first try to come back fails.
+    // What is said meanwhile, it misses.
+    relay.cut();
+    for text in ["m4", "m5", "m6"] {
+        peer.say(text);
+    }
+    wait(b, &log_has("event", "code 1006"));
+    wait(b, &log_has("event", "reconnecting in"));
+    wait(b, &log_has("event", "(try 2,"));
+    assert_eq!(received(b).len(), 3, "nothing arrives while cut off");
+
+    // The network is back: the page resumes after offset 3, and gets 4 to 6.
+    relay.restore();
+    wait(
+        b,
+        &log_has("event", &format!("resumed after {epoch}:3: nothing lost")),
+    );
+    assert_eq!(
+        js(b, "ws.url"),
+        format!("{}/?resume={epoch}:3", relay.ws_url()).as_str()
+    );
+    wait(b, &log_has("event", "recovered 3 messages, offsets 4 to 6"));
+    wait(b, &status_is("open", "open"));
+
+    // And it hears what is said next, live.
+    for text in ["m7", "m8"] {
+        peer.say(text);
+    }
+    wait(b, &received_len_is(8));
+    let expected: Vec<(String, Option<u64>)> =
+        (1..=8).map(|i| (format!("m{i}"), Some(i))).collect();
+    assert_eq!(received(b), expected, "every message once, in order");
+    wait(
+        b,
+        &text_is("position", &format!("epoch {epoch} · last offset 8")),
+    );
+
+    // A restart: the new server numbers the room anew, in another epoch, and has none of
+    // the old messages. The page says it could not recover, and counts from the new start.
+    let restarted = Server::start(&args);
+    relay.redirect(restarted.address());
+    server.stop();
+    wait(
+        b,
+        &log_has("warn", &format!("could not recover after {epoch}:8")),
+    );
+    let mut peer = Peer::join(&restarted);
+    assert_ne!(peer.epoch, epoch, "a new epoch after a restart");
+    peer.say("n1");
+    wait(b, &received_len_is(9));
+    assert_eq!(received(b)[8], ("n1".to_string(), Some(1)));
+    wait(
+        b,
+        &text_is("position", &format!("epoch {} · last offset 1", peer.epoch)),
+    );
+
+    // The network goes again, and the user clicks Close while the page waits to reconnect:
+    // the page stops trying. (The check and the click run in one go in the page, so that a
+    // try cannot start in between.)
+    relay.cut();
+    let clicked = js(
+        b,
+        "new Promise((resolve) => { \
+             const check = () => { \
+                 if (document.getElementById('status').dataset.state !== 'waiting') \
+                     return setTimeout(check, 5); \
+                 document.getElementById('close').click(); \
+                 resolve(true); \
+             }; \
+             check(); \
+         })",
+    );
+    assert_eq!(clicked, true);
+    wait(b, &status_is("closed", "closed"));
+    wait(b, &log_has("event", "stopped reconnecting"));
+    assert!(disabled(b, "close"), "Close is disabled");
+    assert!(!disabled(b, "reconnect"), "Reconnect is enabled");
+
+    // Reconnect connects at once, and resumes where the page was.
+    relay.restore();
+    click(b, "reconnect");
+    wait(b, &status_is("open", "open"));
+    let resumed = format!("resumed after {}:1: nothing lost", peer.epoch);
+    wait(b, &log_has("event", &resumed));
+
+    let uncaught: Vec<&String> = b
+        .console()
+        .iter()
+        .filter(|line| line.starts_with("uncaught"))
+        .collect();
+    assert!(uncaught.is_empty(), "exceptions in the page: {uncaught:?}");
 }
