@@ -378,6 +378,7 @@ fn a_raw_client_reads_the_header_first() {
 }
 
 /// Reads until the server's Close; returns its code and reason.
+#[cfg(feature = "cluster")]
 fn close_of(ws: &mut Client) -> (u16, String) {
     loop {
         match ws.read().expect("a Close before the end") {
