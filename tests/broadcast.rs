@@ -130,3 +130,119 @@ fn nothing_follows_the_close_reply_while_broadcasts_go_on() {
     );
     drop(flooding.join().unwrap());
 }
+
+/// The server's receive and send queues for the client on local port `port`, as `ss -tn`
+/// shows them.
+#[cfg(target_os = "linux")]
+fn server_queues(port: u16) -> Option<(u64, u64)> {
+    let listing = std::process::Command::new("ss")
+        .args(["-tn"])
+        .output()
+        .expect("ss runs (scripts/need.sh ss iproute2)");
+    let peer = format!("127.0.0.1:{port}");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 5 && fields[4] == peer)
+                .then(|| Some((fields[1].parse().ok()?, fields[2].parse().ok()?)))
+                .flatten()
+        })
+}
+
+/// Waits (at most PATIENCE, looking every few milliseconds) until `done` holds for the
+/// server's queues of the client on `port`.
+#[cfg(target_os = "linux")]
+fn wait_for_queues(port: u16, what: &str, mut done: impl FnMut(u64, u64) -> bool) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + support::PATIENCE;
+    while !server_queues(port).is_some_and(|(recv, send)| done(recv, send)) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:?}",
+            server_queues(port)
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client that sends and then vanishes with a reset, while the server is not reading it
+/// (its room is paced to a stalled listener): what the server's TCP stack received from it
+/// is still broadcast. (Before, the connection ended on the hang-up with those frames
+/// unread, and they were never broadcast: the hang of a sender that drops its connection.)
+#[cfg(target_os = "linux")]
+#[test]
+fn what_a_vanished_sender_sent_before_it_went_is_still_broadcast() {
+    use std::time::Duration;
+    let server = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--slow-listener",
+        "wait",
+        "--max-backlog",
+        "256KiB",
+        "--send-timeout",
+        "1h",
+    ]);
+    let stalled = raw_websocket(server.addr);
+    let mut reader = raw_websocket(server.addr);
+    // A flooder fills the stalled listener's backlog: the room's senders stop being read.
+    let flooder = raw_websocket(server.addr);
+    let flooder_port = flooder.local_addr().unwrap().port();
+    let mut writer = flooder.try_clone().unwrap();
+    thread::spawn(move || {
+        let frame = client_frame(true, 0x2, &[7; 32 << 10]);
+        while writer.write_all(&frame).is_ok() {}
+    });
+    server.wait_for_log(&[&format!(
+        ":{flooder_port} paused: a listener of its room is behind"
+    )]);
+    // For good once the stalled listener's socket is full: what the kernel holds for it
+    // stops growing (it grows its buffer as long as it may).
+    let stalled_port = stalled.local_addr().unwrap().port();
+    let mut last = (0, 0);
+    wait_for_queues(
+        stalled_port,
+        "the stalled listener's socket fills",
+        |_, send| {
+            let (previous, times) = last;
+            last = (send, if send == previous { times + 1 } else { 0 });
+            send > 0 && last.1 >= 20
+        },
+    );
+    // The reader reads everything, in the background, until it has the vanished one's three.
+    let heard = thread::spawn(move || {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let (_, opcode, payload) = read_server_frame(&mut reader);
+            if opcode == TEXT && payload.starts_with(b"vanished ") {
+                got.push(String::from_utf8(payload).unwrap());
+            }
+        }
+        got
+    });
+    // The sender's three messages reach the server's socket, unread: the room is paced.
+    let mut vanishing = raw_websocket(server.addr);
+    let port = vanishing.local_addr().unwrap().port();
+    let frames: Vec<u8> = (1..=3)
+        .flat_map(|n| client_frame(true, TEXT, format!("vanished {n}").as_bytes()))
+        .collect();
+    vanishing.write_all(&frames).unwrap();
+    wait_for_queues(port, "its frames reach the server's socket", |recv, _| {
+        recv == frames.len() as u64
+    });
+    // It goes with a reset, as a client dropping a connection with data unread does.
+    socket2::SockRef::from(&vanishing)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(vanishing);
+    server.wait_for_log(&[&format!(":{port} disconnected")]);
+    // The stalled listener and the flooder go: the room flows again.
+    drop(stalled);
+    flooder.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(
+        heard.join().unwrap(),
+        ["vanished 1", "vanished 2", "vanished 3"]
+    );
+}

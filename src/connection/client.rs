@@ -119,6 +119,8 @@ pub(crate) struct Client<'a> {
     /// Set when reading stopped with input left unread (in tungstenite's buffer, say): the
     /// socket may never signal it, so the next round reads before it sleeps.
     read_pending: bool,
+    /// Set once the connection is lost: what it had sent is read to the end, without pushback.
+    draining: bool,
 }
 
 /// What the connection did.
@@ -213,6 +215,7 @@ impl<'a> Client<'a> {
             pacing: Pacing::default(),
             settling: Settling::new(),
             read_pending: false,
+            draining: false,
         })
     }
 
@@ -267,18 +270,20 @@ impl<'a> Client<'a> {
             if (ready.readable || unsignalled) && read {
                 self.read_messages()?;
             } else if ready.hangup {
-                // Not reading, and the peer is gone in both directions: nothing can come of it.
-                return Err(Ending {
+                // Not reading, and the peer is gone in both directions: nothing more can come.
+                return Err(self.deliver_what_arrived(Ending {
                     code: CloseCode::Abnormal,
                     reason: String::new(),
                     how: "connection lost while waiting to read",
                     reset: false,
-                });
+                }));
             }
             // Counted before they go out, so that a client that got its echo and then asks
             // /metrics sees it counted.
             self.stats.tally.flush(&self.shared.metrics);
-            self.send_queued()?;
+            if let Err(ending) = self.send_queued() {
+                return Err(self.deliver_what_arrived(ending));
+            }
             if ready.woken || ready.readable {
                 let holds = self.read_size != ReadSize::Dormant || self.grew();
                 self.settling.note_activity(ready.woken, holds);
@@ -427,7 +432,7 @@ impl<'a> Client<'a> {
         self.socket.start_round();
         // Stays true if the loop stops for pushback before the stream said "would block".
         self.read_pending = true;
-        while !self.backpressured() && !self.listeners_behind() {
+        while self.draining || (!self.backpressured() && !self.listeners_behind()) {
             match self.ws.read(&mut self.socket) {
                 Ok(message) => {
                     self.on_message(message);
@@ -468,6 +473,22 @@ impl<'a> Client<'a> {
     /// listener (the sender itself included) behind on its own.
     fn broadcast_batch(&self) -> usize {
         MAX_BROADCAST_BATCH.min(self.shared.config.max_backlog / 4)
+    }
+
+    /// The connection broke while the server was writing or not reading: in broadcast mode,
+    /// whatever the client sent before it went (a client that drops its connection with
+    /// frames unread resets it, and its last messages may still sit in the socket) is read
+    /// now and broadcast, pushback or not: a message the server's TCP stack received is
+    /// delivered. Returns `ending`, which stays how the connection ended.
+    #[cold]
+    #[inline(never)]
+    fn deliver_what_arrived(&mut self, ending: Ending) -> Ending {
+        if self.shared.config.mode != Mode::Broadcast || self.closing.by_client.is_some() {
+            return ending;
+        }
+        self.draining = true;
+        let _ = self.read_messages();
+        ending
     }
 
     /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
