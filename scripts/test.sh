@@ -42,6 +42,9 @@ scripts/need.sh nginx nginx
 scripts/need.sh haproxy haproxy
 step "checking for ss (the sockets of stalled clients)"
 scripts/need.sh ss iproute2
+step "checking for systemd-socket-activate and strace (socket activation, one exec)"
+scripts/need.sh systemd-socket-activate systemd
+scripts/need.sh strace strace
 step "checking for redis-server (cluster tests)"
 scripts/install-redis.sh
 step "checking for websocat (smoke test)"

@@ -1,5 +1,5 @@
-//! glibc's per-thread allocation cache, turned off: a cache per thread is the wrong trade for a
-//! server with a thread per client.
+//! glibc's per-thread allocation cache: a cache per thread is the wrong trade for a server with
+//! a thread per client, and the deployment turns it off.
 //!
 //! glibc's `malloc` keeps, in every thread, a small cache of the chunks that thread freed (the
 //! *tcache*: up to 7 chunks of each size up to about 1 KiB), so that a busy thread's next
@@ -7,22 +7,17 @@
 //! the cache is memory held for nothing: what a connection's handshake freed stays cached in
 //! its thread, and pins the pages it sits on, for as long as the thread lives, which is the
 //! connection's life and, with threads reused (`threads.rs`), longer. docs/performance.md
-//! measures it: about 2 KiB per idle connection over plain TCP and 8 KiB over TLS, for no echo
-//! throughput that the bench can tell apart.
+//! measures it: about 2.5 KiB per idle connection over plain TCP and 8 KiB over TLS, for no
+//! echo throughput that the bench can tell apart.
 //!
-//! The cache's size can only be set before the process starts, in the `GLIBC_TUNABLES`
-//! environment variable, which glibc reads before `main`. So on Linux with glibc the command
-//! first replaces itself (`exec`: the same process, the same pid and name, before any thread
-//! or file is opened) with itself run with `glibc.malloc.tcache_count=0` added to
-//! `GLIBC_TUNABLES`. A deployment that sets the cache's size itself is left as it is: glibc's
-//! default is `GLIBC_TUNABLES=glibc.malloc.tcache_count=7`.
+//! glibc reads the cache's size once, before `main`, from the `GLIBC_TUNABLES` environment
+//! variable, so only whoever starts the process can set it. The deployment files this
+//! repository ships do (`deploy/wsecho.service`, `deploy/Containerfile`:
+//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0`); the command itself runs exactly once, as it
+//! was started, and only says at start what the cache costs when it is on.
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {
-    use std::ffi::OsString;
-    use std::os::unix::process::CommandExt;
-    use std::process::Command;
-
     /// The environment variable glibc reads its tunables from, `name=value` pairs separated
     /// by colons.
     const TUNABLES: &str = "GLIBC_TUNABLES";
@@ -30,81 +25,61 @@ mod glibc {
     /// The tunable for the number of chunks each size's cache keeps per thread.
     const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
 
-    /// Set for the command run again, so that it never runs itself a second time: a program
-    /// with file capabilities (`setcap cap_net_bind_service` to listen on port 80) runs in
-    /// glibc's secure mode, which may drop `GLIBC_TUNABLES` from the environment it passes on.
-    const RESTARTED: &str = "WSECHO_TCACHE_SET";
-
-    /// What the warning says when the command could not run itself again.
-    const CACHE_KEPT: &str = "could not run again with glibc's per-thread allocation cache \
-        off, so each idle connection keeps 2 to 8 KiB more (set \
-        GLIBC_TUNABLES=glibc.malloc.tcache_count=0 to turn it off)";
-
-    /// Runs the command again with the cache turned off, unless it was already or the
-    /// deployment chose its size. Returns only if it does not: then with a warning to print
-    /// when the command could not be run again.
-    pub(crate) fn turn_off_thread_cache() -> Option<String> {
+    /// What the process runs with, for the startup log: with the cache on, what it costs and
+    /// how to turn it off.
+    pub(crate) fn describe() -> String {
         let tunables = std::env::var_os(TUNABLES).unwrap_or_default();
-        if std::env::var_os(RESTARTED).is_some() || tcache_count(&tunables).is_some() {
-            return None;
-        }
-        let mut with_cache_off = tunables;
-        if !with_cache_off.is_empty() {
-            with_cache_off.push(":");
-        }
-        with_cache_off.push(format!("{TCACHE_COUNT}=0"));
-        let mut args = std::env::args_os();
-        let name = args.next().unwrap_or_else(|| OsString::from("wsecho"));
-        // The binary's own path, not /proc/self/exe: the kernel names the process after the
-        // file it runs, and `ps`, `pkill wsecho` and the journal must still see `wsecho`.
-        let binary = match std::env::current_exe() {
-            Ok(binary) => binary,
-            Err(e) => return Some(format!("warning: {e}; {CACHE_KEPT}")),
-        };
-        let error = Command::new(binary)
-            .arg0(name)
-            .args(args)
-            .env(TUNABLES, with_cache_off)
-            .env(RESTARTED, "1")
-            .exec();
-        Some(format!("warning: {error}; {CACHE_KEPT}"))
-    }
-
-    /// What the process runs with, for the log.
-    pub(crate) fn describe() -> Option<String> {
-        let tunables = std::env::var_os(TUNABLES).unwrap_or_default();
-        match tcache_count(&tunables).as_deref() {
+        match tcache_count(&tunables.to_string_lossy()).as_deref() {
             Some("0") => "glibc's per-thread allocation cache: off".to_owned(),
-            Some(count) => format!(
-                "glibc's per-thread allocation cache: {count} chunks of each size, as \
-                 {TUNABLES} sets (0 saves 2 to 8 KiB per idle connection)"
+            count => format!(
+                "glibc's per-thread allocation cache: on ({}); it costs each idle connection \
+                 about 2.5 KiB (8 KiB over TLS): start wsecho with \
+                 {TUNABLES}={TCACHE_COUNT}=0 to turn it off, as deploy/wsecho.service and the \
+                 container image do",
+                match count {
+                    Some(count) => format!("{count} chunks of each size, as {TUNABLES} sets"),
+                    None => "glibc's default".to_owned(),
+                }
             ),
-            None => "glibc's per-thread allocation cache: glibc's default".to_owned(),
         }
-        .into()
     }
 
     /// The cache's size, if `tunables` (`GLIBC_TUNABLES`'s value) sets it.
-    fn tcache_count(tunables: &OsString) -> Option<String> {
+    pub(super) fn tcache_count(tunables: &str) -> Option<String> {
         tunables
-            .to_string_lossy()
             .split(':')
             .find_map(|pair| pair.strip_prefix(TCACHE_COUNT)?.strip_prefix('='))
             .map(str::to_owned)
     }
 }
 
+/// What the allocator's setting costs, for the startup log.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(crate) use glibc::{describe, turn_off_thread_cache};
-
-/// Elsewhere there is no glibc cache to turn off.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(crate) fn turn_off_thread_cache() -> Option<String> {
-    None
+pub(crate) fn describe() -> Option<String> {
+    Some(glibc::describe())
 }
 
-/// Elsewhere there is nothing to say.
+/// Elsewhere there is no glibc cache to speak of.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn describe() -> Option<String> {
     None
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::glibc::tcache_count;
+
+    #[test]
+    fn the_cache_size_is_read_among_other_tunables() {
+        assert_eq!(tcache_count(""), None);
+        assert_eq!(
+            tcache_count("glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            tcache_count("glibc.malloc.tcache_count=7").as_deref(),
+            Some("7")
+        );
+        assert_eq!(tcache_count("glibc.malloc.tcache_count_x=7"), None);
+    }
 }

@@ -24,10 +24,6 @@ const EXIT_INTERRUPTED: i32 = 130;
 const SIGNALS_TOGETHER: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
-    // First, while the process has one thread and nothing open: this may replace it.
-    if let Some(warning) = allocator::turn_off_thread_cache() {
-        eprintln!("{warning}");
-    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
@@ -30,6 +30,7 @@ use crate::logging::{Throttle, approx_size, count};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Peer};
 use crate::sync;
+use crate::sys::activation::Notice;
 use crate::sys::{self, Interest, Waker};
 use crate::threads::{MAX_PARKED, Threads};
 #[cfg(feature = "tls")]
@@ -67,10 +68,32 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// backlog, still had in flight through Redis, and bound what one stalled listener holds.
 const CLUSTER_OVERFLOW_BACKLOGS: usize = 4;
 
+/// The listen backlog of a socket wsecho binds itself: connections the kernel completes and
+/// holds before the accept loop takes them. 10,000 clients cut off at once come back at once;
+/// Linux caps it at `net.core.somaxconn` (4,096 since Linux 5.4), and a connection past it is
+/// not refused but retried by its client a second later. A socket unit sets its own
+/// (`Backlog=` in deploy/wsecho.socket).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Under a service manager, how often the accept loop may update the status line `systemctl
+/// status` shows (the connection count): only when the count changed, and only then.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The Close every client gets when the server stops: come back later, or, when the listening
+/// socket was handed over by a service manager that keeps it open across a restart, come back
+/// now (1012 "service restart": the next process is already queueing connections).
+const SHUTTING_DOWN: (CloseCode, &str) = (CloseCode::Away, "server shutting down");
+const RESTARTING: (CloseCode, &str) = (CloseCode::Restart, "service restart");
+
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    /// The listening sockets: the one bound to `--host`/`--port`, or those a service manager
+    /// handed over (socket activation), which all serve the same configuration.
+    listeners: Vec<TcpListener>,
+    /// Whether the listeners were handed over: a service manager keeps them open across a
+    /// restart.
+    inherited: bool,
     shared: Arc<Shared>,
     signal: Arc<Signal>,
     /// The connection limit and the per-address caps, and what counts against them.
@@ -94,9 +117,13 @@ pub struct TlsReloader(Arc<Tls>);
 
 #[cfg(feature = "tls")]
 impl TlsReloader {
-    /// Reads the certificate and key files again; on error the old certificate stays.
+    /// Reads the certificate and key files again; on error the old certificate stays. A
+    /// service manager is told of the reload (`RELOADING=1`, then `READY=1`).
     pub fn reload(&self) -> Result<(), TlsError> {
-        self.0.reload()
+        let _ = sys::activation::notify(&[Notice::Reloading]);
+        let reloaded = self.0.reload();
+        let _ = sys::activation::notify(&[Notice::Ready]);
+        reloaded
     }
 
     /// The files it reads.
@@ -112,15 +139,25 @@ pub struct ShutdownHandle(Arc<Signal>);
 #[derive(Debug)]
 struct Signal {
     requested: AtomicBool,
-    waker: Waker,
+    /// One per listener: each has an accept loop of its own.
+    wakers: Vec<Waker>,
 }
 
 impl ShutdownHandle {
-    /// Starts a graceful shutdown: stop accepting, close every client with 1001, wait for
-    /// their replies for at most the close timeout.
+    /// Starts a graceful shutdown: stop accepting, close every client with 1001 (1012 when
+    /// the listening socket was handed over by a service manager), wait for their replies for
+    /// at most the close timeout.
     pub fn shutdown(&self) {
-        self.0.requested.store(true, Ordering::SeqCst);
-        self.0.waker.wake();
+        self.0.request();
+    }
+}
+
+impl Signal {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        for waker in &self.wakers {
+            waker.wake();
+        }
     }
 }
 
@@ -155,17 +192,26 @@ impl Server {
                 feature: "tls",
             });
         }
-        let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
-            .to_socket_addrs()
-            .map_err(|source| Error::Resolve {
-                host: config.host.clone(),
-                source,
-            })?
-            .collect();
-        let listener = bind_first(&addrs).map_err(|(addr, source)| Error::Bind { addr, source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Io("listener setup", e))?;
+        let handed_over = sys::activation::inherited_listeners()
+            .map_err(|e| Error::Io("taking the sockets the service manager handed over", e))?;
+        let inherited = !handed_over.is_empty();
+        let listeners = if inherited {
+            handed_over
+        } else {
+            let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
+                .to_socket_addrs()
+                .map_err(|source| Error::Resolve {
+                    host: config.host.clone(),
+                    source,
+                })?
+                .collect();
+            vec![bind_first(&addrs).map_err(|(addr, source)| Error::Bind { addr, source })?]
+        };
+        for listener in &listeners {
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| Error::Io("listener setup", e))?;
+        }
         // Before anything is logged: a refused password is one line, like a port in use.
         #[cfg(feature = "cluster")]
         let cluster = config.cluster.as_ref().map(Cluster::connect).transpose()?;
@@ -251,14 +297,33 @@ impl Server {
             proxy_header_log: Throttle::new(PROXY_HEADER_LOG_INTERVAL),
             greeter,
             shutting_down: AtomicBool::new(false),
+            goodbye: if inherited { RESTARTING } else { SHUTTING_DOWN },
         };
+        let wakers = listeners
+            .iter()
+            .map(|_| Waker::try_new())
+            .collect::<io::Result<_>>()
+            .map_err(|e| Error::Io("creating the accept loop's waker", e))?;
         let signal = Signal {
             requested: AtomicBool::new(false),
-            waker: Waker::try_new()
-                .map_err(|e| Error::Io("creating the accept loop's waker", e))?,
+            wakers,
         };
+        if inherited {
+            let addrs: Vec<String> = listeners
+                .iter()
+                .filter_map(|listener| listener.local_addr().ok())
+                .map(|addr| addr.to_string())
+                .collect();
+            info!(
+                "serving on {} handed over by the service manager ({}): --host and --port are \
+                 ignored",
+                count(listeners.len() as u64, "listening socket"),
+                addrs.join(", ")
+            );
+        }
         Ok(Server {
-            listener,
+            listeners,
+            inherited,
             shared: Arc::new(shared),
             signal: Arc::new(signal),
             admission: Arc::new(admission),
@@ -269,11 +334,19 @@ impl Server {
         })
     }
 
-    /// The address actually bound (with the real port when the config said 0).
+    /// The address actually bound (with the real port when the config said 0); with sockets
+    /// handed over by a service manager, the first one's.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.listeners[0]
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Whether the listening sockets were handed over by a service manager (socket
+    /// activation): it keeps them open across a restart, so clients are told to come back at
+    /// once (1012) when this process stops.
+    pub fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// The URL clients connect to, like `ws://127.0.0.1:3000` (`wss://` with TLS).
@@ -321,13 +394,66 @@ impl Server {
             self.url(),
             self.capacity
         );
-        self.accept_until_shutdown()
-            .map_err(|e| Error::Io("accepting connections", e))?;
-        drop(self.listener);
-        Ok(shut_down(&self.shared))
+        self.notify(&[Notice::Ready, Notice::Status(&self.status(0))]);
+        // One accept loop per listener, the first on this thread. A loop that fails stops the
+        // others; either way every client is then closed properly, below.
+        let server = &self;
+        let accepted = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..server.listeners.len())
+                .map(|i| scope.spawn(move || server.accept_until_shutdown(i)))
+                .collect();
+            let first = server.accept_until_shutdown(0);
+            let others = others.into_iter().map(|other| {
+                other
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("an accept loop panicked")))
+            });
+            std::iter::once(first)
+                .chain(others)
+                .collect::<io::Result<Vec<()>>>()
+        });
+        self.notify(&[
+            Notice::Stopping,
+            Notice::Status("stopping: closing every connection"),
+        ]);
+        drop(self.listeners);
+        let summary = shut_down(&self.shared);
+        accepted.map_err(|e| Error::Io("accepting connections", e))?;
+        Ok(summary)
     }
 
-    fn accept_until_shutdown(&self) -> io::Result<()> {
+    /// Tells the service manager, if any, and logs (once) if it cannot be told.
+    fn notify(&self, notices: &[Notice<'_>]) {
+        if let Err(e) = sys::activation::notify(notices) {
+            warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+        }
+    }
+
+    /// The status line for `systemctl status`.
+    fn status(&self, connections: usize) -> String {
+        format!(
+            "serving {} on {}",
+            count(connections as u64, "connection"),
+            self.url()
+        )
+    }
+
+    /// Accepts on listener `index` until shutdown; on a failure, asks every other loop to
+    /// stop too.
+    fn accept_until_shutdown(&self, index: usize) -> io::Result<()> {
+        let result = self.accept_on(index);
+        if result.is_err() {
+            self.signal.request();
+        }
+        result
+    }
+
+    fn accept_on(&self, index: usize) -> io::Result<()> {
+        let listener = &self.listeners[index];
+        let waker = &self.signal.wakers[index];
+        // Under a service manager, the first loop keeps the status line's count current.
+        let mut status =
+            (index == 0 && sys::activation::notifying()).then(|| (Instant::now(), 0usize));
         let mut backoff: Option<Duration> = None;
         loop {
             // While backing off, wait on the shutdown waker only; the pending connection
@@ -336,12 +462,27 @@ impl Server {
                 read: backoff.is_none(),
                 write: false,
             };
-            sys::wait(Some(&self.listener), interest, &self.signal.waker, backoff)?;
+            let timeout = match (backoff, status) {
+                (Some(backoff), _) => Some(backoff),
+                (None, Some(_)) => Some(STATUS_INTERVAL),
+                (None, None) => None,
+            };
+            sys::wait(Some(listener), interest, waker, timeout)?;
             if self.signal.requested.load(Ordering::SeqCst) {
                 return Ok(());
             }
+            if let Some((last, shown)) = &mut status
+                && last.elapsed() >= STATUS_INTERVAL
+            {
+                *last = Instant::now();
+                let open = self.shared.hub.open_connections();
+                if open != *shown {
+                    *shown = open;
+                    self.notify(&[Notice::Status(&self.status(open))]);
+                }
+            }
             loop {
-                match self.listener.accept() {
+                match listener.accept() {
                     Ok((stream, peer)) => {
                         if backoff.take().is_some() {
                             info!("accepting connections again");
@@ -435,12 +576,12 @@ fn report_panic(peer: Peer, panic: &(dyn std::any::Any + Send)) {
     error!("{peer} connection thread panicked ({what}); connection dropped, server goes on");
 }
 
-/// Closes every client with 1001 and waits for them, at most the close timeout.
+/// Closes every client with 1001 (1012 under socket activation) and waits for them, at most
+/// the close timeout.
 fn shut_down(shared: &Shared) -> Summary {
     shared.shutting_down.store(true, Ordering::SeqCst);
-    let open = shared
-        .hub
-        .close_all(CloseCode::Away, "server shutting down");
+    let (code, reason) = shared.goodbye;
+    let open = shared.hub.close_all(code, reason);
     info!(
         "shutting down: closing {}",
         count(open as u64, "connection")
@@ -473,7 +614,7 @@ fn shut_down(shared: &Shared) -> Summary {
 fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Error)> {
     let mut last = None;
     for &addr in addrs {
-        match TcpListener::bind(addr) {
+        match bind(addr) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some((addr, e)),
         }
@@ -485,6 +626,20 @@ fn bind_first(addrs: &[SocketAddr]) -> Result<TcpListener, (SocketAddr, io::Erro
             io::Error::new(io::ErrorKind::NotFound, "the host name has no address"),
         )
     }))
+}
+
+/// A listening socket on `addr` with a backlog of [`LISTEN_BACKLOG`], as std's `bind` would
+/// make it otherwise (std's backlog is 128).
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does on Unix: a restarted server may bind while old connections are in
+    // TIME_WAIT. (On Windows the flag means sharing the port, which std does not ask for.)
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Threads kept for everything but connections: the main thread, the greeting timer, the

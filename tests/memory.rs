@@ -317,23 +317,21 @@ fn environment(server: &Wsecho) -> Vec<String> {
 }
 
 /// glibc keeps a cache of freed memory in every thread, which a thread per idle client pays for
-/// with kilobytes each: the server runs itself again, in the same process, with it turned off.
+/// with kilobytes each. The deployment turns it off (deploy/wsecho.service, the image); wsecho
+/// started without that runs as it was started, in its own process, and says at start what the
+/// cache costs and how to turn it off.
 #[cfg(target_env = "gnu")]
 #[test]
-fn the_server_runs_with_glibcs_per_thread_cache_off_in_its_own_process() {
+fn without_the_deployments_setting_the_server_says_what_the_cache_costs() {
     let server = Wsecho::start_with_env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")], &[]);
-    server.wait_for_log(&["glibc's per-thread allocation cache: off"]);
-    // The process the test started (its pid) is the one that runs with the setting, and the
-    // deployment's own tunables are kept beside it. (glibc parses the variable in place, so
-    // /proc may show the pairs after the first as entries of their own.)
+    server.wait_for_log(&[
+        "glibc's per-thread allocation cache: on (glibc's default)",
+        "GLIBC_TUNABLES=glibc.malloc.tcache_count=0 to turn it off",
+    ]);
+    // Nothing was added to its environment: it did not run itself again.
     let environment = environment(&server).join("\n");
-    for expected in [
-        "GLIBC_TUNABLES=glibc.malloc.arena_max=4",
-        "glibc.malloc.tcache_count=0",
-    ] {
-        assert!(environment.contains(expected), "{expected}: {environment}");
-    }
-    // Still named for its binary: `ps`, `pkill wsecho` and the journal see the same process.
+    assert!(!environment.contains("tcache_count"), "{environment}");
+    // Named for its binary: `ps`, `pkill wsecho` and the journal see it.
     let name = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap();
     assert_eq!(name.trim_end(), "wsecho");
     let mut ws = server.connect();
@@ -341,12 +339,20 @@ fn the_server_runs_with_glibcs_per_thread_cache_off_in_its_own_process() {
     assert_eq!(next_data(&mut ws), Message::text("still the server"));
 }
 
+/// As deployed, the cache is off, and the log says so.
+#[cfg(target_env = "gnu")]
+#[test]
+fn as_deployed_the_cache_is_off() {
+    let server = Wsecho::start(&[]);
+    server.wait_for_log(&["glibc's per-thread allocation cache: off"]);
+}
+
 /// A deployment that sets the cache's size itself keeps it.
 #[cfg(target_env = "gnu")]
 #[test]
 fn a_deployments_own_cache_size_is_kept() {
     let server = Wsecho::start_with_env(&[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")], &[]);
-    server.wait_for_log(&["glibc's per-thread allocation cache: 7 chunks of each size"]);
+    server.wait_for_log(&["glibc's per-thread allocation cache: on (7 chunks of each size"]);
     assert!(
         environment(&server).contains(&"GLIBC_TUNABLES=glibc.malloc.tcache_count=7".into()),
         "{:?}",

@@ -103,6 +103,9 @@ pub(crate) struct Shared {
     pub(crate) greeter: Option<Greeter>,
     /// Set when shutdown starts: late handshakes are refused, and late joiners close at once.
     pub(crate) shutting_down: AtomicBool,
+    /// The Close every client gets at shutdown: 1001, or 1012 "service restart" when the
+    /// listening socket outlives this process (socket activation).
+    pub(crate) goodbye: (CloseCode, &'static str),
 }
 
 impl Shared {
@@ -451,7 +454,10 @@ fn answer_request(
             return None;
         }
     };
-    if shared.shutting_down.load(Ordering::SeqCst) {
+    // A late handshake during shutdown: refused, unless the listening socket outlives this
+    // process; then it is upgraded and told to come back (1012, in `join`), to be served by
+    // the next process.
+    if shared.shutting_down.load(Ordering::SeqCst) && shared.goodbye.0 != CloseCode::Restart {
         let response = Response::text(BUSY, "server shutting down");
         refuse(&mut transport, peer, shared, response, false);
         return None;
@@ -660,7 +666,8 @@ fn join<'a>(
     info!("{peer} connected: {described}");
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Shutdown's close_all may have run before we joined; close ourselves.
-        let _ = outbox.close(CloseCode::Away, "server shutting down");
+        let (code, reason) = shared.goodbye;
+        let _ = outbox.close(code, reason);
     }
     // From here the hub holds the only strong reference; leaving it lets the outbox go.
     drop(outbox);

@@ -10,7 +10,9 @@
 //!   running out looks like;
 //! - [`physical_memory`]: what the default memory ceiling is a share of, and
 //!   [`return_freed_memory`]: so that what the ceiling counts is what the process holds;
-//! - [`trim_heap`] and [`release_stack_below_caller`]: what a quiet connection gives back.
+//! - [`trim_heap`] and [`release_stack_below_caller`]: what a quiet connection gives back;
+//! - [`activation`]: listening sockets handed over by systemd, and telling it how the server
+//!   is doing.
 //!
 //! # Why a waker at all
 //!
@@ -65,6 +67,8 @@ mod backend;
 mod backend;
 
 pub(crate) use backend::{BACKEND, FDS_PER_CONNECTION, Waker};
+
+pub(crate) mod activation;
 
 /// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
 /// (Windows), as std's `TcpStream` and `TcpListener` do.

@@ -20,6 +20,11 @@ use tungstenite::{Message, WebSocket};
 /// Upper bound for anything a test waits for. Generous: it only matters when a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The environment wsecho is deployed with (deploy/wsecho.service, deploy/Containerfile):
+/// glibc's per-thread allocation cache off. Every server a test starts has it, unless the
+/// test sets `GLIBC_TUNABLES` itself.
+pub const DEPLOYED_TUNABLES: (&str, &str) = ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0");
+
 pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// A running `wsecho` process, killed when dropped.
@@ -118,11 +123,44 @@ impl Wsecho {
         Wsecho::launch(command, args)
     }
 
-    fn launch(mut command: Command, args: &[&str]) -> Wsecho {
+    /// Like [`Wsecho::start`], run by `program` with `program_args` before wsecho's path
+    /// (`strace -f`, say). [`Wsecho::pid`] is then `program`'s.
+    pub fn start_via(program: &str, program_args: &[&str], args: &[&str]) -> Wsecho {
+        let mut command = Command::new(program);
+        command.args(program_args).arg(env!("CARGO_BIN_EXE_wsecho"));
+        Wsecho::launch(command, args)
+    }
+
+    /// Like [`Wsecho::start`], serving on `listener`, handed over as systemd does (socket
+    /// activation: descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` its own pid). The test keeps
+    /// its own copy of the socket open, as systemd does, so that it outlives the server.
+    pub fn start_on_socket(listener: &std::net::TcpListener, args: &[&str]) -> Wsecho {
+        // The socket comes in as standard input; the shell moves it to descriptor 3, names
+        // its own pid (which exec keeps) and becomes wsecho.
+        let socket = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+        let mut shell = Command::new("sh");
+        let script = "exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec \"$0\" \"$@\"";
+        shell.args(["-c", script, env!("CARGO_BIN_EXE_wsecho")]);
+        Wsecho::launch_with_stdin(shell, Stdio::from(socket), args)
+    }
+
+    fn launch(command: Command, args: &[&str]) -> Wsecho {
+        Wsecho::launch_with_stdin(command, Stdio::null(), args)
+    }
+
+    fn launch_with_stdin(mut command: Command, stdin: Stdio, args: &[&str]) -> Wsecho {
+        command.stdin(stdin);
+        // As deployed (deploy/wsecho.service, the container image), unless the test says
+        // otherwise: the memory figures are the deployment's.
+        if !command
+            .get_envs()
+            .any(|(name, _)| name == DEPLOYED_TUNABLES.0)
+        {
+            command.env(DEPLOYED_TUNABLES.0, DEPLOYED_TUNABLES.1);
+        }
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--log-level", "debug"])
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
