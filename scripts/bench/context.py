@@ -16,7 +16,8 @@ from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
-GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "cluster", "tls", "rooms", "wide"]
+GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "never-reader", "resume", "cluster", "tls", "rooms",
+          "wide"]
 
 WARMUP = "1s"
 PORTABLE_LABEL = "wsecho (portable backend)"

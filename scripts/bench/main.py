@@ -26,7 +26,21 @@ import time
 from pathlib import Path
 
 from .context import PORTABLE_LABEL, TLS_LABEL, WARMUP, Bench, Options, check_binaries, report_fd_limit
-from .groups import burst, cluster, echo, fanout, greeting, hold, rooms, soak, tls, wide, wide_fanout
+from .groups import (
+    burst,
+    cluster,
+    echo,
+    fanout,
+    greeting,
+    hold,
+    never_reader,
+    resume,
+    rooms,
+    soak,
+    tls,
+    wide,
+    wide_fanout,
+)
 from .peers import Peers
 from .report import TSV_HEADER, Report, draw_chart, results_markdown
 from .runs import Runs
@@ -39,7 +53,7 @@ MEASURE = [
     echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide_fanout.measure_peers,  # --compare
     wide.measure_peers,
     echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, wide_fanout.measure,
-    burst.measure, cluster.measure, rooms.measure, wide.measure,
+    burst.measure, never_reader.measure, resume.measure, cluster.measure, rooms.measure, wide.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
     soak.measure,  # --soak
 ]
@@ -60,6 +74,8 @@ def tabulate(b: Bench) -> Report:
     cluster.rows(b, r)
     rooms.rows(b, r)
     burst.rows(b, r)
+    never_reader.rows(b, r)
+    resume.rows(b, r)
     wide.rows(b, r)
     soak.rows(b, r)
     if b.opts.compare:

@@ -191,6 +191,12 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Once everything is sent, count what is still missing as lost when nothing has arrived
+    /// for this long. Longer for a server that may hold every message back for a while (one
+    /// that paces its senders to a stalled listener until its send timeout).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
+
     /// Connect the listeners to this server instead of --url (repeatable: they
     /// are spread over the URLs in turn), while the sender stays on --url: a
     /// broadcast crosses a cluster of instances. Loopback only, like --url,
@@ -210,6 +216,22 @@ pub struct FanoutArgs {
     /// connections' opening.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+
+    /// Listeners resume by position (a server that numbers its rooms' messages: wsecho
+    /// --broadcast --history N): they connect with ?resume, read the header that names the
+    /// room's epoch and offset, count the offsets of what follows, and when their connection
+    /// ends (closed by the server, dropped) come back after a jittered backoff with
+    /// ?resume=EPOCH:OFFSET. Reports reconnects, recovered and not, what was caught up and
+    /// what was lost.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// With --resume: each listener (not the slow one) closes its connection once it has N
+    /// messages, stays away until the sender has sent every message and got its own copy of
+    /// each back, then comes back with its position; the report's resume_catch_up_* is the
+    /// time from coming back to the last message. N must be below --messages.
+    #[arg(long, value_name = "N", requires = "resume", value_parser = clap::value_parser!(u64).range(1..))]
+    pub leave_after: Option<u64>,
 
     #[command(flatten)]
     pub common: Common,
@@ -434,5 +456,20 @@ mod tests {
         };
         assert_eq!((args.size, args.slow_listener), (65536, Some(2 << 20)));
         assert_eq!(args.pid, Some(42));
+        assert!(!args.resume);
+    }
+
+    #[test]
+    fn leave_after_needs_resume() {
+        let base = ["wsload", "fanout", "--url", "ws://127.0.0.1:1"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        assert!(with(&["--leave-after", "1"]).is_err());
+        assert!(with(&["--resume", "--leave-after", "0"]).is_err());
+        let cli = with(&["--resume", "--leave-after", "1", "--messages", "10001"]).unwrap();
+        let Command::Fanout(args) = cli.command else {
+            panic!("expected fanout");
+        };
+        assert!(args.resume);
+        assert_eq!((args.leave_after, args.messages), (Some(1), 10_001));
     }
 }

@@ -124,6 +124,16 @@ impl Conn {
         self.send_frame(kind.opcode(), payload);
     }
 
+    /// Starts the closing handshake from inside a handler: sends a close frame
+    /// with `code`. No message is delivered after it, and the worker reports the
+    /// connection closed normally once the server has answered and dropped it.
+    pub fn close(&mut self, code: u16) {
+        if self.phase == Phase::Open {
+            self.send_frame(Opcode::Close, &code.to_be_bytes());
+            self.phase = Phase::Closing;
+        }
+    }
+
     /// Makes this a TLS connection; its ClientHello goes out with the first
     /// flush.
     pub(crate) fn start_tls(&mut self, mut session: ClientConnection) {

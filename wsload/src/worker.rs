@@ -24,6 +24,7 @@ use crate::rng::Rng;
 use crate::target::Target;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -149,6 +150,9 @@ pub struct Worker {
     waiting: usize,
     /// Connections not yet closed (in any phase).
     live: usize,
+    /// Request targets that replace a connection's server's path in its next upgrade
+    /// requests ([`Worker::set_path`]): fanout's resuming listeners name their position there.
+    paths: HashMap<usize, String>,
 }
 
 impl Worker {
@@ -165,6 +169,7 @@ impl Worker {
             defer_upgrades: false,
             waiting: 0,
             live: 0,
+            paths: HashMap::new(),
         })
     }
 
@@ -177,7 +182,7 @@ impl Worker {
     }
 
     /// The server of connection `id`.
-    fn target_of(&self, id: usize) -> Arc<Target> {
+    pub fn target_of(&self, id: usize) -> Arc<Target> {
         match &self.route {
             Some(route) => route(id),
             None => Arc::clone(&self.target),
@@ -232,6 +237,23 @@ impl Worker {
                 self.remove(id, CloseReason::TimedOut, h);
             }
         }
+    }
+
+    /// Has connection `id` (one not opened yet, or one to be opened again with
+    /// [`Worker::reopen`]) ask for `path` (path and query) instead of its server's path.
+    pub fn set_path(&mut self, id: usize, path: String) {
+        self.paths.insert(id, path);
+    }
+
+    /// Opens connection `id` again, once it has closed: a new TCP connection and handshake
+    /// under the same id, reported to the handler like the first (`on_open`, or `on_close`
+    /// if it fails). Returns false, doing nothing, if `id` was never opened or is still open.
+    pub fn reopen<H: Handler>(&mut self, id: usize, h: &mut H) -> bool {
+        if self.conns.get(id).is_none_or(Option::is_some) {
+            return false;
+        }
+        self.open_at(id, h);
+        true
     }
 
     /// From now on, [`Worker::connect`] sends each connection's upgrade request
@@ -306,7 +328,11 @@ impl Worker {
             conn.start_tls(session);
         }
         conn.accept = handshake::accept_key(&key);
-        let request = handshake::request(&target.host_header, &target.path, &key);
+        let path = self
+            .paths
+            .get(&id)
+            .map_or(target.path.as_str(), String::as_str);
+        let request = handshake::request(&target.host_header, path, &key);
         let mut bytes = request.as_bytes();
         if self.defer_upgrades {
             bytes = bytes
@@ -325,6 +351,11 @@ impl Worker {
     fn start_connect<H: Handler>(&mut self, h: &mut H) {
         let id = self.conns.len();
         self.conns.push(None);
+        self.open_at(id, h);
+    }
+
+    /// Starts connecting connection `id`, whose slot is empty.
+    fn open_at<H: Handler>(&mut self, id: usize, h: &mut H) {
         let stream = match TcpStream::connect(self.target_of(id).addr) {
             Ok(s) => s,
             Err(e) => return h.on_close(id, &CloseReason::Connect(e)),

@@ -525,6 +525,270 @@ fn fanout_spreads_listeners_over_listener_urls() {
     assert!(err.contains("not a loopback address"), "{err}");
 }
 
+/// A broadcasting server that numbers its one room's messages and lets clients resume by
+/// position, as wsecho `--broadcast --history N` does (see wsload's `fanout/resume.rs` for
+/// the wire format), written here apart from both: `?resume` (a newcomer) or
+/// `?resume=EPOCH:OFFSET`, a JSON header first, then every message after the position.
+/// Clients without `?resume` (the sender) get only what is broadcast after they joined.
+/// It keeps every message. With `cut_after` N > 0 it closes each connection that joined as
+/// a newcomer with 1008 once it has sent it N messages, as wsecho lets go a listener that
+/// fell behind; a connection that resumed is never cut.
+fn resume_server(cut_after: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let room = Arc::new(Mutex::new(NumberedRoom::default()));
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let room = room.clone();
+            thread::spawn(move || serve_numbered(stream, &room, cut_after));
+        }
+    });
+    url
+}
+
+#[derive(Default)]
+struct NumberedRoom {
+    /// Every message so far: message n (offset n) is `messages[n - 1]`.
+    messages: Vec<Message>,
+    members: Vec<Sender<Message>>,
+}
+
+const EPOCH: &str = "test-epoch-1";
+
+// The handshake callback's error type is tungstenite's (an HTTP response), not ours.
+#[allow(clippy::result_large_err)]
+fn serve_numbered(stream: TcpStream, room: &Mutex<NumberedRoom>, cut_after: usize) {
+    let mut query = None;
+    let callback = |request: &tungstenite::handshake::server::Request,
+                    response: tungstenite::handshake::server::Response| {
+        query = request.uri().query().map(str::to_string);
+        Ok(response)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+        return;
+    };
+    // None: no resume; Some(None): a newcomer; Some(Some((epoch, offset))): a position.
+    let resume: Option<Option<(String, usize)>> = query.as_deref().and_then(|q| {
+        q.split('&').find_map(|pair| match pair.split_once('=') {
+            None if pair == "resume" => Some(None),
+            Some(("resume", "")) => Some(None),
+            Some(("resume", value)) => {
+                let (epoch, offset) = value.rsplit_once(':').expect("EPOCH:OFFSET");
+                Some(Some((
+                    epoch.to_string(),
+                    offset.parse().expect("an offset"),
+                )))
+            }
+            _ => None,
+        })
+    });
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .expect("timeout");
+    let (tx, rx) = mpsc::channel();
+    {
+        // Header, history and membership under the room's lock: nothing missing, nothing twice.
+        let mut room = room.lock().expect("room");
+        if let Some(position) = &resume {
+            let newest = room.messages.len();
+            let (from, recovered) = match position {
+                Some((epoch, offset)) if epoch == EPOCH && *offset <= newest => (*offset, true),
+                _ => (0, false),
+            };
+            let header =
+                format!(r#"{{"epoch":"{EPOCH}","offset":{from},"recovered":{recovered}}}"#);
+            let mut ok = ws.send(Message::text(header)).is_ok();
+            for msg in &room.messages[from..] {
+                ok = ok && ws.send(msg.clone()).is_ok();
+            }
+            if !ok {
+                return;
+            }
+        }
+        room.members.push(tx);
+    }
+    let cut = (cut_after > 0 && resume == Some(None)).then_some(cut_after);
+    let mut sent = 0;
+    loop {
+        match ws.read() {
+            Ok(msg @ (Message::Binary(_) | Message::Text(_))) => {
+                let mut room = room.lock().expect("room");
+                room.messages.push(msg.clone());
+                room.members.retain(|peer| peer.send(msg.clone()).is_ok());
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if cut.is_some_and(|n| sent == n) {
+                let frame = tungstenite::protocol::CloseFrame {
+                    code: tungstenite::protocol::frame::coding::CloseCode::Policy,
+                    reason: "too slow: fell behind its room".into(),
+                };
+                let _ = ws.close(Some(frame));
+                // Finish the closing handshake, then drop the connection.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && ws.read().is_ok() {}
+                return;
+            }
+            if ws.send(msg).is_err() {
+                return;
+            }
+            sent += 1;
+        }
+    }
+}
+
+#[test]
+fn fanout_resume_comes_back_after_a_1008_and_gets_everything() {
+    // Every listener is let go after 60 messages (sync messages included) and resumes.
+    let url = resume_server(60);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "4",
+        "--messages",
+        "300",
+        "--rate",
+        "1000",
+        "--resume",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (r["delivered"].as_u64(), r["missing"].as_u64()),
+        (Some(1200), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        (r["out_of_order"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(r["resume_closed_1008"], 4, "{r}");
+    assert_eq!(r["resume_reconnects"], 4, "{r}");
+    assert_eq!(r["resume_recovered"], 4, "{r}");
+    assert_eq!(r["resume_not_recovered"], 0, "{r}");
+    assert_eq!(r["resume_lost"], 0, "{r}");
+    assert_eq!(r["resume_offset_errors"], 0, "{r}");
+    // What was sent while a listener was away came from the history.
+    assert!(r["resume_caught_up"].as_u64().unwrap() <= 1200, "{r}");
+}
+
+#[test]
+fn fanout_resume_brings_a_slow_listener_back_too() {
+    // The slow listener is let go after 60 messages like the others, comes back and reads
+    // on at its rate: 200 frames of about 1 KiB at 64 KiB/s, about 3 s.
+    let url = resume_server(60);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "2",
+        "--messages",
+        "200",
+        "--size",
+        "1KiB",
+        "--slow-listener",
+        "64KiB",
+        "--resume",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (r["delivered"].as_u64(), r["slow_delivered"].as_u64()),
+        (Some(400), Some(200)),
+        "{r}"
+    );
+    assert_eq!(r["slow_missing"], 0, "{r}");
+    assert_eq!(r["slow_closed_by_server"], false, "{r}");
+    assert_eq!(r["slow_reconnects"], 1, "{r}");
+    assert_eq!(r["resume_closed_1008"], 3, "{r}");
+    assert_eq!(r["resume_recovered"], 3, "{r}");
+    assert_eq!(r["resume_lost"], 0, "{r}");
+}
+
+#[test]
+fn fanout_leave_after_times_the_catch_up_from_history() {
+    let url = resume_server(0);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "2",
+        "--messages",
+        "501",
+        "--resume",
+        "--leave-after",
+        "1",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["delivered"], 1002, "{r}");
+    assert_eq!(r["resume_leave_after"], 1);
+    assert_eq!(r["resume_left"], 2, "{r}");
+    assert_eq!(r["resume_recovered"], 2, "{r}");
+    // Each missed the 500 sent after its first, all sent before it came back.
+    assert_eq!(r["resume_caught_up"], 1000, "{r}");
+    assert_eq!(r["resume_catch_up_count"], 2, "{r}");
+    assert!(r["resume_catch_up_max_us"].as_f64().unwrap() > 0.0, "{r}");
+    // Their latency leaves out what they caught up: the first message each.
+    assert_eq!(r["latency_us"]["count"], 2, "{r}");
+}
+
+#[test]
+fn fanout_resume_against_a_server_without_it_fails_clearly() {
+    let url = server(Behaviour::Broadcast, None);
+    let (code, r) = wsload_json(&[
+        "fanout",
+        "--url",
+        &url,
+        "--listeners",
+        "2",
+        "--messages",
+        "10",
+        "--resume",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["resume_offset_errors"].as_u64().unwrap() >= 2, "{r}");
+    assert!(
+        r["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a resume header"),
+        "{r}"
+    );
+    // --leave-after needs --resume, and must leave something to miss.
+    let out = wsload(&["fanout", "--url", &url, "--leave-after", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = wsload(&[
+        "fanout",
+        "--url",
+        &url,
+        "--resume",
+        "--messages",
+        "5",
+        "--leave-after",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be below --messages"), "{err}");
+}
+
 #[test]
 fn refuses_non_loopback_targets() {
     let out = wsload(&["echo", "--url", "ws://192.0.2.1:9/"]);

@@ -14,24 +14,33 @@
 //! With `--slow-listener RATE` one more listener, on a thread of its own,
 //! reads its socket at most RATE bytes per second (see `fanout/slow.rs`).
 //!
+//! With `--resume` the listeners connect with `?resume`, keep their room's
+//! epoch and offset, and come back with `?resume=EPOCH:OFFSET` whenever their
+//! connection ends (see `fanout/resume.rs`); with `--leave-after N` each one
+//! also leaves on purpose after N messages and comes back once everything is
+//! sent, to time catching up from the room's history.
+//!
 //! With `--pid PID` the server's CPU time (user + system, from `/proc`) is
 //! read when the sender sends its first counted message and again when the
 //! last listener has every message (the slow listener aside), or, if one
 //! never does, when wsload gives up on it: what the sending cost the server,
 //! without the connections' opening or closing.
 
+mod resume;
 mod slow;
 
 use super::{Errors, Report, ensure_opened, on_workers, row, verdict};
 use crate::cli::FanoutArgs;
 use crate::conn::{Conn, MessageKind};
+use crate::rng::Rng;
 use crate::stats::{self, Summary};
 use crate::sys;
 use crate::target::{self, Target};
 use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
+use resume::{Counts, Ending, ResumeReport, Resumer, State};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,12 +50,6 @@ const SYNC: u64 = u64::MAX;
 const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// How long to wait for every listener to see a sync message.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Once everything is sent, how long nothing may arrive before what is still
-/// missing is declared lost. Counted from the last arrival, not the last
-/// send: a server pacing a slow reader holds the sender back by reading it
-/// late, so its last messages may still be on the way seconds after the
-/// sender's socket took them.
-const DRAIN: Duration = Duration::from_secs(2);
 /// Full speed: messages sent back to back before looking at incoming data.
 const BURST: usize = 64;
 /// How long to wait for the server to complete the closing handshakes.
@@ -64,6 +67,12 @@ struct Shared {
     concurrency: usize,
     connect_deadline: Instant,
     timeout: Duration,
+    /// `--drain` (2 s by default): once everything is sent, how long nothing
+    /// may arrive before what is still missing is declared lost. Counted from
+    /// the last arrival, not the last send: a server pacing a slow reader
+    /// holds the sender back by reading it late, so its last messages may
+    /// still be on the way seconds after the sender's socket took them.
+    drain: Duration,
     /// Listeners that must see a sync message before counting starts: the
     /// fast ones and the slow one, if any.
     sync_target: usize,
@@ -77,6 +86,14 @@ struct Shared {
     complete: AtomicUsize,
     /// With `--pid`: the server's CPU time over the sending.
     server_cpu: Option<ServerCpu>,
+    /// `--resume`: the listeners resume by position and come back.
+    resume: bool,
+    /// `--leave-after N`: each listener leaves once after N counted messages.
+    leave_after: Option<u64>,
+    /// Counted messages sent so far.
+    sent: AtomicU64,
+    /// With `--resume`: the sender's copies of its own counted messages, received.
+    sender_copies: AtomicU64,
 }
 
 impl Shared {
@@ -89,7 +106,21 @@ impl Shared {
     /// caller last received a message (ns since `base`).
     fn drained(&self, last_arrival_ns: i64, now: Instant) -> bool {
         let done_ns = self.send_done_ns.load(Ordering::Acquire);
-        done_ns >= 0 && self.ns_since_base(now) > done_ns.max(last_arrival_ns) + stats::nanos(DRAIN)
+        done_ns >= 0
+            && self.ns_since_base(now) > done_ns.max(last_arrival_ns) + stats::nanos(self.drain)
+    }
+
+    /// True once the sender has sent everything and the room has it all (the
+    /// sender got its own copy of every message back), or, if those copies do
+    /// not all come, the drain time after the last send: when a listener that
+    /// left on purpose comes back. True on an abort too.
+    fn sent_all(&self, now: Instant) -> bool {
+        let done_ns = self.send_done_ns.load(Ordering::Acquire);
+        if done_ns < 0 {
+            return self.abort.load(Ordering::Acquire);
+        }
+        self.sender_copies.load(Ordering::Acquire) >= self.messages
+            || self.ns_since_base(now) > done_ns + stats::nanos(self.drain)
     }
 
     /// True once every listener (the fast ones) has every counted message.
@@ -260,6 +291,16 @@ struct FanoutHandler<'a> {
     errors: Errors,
     /// When the sender sent its first counted message (sender's thread only).
     first_send_ns: Option<i64>,
+    /// With `--resume`: each connection's position and comings and goings,
+    /// by local id (the sender's entry unused); empty without.
+    resumers: Vec<Resumer>,
+    resume_counts: Counts,
+    /// How long each reconnection took to catch up.
+    catch_ups_ns: Vec<i64>,
+    /// Listeners away (not connected), to come back.
+    away: usize,
+    /// The backoff's jitter.
+    rng: Rng,
 }
 
 impl<'a> FanoutHandler<'a> {
@@ -294,20 +335,64 @@ impl<'a> FanoutHandler<'a> {
             sender_echoes: 0,
             errors: Errors::default(),
             first_send_ns: None,
+            resumers: if shared.resume {
+                vec![Resumer::new(); count]
+            } else {
+                Vec::new()
+            },
+            resume_counts: Counts::default(),
+            catch_ups_ns: Vec::new(),
+            away: 0,
+            rng: Rng::from_entropy(),
         }
     }
 
     fn global_id(&self, id: usize) -> usize {
         self.thread + id * self.shared.threads
     }
+
+    /// True for a listener of a `--resume` run.
+    fn resuming(&self, id: usize) -> bool {
+        !self.resumers.is_empty() && Some(id) != self.sender
+    }
+}
+
+/// Why a resuming listener's connection ended, for its comeback.
+fn ending(reason: &CloseReason) -> Ending {
+    match reason {
+        _ if reason.before_open() => Ending::NotOpened,
+        CloseReason::ClosedByServer(code) => Ending::Closed(*code),
+        CloseReason::Normal => Ending::Closed(Some(1000)),
+        _ => Ending::Dropped,
+    }
 }
 
 impl Handler for FanoutHandler<'_> {
-    fn on_open(&mut self, _id: usize, _conn: &mut Conn, _now: Instant) {
+    fn on_open(&mut self, id: usize, _conn: &mut Conn, _now: Instant) {
+        if self.resuming(id) && self.resumers[id].state == State::Reconnecting {
+            let sent = self.shared.sent.load(Ordering::Acquire);
+            self.resumers[id].reopened(sent, &mut self.resume_counts);
+            self.away -= 1;
+            return;
+        }
         self.opened += 1;
     }
 
-    fn on_message(&mut self, id: usize, msg: Message<'_>, _conn: &mut Conn, now: Instant) {
+    fn on_message(&mut self, id: usize, msg: Message<'_>, conn: &mut Conn, now: Instant) {
+        let resuming = self.resuming(id);
+        if resuming {
+            // The first frame is the header; every data message after it is one room
+            // message, the next offset.
+            let r = &mut self.resumers[id];
+            if r.awaiting_header() {
+                if let Err(why) = r.on_header(msg.data, &mut self.resume_counts) {
+                    let gid = self.global_id(id);
+                    self.errors.record(format!("listener {gid}: {why}"));
+                }
+                return;
+            }
+            r.next_offset();
+        }
         if msg.kind == MessageKind::Text {
             self.texts += 1; // greetings: ignored, but counted
             return;
@@ -319,6 +404,9 @@ impl Handler for FanoutHandler<'_> {
             // Broadcast includes the sender itself; count its copies of the
             // counted messages.
             self.sender_echoes += u64::from(!is_sync);
+            if shared.resume && !is_sync {
+                shared.sender_copies.fetch_add(1, Ordering::AcqRel);
+            }
             return;
         }
         let (seq, sent_ns) = match classify(msg.data, shared) {
@@ -330,7 +418,24 @@ impl Handler for FanoutHandler<'_> {
             }
         };
         let now_ns = shared.ns_since_base(now);
-        self.latencies_ns.push(now_ns - sent_ns);
+        let mut caught_up = false;
+        if resuming {
+            let (counted, numbered) =
+                self.resumers[id].on_counted(seq, now, &mut self.resume_counts);
+            if let Err(why) = numbered {
+                let gid = self.global_id(id);
+                self.errors.record(format!("listener {gid}: {why}"));
+            }
+            if let Some(took) = counted.catch_up {
+                self.catch_ups_ns.push(stats::nanos(took));
+            }
+            caught_up = counted.caught_up;
+        }
+        // What a resumed connection caught up was sent while it was away: its
+        // wait is the catch-up's, not a delivery's latency.
+        if !caught_up {
+            self.latencies_ns.push(now_ns - sent_ns);
+        }
         self.last_delivery_ns = self.last_delivery_ns.max(now_ns);
         let listener = &mut self.listeners[id];
         let arrival = listener.record(seq);
@@ -340,6 +445,9 @@ impl Handler for FanoutHandler<'_> {
             return;
         }
         self.delivered += 1;
+        if resuming && self.resumers[id].should_leave(shared.leave_after, listener.distinct) {
+            conn.close(1000);
+        }
         if listener.distinct == shared.messages
             && let Err(e) = shared.listener_complete()
         {
@@ -350,6 +458,30 @@ impl Handler for FanoutHandler<'_> {
 
     fn on_close(&mut self, id: usize, reason: &CloseReason) {
         let gid = self.global_id(id);
+        // A resuming listener comes back, unless its first connection failed.
+        if self.resuming(id) {
+            let r = &mut self.resumers[id];
+            if !reason.before_open() || r.state == State::Reconnecting {
+                if matches!(
+                    reason,
+                    CloseReason::Handshake(_)
+                        | CloseReason::Protocol(_)
+                        | CloseReason::Tls(_)
+                        | CloseReason::TlsHandshake(_)
+                ) {
+                    self.errors.record(format!("listener {gid}: {reason}"));
+                }
+                let was_away = r.is_away();
+                r.on_end(
+                    ending(reason),
+                    Instant::now(),
+                    &mut self.rng,
+                    &mut self.resume_counts,
+                );
+                self.away += usize::from(!was_away);
+                return;
+            }
+        }
         let role = if Some(id) == self.sender {
             "sender"
         } else {
@@ -453,8 +585,38 @@ impl Sender {
         self.buf[8..16].copy_from_slice(&sent_ns.to_le_bytes());
         if !worker.send(self.id, MessageKind::Binary, &self.buf, h) {
             h.shared.abort.store(true, Ordering::Release);
+        } else if seq != SYNC {
+            h.shared.sent.store(seq + 1, Ordering::Release);
         }
     }
+}
+
+/// Brings back the resuming listeners that are due (those away on a timer
+/// whose time has come, and those that left on purpose once everything is
+/// sent), each asking for its position; returns how long until the next is
+/// due, at most [`SYNC_EVERY`].
+fn come_back(worker: &mut Worker, h: &mut FanoutHandler<'_>, now: Instant) -> Duration {
+    let shared = h.shared;
+    let sent_all = shared.sent_all(now);
+    let mut next = SYNC_EVERY;
+    for id in 0..h.resumers.len() {
+        if Some(id) == h.sender {
+            continue;
+        }
+        match h.resumers[id].due_in(now, sent_all) {
+            Some(wait) if wait.is_zero() => {
+                let path = h.resumers[id].path(&worker.target_of(id).path);
+                worker.set_path(id, path);
+                let sent = shared.sent.load(Ordering::Acquire);
+                let had = h.listeners[id].next;
+                h.resumers[id].reconnecting(now, sent, had);
+                worker.reopen(id, h);
+            }
+            Some(wait) => next = next.min(wait),
+            None => {}
+        }
+    }
+    next
 }
 
 /// Runs one worker thread: connect, wait for all threads, then deliver (and,
@@ -471,6 +633,11 @@ fn run_worker<'a>(
     barrier: &Barrier,
 ) -> Result<FanoutHandler<'a>> {
     let mut h = FanoutHandler::new(shared, thread, count);
+    // Resuming listeners join as newcomers, with ?resume.
+    for id in (0..h.resumers.len()).filter(|&id| Some(id) != h.sender) {
+        let path = h.resumers[id].path(&worker.target_of(id).path);
+        worker.set_path(id, path);
+    }
     let per_thread = shared.concurrency.div_ceil(shared.threads);
     let connected = worker.connect(count, per_thread, shared.connect_deadline, &mut h);
     barrier.wait();
@@ -503,10 +670,14 @@ fn run_worker<'a>(
                 if shared.all_complete() {
                     break;
                 }
-                if shared.drained(h.last_arrival_ns, now) {
+                // Not while a listener is still to come back.
+                if h.away == 0 && shared.drained(h.last_arrival_ns, now) {
                     break;
                 }
             }
+        }
+        if h.away > 0 {
+            wait = wait.min(come_back(&mut worker, &mut h, now));
         }
         worker.poll_once(Some(wait.min(deadline - now)), &mut h)?;
     }
@@ -528,7 +699,23 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     if args.size < 16 {
         bail!("--size must be at least 16 bytes (sequence number and timestamp)");
     }
+    if let Some(n) = args.leave_after
+        && n >= args.messages
+    {
+        bail!(
+            "--leave-after {n} must be below --messages ({}): a listener leaves after N \
+             messages to miss the rest",
+            args.messages
+        );
+    }
     let target: Arc<Target> = Arc::new(target::from_args(&args.server)?);
+    if args.resume
+        && let Some(url) = std::iter::once(&args.server.url)
+            .chain(&args.listener_urls)
+            .find(|url| resume::has_resume_param(url))
+    {
+        bail!("{url} has a resume parameter already: --resume adds it to the listeners' URLs");
+    }
     let listeners = args.listeners as usize;
     let connections = listeners + 1;
     let threads = usize::from(args.common.threads).min(connections);
@@ -541,7 +728,7 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     // sync message that never arrives.
     let slow_listener = args
         .slow_listener
-        .map(|rate| slow::SlowListener::connect(&target, rate, connect_deadline))
+        .map(|rate| slow::SlowListener::connect(&target, rate, connect_deadline, args.resume))
         .transpose()?;
     let shared = Shared {
         base: Instant::now(),
@@ -553,12 +740,17 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         concurrency: args.common.concurrency as usize,
         connect_deadline,
         timeout: args.timeout,
+        drain: args.drain,
         sync_target: listeners + usize::from(slow_listener.is_some()),
         synced: AtomicUsize::new(0),
         send_done_ns: AtomicI64::new(-1),
         abort: AtomicBool::new(false),
         complete: AtomicUsize::new(0),
         server_cpu: args.pid.map(ServerCpu::new),
+        resume: args.resume,
+        leave_after: args.leave_after,
+        sent: AtomicU64::new(0),
+        sender_copies: AtomicU64::new(0),
     };
     // Listeners on --listener-url servers, in turn; the sender (the last global id) on --url.
     let listener_targets = args
@@ -620,6 +812,7 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         text_messages: 0,
         sender_echoes: 0,
         slow: None,
+        resume: None,
         errors: 0,
         first_error: None,
         client_cpu_s: None,
@@ -630,8 +823,12 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let mut latencies = Vec::with_capacity(expected as usize);
     let mut errors = Errors::default();
     let (mut first_send_ns, mut last_delivery_ns) = (None, 0);
+    let mut resume_counts = Counts::default();
+    let mut catch_ups_ns = Vec::new();
     for result in results {
         let h = result?;
+        resume_counts.merge(&h.resume_counts);
+        catch_ups_ns.extend_from_slice(&h.catch_ups_ns);
         report.opened += h.opened;
         report.delivered += h.delivered;
         report.out_of_order += h.out_of_order;
@@ -655,8 +852,12 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         }
     }
     report.latency_us = stats::summarize_ns(&mut latencies);
+    let mut lost = report.missing;
     if let (Some(outcome), Some(rate)) = (slow, args.slow_listener) {
         report.text_messages += outcome.texts;
+        lost += args.messages - outcome.delivered;
+        resume_counts.merge(&outcome.resume);
+        catch_ups_ns.extend_from_slice(&outcome.catch_ups_ns);
         report.slow = Some(SlowListenerReport {
             slow_rate: rate,
             slow_delivered: outcome.delivered,
@@ -670,8 +871,17 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
                 .zip(outcome.last_delivery_ns)
                 .map(|(first, last)| (last - first) as f64 / 1e9),
             slow_error: outcome.errors.first.clone(),
+            slow_reconnects: args.resume.then_some(outcome.resume.reconnects),
         });
         errors.merge(outcome.errors);
+    }
+    if args.resume {
+        report.resume = Some(ResumeReport::new(
+            &resume_counts,
+            args.leave_after,
+            lost,
+            &mut catch_ups_ns,
+        ));
     }
     report.errors = errors.count;
     report.first_error = errors.first;
@@ -684,7 +894,8 @@ pub fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         && report.out_of_order == 0
         && report.duplicates == 0
         && report.errors == 0
-        && report.slow.as_ref().is_none_or(SlowListenerReport::passed);
+        && report.slow.as_ref().is_none_or(SlowListenerReport::passed)
+        && report.resume.as_ref().is_none_or(ResumeReport::passed);
     Ok(report)
 }
 
@@ -724,6 +935,11 @@ pub struct FanoutReport {
     /// With --slow-listener: its figures, as `slow_*` fields beside these.
     #[serde(flatten)]
     pub slow: Option<SlowListenerReport>,
+    /// With --resume: the comings and goings, as `resume_*` fields beside these.
+    /// Latency then leaves out what a resumed connection caught up (sent while
+    /// it was away): `resume_catch_up_*` times that.
+    #[serde(flatten)]
+    pub resume: Option<ResumeReport>,
     /// Problems, the slow listener's included.
     pub errors: u64,
     pub first_error: Option<String>,
@@ -759,6 +975,9 @@ pub struct SlowListenerReport {
     pub slow_last_delivery_s: Option<f64>,
     /// Its first problem (I/O or protocol error, the server's close).
     pub slow_error: Option<String>,
+    /// With --resume: how many times it came back (each close it came back
+    /// from is counted in the `resume_*` fields, not as a close here).
+    pub slow_reconnects: Option<u64>,
 }
 
 impl SlowListenerReport {
@@ -781,8 +1000,11 @@ impl SlowListenerReport {
             .map_or("no delivery".to_string(), |s| {
                 format!("last delivery {s:.2} s after the first send")
             });
+        let back = self
+            .slow_reconnects
+            .map_or(String::new(), |n| format!(", came back {n} time(s)"));
         format!(
-            "{} of {} at {}: {} missing, {} out of order, {} duplicates, {ending}; {last}",
+            "{} of {} at {}: {} missing, {} out of order, {} duplicates, {ending}{back}; {last}",
             self.slow_delivered,
             self.slow_delivered + self.slow_missing,
             per_second(self.slow_rate),
@@ -853,6 +1075,11 @@ impl Report for FanoutReport {
         if let Some(slow) = &self.slow {
             row("slow listener", slow.line());
         }
+        if let Some(resume) = &self.resume {
+            for (label, line) in resume.lines() {
+                row(label, line);
+            }
+        }
         row("errors", self.errors);
         if let Some(first) = &self.first_error {
             row("first error", first);
@@ -893,12 +1120,17 @@ mod tests {
             concurrency: 1,
             connect_deadline: Instant::now(),
             timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(2),
             sync_target: listeners,
             synced: AtomicUsize::new(0),
             send_done_ns: AtomicI64::new(-1),
             abort: AtomicBool::new(false),
             complete: AtomicUsize::new(0),
             server_cpu: pid.map(ServerCpu::new),
+            resume: false,
+            leave_after: None,
+            sent: AtomicU64::new(0),
+            sender_copies: AtomicU64::new(0),
         }
     }
 

@@ -21,14 +21,21 @@
 //! very slow listener registers within the sync timeout; what it reads then
 //! is not counted.
 //!
+//! With `--resume` it connects with `?resume` like the other listeners, and
+//! when the server lets it go (a server that does not pace its senders to a
+//! slow reader closes it with 1008) or the connection breaks, it comes back
+//! after a jittered pause with `?resume=EPOCH:OFFSET` and reads on at its
+//! rate, catching up from the room's history (see `resume.rs`).
+//!
 //! Over `wss://` the socket is wrapped in rustls's blocking `StreamOwned`, and
 //! the bytes paced and counted are the decrypted ones (frame headers
 //! included); rustls reads at most one record (16 KiB) ahead of them, so the
 //! socket is read at the same average rate.
 
+use super::resume::{Counts, Ending, Resumer};
 use super::{CLOSE_GRACE, Listener, Payload, Shared, classify};
 use crate::frame::{self, Frame, Opcode};
-use crate::handshake;
+use crate::handshake::{self, HandshakeError};
 use crate::modes::Errors;
 use crate::rng::Rng;
 use crate::target::Target;
@@ -102,6 +109,8 @@ pub struct SlowListener {
     /// its bytes so far.
     fragment: Option<(bool, Vec<u8>)>,
     stage: Stage,
+    /// With `--resume`: where it is in its room, and the server to come back to.
+    resume: Option<(Resumer, Target)>,
 }
 
 /// Where the slow listener is in its life.
@@ -132,24 +141,54 @@ pub struct SlowOutcome {
     /// Its last delivery of a counted message, in ns since the run's base.
     pub last_delivery_ns: Option<i64>,
     pub errors: Errors,
+    /// With `--resume`: its comings and goings, and how long each catch-up took.
+    pub resume: Counts,
+    pub catch_ups_ns: Vec<i64>,
 }
 
 /// Whether to go on reading after some input.
 #[derive(Debug, PartialEq, Eq)]
 enum Next {
     Read,
-    /// The connection is over (closed by the server, or broken).
-    Stop,
+    /// The connection is over (closed by the server, or broken), as this says.
+    Stop(Ending),
 }
 
 impl SlowListener {
     /// Connects to `target` and completes the WebSocket handshake, by
-    /// `deadline`.
-    pub fn connect(target: &Target, rate: u64, deadline: Instant) -> Result<SlowListener> {
-        Self::handshake(target, rate, deadline).context("slow listener")
+    /// `deadline`; with `resume`, as a newcomer that resumes by position.
+    pub fn connect(
+        target: &Target,
+        rate: u64,
+        deadline: Instant,
+        resume: bool,
+    ) -> Result<SlowListener> {
+        let resumer = resume.then(Resumer::new);
+        let path = match &resumer {
+            Some(r) => r.path(&target.path),
+            None => target.path.clone(),
+        };
+        let (stream, rng, rx) =
+            Self::handshake(target, &path, deadline).context("slow listener")?;
+        Ok(SlowListener {
+            stream,
+            rng,
+            rate,
+            rx,
+            fragment: None,
+            stage: Stage::Listening,
+            resume: resumer.map(|r| (r, target.clone())),
+        })
     }
 
-    fn handshake(target: &Target, rate: u64, deadline: Instant) -> Result<SlowListener> {
+    /// A connection to `target` asking for `path`, its handshake done: the
+    /// stream, its masking RNG, and whatever came behind the 101 response. A
+    /// response the server refused carries a [`HandshakeError`].
+    fn handshake(
+        target: &Target,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(SlowStream, Rng, Vec<u8>)> {
         let left = |what: &str| {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -173,7 +212,7 @@ impl SlowListener {
         let mut rng = Rng::from_entropy();
         let key = handshake::encode_key(rng.bytes16());
         let accept = handshake::accept_key(&key);
-        let request = handshake::request(&target.host_header, &target.path, &key);
+        let request = handshake::request(&target.host_header, path, &key);
         stream
             .write_all(request.as_bytes())
             .context("sending the upgrade request failed")?;
@@ -195,18 +234,64 @@ impl SlowListener {
                     rx.drain(..head_len);
                     break;
                 }
-                Err(e) => bail!("handshake failed: {e}"),
+                Err(e) => return Err(anyhow::Error::new(e).context("handshake failed")),
             }
         }
         stream.tcp().set_read_timeout(Some(TICK))?;
-        Ok(SlowListener {
-            stream,
-            rng,
-            rate,
-            rx,
-            fragment: None,
-            stage: Stage::Listening,
-        })
+        Ok((stream, rng, rx))
+    }
+
+    /// With `--resume`, after its connection ended (`ending`): waits its
+    /// jittered pause and connects again asking for its position, over and
+    /// over until it is back; true once it is. False without `--resume`, or
+    /// when `deadline` or an abort comes first. Attempts that do not open are
+    /// counted; a refused handshake is an error too.
+    fn come_back(
+        &mut self,
+        ending: Ending,
+        shared: &Shared,
+        listener: &Listener,
+        deadline: Instant,
+        out: &mut SlowOutcome,
+    ) -> bool {
+        let Some((resumer, target)) = self.resume.as_mut() else {
+            return false;
+        };
+        resumer.on_end(ending, Instant::now(), &mut self.rng, &mut out.resume);
+        loop {
+            let now = Instant::now();
+            let Some(wait) = resumer.due_in(now, false) else {
+                return false;
+            };
+            if now + wait >= deadline || shared.abort.load(Ordering::Acquire) {
+                return false;
+            }
+            thread::sleep(wait);
+            let now = Instant::now();
+            resumer.reconnecting(now, shared.sent.load(Ordering::Acquire), listener.next);
+            let path = resumer.path(&target.path);
+            match Self::handshake(target, &path, deadline) {
+                Ok((stream, _, rx)) => {
+                    resumer.reopened(shared.sent.load(Ordering::Acquire), &mut out.resume);
+                    self.stream = stream;
+                    self.rx = rx;
+                    self.fragment = None;
+                    return true;
+                }
+                Err(e) => {
+                    if e.chain().any(|cause| cause.is::<HandshakeError>()) {
+                        out.errors
+                            .record(format!("slow listener: coming back: {e:#}"));
+                    }
+                    resumer.on_end(
+                        Ending::NotOpened,
+                        Instant::now(),
+                        &mut self.rng,
+                        &mut out.resume,
+                    );
+                }
+            }
+        }
     }
 
     /// Reads at most `rate` bytes per second until it has every counted
@@ -222,10 +307,20 @@ impl SlowListener {
         let mut last_bytes = Instant::now();
         // Frames that came with the handshake response.
         let early = std::mem::take(&mut self.rx);
-        if self.ingest(&early, shared, &mut listener, &mut out, last_bytes) == Next::Stop {
-            return out;
-        }
+        let mut next = self.ingest(&early, shared, &mut listener, &mut out, last_bytes);
         loop {
+            if let Next::Stop(ending) = next {
+                // With --resume it comes back, and first takes what came with
+                // the new handshake's response.
+                if !self.come_back(ending, shared, &listener, deadline, &mut out) {
+                    return out;
+                }
+                // The drain time counts from its return, not from its last read
+                // before it left.
+                last_bytes = Instant::now();
+                next = self.ingest(&[], shared, &mut listener, &mut out, last_bytes);
+                continue;
+            }
             let now = Instant::now();
             if shared.abort.load(Ordering::Acquire)
                 || listener.distinct == shared.messages
@@ -248,10 +343,12 @@ impl SlowListener {
             };
             match self.stream.read(&mut buf[..len]) {
                 Ok(0) => {
-                    out.closed_by_server = true;
-                    out.errors
-                        .record("slow listener: server dropped the TCP connection");
-                    return out;
+                    if self.resume.is_none() {
+                        out.closed_by_server = true;
+                        out.errors
+                            .record("slow listener: server dropped the TCP connection");
+                    }
+                    next = Next::Stop(Ending::Dropped);
                 }
                 Ok(n) => {
                     let now = Instant::now();
@@ -260,10 +357,7 @@ impl SlowListener {
                     if synced {
                         bucket.spend(n);
                     }
-                    let next = self.ingest(&buf[..n], shared, &mut listener, &mut out, now);
-                    if next == Next::Stop {
-                        return out;
-                    }
+                    next = self.ingest(&buf[..n], shared, &mut listener, &mut out, now);
                     if !synced && listener.synced {
                         // From here on, at most `rate` bytes per second.
                         bucket = Bucket::new(self.rate, chunk, now);
@@ -272,8 +366,10 @@ impl SlowListener {
                 }
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    out.errors.record(format!("slow listener: I/O error: {e}"));
-                    return out;
+                    if self.resume.is_none() {
+                        out.errors.record(format!("slow listener: I/O error: {e}"));
+                    }
+                    next = Next::Stop(Ending::Dropped);
                 }
             }
         }
@@ -305,7 +401,7 @@ impl SlowListener {
                 Err(e) => {
                     out.errors
                         .record(format!("slow listener: protocol error: {e}"));
-                    next = Next::Stop;
+                    next = Next::Stop(Ending::Dropped);
                 }
             }
         }
@@ -332,10 +428,11 @@ impl SlowListener {
                     out.errors.record(
                         "slow listener: protocol error: new message started inside a fragmented one",
                     );
-                    return Next::Stop;
+                    return Next::Stop(Ending::Dropped);
                 }
                 if frame.fin {
-                    deliver(text, frame.payload, shared, listener, out, now);
+                    let resumer = self.resume.as_mut().map(|(r, _)| r);
+                    deliver(text, frame.payload, shared, listener, resumer, out, now);
                 } else {
                     self.fragment = Some((text, frame.payload.to_vec()));
                 }
@@ -345,26 +442,27 @@ impl SlowListener {
                     out.errors.record(
                         "slow listener: protocol error: continuation frame without a message",
                     );
-                    return Next::Stop;
+                    return Next::Stop(Ending::Dropped);
                 };
                 if data.len() + frame.payload.len() > frame::MAX_PAYLOAD {
                     out.errors.record(format!(
                         "slow listener: protocol error: fragmented message exceeds {} bytes",
                         frame::MAX_PAYLOAD
                     ));
-                    return Next::Stop;
+                    return Next::Stop(Ending::Dropped);
                 }
                 data.extend_from_slice(frame.payload);
                 if frame.fin {
                     let (text, data) = self.fragment.take().expect("checked above");
-                    deliver(text, &data, shared, listener, out, now);
+                    let resumer = self.resume.as_mut().map(|(r, _)| r);
+                    deliver(text, &data, shared, listener, resumer, out, now);
                 }
             }
             Opcode::Ping => {
                 if let Err(e) = self.send(Opcode::Pong, frame.payload) {
                     out.errors
                         .record(format!("slow listener: cannot answer a ping: {e}"));
-                    return Next::Stop;
+                    return Next::Stop(Ending::Dropped);
                 }
             }
             Opcode::Pong => {}
@@ -376,7 +474,10 @@ impl SlowListener {
                 // Once ours is out, a 1000 is its answer; anything else is a
                 // close of the server's own (say, 1008) that crossed it.
                 let answer = self.stage == Stage::Closing && code == Some(1000);
-                if !answer {
+                // With --resume, a close while listening is a reason to come
+                // back, counted there, not a failure.
+                let comes_back = self.resume.is_some() && self.stage == Stage::Listening;
+                if !answer && !comes_back {
                     out.closed_by_server = true;
                     out.close_code = code;
                     out.errors.record(format!(
@@ -388,7 +489,7 @@ impl SlowListener {
                     // Answer it; the server drops the TCP connection next.
                     let _ = self.send(Opcode::Close, frame.payload.get(..2).unwrap_or(&[]));
                 }
-                return Next::Stop;
+                return Next::Stop(Ending::Closed(code));
             }
         }
         Next::Read
@@ -410,7 +511,7 @@ impl SlowListener {
     /// answer. Each step takes at most the grace time.
     fn close(mut self, shared: &Shared, listener: &mut Listener, out: &mut SlowOutcome) {
         self.stage = Stage::Draining;
-        if self.read_out(shared, listener, out) == Next::Stop {
+        if matches!(self.read_out(shared, listener, out), Next::Stop(_)) {
             return;
         }
         self.stage = Stage::Closing;
@@ -431,34 +532,48 @@ impl SlowListener {
         let mut buf = vec![0u8; MAX_CHUNK];
         while Instant::now() < deadline {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Next::Stop,
+                Ok(0) => return Next::Stop(Ending::Dropped),
                 Ok(n) => {
                     out.bytes += n as u64;
                     let now = Instant::now();
-                    if self.ingest(&buf[..n], shared, listener, out, now) == Next::Stop {
-                        return Next::Stop;
+                    let next = self.ingest(&buf[..n], shared, listener, out, now);
+                    if next != Next::Read {
+                        return next;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Nothing for a tick: all that had arrived is read.
                 Err(e) if is_transient(&e) && self.stage == Stage::Draining => return Next::Read,
                 Err(e) if is_transient(&e) => {}
-                Err(_) => return Next::Stop,
+                Err(_) => return Next::Stop(Ending::Dropped),
             }
         }
         Next::Read
     }
 }
 
-/// Checks a whole data message like a fast listener does.
+/// Checks a whole data message like a fast listener does; with `--resume`,
+/// the first of each connection is the header, and each after it the room's
+/// next offset.
 fn deliver(
     text: bool,
     data: &[u8],
     shared: &Shared,
     listener: &mut Listener,
+    resumer: Option<&mut Resumer>,
     out: &mut SlowOutcome,
     now: Instant,
 ) {
+    let mut resumer = resumer;
+    if let Some(r) = resumer.as_deref_mut() {
+        if r.awaiting_header() {
+            if let Err(why) = r.on_header(data, &mut out.resume) {
+                out.errors.record(format!("slow listener: {why}"));
+            }
+            return;
+        }
+        r.next_offset();
+    }
     if text {
         out.texts += 1; // greetings: ignored, but counted
         return;
@@ -466,6 +581,15 @@ fn deliver(
     match classify(data, shared) {
         Ok(Payload::Sync) => listener.sync(shared),
         Ok(Payload::Counted { seq, .. }) => {
+            if let Some(r) = resumer {
+                let (counted, numbered) = r.on_counted(seq, now, &mut out.resume);
+                if let Err(why) = numbered {
+                    out.errors.record(format!("slow listener: {why}"));
+                }
+                if let Some(took) = counted.catch_up {
+                    out.catch_ups_ns.push(crate::stats::nanos(took));
+                }
+            }
             let now_ns = shared.ns_since_base(now);
             out.last_delivery_ns = Some(out.last_delivery_ns.map_or(now_ns, |t| t.max(now_ns)));
             let arrival = listener.record(seq);
@@ -540,7 +664,7 @@ mod tests {
     use super::super::SYNC;
     use super::*;
     use std::net::TcpListener;
-    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 
     fn shared(messages: u64, size: usize) -> Shared {
         Shared {
@@ -553,12 +677,17 @@ mod tests {
             concurrency: 1,
             connect_deadline: Instant::now(),
             timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(2),
             sync_target: 1,
             synced: AtomicUsize::new(0),
             send_done_ns: AtomicI64::new(-1),
             abort: AtomicBool::new(false),
             complete: AtomicUsize::new(0),
             server_cpu: None,
+            resume: false,
+            leave_after: None,
+            sent: AtomicU64::new(0),
+            sender_copies: AtomicU64::new(0),
         }
     }
 
@@ -588,6 +717,7 @@ mod tests {
             rx: Vec::new(),
             fragment: None,
             stage: Stage::Listening,
+            resume: None,
         };
         // Five messages are counted; 4 never comes, so only the close ends it.
         let shared = shared(5, 16);
@@ -625,6 +755,68 @@ mod tests {
     }
 
     #[test]
+    fn with_resume_it_reads_the_header_counts_offsets_and_tries_to_come_back() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).unwrap();
+        let (mut peer, _) = server.accept().unwrap();
+        stream.set_read_timeout(Some(TICK)).unwrap();
+        let target = crate::target::resolve(&format!("ws://{addr}/room"), false).unwrap();
+        let slow = SlowListener {
+            stream: SlowStream::Plain(stream),
+            rng: Rng::with_seed(3),
+            rate: 1 << 20,
+            rx: Vec::new(),
+            fragment: None,
+            stage: Stage::Listening,
+            resume: Some((Resumer::new(), target)),
+        };
+        let shared = shared(5, 16);
+        let mut wire = Vec::new();
+        server_frame(
+            &mut wire,
+            0x81,
+            br#"{"epoch":"e1","offset":40,"recovered":false}"#,
+        );
+        server_frame(&mut wire, 0x82, &message(SYNC)); // offset 41
+        server_frame(&mut wire, 0x82, &message(0)); // 42
+        server_frame(&mut wire, 0x82, &message(1)); // 43
+        server_frame(&mut wire, 0x82, &message(3)); // 44: a gap in the room's numbering
+        server_frame(&mut wire, 0x88, &1008u16.to_be_bytes());
+        peer.write_all(&wire).unwrap();
+        // It comes back to the same address, whose second connection never answers: the
+        // attempt fails at the deadline.
+        let started = Instant::now();
+        let out = slow.run(&shared, started + Duration::from_millis(600));
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            (out.delivered, out.texts),
+            (3, 0),
+            "the header is no message"
+        );
+        assert_eq!(out.resume.closed_1008, 1);
+        assert_eq!(out.resume.offset_errors, 1);
+        assert!(out.resume.failed_attempts >= 1, "{:?}", out.resume);
+        // Let go and coming back is no failure by itself; the gap is.
+        assert_eq!((out.closed_by_server, out.close_code), (false, None));
+        assert_eq!(
+            out.errors.first.as_deref(),
+            Some(
+                "slow listener: message 3 came at offset 44, where the messages before it put it at 45"
+            )
+        );
+        // It asked for its position: after offset 44 of epoch e1.
+        let (mut again, _) = server.accept().unwrap();
+        let mut request = vec![0u8; 4096];
+        let n = again.read(&mut request).unwrap();
+        let request = String::from_utf8_lossy(&request[..n]);
+        assert!(
+            request.starts_with("GET /room?resume=e1:44 HTTP/1.1\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
     fn a_close_found_after_the_timeout_is_reported_but_nothing_counted() {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(server.local_addr().unwrap()).unwrap();
@@ -637,6 +829,7 @@ mod tests {
             rx: Vec::new(),
             fragment: None,
             stage: Stage::Listening,
+            resume: None,
         };
         let shared = shared(5, 16);
         let mut wire = Vec::new();
