@@ -3,8 +3,6 @@
 mod support;
 
 use std::io::Write;
-use std::thread;
-use std::time::Duration;
 
 use support::{
     Wsecho, client_frame, connect, local_port, next_data, raw_websocket, read_server_frame,
@@ -55,11 +53,12 @@ fn the_greeting_arrives_once_after_the_delay_with_the_time() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
-    let server = Wsecho::start(&["--greeting-delay", "3s"]);
+    let server = Wsecho::start(&["--greeting-delay", "3s", "--log-level", "trace"]);
     let mut ws = server.connect();
     // A new connection wakes once, a second after its handshake, to settle (settle.rs); the
-    // count starts after that and well before the greeting is due.
-    thread::sleep(Duration::from_millis(2000));
+    // count starts once it has, well before the greeting is due.
+    let port = local_port(&ws);
+    server.wait_for_log(&[&format!(":{port} settled")]);
     let before = connection_thread_switches(server.pid());
     let Message::Text(greeting) = next_data(&mut ws) else {
         panic!("greeting is text")

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log::{debug, info, warn};
+use log::{debug, info, trace, warn};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::Role;
 use tungstenite::protocol::WebSocketContext;
@@ -343,6 +343,7 @@ impl<'a> Client<'a> {
         self.socket.forget_peaks();
         self.broadcasts.frames = Vec::new();
         self.settling.settled(now, grew);
+        trace!("{} settled: quiet, its memory given back", self.peer);
     }
 
     /// The loop stops reading while the client has not taken what it was already sent: its

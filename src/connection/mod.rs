@@ -63,7 +63,7 @@ use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::proxy::protocol::{self, Header, ReadError};
 use crate::proxy::{self, Peer, forwarded};
-use crate::sys::Waker;
+use crate::sys::{NoSigpipe, Waker};
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
 
@@ -262,7 +262,7 @@ pub(crate) fn reject_busy(stream: &TcpStream, refusal: Refusal) {
 pub(crate) fn reject_with(stream: &TcpStream, why: &str) {
     let response = Response::text(BUSY, why).to_bytes(false);
     let _ = stream.set_nonblocking(true);
-    let _ = (&*stream).write(&response);
+    let _ = NoSigpipe(stream).write(&response);
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
@@ -271,7 +271,7 @@ pub(crate) fn reject_with(stream: &TcpStream, why: &str) {
 #[cold]
 #[inline(never)]
 fn refuse_out_of_descriptors(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     error: &io::Error,
@@ -287,7 +287,7 @@ fn refuse_out_of_descriptors(
     shared.metrics.reject("limit");
     let response = Response::text(BUSY, "server busy: out of descriptors");
     let _ = stream.set_nonblocking(true);
-    let _ = stream.write_all(&response.to_bytes(false));
+    let _ = NoSigpipe(&stream).write_all(&response.to_bytes(false));
 }
 
 /// A connection whose upgrade request was accepted; its 101 goes out once it is in its room

@@ -16,7 +16,7 @@
 //! waits for memory to free.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -26,18 +26,13 @@ use crate::connection::boundary::Boundary;
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::outbox::{Inbox, Outbox};
+use crate::frame;
 
 /// Bytes read in one round of the connection's loop, at most. A client that sends faster than
 /// the server handles could otherwise keep its thread reading for ever, and deliveries and
 /// deadlines (pings, timeouts) would wait; past this the read answers "would block", the loop
 /// does its other work, and its next wait returns at once because bytes are waiting.
 pub(super) const MAX_READ_PER_ROUND: usize = 256 * 1024;
-
-/// Frames per `writev` call; more just take another call. The slices live on the thread's
-/// stack, so this is kept small: 16 already makes a burst of small frames cost a sixteenth of
-/// the system calls, and 64 would add a kilobyte to the deepest stack an idle connection
-/// keeps resident.
-const MAX_FRAMES_PER_WRITE: usize = 16;
 
 #[derive(Debug)]
 pub(super) struct Socket {
@@ -254,14 +249,9 @@ impl Socket {
         self.transport.flush_pending()?;
         let mut progress = false;
         while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
-            let mut count = 0;
-            for (slot, queued) in slices.iter_mut().zip(&self.queue) {
-                let skip = if count == 0 { self.written_of_front } else { 0 };
-                *slot = IoSlice::new(&queued.frame[skip..]);
-                count += 1;
-            }
-            let mut n = match self.transport.write_vectored_frames(&slices[..count]) {
+            let frames = self.queue.iter().map(|queued| &queued.frame[..]);
+            let mut n = match frame::write_some(&mut self.transport, frames, self.written_of_front)
+            {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

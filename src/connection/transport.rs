@@ -28,6 +28,7 @@ use std::time::Instant;
 use rustls::ServerConnection;
 
 use crate::http::Conn;
+use crate::sys::NoSigpipe;
 
 /// Encrypted bytes rustls may hold for sending before it refuses more plaintext. 64 KiB keeps
 /// a fast client's socket busy between two wake-ups (four full records); an idle connection
@@ -116,7 +117,7 @@ impl Transport {
     /// Writes as much of `frames` as can go now; `WouldBlock` when nothing can.
     pub(super) fn write_vectored_frames(&mut self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Transport::Plain(tcp) => (&**tcp).write_vectored(frames),
+            Transport::Plain(tcp) => NoSigpipe(tcp).write_vectored(frames),
             #[cfg(feature = "tls")]
             Transport::Tls(tls) => tls.write_frames(frames),
         }
@@ -185,7 +186,7 @@ impl TlsStream {
     fn flush_tls(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
             arm(&self.tcp, self.write_deadline, TcpStream::set_write_timeout)?;
-            match self.tls.write_tls(&mut self.tcp) {
+            match self.tls.write_tls(&mut NoSigpipe(&self.tcp)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -258,6 +259,10 @@ impl Read for TlsStream {
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored_frames(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored_frames(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {

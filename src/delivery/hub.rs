@@ -112,6 +112,10 @@ struct RoomState {
     epoch: Epoch,
     /// The offset of the newest broadcast; 0: none yet in this epoch.
     newest: u64,
+    /// Set when the room is taken out of the hub's map (its last member left, or its
+    /// history expired): a broadcast that found it just before must look again, since a
+    /// newcomer may have made the room anew.
+    gone: bool,
 }
 
 /// The last broadcasts of a room as read elsewhere (a cluster's Redis), with their numbering.
@@ -447,7 +451,8 @@ impl Hub {
             state.resuming.remove(&id);
             state.pending.remove(&id);
             state.forget_stale_history(self.history.ttl);
-            state.is_empty()
+            state.gone = state.is_empty();
+            state.gone
         };
         if gone {
             rooms.remove(&room.name);
@@ -462,9 +467,45 @@ impl Hub {
     /// keeps history. Returns how many connections took them.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn broadcast(&self, room: &str, frames: &[Bytes]) -> usize {
-        match self.room_for(room) {
-            Some(room) => self.broadcast_in(&room, frames),
+        self.in_current_room(room, |room, state| {
+            let batch = room.flow.batch(frames);
+            self.fan_out(state, &batch)
+        })
+    }
+
+    /// Runs `deliver` under the lock of the room named `name` as it is in the map now (made
+    /// if it keeps history). A room found and then taken out of the map before its lock was
+    /// taken is looked up again, so that nothing is delivered to, or kept in, a room nobody
+    /// can join any more. Returns what `deliver` returned, or 0 when there is no such room.
+    fn in_current_room(
+        &self,
+        name: &str,
+        deliver: impl Fn(&Room, &mut RoomState) -> usize,
+    ) -> usize {
+        match self.room_for(name) {
+            Some(room) => self.in_current_room_after(room, name, deliver),
             None => 0,
+        }
+    }
+
+    /// [`Hub::in_current_room`], from `room`, found by its name a moment ago.
+    fn in_current_room_after(
+        &self,
+        mut room: Arc<Room>,
+        name: &str,
+        deliver: impl Fn(&Room, &mut RoomState) -> usize,
+    ) -> usize {
+        loop {
+            {
+                let mut state = room.state();
+                if !state.gone {
+                    return deliver(&room, &mut state);
+                }
+            }
+            match self.room_for(name) {
+                Some(again) => room = again,
+                None => return 0,
+            }
         }
     }
 
@@ -481,16 +522,14 @@ impl Hub {
         offset: u64,
         frame: Bytes,
     ) -> usize {
-        let Some(room) = self.room_for(room) else {
-            return 0;
-        };
         let frames = [frame];
-        let batch = room.flow.batch(&frames);
-        let mut state = room.state();
-        if state.epoch != *epoch || state.newest + 1 != offset {
-            self.renumber(&mut state, epoch.clone(), offset.saturating_sub(1), true);
-        }
-        self.fan_out(&mut state, &batch)
+        self.in_current_room(room, |room, state| {
+            let batch = room.flow.batch(&frames);
+            if state.epoch != *epoch || state.newest + 1 != offset {
+                self.renumber(state, epoch.clone(), offset.saturating_sub(1), true);
+            }
+            self.fan_out(state, &batch)
+        })
     }
 
     /// Hands encoded frames, in order, to every connection of `room`, and keeps them in its
@@ -631,7 +670,8 @@ impl Hub {
         rooms.retain(|_, room| {
             let mut state = room.state();
             state.forget_stale_history(ttl);
-            !state.is_empty()
+            state.gone = state.is_empty();
+            !state.gone
         });
         rooms.len()
     }
@@ -704,6 +744,7 @@ impl RoomState {
             last_broadcast: None,
             epoch: Epoch::fresh(),
             newest: 0,
+            gone: false,
         }
     }
 
@@ -803,6 +844,39 @@ mod tests {
         assert!(frames(&c_in).is_empty(), "another room hears nothing");
         assert_eq!(hub.open_connections(), 2);
         assert!(!hub.wait_until_empty(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_broadcast_that_found_a_room_just_before_it_was_made_anew_reaches_the_new_one() {
+        let history = HistorySettings {
+            len: 5,
+            ttl: Duration::from_secs(60),
+        };
+        let hub = Arc::new(Hub::new(
+            1 << 20,
+            history,
+            Policy::default(),
+            Arc::default(),
+        ));
+        let (first, _, _) = hub.join("r", waker(), false, None);
+        // A cluster's broadcast finds the room...
+        let found = hub.room_for("r").unwrap();
+        // ...and before it takes the room's lock, the last member leaves and a newcomer
+        // makes the room anew.
+        drop(first);
+        let (_newcomer, _, inbox) = hub.join("r", waker(), false, None);
+        let reached = hub.in_current_room_after(found, "r", |room, state| {
+            let frames = [Bytes::from_static(b"late")];
+            hub.fan_out(state, &room.flow.batch(&frames))
+        });
+        assert_eq!(reached, 1, "the newcomer's room got it");
+        assert_eq!(frames(&inbox), [&b"late"[..]]);
+        let (_later, _, later_inbox) = hub.join("r", waker(), false, None);
+        assert_eq!(
+            frames(&later_inbox),
+            [&b"late"[..]],
+            "and keeps it in its history"
+        );
     }
 
     #[test]

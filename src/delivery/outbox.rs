@@ -40,7 +40,7 @@
 //! listener ([`CommonFlow`]). And senders on other instances cannot be paced: under `wait`, a
 //! listener whose backlog passes a larger overflow mark is closed at once too.
 
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,8 +50,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::frame;
 use crate::sync::lock;
-use crate::sys::Waker;
+use crate::sys::{NoSigpipe, Waker};
 
 /// Something for a connection's thread to do.
 #[derive(Debug)]
@@ -319,9 +320,6 @@ struct Direct {
     rest: Option<Bytes>,
 }
 
-/// Frames per `writev` from a broadcasting thread (see `socket.rs` on the same limit).
-const MAX_FRAMES_PER_WRITE: usize = 16;
-
 /// The longest batch of broadcasts written straight into a listener's socket. A few messages
 /// (what a sender at a human pace sends) are quickest written in place; a long batch (a
 /// sender at full speed) is better written by the listener's own thread, in big writes and
@@ -410,14 +408,8 @@ impl Outbox {
         };
         let (mut whole, mut into_next) = (0, 0);
         while whole < frames.len() {
-            let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(&frames[whole..]) {
-                let skip = if count == 0 { into_next } else { 0 };
-                *slot = IoSlice::new(&frame[skip..]);
-                count += 1;
-            }
-            let mut n = match (&*socket).write_vectored(&slices[..count]) {
+            let batch = frames[whole..].iter().map(|frame| &frame[..]);
+            let mut n = match frame::write_some(&mut NoSigpipe(socket), batch, into_next) {
                 Ok(n) if n > 0 => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Full, or failing: the connection's thread finds out which from its queue.

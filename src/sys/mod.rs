@@ -68,7 +68,69 @@ mod backend;
 
 pub(crate) use backend::{BACKEND, FDS_PER_CONNECTION, Waker};
 
+/// Readies waking before the server makes any thread (the Linux backend blocks its wake
+/// signal here, for every thread made after to inherit): call first, on the thread that starts
+/// the server.
+pub(crate) fn prepare_wakers() -> io::Result<()> {
+    backend::prepare()
+}
+
 pub(crate) mod activation;
+
+/// A writer into a TCP socket that never raises `SIGPIPE`: a peer that reset the connection
+/// makes a write fail with `EPIPE`, whatever the process does with the signal. A Rust binary
+/// ignores `SIGPIPE`, but a program embedding the server may keep the signal's default, which
+/// kills the process. Every byte the server writes to a client goes through this.
+///
+/// Linux, Android and the BSDs send with `MSG_NOSIGNAL`; Apple's systems have no such flag
+/// and get `SO_NOSIGPIPE` on the socket ([`no_sigpipe`], when it is accepted); Windows has no
+/// `SIGPIPE`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoSigpipe<'a>(pub(crate) &'a std::net::TcpStream);
+
+impl std::io::Write for NoSigpipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    ))]
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+    }
+
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )))]
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Marks an accepted socket so that writing to it after the peer reset it never raises
+/// `SIGPIPE`, where the system offers that per socket (Apple's `SO_NOSIGPIPE`); elsewhere
+/// [`NoSigpipe`] does it per write.
+pub(crate) fn no_sigpipe(socket: &std::net::TcpStream) -> io::Result<()> {
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    socket2::SockRef::from(socket).set_nosigpipe(true)?;
+    let _ = socket;
+    Ok(())
+}
 
 /// A socket [`wait`] can watch: anything that lends its descriptor (Unix) or its socket handle
 /// (Windows), as std's `TcpStream` and `TcpListener` do.
@@ -333,6 +395,58 @@ mod tests {
         read: false,
         write: false,
     };
+
+    /// Set for the child process of the SIGPIPE test.
+    const SIGPIPE_CHILD: &str = "WSECHO_SIGPIPE_CHILD";
+
+    /// A program that embeds the server with SIGPIPE at its default (a Rust binary ignores
+    /// it; a C host or a test harness may not) is not killed when a client it writes to has
+    /// reset: the write fails instead. Run in a child process, whose death would be the
+    /// failure.
+    #[cfg(unix)]
+    #[test]
+    fn writing_to_a_reset_client_raises_no_sigpipe() {
+        if std::env::var_os(SIGPIPE_CHILD).is_some() {
+            return write_to_a_reset_peer_with_sigpipe_at_its_default();
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sys::tests::writing_to_a_reset_client_raises_no_sigpipe",
+                "--test-threads",
+                "1",
+            ])
+            .env(SIGPIPE_CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child died: {status:?}");
+    }
+
+    #[cfg(unix)]
+    fn write_to_a_reset_peer_with_sigpipe_at_its_default() {
+        use std::io::Write;
+        // SAFETY: restores the default action of one signal, in a process of its own.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer); // a reset
+        let mut failed = 0;
+        for _ in 0..100 {
+            // Vectored, as the server writes: std's plain write sends with MSG_NOSIGNAL
+            // itself, its writev cannot.
+            let frames = [std::io::IoSlice::new(b"fr"), std::io::IoSlice::new(b"ame")];
+            if NoSigpipe(&server_side).write_vectored(&frames).is_err() {
+                failed += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(failed > 0, "every write to a reset peer went through");
+    }
 
     #[test]
     fn the_least_room_for_threads_wins_and_says_which_setting() {

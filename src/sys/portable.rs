@@ -125,6 +125,11 @@ impl Waker {
 }
 
 /// See [`super::wait`].
+/// Nothing to prepare: wake-ups are the poller's own, no signal is involved.
+pub(crate) fn prepare() -> io::Result<()> {
+    Ok(())
+}
+
 pub(super) fn wait<S: Source>(
     socket: Option<&S>,
     interest: Interest,

@@ -9,8 +9,12 @@
 //!
 //! The signal is `SIGURG`: ignored by default, so a stray one can never kill the process (Go's
 //! runtime picks it for the same reason). Its handler does nothing; being interrupted is the
-//! whole message. This backend installs that process-wide handler the first time any thread
-//! waits: a program embedding wsecho should not use `SIGURG` for anything else.
+//! whole message. [`prepare`] installs that process-wide handler and blocks the signal in the
+//! thread that starts the server, before it makes any thread: every thread made after inherits
+//! the blocked signal, so a `SIGURG` sent to the whole process (by `kill`, or a stray one) can
+//! only ever land in a thread asleep in `ppoll`, never interrupt another one's system call. A
+//! program embedding wsecho should not use `SIGURG` for anything else, and should start the
+//! server before it makes threads of its own (or block the signal in them).
 
 use std::cell::Cell;
 use std::io;
@@ -83,6 +87,12 @@ impl Waker {
     fn register(&self, thread: Option<libc::pthread_t>) {
         *crate::sync::lock(&self.waiter) = thread;
     }
+}
+
+/// Installs the wake signal's handler and blocks the signal in the calling thread, whose
+/// threads made from now on inherit the block. See the module's docs.
+pub(crate) fn prepare() -> io::Result<()> {
+    block_wake_signal_in_this_thread().map(|_| ())
 }
 
 /// See [`super::wait`]. It may return early with nothing ready when another signal
@@ -167,11 +177,15 @@ fn block_wake_signal_in_this_thread() -> io::Result<libc::sigset_t> {
     static HANDLER: OnceLock<Result<(), i32>> = OnceLock::new();
     let installed = HANDLER.get_or_init(|| {
         extern "C" fn interrupted(_: libc::c_int) {}
-        // SAFETY: installs an async-signal-safe handler that does nothing. No SA_RESTART:
-        // the point is that the interrupted ppoll returns.
+        // SAFETY: installs an async-signal-safe handler that does nothing. ppoll returns EINTR
+        // when a handler runs, whatever SA_RESTART says (poll-like calls are never restarted),
+        // which is the wake-up. SA_RESTART is for anything else the signal might interrupt:
+        // a thread that did not block it (one an embedding program made before the server)
+        // has its other system calls restarted rather than failed.
         let result = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = interrupted as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut())
         };
