@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
@@ -71,6 +71,8 @@ pub(crate) struct Admission {
     per_address: Option<usize>,
     handshakes_per_address: Option<usize>,
     counts: Mutex<Counts>,
+    /// Signalled whenever a connection ends, for [`Admission::wait_until_none`].
+    ended: Condvar,
     refusals: Mutex<HashMap<(Group, Refusal), Gate>>,
 }
 
@@ -135,8 +137,20 @@ impl Admission {
             per_address,
             handshakes_per_address,
             counts: Mutex::default(),
+            ended: Condvar::new(),
             refusals: Mutex::default(),
         }
+    }
+
+    /// Waits until every admitted connection has ended, handshakes included, or `timeout`
+    /// passes; true if all did. Shutdown waits for these too: a connection accepted just
+    /// before it, still in its handshake, is answered (and, after a restart, told to come
+    /// back) rather than cut off when the process exits.
+    pub(crate) fn wait_until_none(&self, timeout: Duration) -> bool {
+        let counts = crate::sync::wait_while(&self.ended, self.counts(), timeout, |counts| {
+            counts.active > 0
+        });
+        counts.active == 0
     }
 
     /// Connections admitted and not yet ended.
@@ -299,6 +313,8 @@ impl Drop for Ticket {
         if let Some(group) = self.group {
             counts.leave(group, false);
         }
+        drop(counts);
+        self.admission.ended.notify_all();
     }
 }
 

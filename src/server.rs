@@ -177,7 +177,13 @@ pub struct Summary {
 impl Server {
     /// Binds the listening socket and starts the greeting timer. Nothing is accepted until
     /// [`run`](Server::run); a client that connects before is held in the kernel's backlog.
+    ///
+    /// On Linux it blocks `SIGURG`, its threads' wake-up signal, in the calling thread first,
+    /// so that every thread it makes inherits the block: call it before making threads of
+    /// your own, or block `SIGURG` in them (see `sys/ppoll.rs`).
     pub fn bind(config: Config) -> Result<Server, Error> {
+        // Before any thread is made.
+        sys::prepare_wakers().map_err(|e| Error::Io("blocking the wake-up signal", e))?;
         // The files first: a bad certificate is the likelier mistake, and reported before
         // anything else happens.
         #[cfg(feature = "tls")]
@@ -417,7 +423,7 @@ impl Server {
             Notice::Status("stopping: closing every connection"),
         ]);
         drop(self.listeners);
-        let summary = shut_down(&self.shared);
+        let summary = shut_down(&self.shared, &self.admission);
         accepted.map_err(|e| Error::Io("accepting connections", e))?;
         Ok(summary)
     }
@@ -511,6 +517,8 @@ impl Server {
 
     /// Gives an accepted connection its thread, or a 503 when a cap is reached.
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        // Where the system marks sockets rather than writes (Apple's), before any write.
+        let _ = sys::no_sigpipe(&stream);
         // A connection that may come for another client is counted per address once the
         // client is known (connection::handle); until then, by the connection limit only.
         let config = &self.shared.config;
@@ -578,7 +586,7 @@ fn report_panic(peer: Peer, panic: &(dyn std::any::Any + Send)) {
 
 /// Closes every client with 1001 (1012 under socket activation) and waits for them, at most
 /// the close timeout.
-fn shut_down(shared: &Shared) -> Summary {
+fn shut_down(shared: &Shared, admission: &Admission) -> Summary {
     shared.shutting_down.store(true, Ordering::SeqCst);
     let (code, reason) = shared.goodbye;
     let open = shared.hub.close_all(code, reason);
@@ -589,7 +597,10 @@ fn shut_down(shared: &Shared) -> Summary {
     // A client's thread gives the reply close_timeout, then lingers at most that long
     // more to send what is left; a little more covers the threads' own work.
     let wait = shared.config.close_timeout * 2 + Duration::from_millis(500);
+    let until = Instant::now() + wait;
     shared.hub.wait_until_empty(wait);
+    // And for the connections still in their handshake: answered, not cut off by the exit.
+    admission.wait_until_none(until.saturating_duration_since(Instant::now()));
     #[cfg(feature = "cluster")]
     if let Some(cluster) = &shared.cluster {
         cluster.stop();
