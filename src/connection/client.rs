@@ -595,7 +595,11 @@ impl<'a> Client<'a> {
     /// How a completed close handshake ended.
     fn closed(&mut self) -> Ending {
         match (self.closing.by_server.take(), self.closing.by_client.take()) {
-            (Some((ending, _)), _) => ending,
+            // Answered: the client read everything up to the Close, nothing is left to drop.
+            (Some((ending, _)), _) => Ending {
+                reset: false,
+                ..ending
+            },
             (None, Some((code, reason))) => Ending {
                 code,
                 reason,
@@ -717,7 +721,9 @@ impl<'a> Client<'a> {
                 code: ending.code,
                 reason: ending.reason.clone(),
                 how: "no reply to the server's Close in time",
-                reset: false,
+                // A listener let go for falling behind that does not answer is not reading:
+                // what the kernel holds for it is dropped with a reset.
+                reset: ending.reset,
             });
         }
         // Under --slow-listener close, the overflow mark alone lets a listener go: one
@@ -726,7 +732,10 @@ impl<'a> Client<'a> {
             .inbox
             .behind_since()
             .filter(|_| !self.room.flow().common().lets_go());
-        if self.inbox.overflowed() || behind.is_some_and(|since| now >= since + config.send_timeout)
+        if self.inbox.overflowed() && self.room.flow().common().lets_go() {
+            self.let_go();
+        } else if self.inbox.overflowed()
+            || behind.is_some_and(|since| now >= since + config.send_timeout)
         {
             return Err(self.close_too_slow(behind.map_or(Duration::ZERO, |since| now - since)));
         }
@@ -773,9 +782,7 @@ impl<'a> Client<'a> {
         // Its own sends were held back if it was waiting for listeners with input unread.
         let sending = self.pacing.waiting_for_listeners()
             && (self.read_pending || self.socket.input_waiting());
-        let reason = if self.room.flow().common().lets_go() {
-            FELL_BEHIND
-        } else if sending {
+        let reason = if sending {
             TOO_SLOW_WHILE_SENDING
         } else {
             TOO_SLOW
@@ -800,6 +807,36 @@ impl<'a> Client<'a> {
             reason: reason.to_string(),
             how: "too slow, closed by server",
             reset: true,
+        }
+    }
+
+    /// A listener that fell more than the backlog limit behind, under `--slow-listener close`:
+    /// it takes no more broadcasts, what it has not started receiving is dropped, and it gets
+    /// 1008 with a reason that says it can resume. Unlike [`Client::close_too_slow`], its
+    /// reply is waited for, for the close timeout: a listener let go may well be reading, only
+    /// slower than its room, and then it reads what reached it and the 1008 after, and closes
+    /// cleanly. One that does not answer in time is reset.
+    #[cold]
+    #[inline(never)]
+    fn let_go(&mut self) {
+        if self.closing.by_server.is_some() || !self.ws.can_write() {
+            return;
+        }
+        warn!(
+            "{} {FELL_BEHIND}: more than {} bytes queued and not read; closing it",
+            self.peer, self.shared.config.max_backlog
+        );
+        self.inbox.close_intake();
+        self.socket.discard_unsent(&self.inbox);
+        for delivery in self.inbox.drain() {
+            if let Delivery::Frame(frame) = delivery {
+                self.inbox.written(frame.len());
+            }
+        }
+        self.shared.metrics.slow_client_closed();
+        self.start_close(CloseCode::Policy, FELL_BEHIND, "fell behind, let go by server");
+        if let Some((ending, _)) = &mut self.closing.by_server {
+            ending.reset = true;
         }
     }
 

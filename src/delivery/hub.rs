@@ -431,14 +431,16 @@ impl Hub {
         state.history = VecDeque::new();
     }
 
-    /// Every room starts a numbering of its own (a cluster's link to Redis went down): a new
-    /// epoch, with what it kept numbered from 1 in it; resuming clients are closed with 1012.
+    /// Every room starts a numbering of its own (a cluster's link to Redis went down, or came
+    /// back): a new epoch, with what it kept numbered from 1 in it; resuming members are closed
+    /// with 1012. Resuming newcomers still waiting for their history are not: they are
+    /// admitted under the numbering of whatever history they get (Redis's, or this hub's).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn renumber_here(&self) {
         for room in self.all_rooms() {
             let mut state = room.state();
             let kept = std::mem::take(&mut state.history);
-            self.renumber(&mut state, Epoch::fresh(), kept.len() as u64, true);
+            self.renumber(&mut state, Epoch::fresh(), kept.len() as u64, false);
             state.history = kept;
         }
     }
