@@ -79,6 +79,8 @@ pub(crate) struct Admission {
 #[derive(Debug, Default)]
 struct Counts {
     active: usize,
+    /// Of those, the ones whose request has not come yet (all addresses).
+    handshaking: usize,
     by_address: HashMap<Group, PerAddress>,
 }
 
@@ -142,13 +144,21 @@ impl Admission {
         }
     }
 
-    /// Waits until every admitted connection has ended, handshakes included, or `timeout`
-    /// passes; true if all did. Shutdown waits for these too: a connection accepted just
-    /// before it, still in its handshake, is answered (and, after a restart, told to come
-    /// back) rather than cut off when the process exits.
-    pub(crate) fn wait_until_none(&self, timeout: Duration) -> bool {
-        let counts = crate::sync::wait_while(&self.ended, self.counts(), timeout, |counts| {
+    /// Waits until every admitted connection has ended, or `timeout` passes, and those still
+    /// waiting for their request at most `handshake_grace` of it; true if all ended. Shutdown
+    /// waits for these too: a connection accepted just before it is answered (and, after a
+    /// restart, told to come back) rather than cut off when the process exits. A client whose
+    /// request has not come within the grace is not waited for: a slow or idle one cannot hold
+    /// a restart up for its whole handshake timeout.
+    pub(crate) fn wait_until_none(&self, timeout: Duration, handshake_grace: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let everyone = timeout.min(handshake_grace);
+        let counts = crate::sync::wait_while(&self.ended, self.counts(), everyone, |counts| {
             counts.active > 0
+        });
+        let left = until.saturating_duration_since(Instant::now());
+        let counts = crate::sync::wait_while(&self.ended, counts, left, |counts| {
+            counts.active > counts.handshaking
         });
         counts.active == 0
     }
@@ -177,11 +187,13 @@ impl Admission {
                 let refused = self.refusal(&counts, group, true);
                 if refused.is_none() {
                     counts.active += 1;
+                    counts.handshaking += 1;
                     counts.enter(group, true);
                 }
                 refused
             } else {
                 counts.active += 1;
+                counts.handshaking += 1;
                 None
             }
         };
@@ -264,13 +276,16 @@ impl Ticket {
     /// The handshake is over (answered, upgraded or failed): it no longer counts as
     /// unfinished.
     pub(crate) fn handshake_done(&mut self) {
-        if std::mem::take(&mut self.handshaking)
-            && let Some(group) = self.group
-        {
+        if std::mem::take(&mut self.handshaking) {
             let mut counts = self.admission.counts();
-            if let Some(mine) = counts.by_address.get_mut(&group) {
+            counts.handshaking -= 1;
+            if let Some(group) = self.group
+                && let Some(mine) = counts.by_address.get_mut(&group)
+            {
                 mine.handshakes -= 1;
             }
+            drop(counts);
+            self.admission.ended.notify_all();
         }
     }
 

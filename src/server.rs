@@ -75,6 +75,12 @@ const CLUSTER_OVERFLOW_BACKLOGS: usize = 4;
 /// (`Backlog=` in deploy/wsecho.socket).
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// At shutdown, how long a connection accepted but whose request has not come yet is waited
+/// for. A client's request follows its connection within milliseconds; one that has sent
+/// nothing after this is slow or idle, and must not hold a restart up for its whole
+/// `--handshake-timeout` (the next process starts only when this one has exited).
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(500);
+
 /// Under a service manager, how often the accept loop may update the status line `systemctl
 /// status` shows (the connection count): only when the count changed, and only then.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -600,7 +606,10 @@ fn shut_down(shared: &Shared, admission: &Admission) -> Summary {
     let until = Instant::now() + wait;
     shared.hub.wait_until_empty(wait);
     // And for the connections still in their handshake: answered, not cut off by the exit.
-    admission.wait_until_none(until.saturating_duration_since(Instant::now()));
+    admission.wait_until_none(
+        until.saturating_duration_since(Instant::now()),
+        HANDSHAKE_GRACE,
+    );
     #[cfg(feature = "cluster")]
     if let Some(cluster) = &shared.cluster {
         cluster.stop();

@@ -96,3 +96,23 @@ fn sigterm_right_after_the_ready_line_is_a_graceful_shutdown() {
         assert_eq!(status.code(), Some(0), "{status:?}, log:\n{}", server.log());
     }
 }
+
+/// A connection that is open but has sent no request does not hold the shutdown up for its
+/// handshake timeout: under socket activation the next process starts only once this one
+/// has exited, and every client waits meanwhile.
+#[test]
+fn a_client_that_never_sends_its_request_does_not_hold_the_shutdown_up() {
+    // Shutdown waits up to twice the close timeout for connections: 20 s here.
+    let mut server = Wsecho::start(&["--handshake-timeout", "60s", "--close-timeout", "10s"]);
+    let idle = support::raw(server.addr);
+    server.wait_for_log(&["listening on"]);
+    let asked = std::time::Instant::now();
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?} for a request that was never coming",
+        asked.elapsed()
+    );
+    drop(idle);
+}
