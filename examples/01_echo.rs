@@ -8,6 +8,10 @@
 //! The problem it leaves for lesson 2: the thread spends its life blocked in `read`, so it can
 //! only write in answer to its client. Nothing else (a timer, another client) can reach it.
 //!
+//! On Ctrl-C the process dies, and clients see the connection end with no Close frame (1006):
+//! every thread is blocked in `read` or `accept`, and none can write into another's socket
+//! safely (a Close written there could land in the middle of that thread's echo).
+//!
 //! Run: `cargo run --example 01_echo -- 3000`, then `websocat ws://127.0.0.1:3000`.
 
 use std::io::Write;

@@ -12,6 +12,10 @@
 //!
 //! The problem it leaves, kept by lesson 3 and solved by lesson 4: the tick; see [`TICK`].
 //!
+//! On Ctrl-C the process dies, and clients see the connection end with no Close frame (1006):
+//! the threads are blocked in `read` or `accept`, none can write into another's socket safely,
+//! and no thread knows every inbox (the timer drops each one once it has greeted).
+//!
 //! Run: `cargo run --example 02_greeting -- 3000`, then `websocat ws://127.0.0.1:3000`.
 
 use std::io::ErrorKind::{TimedOut, WouldBlock};

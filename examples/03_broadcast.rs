@@ -6,6 +6,10 @@
 //! itself, under the list's lock. The problem it leaves for lesson 4: one slow client holds
 //! everyone up ([`broadcast`]).
 //!
+//! On Ctrl-C the process dies, and clients see the connection end with no Close frame (1006):
+//! the list reaches every socket but not the thread blocked in `read` on it, whose `WebSocket`,
+//! not knowing of a Close written behind its back, would go on sending after it.
+//!
 //! Run: `cargo run --example 03_broadcast -- 3000`, then `websocat ws://127.0.0.1:3000` twice.
 
 use std::io::ErrorKind::{TimedOut, WouldBlock};
