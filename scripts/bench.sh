@@ -11,9 +11,9 @@
 # wsecho and wsload, and hands over to the driver in scripts/bench/, a Python
 # package (3.11 or newer, standard library only): main.py holds the run plan,
 # groups/ a module per group of rows, peers/ the sources of the comparison
-# servers. Every server and client it starts listens on or connects to
-# 127.0.0.1 only, and on exit (normal, error or Ctrl-C) it stops everything
-# it started.
+# servers. Every server it starts listens on 127.0.0.1 only, and every client
+# connects to it there (the storm rows' from 127.0.0.1 to 127.0.0.254); on
+# exit (normal, error or Ctrl-C) it stops everything it started.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)

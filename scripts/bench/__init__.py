@@ -7,7 +7,8 @@
   report.py   number formats, targets, the tables, comparison.tsv, the chart
   peers.py    preparing and starting the servers of --compare (sources in peers/)
   groups/     one module per group of rows: echo, hold, greeting, fanout,
-              burst, never_reader, resume, cluster, tls, rooms, wide, soak
+              wide_fanout, burst, never_reader, resume, storm, cluster, tls,
+              rooms, wide, soak
 
 Python 3.11 or newer, standard library only (the chart's matplotlib lives in a
 virtual environment of its own, in BENCH_CACHE).

@@ -16,10 +16,13 @@ from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
-GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "never-reader", "resume", "cluster", "tls", "rooms",
-          "wide"]
+GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "never-reader", "resume", "storm", "cluster", "tls",
+          "rooms", "wide"]
 
 WARMUP = "1s"
+# The reconnect storm's clients come from 127.0.0.1 to 127.0.0.254, at most 64 from each
+# (wsecho's --max-handshakes-per-ip): groups/storm.py.
+MAX_STORM_CLIENTS = 254 * 64
 PORTABLE_LABEL = "wsecho (portable backend)"
 TLS_LABEL = "wsecho over TLS"
 
@@ -37,6 +40,7 @@ class Options:
     soak_seconds: int = 600
     wide_clients: int = 20000  # BENCH_WIDE_CLIENTS: the clients of the wide row
     wide_fanout_listeners: int = 5000  # BENCH_WIDE_FANOUT_LISTENERS: the wide fan-out row's
+    storm_clients: int = 10000  # BENCH_STORM_CLIENTS: the reconnect storm's clients
     threads: str = "1"
     settle: str = "3s"
     custom: str = ""  # BENCH_SERVER
@@ -73,6 +77,13 @@ class Options:
         if not 1 <= opts.wide_fanout_listeners <= 100000:
             raise Fatal(f"BENCH_WIDE_FANOUT_LISTENERS={opts.wide_fanout_listeners}: give 1 to 100,000 "
                         "(wsload's most listeners)")
+        try:
+            opts.storm_clients = int(env.get("BENCH_STORM_CLIENTS") or 10000)
+        except ValueError:
+            raise Fatal(f"BENCH_STORM_CLIENTS={env['BENCH_STORM_CLIENTS']} is not a number of clients")
+        if not 1 <= opts.storm_clients <= MAX_STORM_CLIENTS:
+            raise Fatal(f"BENCH_STORM_CLIENTS={opts.storm_clients}: give 1 to {MAX_STORM_CLIENTS:,} (64 unfinished "
+                        "handshakes from each of 127.0.0.1 to 127.0.0.254, wsecho's cap per address)")
         opts.threads = env.get("BENCH_THREADS") or "1"
         opts.settle = env.get("BENCH_SETTLE") or "3s"
         opts.custom = env.get("BENCH_SERVER", "")
@@ -129,6 +140,7 @@ class Bench:
     tls_opts: list[str] = field(default_factory=list)  # wsload's --ca and --server-name
     cluster_note: str = ""
     wide_note: str = ""  # the wide row's vm.max_map_count, or why it did not run (groups/wide.py)
+    storm_note: str = ""  # why the storm rows did not run (groups/storm.py)
     soak: Any = None  # the soak's figures (groups/soak.py)
     chart_note: str = ""
     start_load: str = ""  # the load average when the measuring began

@@ -37,6 +37,7 @@ from .groups import (
     resume,
     rooms,
     soak,
+    storm,
     tls,
     wide,
     wide_fanout,
@@ -53,7 +54,7 @@ MEASURE = [
     echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide_fanout.measure_peers,  # --compare
     wide.measure_peers,
     echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, wide_fanout.measure,
-    burst.measure, never_reader.measure, resume.measure, cluster.measure, rooms.measure, wide.measure,
+    burst.measure, never_reader.measure, resume.measure, storm.measure, cluster.measure, rooms.measure, wide.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
     soak.measure,  # --soak
 ]
@@ -76,6 +77,7 @@ def tabulate(b: Bench) -> Report:
     burst.rows(b, r)
     never_reader.rows(b, r)
     resume.rows(b, r)
+    storm.rows(b, r)
     wide.rows(b, r)
     soak.rows(b, r)
     if b.opts.compare:

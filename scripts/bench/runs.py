@@ -57,22 +57,34 @@ class Runs:
         """Runs `wsload ARGS --threads N --json`, keeps its JSON as raw/NAME.json and
         says in one line when there is no result or a check failed; unless QUIET
         (runs repeated many times, such as the soak's), first the command line too."""
+        self.finish(name, self.start(name, *args, quiet=quiet))
+
+    def err_path(self, name: str) -> Path:
+        """Where run NAME's stderr goes."""
+        return self.raw / f"{name}.err"
+
+    def start(self, name: str, *args, quiet: bool = False) -> subprocess.Popen:
+        """Starts run NAME as `run` does, without waiting for it: for a row that acts on
+        the server while wsload runs (the storm's restart). `finish` waits for it."""
         args = [str(a) for a in args]
         if not quiet:
             say(f"{name}: wsload {' '.join(args)}")
-        json_path, err_path = self.raw / f"{name}.json", self.raw / f"{name}.err"
         self._cache.pop(name, None)
-        with open(json_path, "wb") as out, open(err_path, "wb") as err:
-            proc = self.servers.spawn(
+        with open(self.raw / f"{name}.json", "wb") as out, open(self.err_path(name), "wb") as err:
+            return self.servers.spawn(
                 [self.wsload, *args, "--threads", self.threads, "--json"],
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             )
-            try:
-                status = proc.wait(RUN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.servers.stop_process(proc)
-                status = 124  # as timeout(1) reports it
-            self.servers.forget(proc)
+
+    def finish(self, name: str, proc: subprocess.Popen) -> None:
+        """Waits for run NAME (started with `start`) and reports it as `run` does."""
+        json_path, err_path = self.raw / f"{name}.json", self.err_path(name)
+        try:
+            status = proc.wait(RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.servers.stop_process(proc)
+            status = 124  # as timeout(1) reports it
+        self.servers.forget(proc)
         if json_path.stat().st_size == 0:
             say(f"{name}: no result (exit {status}): {last_line(err_path)}")
             json_path.unlink()

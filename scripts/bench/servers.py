@@ -4,8 +4,15 @@ and the wsload clients themselves.
 Every process goes through `Servers.spawn`, which keeps it in a list, so that
 `stop_all` can stop whatever is still running when the driver leaves, be it
 normally, on an error or on Ctrl-C. Every server listens on 127.0.0.1 only:
-wsecho is given `--host 127.0.0.1`, the peers are given 127.0.0.1 in their
-command lines (or, for tungstenite's example, hard-code it).
+wsecho is given `--host 127.0.0.1` (or a listening socket on 127.0.0.1 the
+bench holds, handed over as systemd's socket activation does), the peers are
+given 127.0.0.1 in their command lines (or, for tungstenite's example,
+hard-code it).
+
+wsecho runs as deployed: with GLIBC_TUNABLES=glibc.malloc.tcache_count=0, as
+deploy/wsecho.service and the container image set it (glibc's per-thread
+allocation cache off, which the memory rows measure), unless the environment
+sets GLIBC_TUNABLES already.
 """
 
 from __future__ import annotations
@@ -26,6 +33,14 @@ from pathlib import Path
 # after SIGTERM before it is killed.
 READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
+
+# glibc's setting in deploy/wsecho.service (Environment=) and deploy/Containerfile (ENV).
+DEPLOYED_TUNABLES = ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+
+# Socket activation as systemd does it, from a shell: the listening socket comes in as
+# standard input, moves to descriptor 3, and the shell names its own pid (which exec keeps)
+# before it becomes wsecho ("$0", with its arguments after it).
+ACTIVATE = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" "$@"'
 
 
 def say(text: str) -> None:
@@ -128,16 +143,16 @@ class Servers:
         self.live.append(proc)
         return proc
 
-    def stop_process(self, proc: subprocess.Popen | None) -> int:
-        """SIGTERM, up to 10 s to exit, then SIGKILL; returns its exit status."""
+    def stop_process(self, proc: subprocess.Popen | None, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, up to TIMEOUT_S (10 s) to exit, then SIGKILL; returns its exit status."""
         if proc is None:
             return 0
         if proc.poll() is None:
             try:
                 proc.send_signal(signal.SIGTERM)
-                proc.wait(STOP_TIMEOUT_S)
+                proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                say(f"pid {proc.pid} ignored SIGTERM for 10 s; killing it")
+                say(f"pid {proc.pid} ignored SIGTERM for {timeout_s:g} s; killing it")
                 proc.kill()
                 proc.wait()
             except ProcessLookupError:
@@ -163,11 +178,23 @@ class Servers:
     def start_wsecho(self, binary: Path, label: str, flags: list[str]) -> Server:
         """Starts wsecho on a port of its choosing, on 127.0.0.1, its log off and
         its greeting off unless FLAGS say otherwise; ready once it printed its URL."""
+        return self._start_wsecho([binary], label, flags, subprocess.DEVNULL)
+
+    def start_wsecho_on_socket(self, binary: Path, label: str, flags: list[str], sock: socket.socket) -> Server:
+        """start_wsecho, serving on the listening socket SOCK, which the bench keeps open (as
+        systemd keeps a socket unit's): handed over as descriptor 3 with LISTEN_FDS=1 and
+        LISTEN_PID, so wsecho ignores --host and --port, and closes its clients with 1012 when
+        it stops."""
+        return self._start_wsecho(["sh", "-c", ACTIVATE, binary], label, flags, sock.fileno())
+
+    def _start_wsecho(self, command: list, label: str, flags: list[str], stdin) -> Server:
+        env = dict(os.environ)
+        env.setdefault(*DEPLOYED_TUNABLES)
         with open(self.work / "server.err", "wb") as err:
             proc = self.spawn(
-                [binary, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
+                [*command, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
                  "--greeting-delay", "off", *flags],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, stdin=stdin, env=env,
             )
         fd = proc.stdout.fileno()
         # The server prints exactly one line, its URL, once it is listening.
@@ -202,12 +229,13 @@ class Servers:
             return None
         return server
 
-    def stop(self, server: Server | None, warn: bool = True) -> None:
-        """Stops SERVER; a wsecho that does not exit cleanly on SIGTERM is a
-        warning in results.md (unless not WARN)."""
+    def stop(self, server: Server | None, warn: bool = True, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Stops SERVER (SIGTERM, then SIGKILL after TIMEOUT_S); a wsecho that does not
+        exit cleanly on SIGTERM is a warning in results.md (unless not WARN). Returns its
+        exit status."""
         if server is None:
-            return
-        status = self.stop_process(server.proc)
+            return 0
+        status = self.stop_process(server.proc, timeout_s)
         if server.drain is not None:
             server.drain.join(STOP_TIMEOUT_S)
         if server.proc.stdout is not None:
@@ -215,3 +243,4 @@ class Servers:
         if warn and server.label.startswith("wsecho") and status != 0:
             say(f"warning: {server.label} exited with status {status} on SIGTERM")
             self.warnings.append(f"{server.label} exited with status {status} on SIGTERM. ")
+        return status

@@ -162,6 +162,29 @@ pub struct HoldArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub rooms: Option<u64>,
 
+    /// Spread the connections over N local addresses of 127.0.0.0/8: connection i binds
+    /// 127.0.0.1 + (i mod N) (127.0.0.1, 127.0.0.2, ...) before it connects, for a server that
+    /// caps what one address may do (wsecho --max-handshakes-per-ip, 64 by default). Linux
+    /// answers on all of 127.0.0.0/8; the server's address must be in it too.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_534))]
+    pub source_addresses: Option<u32>,
+
+    /// During the hold, when the server closes a connection (a Close with any code, or the TCP
+    /// connection dropped), open it again, after --jitter: a server restarting on a listening
+    /// socket that is kept open (systemd's socket activation) closes every client with 1012
+    /// and the next process takes them back. The hold then ends once every connection came
+    /// back (at most --hold after all opened); reports how many came back, the attempts that
+    /// were refused, answered 503 or failed otherwise (each is tried again after a backoff),
+    /// the time from the first close to the last one back, and each one's time to come back.
+    /// Once all are open it says so on stderr (a line starting `wsload: hold --reconnect:`).
+    #[arg(long, conflicts_with_all = ["pid", "greeting_delay", "then_echo", "upgrade_together"])]
+    pub reconnect: bool,
+
+    /// With --reconnect: each connection waits a random time between zero and this (full
+    /// jitter) before it comes back [default: 0, all at once].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "reconnect")]
+    pub jitter: Option<Duration>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -434,6 +457,24 @@ mod tests {
         assert!(args.upgrade_together);
         assert_eq!(args.rooms, Some(50));
         assert!(with(&["--rooms", "0"]).is_err());
+    }
+
+    #[test]
+    fn reconnect_options() {
+        let base = ["wsload", "hold", "--url", "ws://127.0.0.1:1"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        assert!(with(&["--jitter", "1s"]).is_err());
+        assert!(with(&["--reconnect", "--pid", "1"]).is_err());
+        assert!(with(&["--reconnect", "--greeting-delay", "1s"]).is_err());
+        assert!(with(&["--source-addresses", "0"]).is_err());
+        assert!(with(&["--source-addresses", "65535"]).is_err());
+        let cli = with(&["--reconnect", "--jitter", "1s", "--source-addresses", "200"]).unwrap();
+        let Command::Hold(args) = cli.command else {
+            panic!("expected hold");
+        };
+        assert!(args.reconnect);
+        assert_eq!(args.jitter, Some(Duration::from_secs(1)));
+        assert_eq!(args.source_addresses, Some(200));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,11 +133,17 @@ const UPGRADES_BETWEEN_READS: usize = 32;
 /// Which server a connection goes to, by its local id (see [`Worker::with_route`]).
 pub type Route = Arc<dyn Fn(usize) -> Arc<Target> + Send + Sync>;
 
+/// Which local address a connection binds before it connects, by its local id (see
+/// [`Worker::bind_sources`]).
+pub type Source = Arc<dyn Fn(usize) -> IpAddr + Send + Sync>;
+
 /// One event-loop thread's worth of connections.
 pub struct Worker {
     target: Arc<Target>,
     /// Other servers for some connections; `None`: every connection goes to `target`.
     route: Option<Route>,
+    /// The local address of each connection; `None`: the system picks it.
+    source: Option<Source>,
     poll: Poll,
     events: Events,
     conns: Vec<Option<Conn>>,
@@ -160,6 +167,7 @@ impl Worker {
         Ok(Worker {
             target,
             route: None,
+            source: None,
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             conns: Vec::new(),
@@ -179,6 +187,13 @@ impl Worker {
         let mut worker = Worker::new(target)?;
         worker.route = Some(route);
         Ok(worker)
+    }
+
+    /// From now on, connection `id` binds the local address `source(id)` (port 0: the system
+    /// picks a port) before it connects, for a server that counts its clients by address
+    /// (`hold --source-addresses`).
+    pub fn bind_sources(&mut self, source: Source) {
+        self.source = Some(source);
     }
 
     /// The server of connection `id`.
@@ -236,6 +251,19 @@ impl Worker {
             {
                 self.remove(id, CloseReason::TimedOut, h);
             }
+        }
+    }
+
+    /// Gives up on connection `id` if it is still connecting or handshaking: it is closed and
+    /// reported to the handler as timed out. An open or closed connection is left as it is.
+    pub fn abandon<H: Handler>(&mut self, id: usize, h: &mut H) {
+        if self
+            .conns
+            .get(id)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.phase.is_starting())
+        {
+            self.remove(id, CloseReason::TimedOut, h);
         }
     }
 
@@ -356,7 +384,12 @@ impl Worker {
 
     /// Starts connecting connection `id`, whose slot is empty.
     fn open_at<H: Handler>(&mut self, id: usize, h: &mut H) {
-        let stream = match TcpStream::connect(self.target_of(id).addr) {
+        let addr = self.target_of(id).addr;
+        let connected = match &self.source {
+            Some(source) => connect_from(source(id), addr),
+            None => TcpStream::connect(addr),
+        };
+        let stream = match connected {
             Ok(s) => s,
             Err(e) => return h.on_close(id, &CloseReason::Connect(e)),
         };
@@ -705,6 +738,34 @@ fn end_of_stream(conn: &Conn) -> CloseReason {
     } else {
         CloseReason::Eof
     }
+}
+
+/// Starts a non-blocking connect to `addr` from the local address `local` (the system picks
+/// the port), as [`TcpStream::connect`] does from whatever address the system picks.
+fn connect_from(local: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&SocketAddr::new(local, 0).into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {local}: {e}")))?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        // The connect goes on; the socket reports its end as writable (or an error).
+        Err(e) if in_progress(&e) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// Whether a non-blocking connect's error only says it goes on: EINPROGRESS on Unix,
+/// WSAEWOULDBLOCK on Windows.
+fn in_progress(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EINPROGRESS) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Whether a non-blocking connect has finished (mio's documented recipe:

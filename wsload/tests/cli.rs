@@ -16,13 +16,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 /// What the test server does with messages.
@@ -787,6 +789,183 @@ fn fanout_resume_against_a_server_without_it_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must be below --messages"), "{err}");
+}
+
+/// A server that restarts: the first `count` connections are closed with 1012 "service
+/// restart" once all of them are open, the `busy` connections after them are answered 503,
+/// and every later one is echoed. Returns its URL and each connection's peer address.
+fn restarting_server(count: usize, busy: usize) -> (String, Arc<Mutex<Vec<SocketAddr>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let peers: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let seen = peers.clone();
+    let open = Arc::new((Mutex::new(0usize), Condvar::new()));
+    thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            seen.lock().unwrap().push(stream.peer_addr().expect("peer"));
+            let open = open.clone();
+            thread::spawn(move || {
+                if n < count {
+                    close_with_1012_once_all_open(stream, &open, count);
+                } else if n < count + busy {
+                    answer_503(stream);
+                } else {
+                    serve(stream, Behaviour::Echo, None, Arc::default());
+                }
+            });
+        }
+    });
+    (url, peers)
+}
+
+/// Opens the WebSocket, waits until `count` are open, closes it with 1012 and completes the
+/// closing handshake.
+fn close_with_1012_once_all_open(stream: TcpStream, open: &(Mutex<usize>, Condvar), count: usize) {
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    let (lock, all_open) = open;
+    let mut n = lock.lock().unwrap();
+    *n += 1;
+    all_open.notify_all();
+    let (_n, _) = all_open
+        .wait_timeout_while(n, Duration::from_secs(10), |n| *n < count)
+        .unwrap();
+    let restart = CloseFrame {
+        code: CloseCode::Restart,
+        reason: "service restart".into(),
+    };
+    let _ = ws.close(Some(restart));
+    while ws.read().is_ok() {}
+}
+
+/// Reads the request head and answers 503, as a server at its limits does.
+fn answer_503(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
+#[test]
+fn hold_reconnect_brings_every_connection_back_from_its_source_address() {
+    let (url, peers) = restarting_server(6, 0);
+    let out = wsload(&[
+        "hold",
+        "--url",
+        &url,
+        "--connections",
+        "6",
+        "--hold",
+        "10s",
+        "--reconnect",
+        "--jitter",
+        "100ms",
+        "--source-addresses",
+        "3",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert!(
+        stderr.contains("wsload: hold --reconnect: 6 of 6 connections open"),
+        "{stderr}"
+    );
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["reconnect_back"], 6, "{r}");
+    assert_eq!(r["reconnect_closed_1012"], 6);
+    assert_eq!(r["reconnect_reconnects"], 6);
+    assert_eq!(r["reconnect_refused"], 0);
+    assert_eq!(r["reconnect_busy"], 0);
+    assert_eq!(r["reconnect_count"], 6);
+    assert_eq!(r["reconnect_jitter_s"], 0.1);
+    assert_eq!(r["dropped"], 0);
+    assert_eq!(r["still_echo"], 6);
+    assert_eq!(r["source_addresses"], 3);
+    // Every connection closes before it comes back, well within the 10 s hold.
+    let all_back = r["reconnect_all_back_s"].as_f64().unwrap();
+    assert!(all_back < 5.0, "{r}");
+    assert!(
+        r["reconnect_max_us"].as_f64().unwrap() <= all_back * 1e6,
+        "{r}"
+    );
+    // Two connections from each address, the second life from the same one as the first.
+    let peers = peers.lock().unwrap();
+    assert_eq!(peers.len(), 12);
+    for k in 1..=3u8 {
+        let from = peers
+            .iter()
+            .filter(|p| p.ip() == IpAddr::from([127, 0, 0, k]));
+        assert_eq!(from.count(), 4, "{peers:?}");
+    }
+}
+
+#[test]
+fn hold_reconnect_counts_503s_and_fails_but_still_gets_everyone_back() {
+    let (url, _) = restarting_server(4, 2);
+    let (code, r) = wsload_json(&[
+        "hold",
+        "--url",
+        &url,
+        "--connections",
+        "4",
+        "--hold",
+        "10s",
+        "--reconnect",
+    ]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["reconnect_back"], 4, "{r}");
+    assert_eq!(r["reconnect_busy"], 2);
+    assert_eq!(r["reconnect_refused"], 0);
+    assert_eq!(r["reconnect_failed"], 0);
+    assert_eq!(r["still_echo"], 4);
+    let first = r["reconnect_first_failure"].as_str().unwrap();
+    assert!(first.contains("503"), "{first}");
+}
+
+#[test]
+fn hold_reconnect_counts_what_never_came_back() {
+    // A server that closes every connection with 1012 and then is gone: refused, over and
+    // over, until the hold ends.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    thread::spawn(move || {
+        let open = (Mutex::new(0usize), Condvar::new());
+        let streams: Vec<TcpStream> = listener.incoming().take(2).flatten().collect();
+        drop(listener);
+        thread::scope(|s| {
+            for stream in streams {
+                let open = &open;
+                s.spawn(move || close_with_1012_once_all_open(stream, open, 2));
+            }
+        });
+    });
+    let (code, r) = wsload_json(&[
+        "hold",
+        "--url",
+        &url,
+        "--connections",
+        "2",
+        "--hold",
+        "1s",
+        "--reconnect",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["reconnect_back"], 0, "{r}");
+    assert_eq!(r["reconnect_closed_1012"], 2);
+    assert!(r["reconnect_refused"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(r["reconnect_all_back_s"], Value::Null);
+    assert_eq!(r["still_echo"], 0);
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //! never does, when wsload gives up on it: what the sending cost the server,
 //! without the connections' opening or closing.
 
-mod resume;
+// The backoff of a comeback that failed is hold --reconnect's too.
+pub(super) mod resume;
 mod slow;
 
 use super::{Errors, Report, ensure_opened, on_workers, row, verdict};

@@ -17,15 +17,24 @@
 //! own end of every connection (a socket and an epoll entry, the same
 //! whatever the server), and anything else that allocates kernel memory
 //! during the run. The reclaimable part of `Slab` is reported apart.
+//!
+//! With `--reconnect` the hold is a server restart instead (`hold/reconnect.rs`): connections
+//! the server closes come back, and the report says how many, how fast, and what was refused.
 
-use super::{Errors, Report, ensure_opened, on_workers, room_workers, row, verdict};
+mod reconnect;
+
+use super::{
+    Errors, Report, ensure_opened, on_workers, room_workers, row, spread_sources, verdict,
+};
 use crate::cli::HoldArgs;
 use crate::conn::{Conn, MessageKind};
+use crate::rng::Rng;
 use crate::stats::{self, Summary};
 use crate::sys::{self, KernelMemory};
 use crate::target::{self, Target};
 use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Result, bail};
+use reconnect::{ReconnectReport, Storm};
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -107,6 +116,8 @@ struct HoldHandler {
     /// Binary messages nobody asked for, or wrong probe echoes.
     bad_messages: Errors,
     last_open: Option<Instant>,
+    /// `--reconnect`: the connections' comings and goings.
+    storm: Option<Storm>,
 }
 
 impl HoldHandler {
@@ -133,6 +144,7 @@ impl HoldHandler {
             connect_failures: Errors::default(),
             bad_messages: Errors::default(),
             last_open: None,
+            storm: None,
         }
     }
 
@@ -164,6 +176,12 @@ fn message(gid: usize, size: usize) -> Vec<u8> {
 
 impl Handler for HoldHandler {
     fn on_open(&mut self, id: usize, _conn: &mut Conn, now: Instant) {
+        if let Some(storm) = self.storm.as_mut()
+            && storm.is_connecting(id)
+        {
+            storm.reopened(id, now);
+            return;
+        }
         self.opened_at[id] = Some(now);
         self.last_open = Some(now);
         self.opened += 1;
@@ -210,6 +228,16 @@ impl Handler for HoldHandler {
 
     fn on_close(&mut self, id: usize, reason: &CloseReason) {
         let gid = self.global_id(id);
+        if let Some(storm) = self.storm.as_mut() {
+            let now = Instant::now();
+            match (storm.is_connecting(id), storm.active) {
+                (true, true) => return storm.failed(id, gid, reason, now),
+                // Given up at the end of the hold: it never came back, which the report says.
+                (true, false) => return,
+                (false, true) if !reason.before_open() => return storm.closed(id, reason, now),
+                _ => {}
+            }
+        }
         if reason.before_open() {
             self.connect_failures
                 .record(format!("connection {gid}: {reason}"));
@@ -256,6 +284,10 @@ struct Plan {
     /// Connections whose upgrade request waits for its end, summed over the
     /// workers.
     waiting: AtomicUsize,
+    /// `--reconnect`: the pause before coming back (`--jitter`), and each attempt's timeout.
+    reconnect: Option<(Duration, Duration)>,
+    /// Connections open after the connect phase, summed over the workers.
+    opened: AtomicUsize,
 }
 
 /// Runs one worker thread through the phases, meeting the main thread at
@@ -274,6 +306,14 @@ fn run_worker(
     barrier: &Barrier,
 ) -> Result<HoldHandler> {
     let mut h = HoldHandler::new(thread, plan.threads, count, plan.then_echo.unwrap_or(0));
+    if let Some((jitter, attempt_timeout)) = plan.reconnect {
+        h.storm = Some(Storm::new(
+            count,
+            jitter,
+            attempt_timeout,
+            Rng::from_entropy(),
+        ));
+    }
     let per_thread = plan.concurrency.div_ceil(plan.threads);
     if plan.upgrade_together {
         worker.defer_upgrades();
@@ -287,10 +327,15 @@ fn run_worker(
             status = worker.upgrade_waiting(plan.connect_deadline, &mut h);
         }
     }
+    plan.opened.fetch_add(h.opened, Ordering::AcqRel);
     barrier.wait();
     let idle_until = Instant::now() + plan.hold;
     if status.is_ok() {
-        status = worker.run_until(idle_until, &mut h);
+        status = if h.storm.is_some() {
+            ride_out(&mut worker, &mut h, idle_until)
+        } else {
+            worker.run_until(idle_until, &mut h)
+        };
     }
     barrier.wait();
     if let Some(wait) = plan.greeting_wait {
@@ -329,6 +374,37 @@ fn run_worker(
     worker.run_until(Instant::now() + VERIFY_TIMEOUT, &mut h)?;
     worker.close_all(CLOSE_GRACE)?;
     Ok(h)
+}
+
+/// `--reconnect`'s hold: handles events, and brings back the connections the server closed,
+/// until every connection came back or `until`. Attempts still under way then are given up:
+/// those connections never came back.
+fn ride_out(worker: &mut Worker, h: &mut HoldHandler, until: Instant) -> std::io::Result<()> {
+    let opened = h.opened;
+    fn storm(h: &mut HoldHandler) -> &mut Storm {
+        h.storm.as_mut().expect("ride_out runs with --reconnect")
+    }
+    loop {
+        let now = Instant::now();
+        for id in storm(h).take_expired(now) {
+            // Reported to the handler as timed out: a failed attempt, tried again.
+            worker.abandon(id, h);
+        }
+        for id in storm(h).take_due(now) {
+            // Reports a connect that fails at once to the handler, as a failed attempt.
+            worker.reopen(id, h);
+        }
+        if storm(h).all_back(opened) || now >= until {
+            break;
+        }
+        let wake = storm(h).next_event().map_or(until, |t| t.min(until));
+        worker.poll_once(Some(wake.saturating_duration_since(now)), h)?;
+    }
+    storm(h).active = false;
+    for id in storm(h).connecting() {
+        worker.abandon(id, h);
+    }
+    Ok(())
 }
 
 /// Has every open connection send its `--then-echo` message and read the
@@ -516,6 +592,10 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         after_window: settle + SAMPLE_EVERY * SAMPLES as u32,
         upgrade_together: args.upgrade_together,
         waiting: AtomicUsize::new(0),
+        reconnect: args
+            .reconnect
+            .then(|| (args.jitter.unwrap_or_default(), args.common.connect_timeout)),
+        opened: AtomicUsize::new(0),
     };
     let rss_before = args.pid.map(sys::rss_bytes).transpose()?;
     let fds_before = args.pid.map(sys::open_fds).transpose()?;
@@ -525,7 +605,10 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         Some(_) => KernelFigures::of(&kernel_samples(SAMPLES, SAMPLE_EVERY / 2)),
         None => None,
     };
-    let workers = room_workers(&target, args.rooms, threads)?;
+    let mut workers = room_workers(&target, args.rooms, threads)?;
+    if let Some(count) = args.source_addresses {
+        spread_sources(&mut workers, &target, count)?;
+    }
     // The workers plus this thread, which takes the server's figures.
     let barrier = Barrier::new(threads + 1);
     let started = Instant::now();
@@ -554,6 +637,15 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
             });
             barrier.wait();
             let open_s = started.elapsed().as_secs_f64();
+            if args.reconnect {
+                // For a script that restarts the server once every connection is open.
+                eprintln!(
+                    "wsload: hold --reconnect: {} of {connections} connections open; waiting up \
+                     to {:?} for the server to close them and for them to come back",
+                    plan.opened.load(Ordering::Acquire),
+                    args.hold
+                );
+            }
             let fresh = args.pid.map(|pid| -> Result<ServerFigures> {
                 let fds_after = sys::open_fds(pid)?;
                 let opened_at = started + Duration::from_secs_f64(open_s);
@@ -589,7 +681,8 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
                     cpu_end: sys::cpu_seconds(pid)?,
                 })
             });
-            if args.pid.is_none() {
+            // With --reconnect the workers end the window when every connection is back.
+            if args.pid.is_none() && !args.reconnect {
                 thread::sleep(args.hold);
             }
             barrier.wait();
@@ -605,7 +698,8 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
             }
         });
 
-    let handlers = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut handlers = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let storms: Vec<Storm> = handlers.iter_mut().filter_map(|h| h.storm.take()).collect();
     let open_s = measured.open_s;
     let accepted = measured.accepted.transpose()?;
     let server = measured.fresh.transpose()?;
@@ -622,6 +716,7 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         upgrade_together: args.upgrade_together,
         accepted_before_upgrade: accepted,
         rooms: args.rooms,
+        source_addresses: args.source_addresses,
         hold_s: args.hold.as_secs_f64(),
         pid: args.pid,
         rss_before_kib: rss_before.map(|b| b / 1024),
@@ -661,6 +756,9 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
         connect_failures: 0,
         dropped: 0,
         bad_messages: 0,
+        reconnect: args
+            .reconnect
+            .then(|| ReconnectReport::new(&storms, args.jitter.unwrap_or_default())),
         first_error: None,
         ok: false,
     };
@@ -756,14 +854,23 @@ pub fn run(args: &HoldArgs) -> Result<HoldReport> {
     report.connect_failures = failures.count;
     report.dropped = dropped.count;
     report.bad_messages = bad.count;
-    report.first_error = failures.first.or(dropped.first).or(bad.first);
+    report.first_error = failures.first.or(dropped.first).or(bad.first).or_else(|| {
+        report
+            .reconnect
+            .as_ref()
+            .and_then(|r| r.reconnect_first_failure.clone())
+    });
     ensure_opened(report.opened, &target.url, report.first_error.as_deref())?;
     report.ok = report.opened == connections
         && report.still_echo == connections
         && report.dropped == 0
         && report.bad_messages == 0
         && (args.greeting_delay.is_none() || report.greetings == connections)
-        && (args.then_echo.is_none() || report.then_echoed == connections);
+        && (args.then_echo.is_none() || report.then_echoed == connections)
+        && report
+            .reconnect
+            .as_ref()
+            .is_none_or(|r| r.passed(args.connections));
     Ok(report)
 }
 
@@ -810,6 +917,9 @@ pub struct HoldReport {
     pub accepted_before_upgrade: Option<bool>,
     /// --rooms: the connections were spread over this many rooms.
     pub rooms: Option<u64>,
+    /// --source-addresses: the connections were spread over this many local addresses,
+    /// 127.0.0.1 on.
+    pub source_addresses: Option<u32>,
     pub hold_s: f64,
     pub pid: Option<u32>,
     pub rss_before_kib: Option<u64>,
@@ -876,6 +986,10 @@ pub struct HoldReport {
     /// Connections lost after they had opened.
     pub dropped: u64,
     pub bad_messages: u64,
+    /// With --reconnect: the comings and goings, as `reconnect_*` fields beside these. The
+    /// server's closes during the hold are counted there, not as dropped.
+    #[serde(flatten)]
+    pub reconnect: Option<ReconnectReport>,
     pub first_error: Option<String>,
     pub ok: bool,
 }
@@ -886,10 +1000,18 @@ impl Report for HoldReport {
     }
 
     fn print_human(&self) {
-        println!(
-            "hold {}: {} connections held idle for {:.1} s, {} thread(s)",
-            self.url, self.connections, self.hold_s, self.threads
-        );
+        if self.reconnect.is_some() {
+            println!(
+                "hold {}: {} connections, brought back when the server closed them (for at \
+                 most {:.1} s once all were open), {} thread(s)",
+                self.url, self.connections, self.hold_s, self.threads
+            );
+        } else {
+            println!(
+                "hold {}: {} connections held idle for {:.1} s, {} thread(s)",
+                self.url, self.connections, self.hold_s, self.threads
+            );
+        }
         let within = self.opened_within_s.map_or(String::new(), |s| {
             format!(", handshakes completed within {s:.2} s")
         });
@@ -909,6 +1031,16 @@ impl Report for HoldReport {
             row(
                 "rooms",
                 format!("{rooms}, connection i in room i mod {rooms}"),
+            );
+        }
+        if let Some(count) = self.source_addresses {
+            row(
+                "sources",
+                format!(
+                    "{count} local address(es), {} to {}, in turn",
+                    super::source_address(0),
+                    super::source_address(count - 1)
+                ),
             );
         }
         if let (Some(before), Some(after)) = (self.rss_before_kib, self.rss_after_kib) {
@@ -1015,6 +1147,11 @@ impl Report for HoldReport {
             row("lateness", lateness.line());
         } else {
             row("text msgs", self.text_messages);
+        }
+        if let Some(reconnect) = &self.reconnect {
+            for (label, line) in reconnect.lines(self.connections) {
+                row(label, line);
+            }
         }
         row(
             "still echo",

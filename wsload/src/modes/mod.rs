@@ -7,9 +7,10 @@ pub mod wait;
 
 use crate::target::Target;
 use crate::worker::Worker;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::thread;
 
@@ -79,6 +80,37 @@ pub fn room_workers(
             Worker::with_route(target.clone(), Arc::new(route))
         })
         .collect()
+}
+
+/// The first local address `--source-addresses` spreads connections over; the k-th is this
+/// plus k.
+const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+/// The k-th of the local addresses (k from 0): 127.0.0.1, 127.0.0.2, ..., 127.0.1.0, ...
+pub fn source_address(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(FIRST_SOURCE) + k)
+}
+
+/// Binds the connections of `workers` (one per thread, as [`on_workers`] runs them) to `count`
+/// local addresses of 127.0.0.0/8 in turn: connection gid (see [`on_workers`] on how ids map)
+/// to the (gid mod count)-th. The server must be on 127.0.0.0/8 too, as a socket bound to a
+/// loopback address can reach no other.
+pub fn spread_sources(workers: &mut [Worker], target: &Target, count: u32) -> Result<()> {
+    if !matches!(target.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+        bail!(
+            "--source-addresses binds 127.0.0.0/8 addresses, which reach only a server on              127.0.0.0/8, and {} is not there",
+            target.addr.ip()
+        );
+    }
+    let threads = workers.len();
+    for (t, worker) in workers.iter_mut().enumerate() {
+        let source = move |id: usize| {
+            let k = (t + id * threads) % count as usize;
+            IpAddr::V4(source_address(k as u32))
+        };
+        worker.bind_sources(Arc::new(source));
+    }
+    Ok(())
 }
 
 /// `target` with `/room-N` added to its path.
@@ -156,6 +188,23 @@ mod tests {
         assert_eq!(in_room(&target, 3).path, "/soak/room-3");
         let root = crate::target::resolve("ws://127.0.0.1:9/", false).unwrap();
         assert_eq!(in_room(&root, 0).path, "/room-0");
+    }
+
+    #[test]
+    fn source_addresses_count_up_from_127_0_0_1() {
+        assert_eq!(source_address(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_address(199), Ipv4Addr::new(127, 0, 0, 200));
+        assert_eq!(source_address(255), Ipv4Addr::new(127, 0, 1, 0));
+        assert_eq!(source_address(65_533), Ipv4Addr::new(127, 0, 255, 254));
+    }
+
+    #[test]
+    fn sources_need_a_server_on_127() {
+        let v6 = crate::target::resolve("ws://[::1]:9/", false).unwrap();
+        let mut workers = vec![Worker::new(Arc::new(v6.clone())).unwrap()];
+        assert!(spread_sources(&mut workers, &v6, 2).is_err());
+        let v4 = crate::target::resolve("ws://127.0.0.9:9/", false).unwrap();
+        assert!(spread_sources(&mut workers, &v4, 2).is_ok());
     }
 
     #[test]
