@@ -370,3 +370,42 @@ fn a_listener_that_never_reads_is_let_go_at_once_and_delays_nobody() {
             .contains("paused: a listener of its room is behind")
     );
 }
+
+#[test]
+fn at_the_memory_ceiling_the_listener_furthest_behind_goes_before_any_sender_waits() {
+    // The backlog limit is out of reach: only the memory ceiling can stop anyone here.
+    let server = Wsecho::start(&[
+        "--broadcast",
+        "--greeting-delay",
+        "off",
+        "--max-memory",
+        "8MiB",
+        "--max-message-size",
+        "64KiB",
+        "--max-backlog",
+        "1GiB",
+    ]);
+    // 1,000 messages of 32 KiB: 31 MiB, four times the ceiling, past what the stalled
+    // listener's kernel buffers take.
+    let (count, size) = (1000, 32 << 10);
+    let stalled = raw_websocket(server.addr);
+    let stalled_port = stalled.local_addr().unwrap().port();
+    let reader = raw_websocket(server.addr);
+    server.wait_for_log(&[&format!(":{stalled_port} connected")]);
+    let reading = thread::spawn(move || read_in_order(reader, count, size, None));
+    let sender = full_speed_sender(&server, count, size);
+    assert_eq!(
+        reading.join().unwrap().0,
+        count,
+        "the reader got everything"
+    );
+    assert_eq!(
+        sender.join().unwrap().0,
+        count,
+        "the sender heard all its own"
+    );
+    server.wait_for_log(&[&format!(":{stalled_port} too slow: fell behind its room")]);
+    // Nobody waited for memory until its stall timeout: no 1013.
+    assert!(!server.log().contains("code 1013"), "{}", server.log());
+    drop(stalled);
+}
