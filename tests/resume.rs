@@ -423,3 +423,37 @@ fn a_redis_outage_changes_the_epoch_and_resuming_clients_are_told_both_ways() {
     assert_ne!(back.epoch, local.epoch);
     assert!(!back.recovered);
 }
+
+#[cfg(feature = "cluster")]
+#[test]
+fn in_a_cluster_a_position_ahead_of_all_heard_is_held_for_what_may_come() {
+    let redis = redis_server::RedisServer::start(&[]);
+    let mut args: Vec<&str> = BASE.to_vec();
+    args.extend(["--redis", &redis.url, "--redis-channel", &redis.channel]);
+    let server = Wsecho::start(&args);
+    server.wait_for_log(&["redis link up: subscribed to channel"]);
+    let (mut first, header) = resume(&server.url, None);
+    send_numbered(server.addr, 0, 3).join().unwrap();
+    assert_eq!(read_numbered_until(&mut first, 0, 3), 3);
+    // Offset 50 may be a message another instance sent and this one has not heard of yet:
+    // it is held (about a second), then told it cannot be vouched for.
+    let asked = std::time::Instant::now();
+    let (mut ahead, told) = resume(&server.url, Some((&header.epoch, 50)));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "not held: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!((told.offset, told.recovered), (3, false));
+    send_numbered(server.addr, 3, 1).join().unwrap();
+    assert_eq!(next_data(&mut ahead), Message::text("3"), "live from there");
+    // One just ahead, whose message comes while it is held, is recovered.
+    let url = server.url.clone();
+    let epoch = header.epoch.clone();
+    let held = thread::spawn(move || resume(&url, Some((&epoch, 5))));
+    server.wait_for_log(&[&format!("resuming after {}:5", header.epoch)]);
+    send_numbered(server.addr, 4, 2).join().unwrap();
+    let (mut caught, told) = held.join().unwrap();
+    assert_eq!((told.offset, told.recovered), (5, true));
+    assert_eq!(next_data(&mut caught), Message::text("5"));
+}
