@@ -488,7 +488,11 @@ impl<'a> Client<'a> {
             return ending;
         }
         self.draining = true;
-        let _ = self.read_messages();
+        // Round after round (each bounded) until the kernel has nothing more, or the
+        // connection's own end. The last round's short read proves nothing here: the client
+        // may have sent more between it and the moment it went.
+        self.socket.read_again();
+        while self.read_messages().is_ok() && self.socket.read_again() {}
         ending
     }
 

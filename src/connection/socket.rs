@@ -172,6 +172,16 @@ impl Socket {
         self.read_this_round = 0;
     }
 
+    /// Reads to the end, for a connection that broke: forgets that the last read was short
+    /// (the peer may have sent more since, right before it went), so that the next read asks
+    /// the kernel. Returns whether the last round stopped at its size limit, with more to read.
+    pub(super) fn read_again(&mut self) -> bool {
+        self.drained = false;
+        let exhausted = self.read_this_round >= MAX_READ_PER_ROUND;
+        self.read_this_round = 0;
+        exhausted
+    }
+
     /// Bytes of the message now arriving that were read so far (an upper bound: a read may
     /// also hold the start of the next message).
     pub(super) fn in_progress(&self) -> usize {
