@@ -816,6 +816,17 @@ mod tests {
         Waker::try_new().unwrap()
     }
 
+    /// A hub whose rooms keep their last `len` broadcasts for `ttl`.
+    fn hub_keeping(len: usize, ttl: Duration) -> Arc<Hub> {
+        let history = HistorySettings { len, ttl };
+        Arc::new(Hub::new(
+            1 << 20,
+            history,
+            Policy::default(),
+            Arc::default(),
+        ))
+    }
+
     fn frames(inbox: &Inbox) -> Vec<Bytes> {
         inbox
             .drain()
@@ -850,16 +861,7 @@ mod tests {
 
     #[test]
     fn a_broadcast_that_found_a_room_just_before_it_was_made_anew_reaches_the_new_one() {
-        let history = HistorySettings {
-            len: 5,
-            ttl: Duration::from_secs(60),
-        };
-        let hub = Arc::new(Hub::new(
-            1 << 20,
-            history,
-            Policy::default(),
-            Arc::default(),
-        ));
+        let hub = hub_keeping(5, Duration::from_secs(60));
         let (first, _, _) = hub.join("r", waker(), false, None);
         // A cluster's broadcast finds the room...
         let found = hub.room_for("r").unwrap();
@@ -899,16 +901,7 @@ mod tests {
 
     #[test]
     fn a_newcomer_gets_the_last_n_broadcasts_first_and_then_the_live_ones() {
-        let history = HistorySettings {
-            len: 2,
-            ttl: Duration::from_secs(60),
-        };
-        let hub = Arc::new(Hub::new(
-            1 << 20,
-            history,
-            Policy::default(),
-            Arc::default(),
-        ));
+        let hub = hub_keeping(2, Duration::from_secs(60));
         for text in ["1", "2", "3"] {
             hub.broadcast("r", &[Bytes::from(text)]);
         }
@@ -922,16 +915,7 @@ mod tests {
 
     #[test]
     fn history_expires_and_its_room_goes() {
-        let history = HistorySettings {
-            len: 5,
-            ttl: Duration::ZERO,
-        };
-        let hub = Arc::new(Hub::new(
-            1 << 20,
-            history,
-            Policy::default(),
-            Arc::default(),
-        ));
+        let hub = hub_keeping(5, Duration::ZERO);
         hub.broadcast("r", &[Bytes::from_static(b"old")]);
         assert_eq!(hub.rooms_open(), 0);
         let (_member, _, inbox) = hub.join("r", waker(), false, None);
@@ -940,16 +924,7 @@ mod tests {
 
     #[test]
     fn a_newcomer_waiting_for_history_from_elsewhere_gets_it_then_what_came_after_its_mark() {
-        let history = HistorySettings {
-            len: 2,
-            ttl: Duration::from_secs(60),
-        };
-        let hub = Arc::new(Hub::new(
-            1 << 20,
-            history,
-            Policy::default(),
-            Arc::default(),
-        ));
+        let hub = hub_keeping(2, Duration::from_secs(60));
         let (member, _, inbox) = hub.join("r", waker(), true, None);
         let id = member.id;
         hub.broadcast("r", &[Bytes::from_static(b"before the mark")]);
@@ -973,16 +948,7 @@ mod tests {
 
     #[test]
     fn pending_newcomers_get_the_local_history_when_the_other_will_not_come() {
-        let history = HistorySettings {
-            len: 5,
-            ttl: Duration::from_secs(60),
-        };
-        let hub = Arc::new(Hub::new(
-            1 << 20,
-            history,
-            Policy::default(),
-            Arc::default(),
-        ));
+        let hub = hub_keeping(5, Duration::from_secs(60));
         hub.broadcast("r", &[Bytes::from_static(b"heard here")]);
         let (_member, _, inbox) = hub.join("r", waker(), true, None);
         assert_eq!(hub.open_connections(), 1);
