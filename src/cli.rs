@@ -184,6 +184,13 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) proxy_protocol: bool,
 
+    /// Turn off the test controls: the query keys close, reset, delay, fragment, send, ping
+    /// and whoami, with which a client asks its own connection to misbehave (for testing
+    /// clients and proxies; see docs/testing-clients.md), and GET /echo. They are on by
+    /// default, for local testing; a public deployment should turn them off.
+    #[arg(long)]
+    pub(crate) no_test_controls: bool,
+
     /// Join a cluster of instances through this Redis, like `redis://:PASSWORD@HOST:6379/0`
     /// (`rediss://` for TLS). Every client of every instance then gets every broadcast. Needs
     /// --broadcast. Prefer REDIS_URL for a password: the command line is visible to others.
@@ -301,6 +308,7 @@ impl Args {
             cluster,
             trusted_proxies: self.trusted_proxies.clone(),
             proxy_protocol: self.proxy_protocol,
+            test_controls: !self.no_test_controls,
             panic_on_message: None,
         })
     }
@@ -566,6 +574,12 @@ mod tests {
         assert!(defaults.trusted_proxies.is_empty() && !defaults.proxy_protocol);
         let error = parse(&["--trusted-proxy", "nginx"]).unwrap_err();
         assert!(error.contains("expected an address or a range"), "{error}");
+    }
+
+    #[test]
+    fn test_controls_are_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().test_controls);
+        assert!(!parse(&["--no-test-controls"]).unwrap().test_controls);
     }
 
     #[test]

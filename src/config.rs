@@ -351,6 +351,10 @@ pub struct Config {
     /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client;
     /// a connection without one is closed.
     pub proxy_protocol: bool,
+    /// Test controls (`?close=`, `?whoami`, ... in a client's URL, see `http/controls.rs`):
+    /// on for local testing, off for a public deployment (`--no-test-controls`). Off, the
+    /// query is ignored as before and `GET /echo` is 404.
+    pub test_controls: bool,
     /// Test hook: a text message equal to this makes the connection's thread panic, to show that
     /// a panic in one connection is logged and the server goes on. Never set by the command line.
     #[doc(hidden)]
@@ -392,6 +396,7 @@ impl Default for Config {
             cluster: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            test_controls: true,
             panic_on_message: None,
         }
     }

@@ -16,8 +16,8 @@ pub(crate) const OPCODE_TEXT: u8 = 0x1;
 pub(crate) const OPCODE_BINARY: u8 = 0x2;
 const FIRST_CONTROL_OPCODE: u8 = 0x8;
 
-/// The FIN bit of byte 0: this frame ends its message. The server never fragments what it
-/// sends.
+/// The FIN bit of byte 0: this frame ends its message. The server fragments what it sends
+/// only for the `fragment` test control.
 const FIN: u8 = 0x80;
 /// The three RSV bits of byte 0, for extensions; none is negotiated here.
 const RSV: u8 = 0x70;
@@ -48,22 +48,61 @@ pub(crate) fn binary(payload: &[u8]) -> Vec<u8> {
 }
 
 fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
     // No mask key: a server's header is at most 10 bytes.
-    let mut frame = Vec::with_capacity(MAX_HEADER - MASK_KEY + len);
-    frame.push(FIN | opcode);
+    let mut frame = Vec::with_capacity(MAX_HEADER - MASK_KEY + payload.len());
+    append(&mut frame, true, opcode, payload);
+    frame
+}
+
+/// Appends one unmasked frame to `out`.
+fn append(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.push(if fin { FIN } else { 0 } | opcode);
     // The payload length takes 7 bits, or 7 + 16, or 7 + 64 (section 5.2).
     if len < SHORT_LENGTH_LIMIT {
-        frame.push(len as u8);
+        out.push(len as u8);
     } else if let Ok(len) = u16::try_from(len) {
-        frame.push(LENGTH_16);
-        frame.extend_from_slice(&len.to_be_bytes());
+        out.push(LENGTH_16);
+        out.extend_from_slice(&len.to_be_bytes());
     } else {
-        frame.push(LENGTH_64);
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
+        out.push(LENGTH_64);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    frame.extend_from_slice(payload);
-    frame
+    out.extend_from_slice(payload);
+}
+
+/// The opcode of a continuation frame: the next fragment of a message (section 5.4).
+const OPCODE_CONTINUATION: u8 = 0x0;
+
+/// A whole data frame the server encoded (see [`text`], [`binary`]) as the same message in
+/// fragments of at most `max_payload` bytes of payload each, back to back in one buffer: the
+/// first with the message's opcode, the rest continuations, the last with FIN (section 5.4).
+/// `None` when the frame is no longer than that already, or is not one whole data frame. For
+/// the `fragment` test control (`connection/controlled.rs`).
+pub(crate) fn fragment(frame: &[u8], max_payload: usize) -> Option<Vec<u8>> {
+    let header = Header::parse(frame)?;
+    let payload = frame.get(header.size..)?;
+    if !header.fin
+        || header.is_control()
+        || header.masked
+        || payload.len() as u64 != header.len
+        || payload.len() <= max_payload
+        || max_payload == 0
+    {
+        return None;
+    }
+    let pieces = payload.len().div_ceil(max_payload);
+    let header_size = MAX_HEADER - MASK_KEY;
+    let mut out = Vec::with_capacity(payload.len() + pieces * header_size.min(2 + max_payload));
+    for (i, piece) in payload.chunks(max_payload).enumerate() {
+        let opcode = if i == 0 {
+            header.opcode
+        } else {
+            OPCODE_CONTINUATION
+        };
+        append(&mut out, i + 1 == pieces, opcode, piece);
+    }
+    Some(out)
 }
 
 /// A frame header, as section 5.2 lays it out.
@@ -202,6 +241,38 @@ mod tests {
         assert_eq!(
             text(text_payload)[..],
             tungstenite_encoding(Data::Text, text_payload.as_bytes())[..]
+        );
+    }
+
+    #[test]
+    fn fragments_carry_the_message_in_order() {
+        let message: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let whole = binary(&message);
+        assert_eq!(fragment(&whole, 300), None);
+        assert_eq!(fragment(&text("ping"), 1).unwrap(), {
+            let mut expected = Vec::new();
+            for (i, b) in b"ping".iter().enumerate() {
+                let first = if i == 0 { OPCODE_TEXT } else { 0 };
+                let fin = if i == 3 { FIN } else { 0 };
+                expected.extend_from_slice(&[fin | first, 1, *b]);
+            }
+            expected
+        });
+        let fragmented = fragment(&whole, 128).unwrap();
+        let mut rest = &fragmented[..];
+        let mut got = Vec::new();
+        let mut headers = Vec::new();
+        while !rest.is_empty() {
+            let header = Header::parse(rest).unwrap();
+            let end = header.size + header.len as usize;
+            got.extend_from_slice(&rest[header.size..end]);
+            headers.push((header.fin, header.opcode, header.len));
+            rest = &rest[end..];
+        }
+        assert_eq!(got, message);
+        assert_eq!(
+            headers,
+            [(false, OPCODE_BINARY, 128), (false, 0, 128), (true, 0, 44)]
         );
     }
 

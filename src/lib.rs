@@ -40,6 +40,12 @@
 //! `connection::transport` runs rustls inside the connection's own loop. `metrics` counts
 //! what happens, for `GET /metrics` (the `metrics` feature).
 //!
+//! A client may also ask its own connection to misbehave, to test a client or a proxy (a
+//! Close with a code, a reset, fragments, slow echoes, a burst, pings, a description of its
+//! request): `http::controls` reads and checks those test controls in the URL's query, and
+//! `connection::controlled` holds what a connection that asked for some does with them
+//! (docs/testing-clients.md).
+//!
 //! Beside them: `config` (every setting, every limit a named constant with its reason),
 //! `error`, `logging` (helpers for log lines), `sync` (locks that outlive a panic), and `sys`,
 //! the one folder that talks to the operating system (all the `unsafe` code, and the two

@@ -875,3 +875,76 @@ fn demo_page_resumes_after_a_dropped_connection() {
         .collect();
     assert!(uncaught.is_empty(), "exceptions in the page: {uncaught:?}");
 }
+
+/// The test controls (docs/testing-clients.md) from a browser, as that document's recipes use
+/// them: a Close with a code and a reason, a reset, fragments, a burst, slow echoes, whoami.
+#[test]
+fn test_controls_from_a_browser() {
+    let server = Server::start(&["--greeting-delay", "off"]);
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+    b.navigate(&server.http_url()).unwrap();
+    let base = server.page_ws_url();
+    js(
+        b,
+        &format!(
+            "window.got = {{}};
+             const open = (name, query, onopen) => {{
+               const ws = new WebSocket({base} + query);
+               const seen = got[name] = {{ messages: [], start: performance.now() }};
+               ws.onopen = () => onopen && onopen(ws);
+               ws.onmessage = (e) => seen.messages.push(
+                 [e.data, Math.round(performance.now() - seen.start)]);
+               ws.onclose = (e) => {{ seen.close = [e.code, e.reason, e.wasClean]; }};
+             }};
+             open('close', '?close=4001&reason=go%20away&after=1', (ws) => ws.send('hi'));
+             open('reset', '?reset=2', (ws) => {{ ws.send('a'); ws.send('b'); }});
+             open('fragment', '?fragment=1', (ws) => ws.send('in pieces'));
+             open('send', '?send=50&size=20', null);
+             open('delay', '?delay=300ms', (ws) => ws.send('late'));
+             open('whoami', '?whoami', null);
+             open('bad', '?close=999', null);",
+            base = js_str(&base)
+        ),
+    );
+    wait(b, "got.close.close !== undefined");
+    assert_eq!(
+        js(
+            b,
+            "JSON.stringify([got.close.messages.map(m => m[0]), got.close.close])"
+        ),
+        r#"[["hi"],[4001,"go away",true]]"#
+    );
+    wait(b, "got.reset.close !== undefined");
+    assert_eq!(
+        js(
+            b,
+            "JSON.stringify([got.reset.messages.map(m => m[0]), got.reset.close])"
+        ),
+        r#"[["a","b"],[1006,"",false]]"#
+    );
+    wait(b, "got.fragment.messages.length === 1");
+    assert_eq!(js(b, "got.fragment.messages[0][0]"), "in pieces");
+    wait(b, "got.send.messages.length === 50");
+    assert_eq!(js(b, "got.send.messages[49][0]"), "50..................");
+    wait(b, "got.delay.messages.length === 1");
+    let late = js(b, "got.delay.messages[0][1]").as_u64().unwrap();
+    assert!(late >= 300, "the delayed echo came after {late} ms");
+    wait(b, "got.whoami.messages.length === 1");
+    let whoami: Value =
+        serde_json::from_str(js(b, "got.whoami.messages[0][0]").as_str().unwrap()).unwrap();
+    assert_eq!(whoami["query"], "whoami");
+    let origin = server.http_url();
+    let origin = origin.trim_end_matches('/');
+    assert!(
+        whoami["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "Origin" && h[1] == origin),
+        "{whoami}"
+    );
+    // A 400 at the handshake: the browser only sees the connection fail.
+    wait(b, "got.bad.close !== undefined");
+    assert_eq!(js(b, "got.bad.close[0]"), 1006);
+}

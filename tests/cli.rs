@@ -98,6 +98,7 @@ fn help_lists_every_option_with_its_default() {
         "[default: 2s]",
         "--no-demo-page",
         "--no-metrics",
+        "--no-test-controls",
         "--tls-cert <PEM>",
         "[env: WSECHO_TLS_CERT=",
         "--tls-key <PEM>",

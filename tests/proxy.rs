@@ -6,6 +6,8 @@
 //! mode with `send-proxy-v2`, each started by the test on a free loopback port and killed when
 //! it ends; a missing nginx or haproxy fails the test with what to install. Then raw sockets
 //! for what a proxy would not send: spoofed, malformed, missing and broken headers.
+//! Last, the test controls (docs/testing-clients.md) used as that document says, to check a
+//! proxy: `GET /echo` and `whoami` through it, a Close code and fragments passed on.
 
 #![cfg(target_os = "linux")]
 
@@ -533,4 +535,97 @@ fn the_proxy_header_comes_before_tls() {
         &format!("198.51.100.7:4711 via 127.0.0.1:{port} connected"),
         "TLS",
     ]);
+}
+
+/// The `whoami` JSON (docs/testing-clients.md) of a connection upgraded with `?whoami`.
+fn whoami_through(tcp: &mut TcpStream, target: &str) -> serde_json::Value {
+    let request = UPGRADE.replacen("GET / ", &format!("GET {target} "), 1);
+    tcp.write_all(request.as_bytes()).unwrap();
+    let head = read_head(tcp);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (_, opcode, payload) = support::read_server_frame(tcp);
+    assert_eq!(opcode, 1);
+    serde_json::from_slice(&payload).expect("whoami is JSON")
+}
+
+#[test]
+fn test_controls_check_nginx_path_headers_close_codes_and_fragments() {
+    let server = Wsecho::start(&["--greeting-delay", "off", "--trusted-proxy", "127.0.0.1"]);
+    let nginx = nginx(server.addr);
+
+    // GET /echo before any upgrade: the client as nginx names it, nginx as the peer.
+    let mut plain = raw_from("127.0.0.3", nginx.addr);
+    plain
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: ws.example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    plain.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(json["address"], "127.0.0.3:0");
+    assert!(
+        json["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{json}"
+    );
+
+    // whoami through the upgrade: nginx passed Upgrade and Connection on.
+    let mut ws = raw_from("127.0.0.3", nginx.addr);
+    let json = whoami_through(&mut ws, "/chat?whoami");
+    assert_eq!(json["path"], "/chat");
+    let header = |name: &str| {
+        json["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|h| h[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(header("upgrade").as_deref(), Some("websocket"), "{json}");
+    assert_eq!(
+        header("x-forwarded-for").as_deref(),
+        Some("127.0.0.3"),
+        "{json}"
+    );
+
+    // A Close with a code and a reason, and fragments, pass through unchanged.
+    let mut closing = raw_from("127.0.0.3", nginx.addr);
+    let request = UPGRADE.replacen(
+        "GET / ",
+        "GET /?fragment=2&close=4000&reason=via&after=1 ",
+        1,
+    );
+    closing.write_all(request.as_bytes()).unwrap();
+    assert!(read_head(&mut closing).starts_with("HTTP/1.1 101 "));
+    closing
+        .write_all(&support::client_frame(true, 1, b"abc"))
+        .unwrap();
+    let frames: Vec<_> = (0..3)
+        .map(|_| support::read_server_frame(&mut closing))
+        .collect();
+    assert_eq!(
+        frames,
+        [
+            (false, 1, b"ab".to_vec()),
+            (true, 0, b"c".to_vec()),
+            (true, 8, [&4000u16.to_be_bytes()[..], b"via"].concat()),
+        ]
+    );
+}
+
+#[test]
+fn test_controls_show_the_client_haproxy_names() {
+    let server = Wsecho::start(&["--greeting-delay", "off", "--proxy-protocol"]);
+    let haproxy = haproxy(server.addr);
+    let mut ws = raw_from("127.0.0.3", haproxy.addr);
+    let json = whoami_through(&mut ws, "/?whoami");
+    // The PROXY header gives the client's port too.
+    assert_eq!(
+        json["address"],
+        format!("127.0.0.3:{}", local_port(&ws)).as_str()
+    );
+    assert!(
+        json["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{json}"
+    );
 }

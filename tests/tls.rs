@@ -416,3 +416,35 @@ fn sighup_rotates_the_certificate_for_new_connections_only() {
     assert_eq!(data(&mut still), Message::text("still"));
     let _ = (expect_close, next_data); // shared helpers other tests use
 }
+
+#[test]
+fn whoami_and_get_echo_show_the_tls_version_the_name_and_the_subprotocol() {
+    let pki = Pki::new("whoami");
+    let server = start(&pki, &["--greeting-delay", "off", "--subprotocol", "chat"]);
+    let tls = tls_to(server.addr, &pki.ca).expect("TLS handshake");
+    let url = format!("wss://localhost:{}/?whoami", server.addr.port());
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "chat".parse().unwrap());
+    let (mut ws, _) = tungstenite::client(request, tls).expect("WebSocket handshake");
+    let Message::Text(first) = data(&mut ws) else {
+        panic!("whoami is text")
+    };
+    let json: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(json["subprotocol"], "chat");
+    assert_eq!(
+        json["tls"],
+        serde_json::json!({"version": "TLSv1.3", "sni": "localhost"})
+    );
+    let echo = https(
+        server.addr,
+        &pki.ca,
+        "GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert!(echo.starts_with("HTTP/1.1 200 "), "{echo}");
+    assert!(
+        echo.contains("\"tls\":{\"version\":\"TLSv1.3\",\"sni\":\"localhost\"}"),
+        "{echo}"
+    );
+}

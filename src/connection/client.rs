@@ -31,6 +31,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::config::Mode;
 use crate::connection::Shared;
+use crate::connection::controlled::{Active, Requested};
 use crate::connection::pace::{Pacing, Turn};
 use crate::connection::read_size::{self, ReadSize};
 use crate::connection::settle::{BIG_QUEUE, Settling};
@@ -121,6 +122,9 @@ pub(crate) struct Client<'a> {
     read_pending: bool,
     /// Set once the connection is lost: what it had sent is read to the end, without pushback.
     draining: bool,
+    /// The test controls it asked for (`controlled.rs`); `None` for nearly every connection,
+    /// which then pays one pointer for them.
+    controls: Option<Box<Active>>,
 }
 
 /// What the connection did.
@@ -172,10 +176,13 @@ impl<'a> Client<'a> {
         room: Arc<Room>,
         shared: &'a Shared,
         peer: Peer,
+        requested: Option<Box<Requested>>,
     ) -> Box<Client<'a>> {
         let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
         socket.follow(&leftover);
-        if shared.config.mode == Mode::Broadcast || shared.greeter.is_some() {
+        let sees_every_frame = requested.as_ref().is_some_and(|r| r.sees_every_frame());
+        if (shared.config.mode == Mode::Broadcast || shared.greeter.is_some()) && !sees_every_frame
+        {
             // A connection with nothing queued takes broadcasts and its greeting without a
             // wake-up (outbox.rs).
             socket.lend(inbox.outbox());
@@ -192,7 +199,7 @@ impl<'a> Client<'a> {
             Some(read_size.apply(shared.websocket_config())),
         );
         let now = Instant::now();
-        Box::new(Client {
+        let mut client = Box::new(Client {
             ws,
             read_size,
             socket,
@@ -216,7 +223,178 @@ impl<'a> Client<'a> {
             settling: Settling::new(),
             read_pending: false,
             draining: false,
-        })
+            controls: None,
+        });
+        if let Some(requested) = requested {
+            client.begin(*requested);
+        }
+        client
+    }
+
+    /// Starts the test controls the client asked for: its `whoami` frame first, then the
+    /// messages of `send`, then a `close` due right after the handshake.
+    #[cold]
+    #[inline(never)]
+    fn begin(&mut self, requested: Requested) {
+        let Requested { controls, whoami } = requested;
+        self.controls = Some(Box::new(Active::new(&controls, Instant::now())));
+        let budget = &self.shared.budget;
+        if let Some(json) = whoami {
+            let frame = budget.hold(frame::text(&json));
+            self.queue_own(frame);
+        }
+        if let Some(send) = controls.send {
+            for number in 1..=send.count {
+                let message = send.message(number);
+                let frame = if send.binary {
+                    frame::binary(&message)
+                } else {
+                    // Digits and dots: always UTF-8.
+                    frame::text(std::str::from_utf8(&message).expect("digits and dots"))
+                };
+                let frame = budget.hold(frame);
+                self.stats.tally.sent += 1;
+                self.stats.tally.sent_bytes += frame.len() as u64;
+                self.queue_own(frame);
+            }
+        }
+        if let Some(close) = controls.close.as_ref().filter(|close| close.after == 0) {
+            self.close_on_request(close.code, close.reason.clone());
+        }
+    }
+
+    /// Queues a frame the server sends on its own (`whoami`, `send`): fragmented if the
+    /// client asked for fragments, and not counted as a message sent.
+    fn queue_own(&mut self, frame: Bytes) {
+        match self.controls.as_ref().and_then(|c| c.fragment) {
+            Some(bytes) => self.queue_fragments(frame, bytes, 0),
+            None => self.socket.push(frame, false),
+        }
+    }
+
+    /// Queues `frame` as fragments of at most `bytes` of payload; it stands for `counted`
+    /// bytes of the backlog.
+    fn queue_fragments(&mut self, frame: Bytes, bytes: usize, counted: usize) {
+        match frame::fragment(&frame, bytes) {
+            Some(fragments) => {
+                let fragments = self.shared.budget.hold(fragments);
+                self.socket.push_counted(fragments, counted);
+            }
+            None => self.socket.push_counted(frame, counted),
+        }
+    }
+
+    /// Queues a message for the client: an echo, or a delivery from the outbox
+    /// (`from_outbox`). Without test controls, straight into the socket's queue.
+    fn queue_message(&mut self, frame: Bytes, from_outbox: bool) {
+        if self.controls.is_none() {
+            return self.socket.push(frame, from_outbox);
+        }
+        self.queue_controlled(frame, from_outbox);
+    }
+
+    /// [`Client::queue_message`] under test controls: counted for `close` and `reset`, and
+    /// fragmented for `fragment`. After `reset`'s count, nothing more is sent.
+    #[cold]
+    #[inline(never)]
+    fn queue_controlled(&mut self, frame: Bytes, from_outbox: bool) {
+        let counted = if from_outbox { frame.len() } else { 0 };
+        let Some(active) = self.controls.as_deref_mut() else {
+            return self.socket.push(frame, from_outbox);
+        };
+        if active.reset_due || !self.ws.can_write() {
+            if counted > 0 {
+                self.inbox.written(counted);
+            }
+            return;
+        }
+        let fragment = active.fragment;
+        // What counts as a message sent: an echo in echo mode (not the greeting), a delivery
+        // in broadcast mode (history, broadcasts, the greeting).
+        let counts = (self.shared.config.mode == Mode::Broadcast) == from_outbox;
+        let close = if counts { active.count_sent() } else { None };
+        match fragment {
+            Some(bytes) => self.queue_fragments(frame, bytes, counted),
+            None => self.socket.push_counted(frame, counted),
+        }
+        if let Some(close) = close {
+            self.close_on_request(close.code, close.reason);
+        }
+    }
+
+    /// Starts the close handshake a `close` test control asked for.
+    fn close_on_request(&mut self, code: u16, reason: String) {
+        debug!(
+            "{} closing with {code} {reason:?}, as its close test control asks",
+            self.peer
+        );
+        self.start_close_owned(
+            CloseCode::from(code),
+            reason,
+            "closed by server, as the client's close test control asked",
+        );
+    }
+
+    /// Echoes delayed by `delay` whose time has come, in order; and `ping`'s next ping.
+    #[cold]
+    #[inline(never)]
+    fn controlled_deadlines(&mut self, now: Instant) {
+        let Some(active) = self.controls.as_deref_mut() else {
+            return;
+        };
+        let mut due = Vec::new();
+        while let Some((at, _)) = active.delayed.front()
+            && *at <= now
+        {
+            let (_, frame) = active.delayed.pop_front().expect("just seen");
+            active.delayed_bytes -= frame.len();
+            due.push(frame);
+        }
+        let ping = active
+            .ping
+            .filter(|every| now >= active.last_ping + *every && self.closing.by_server.is_none());
+        if ping.is_some() {
+            active.last_ping = now;
+            active.ping_unanswered = true;
+        }
+        for frame in due {
+            self.queue_message(frame, false);
+        }
+        if ping.is_some() {
+            let _ = self.ws.write(&mut self.socket, Message::Ping(Bytes::new()));
+        }
+    }
+
+    /// A pong, under the `ping` test control: its round trip is logged.
+    #[cold]
+    #[inline(never)]
+    fn pong_arrived(&mut self) {
+        if let Some(active) = self.controls.as_deref_mut()
+            && active.ping.is_some()
+            && std::mem::take(&mut active.ping_unanswered)
+        {
+            info!(
+                "{} pong after {:.1?} (ping test control)",
+                self.peer,
+                active.last_ping.elapsed()
+            );
+        }
+    }
+
+    /// Holds an echo until `delay` after its message arrived.
+    #[cold]
+    #[inline(never)]
+    fn delay_echo(&mut self, frame: Bytes, delay: Duration) {
+        if let Some(active) = self.controls.as_deref_mut() {
+            active.delayed_bytes += frame.len();
+            active.delayed.push_back((Instant::now() + delay, frame));
+        }
+    }
+
+    /// Whether the `reset` test control's messages are all written: the connection is then
+    /// reset (SO_LINGER 0) without a Close.
+    fn reset_now(&self) -> bool {
+        self.controls.as_ref().is_some_and(|c| c.reset_due) && !self.socket.wants_write()
     }
 
     /// Serves the connection until it ends.
@@ -239,6 +417,15 @@ impl<'a> Client<'a> {
     /// anywhere inside.
     fn event_loop(&mut self) -> Result<Infallible, Ending> {
         loop {
+            // Checked before sleeping: with nothing queued, nothing else would wake the loop.
+            if self.reset_now() {
+                return Err(Ending {
+                    code: CloseCode::Abnormal,
+                    reason: String::new(),
+                    how: "reset by server, as the client's reset test control asked",
+                    reset: true,
+                });
+            }
             if self.settling.take_release_stack() {
                 // From here, the loop's own frame: nothing deeper is in use.
                 sys::release_stack_below_caller();
@@ -356,7 +543,8 @@ impl<'a> Client<'a> {
     /// and be let go for its own broadcasts.
     fn backpressured(&self) -> bool {
         let limit = self.shared.config.max_backlog;
-        self.socket.queued() >= limit
+        let delayed = self.controls.as_ref().map_or(0, |c| c.delayed_bytes);
+        self.socket.queued() + delayed >= limit
             || (self.shared.config.mode == Mode::Broadcast
                 && self.room.flow().common().lets_go()
                 && self.inbox.backlog() >= limit / 2)
@@ -410,6 +598,9 @@ impl<'a> Client<'a> {
     fn take_deliveries(&mut self) {
         // A broadcaster that found the socket full left the rest of its frame: it goes first.
         self.socket.hold_writes();
+        if self.controls.is_some() {
+            return self.take_controlled_deliveries();
+        }
         let mut close = None;
         for delivery in self.inbox.drain() {
             match delivery {
@@ -418,6 +609,27 @@ impl<'a> Client<'a> {
                     self.inbox.written(frame.len());
                 }
                 Delivery::Frame(frame) => self.socket.push(frame, true),
+                Delivery::Close(code, reason) => close = Some((code, reason)),
+            }
+        }
+        if let Some((code, reason)) = close {
+            self.start_close(code, reason, "closed by server");
+        }
+    }
+
+    /// [`Client::take_deliveries`] under test controls: each frame through
+    /// [`Client::queue_message`], to be counted and fragmented.
+    #[cold]
+    #[inline(never)]
+    fn take_controlled_deliveries(&mut self) {
+        let deliveries: Vec<Delivery> = self.inbox.drain().collect();
+        let mut close = None;
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Frame(frame) if close.is_some() || !self.ws.can_write() => {
+                    self.inbox.written(frame.len());
+                }
+                Delivery::Frame(frame) => self.queue_message(frame, true),
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
         }
@@ -527,6 +739,7 @@ impl<'a> Client<'a> {
                 debug!("{} binary, {} bytes", self.peer, data.len());
                 budget.hold(frame::binary(data))
             }
+            Message::Pong(_) if self.controls.is_some() => return self.pong_arrived(),
             // tungstenite has already queued the pong for a ping, and the close reply.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
             Message::Close(frame) => {
@@ -554,7 +767,10 @@ impl<'a> Client<'a> {
             Mode::Echo => {
                 tally.sent += 1;
                 tally.sent_bytes += frame.len() as u64;
-                self.socket.push(frame, false);
+                match self.controls.as_ref().and_then(|c| c.delay) {
+                    Some(delay) => self.delay_echo(frame, delay),
+                    None => self.queue_message(frame, false),
+                }
             }
             Mode::Broadcast => {
                 self.broadcasts.bytes += frame.len();
@@ -634,14 +850,19 @@ impl<'a> Client<'a> {
 
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
     fn start_close(&mut self, code: CloseCode, reason: &'static str, how: &'static str) {
+        self.start_close_owned(code, reason.to_string(), how);
+    }
+
+    /// [`Client::start_close`] with a reason of any lifetime.
+    fn start_close_owned(&mut self, code: CloseCode, reason: String, how: &'static str) {
         if self.closing.by_server.is_some() || !self.ws.can_write() {
             return;
         }
         self.inbox.close_intake();
-        self.send_close(code, reason);
+        self.send_close(code, &reason);
         let ending = Ending {
             code,
-            reason: reason.to_string(),
+            reason,
             how,
             reset: false,
         };
@@ -664,8 +885,10 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn next_deadline(&self) -> Option<Instant> {
         let config = &self.shared.config;
+        let controlled = self.controls.as_ref();
         let ping = config
             .ping_interval
+            .filter(|_| controlled.is_none_or(|c| c.ping.is_none()))
             .map(|every| self.liveness.last_ping.max(self.liveness.last_heard) + every);
         let idle = config
             .idle_timeout
@@ -685,10 +908,19 @@ impl<'a> Client<'a> {
             .pacing
             .waiting_for_memory_since()
             .map(|since| since + self.stall_timeout());
-        [ping, idle, close, behind, starved, self.settling.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let controlled = controlled.and_then(|c| c.next_deadline());
+        [
+            ping,
+            idle,
+            close,
+            behind,
+            starved,
+            self.settling.deadline(),
+            controlled,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Silence is counted from the last sign of life: bytes received, or, while the server is
@@ -766,7 +998,11 @@ impl<'a> Client<'a> {
                 reset: true,
             });
         }
+        if self.controls.is_some() {
+            self.controlled_deadlines(now);
+        }
         if let Some(every) = config.ping_interval
+            && self.controls.as_ref().is_none_or(|c| c.ping.is_none())
             && self.closing.by_server.is_none()
             && now >= self.liveness.last_ping.max(self.liveness.last_heard) + every
         {
@@ -838,7 +1074,11 @@ impl<'a> Client<'a> {
             }
         }
         self.shared.metrics.slow_client_closed();
-        self.start_close(CloseCode::Policy, FELL_BEHIND, "fell behind, let go by server");
+        self.start_close(
+            CloseCode::Policy,
+            FELL_BEHIND,
+            "fell behind, let go by server",
+        );
         if let Some((ending, _)) = &mut self.closing.by_server {
             ending.reset = true;
         }

@@ -5,6 +5,7 @@
 
 mod boundary;
 mod client;
+mod controlled;
 mod pace;
 mod read_size;
 mod settle;
@@ -50,11 +51,13 @@ use crate::admission::{Refusal, Ticket};
 use crate::cluster::Cluster;
 use crate::config::{Config, Mode};
 use crate::connection::client::{Client, Summary};
+use crate::connection::controlled::Requested;
 use crate::connection::transport::Transport;
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{Hub, Membership, Room};
 use crate::delivery::resume::Resume;
+use crate::http::controls::{self, Controls};
 use crate::http::handshake;
 use crate::http::site::{self, Health, Inspect};
 use crate::http::{self, Conn, HeadError, Response};
@@ -306,6 +309,8 @@ struct Upgraded {
     resume: Option<Resume>,
     /// What the "connected" log line says after the peer: path, room, origin, subprotocol.
     described: String,
+    /// The test controls it asked for, if any (`http/controls.rs`).
+    controls: Option<Box<Requested>>,
 }
 
 impl Upgraded {
@@ -425,7 +430,18 @@ fn answer_request(
     };
     let head_only = request.method == "HEAD";
     if !handshake::is_websocket_request(&request) {
-        let response = site::respond(&request, config.demo_page, shared);
+        let response = if config.test_controls && site::is_echo_request(&request) {
+            let json = controls::whoami(
+                &request,
+                peer.addr,
+                peer.socket(),
+                None,
+                transport.tls_info().as_ref(),
+            );
+            site::echo_request(json)
+        } else {
+            site::respond(&request, config.demo_page, shared)
+        };
         info!(
             "{peer} {} {} -> {}",
             request.method, request.target, response.status
@@ -441,7 +457,15 @@ fn answer_request(
             return None;
         }
     };
-    let (room, resume) = match room_and_position(&request.target, config) {
+    let found = room_and_position(&request.target, config).and_then(|(room, resume)| {
+        let controls = if config.test_controls {
+            Controls::parse(&request.target, config, resume.is_some())?
+        } else {
+            None
+        };
+        Ok((room, resume, controls))
+    });
+    let (room, resume, controls) = match found {
         Ok(found) => found,
         Err(why) => {
             refuse(
@@ -481,6 +505,18 @@ fn answer_request(
         subprotocol.unwrap_or_default(),
         if transport.is_tls() { ", TLS" } else { "" }
     );
+    let controls = controls.map(|controls| {
+        let whoami = controls.whoami.then(|| {
+            controls::whoami(
+                &request,
+                peer.addr,
+                peer.socket(),
+                accepted.subprotocol.as_deref(),
+                transport.tls_info().as_ref(),
+            )
+        });
+        Box::new(Requested { controls, whoami })
+    });
     Some(Upgraded {
         transport,
         answer: handshake::switching_protocols(&accepted),
@@ -489,6 +525,7 @@ fn answer_request(
         room,
         resume,
         described,
+        controls,
     })
 }
 
@@ -650,6 +687,7 @@ fn join<'a>(
         None => {}
     }
     let described = std::mem::take(&mut upgraded.described);
+    let controls = upgraded.controls.take();
     let (transport, leftover) = match upgraded.switch() {
         Ok(switched) => switched,
         Err(e) => {
@@ -673,7 +711,7 @@ fn join<'a>(
     drop(outbox);
     shared.metrics.connection_opened();
     let room = Arc::clone(membership.room());
-    let client = Client::start(transport, leftover, inbox, room, shared, peer);
+    let client = Client::start(transport, leftover, inbox, room, shared, peer, controls);
     Some((membership, client))
 }
 

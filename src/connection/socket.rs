@@ -67,8 +67,10 @@ pub(super) struct Socket {
 #[derive(Debug)]
 struct Queued {
     frame: Bytes,
-    /// The frame came through the outbox and counts against the backlog limit.
-    from_outbox: bool,
+    /// Bytes of the backlog (outbox.rs) this frame stands for, reported once it is written: its
+    /// length for a frame that came through the outbox, 0 for the connection's own. (A frame
+    /// the `fragment` test control re-encoded is longer than the one it stands for.)
+    counted: usize,
     /// The end of a frame whose start a broadcaster already wrote: it must go out, whatever
     /// else is dropped, or the stream would be corrupt.
     begun: bool,
@@ -127,7 +129,7 @@ impl Socket {
             self.queued += rest.len();
             self.queue.push_front(Queued {
                 frame: rest,
-                from_outbox: false,
+                counted: 0,
                 begun: true,
             });
         }
@@ -228,6 +230,13 @@ impl Socket {
 
     /// Appends an encoded frame to the queue.
     pub(super) fn push(&mut self, frame: Bytes, from_outbox: bool) {
+        let counted = if from_outbox { frame.len() } else { 0 };
+        self.push_counted(frame, counted);
+    }
+
+    /// Appends an encoded frame that stands for `counted` bytes of the backlog (see
+    /// [`Queued::counted`]).
+    pub(super) fn push_counted(&mut self, frame: Bytes, counted: usize) {
         if self.writes_released {
             self.hold_writes();
         }
@@ -235,7 +244,7 @@ impl Socket {
         self.peak_queued = self.peak_queued.max(self.queued);
         self.queue.push_back(Queued {
             frame,
-            from_outbox,
+            counted,
             begun: false,
         });
     }
@@ -281,9 +290,9 @@ impl Socket {
                 n -= rest;
                 self.written_of_front = 0;
                 if let Some(done) = self.queue.pop_front()
-                    && done.from_outbox
+                    && done.counted > 0
                 {
-                    inbox.written(done.frame.len());
+                    inbox.written(done.counted);
                 }
             }
         }
@@ -303,8 +312,8 @@ impl Socket {
         let keep = usize::from(begun);
         for dropped in self.queue.drain(keep..) {
             self.queued -= dropped.frame.len();
-            if dropped.from_outbox {
-                inbox.written(dropped.frame.len());
+            if dropped.counted > 0 {
+                inbox.written(dropped.counted);
             }
         }
     }

@@ -88,6 +88,24 @@ impl Transport {
         }
     }
 
+    /// The TLS version and the server name the client asked for (SNI), as the `whoami` test
+    /// control shows them; `None` on plain TCP.
+    pub(super) fn tls_info(&self) -> Option<crate::http::controls::TlsInfo> {
+        match self {
+            Transport::Plain(_) => None,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => Some(crate::http::controls::TlsInfo {
+                version: match tls.tls.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+                    Some(other) => format!("{other:?}"),
+                    None => "unknown".to_string(),
+                },
+                sni: tls.tls.server_name().map(str::to_string),
+            }),
+        }
+    }
+
     /// Whether this is TLS.
     pub(super) fn is_tls(&self) -> bool {
         match self {

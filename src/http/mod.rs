@@ -4,6 +4,7 @@
 //! handed to `handshake.rs` (a WebSocket upgrade) or `site.rs` (the demo page and `/healthz`).
 //! One request per connection: every plain HTTP response says `Connection: close`.
 
+pub(crate) mod controls;
 pub mod handshake;
 pub(crate) mod query;
 pub(crate) mod room;

@@ -85,6 +85,25 @@ pub(crate) fn respond(request: &Request, demo_page: bool, server: &dyn Inspect) 
     }
 }
 
+/// The path of the request echo: `GET /echo` (and `HEAD`) answers what the `whoami` test
+/// control sends, so that a proxy's path can be checked before any upgrade.
+pub(crate) const ECHO_PATH: &str = "/echo";
+
+/// Whether `request` asks for the request echo (with test controls on).
+pub(crate) fn is_echo_request(request: &Request) -> bool {
+    request.path() == ECHO_PATH && (request.method == "GET" || request.method == "HEAD")
+}
+
+/// The request echo's answer: `json` (`http::controls::whoami`), never cached.
+pub(crate) fn echo_request(json: String) -> Response {
+    Response {
+        status: 200,
+        headers: vec![("Cache-Control", "no-store".into())],
+        content_type: "application/json",
+        body: (json + "\n").into_bytes(),
+    }
+}
+
 fn not_found(path: &str) -> Response {
     Response::text(
         404,
