@@ -504,3 +504,52 @@ fn tls_from_a_read_only_mount_and_sighup_reloads_it() {
         "new connections get the new certificate"
     );
 }
+
+/// The idle connections the memory check holds in the container: enough that the process's
+/// own fixed costs (its spare threads, the allocator's arenas) are small beside them.
+const IDLE_CLIENTS: usize = 1000;
+
+/// What an idle connection may cost the server's heap and stacks in the image, in bytes,
+/// with glibc's per-thread cache off as the image sets it: docs/performance.md's idle row is
+/// 11.1 to 11.3 KiB; with the cache on it is 13.6. 12.5 KiB leaves room for the process's
+/// fixed costs, spread over the clients, and none for the cache.
+const IDLE_BYTES_PER_CLIENT: u64 = 12_800;
+
+#[test]
+#[ignore = "builds a container image and needs podman: scripts/test.sh runs it"]
+fn the_image_runs_with_glibcs_per_thread_cache_off_and_an_idle_connection_costs_the_memory_row() {
+    let container = Container::run(&[], &["--greeting-delay", "off"]);
+    let pid = container.inspect("{{.State.Pid}}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+    assert!(
+        environ
+            .lines()
+            .any(|line| line == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "{environ}"
+    );
+    container
+        .log
+        .wait_for(&["glibc's per-thread allocation cache: off"]);
+    let rss = || -> u64 {
+        let status = container.proc_status();
+        let kib = status_field(&status, "RssAnon");
+        kib[0].parse::<u64>().unwrap()
+    };
+    let before = rss();
+    let clients: Vec<TcpStream> = (0..IDLE_CLIENTS)
+        .map(|_| support::raw_websocket(container.addr))
+        .collect();
+    // Idle connections settle (give back what their handshake grew) a second after it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let per_client = || (rss().saturating_sub(before)) * 1024 / IDLE_CLIENTS as u64;
+    while per_client() > IDLE_BYTES_PER_CLIENT && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let cost = per_client();
+    assert!(
+        cost <= IDLE_BYTES_PER_CLIENT,
+        "an idle connection costs {cost} bytes in the image, over {IDLE_BYTES_PER_CLIENT}"
+    );
+    drop(clients);
+}

@@ -282,3 +282,24 @@ fn the_server_runs_once_one_execve_from_start_to_stop() {
     assert!(execs[0].ends_with("= 0"), "{traced}");
     let _ = std::fs::remove_file(&trace);
 }
+
+/// The deployment files set what wsecho no longer sets itself: glibc's per-thread cache off.
+/// (CI checks the units with systemd-analyze verify; tests/image.rs checks the image's
+/// process.)
+#[test]
+fn the_unit_and_the_image_turn_glibcs_per_thread_cache_off() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let unit = std::fs::read_to_string(deploy.join("wsecho.service")).unwrap();
+    assert!(
+        unit.lines()
+            .any(|line| line == "Environment=GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "{unit}"
+    );
+    let image = std::fs::read_to_string(deploy.join("Containerfile")).unwrap();
+    assert!(
+        image
+            .lines()
+            .any(|line| line == "ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "{image}"
+    );
+}
