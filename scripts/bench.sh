@@ -5,7 +5,9 @@
 # Usage: scripts/bench.sh [--quick] [--soak] [--compare] [--portable]
 # (scripts/bench.sh --help: the options, the environment variables, the
 # peers of --compare and what each row measures; the text is
-# scripts/bench/usage.txt).
+# scripts/bench/usage.txt). scripts/bench.sh --self-test checks the
+# arithmetic of the interleaved trials (scripts/bench/trials.py) and builds
+# and runs nothing.
 #
 # This wrapper checks the options, bounds the whole run in time, builds
 # wsecho and wsload, and hands over to the driver in scripts/bench/, a Python
@@ -35,6 +37,10 @@ fi
 # The driver runs as `python3 -P -m bench` from scripts/ (-P: not from the
 # current directory), and leaves no __pycache__ in the repository.
 export PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1
+
+if [[ ${1:-} == --self-test ]]; then
+    exec python3 -P -m bench --self-test
+fi
 
 # Bound the whole run: re-run this script under timeout(1), for as long as
 # the options ask for (the driver checks them, BENCH_ONLY too, and works it

@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from .peers import Peers
 from .runs import Runs
 from .servers import Fatal, Server, Servers, free_port, say
+from .trials import MIN_TRIALS
 
 # The groups of rows BENCH_ONLY can choose (in the order --help lists them).
 GROUPS = ["echo", "hold", "greeting", "fanout", "wide-fanout", "burst", "never-reader", "resume", "storm", "cluster", "tls",
@@ -25,6 +27,11 @@ WARMUP = "1s"
 MAX_STORM_CLIENTS = 254 * 64
 PORTABLE_LABEL = "wsecho (portable backend)"
 TLS_LABEL = "wsecho over TLS"
+# WSECHO_BIN_BASELINE's runs: BASELINE-echo-64x32.t1, ... (trials.py: the old binary beside the new).
+BASELINE = "base"
+BASELINE_LABEL = "wsecho (baseline)"
+# The echo rows (connections, message size); BENCH_ECHO_ROWS can choose some.
+ECHO_SPECS = [(1, 32), (16, 32), (64, 32), (64, 4096)]
 
 
 @dataclass
@@ -45,6 +52,10 @@ class Options:
     settle: str = "3s"
     custom: str = ""  # BENCH_SERVER
     wsecho_bin: str = ""
+    baseline_bin: str = ""  # WSECHO_BIN_BASELINE: the old wsecho, run interleaved with the new
+    trials: int = MIN_TRIALS  # BENCH_TRIALS: interleaved trials of each compared row
+    echo_seconds: int = 0  # BENCH_ECHO_SECONDS (0: 10 s, 3 s with --quick)
+    echo_specs: list[tuple[int, int]] = field(default_factory=lambda: list(ECHO_SPECS))  # BENCH_ECHO_ROWS
     redis_server: str = "redis-server"
 
     @classmethod
@@ -88,15 +99,48 @@ class Options:
         opts.settle = env.get("BENCH_SETTLE") or "3s"
         opts.custom = env.get("BENCH_SERVER", "")
         opts.wsecho_bin = env.get("WSECHO_BIN", "")
+        opts.baseline_bin = env.get("WSECHO_BIN_BASELINE", "")
+        if opts.baseline_bin and opts.custom:
+            raise Fatal("WSECHO_BIN_BASELINE compares two wsecho binaries: leave BENCH_SERVER unset")
+        try:
+            opts.trials = int(env.get("BENCH_TRIALS") or MIN_TRIALS)
+        except ValueError:
+            raise Fatal(f"BENCH_TRIALS={env['BENCH_TRIALS']} is not a number of trials")
+        if opts.compare and opts.trials < MIN_TRIALS:
+            raise Fatal(f"BENCH_TRIALS={opts.trials}: --compare needs at least {MIN_TRIALS} trials a row "
+                        "(fewer only without --compare, for a quick look)")
+        if not 1 <= opts.trials <= 99:
+            raise Fatal(f"BENCH_TRIALS={opts.trials}: give 1 to 99")
+        try:
+            opts.echo_seconds = int(env.get("BENCH_ECHO_SECONDS") or 0)
+        except ValueError:
+            raise Fatal(f"BENCH_ECHO_SECONDS={env['BENCH_ECHO_SECONDS']} is not a number of seconds")
+        if opts.echo_seconds < 0:
+            raise Fatal(f"BENCH_ECHO_SECONDS={opts.echo_seconds}: give a number of seconds, 1 or more")
+        if env.get("BENCH_ECHO_ROWS"):
+            known = {f"{c}x{s}": (c, s) for c, s in ECHO_SPECS}
+            wanted = env["BENCH_ECHO_ROWS"].replace(",", " ").split()
+            for row in wanted:
+                if row not in known:
+                    raise Fatal(f"unknown echo row '{row}' in BENCH_ECHO_ROWS (rows: {', '.join(known)})")
+            opts.echo_specs = [spec for name, spec in known.items() if name in wanted]
         opts.redis_server = env.get("REDIS_SERVER") or "redis-server"
         return opts
+
+    @property
+    def interleaved(self) -> bool:
+        """Whether the compared rows run as interleaved trials: with --compare,
+        or against a baseline binary."""
+        return self.compare or bool(self.baseline_bin)
 
     def budget_s(self) -> int:
         """The bound on the whole run (scripts/bench.sh runs it under timeout(1)).
         Each wsload run is bounded by itself; this catches anything else (a build
         that hangs, say)."""
-        return (40 * 60 + self.compare * 30 * 60 + self.portable * 15 * 60
-                + self.soak * (self.soak_seconds + 5 * 60))
+        # Trials multiply the compared rows: --compare's (30 min once) and the
+        # baseline's echo and fan-out rows (5 min once).
+        return (40 * 60 + self.compare * 30 * 60 * self.trials + bool(self.baseline_bin) * 5 * 60 * self.trials
+                + self.portable * 15 * 60 + self.soak * (self.soak_seconds + 5 * 60))
 
 
 def raise_fd_limit() -> str:
@@ -157,7 +201,7 @@ class Bench:
 
     @property
     def echo_seconds(self) -> int:
-        return 3 if self.opts.quick else 10
+        return self.opts.echo_seconds or (3 if self.opts.quick else 10)
 
     @property
     def settle_text(self) -> str:
@@ -219,6 +263,73 @@ class Bench:
         self.servers.stop(self.server)
         self.server = None
 
+    # ------------------------------------------------------------- trials --
+    def contenders(self, start_main: Callable[[], Server], peers: list[str], *flags: str,
+                   baseline: bool = True) -> list[tuple[str, Callable[[], Server | None]]]:
+        """The servers of an interleaved comparison (run-name prefix, how to start
+        it), in their order within a round: wsecho (START_MAIN), the baseline
+        binary with FLAGS (WSECHO_BIN_BASELINE; unless not BASELINE, for the
+        groups without a baseline table), then each ready peer of PEERS
+        (--compare)."""
+        out: list[tuple[str, Callable[[], Server | None]]] = [("main", start_main)]
+        if self.opts.baseline_bin and baseline:
+            out.append((BASELINE, lambda: self.start_wsecho(*flags, binary=Path(self.opts.baseline_bin),
+                                                            label=BASELINE_LABEL)))
+        if self.opts.compare:
+            out += [(peer, lambda peer=peer: self.start_peer(peer)) for peer in peers if peer in self.peers.ready]
+        return out
+
+    def interleave(self, contenders: list[tuple[str, Callable[[], Server | None]]], suffixes: list[str],
+                   run: Callable[[str, str, Server], None], median_of: Callable[[str], tuple[str, bool]],
+                   fresh: bool = False) -> None:
+        """Each row (run-name SUFFIX) as `opts.trials` interleaved trials: round k
+        runs trial k of every contender in turn, as RUN(NAME.tK, SUFFIX, server),
+        so that the trials compared pair by pair (trials.py) ran within a
+        round of each other. The servers are started once, before the rounds,
+        and serve every row (as one server serves all its rows without
+        trials); the contenders' idle servers wait meanwhile. With FRESH,
+        each trial has a server of its own instead, started for it and
+        stopped after it (the rows that measure a server's memory). Then each
+        contender's PREFIX-SUFFIX becomes a copy of its median trial by the
+        figure MEDIAN_OF(SUFFIX) names (key, higher is better), for the rows
+        that show one run's figures."""
+        if fresh:
+            ran = set()
+            for suffix in suffixes:
+                for k in range(1, self.opts.trials + 1):
+                    for prefix, start in contenders:
+                        server = start()
+                        if server is not None:
+                            run(f"{prefix}-{suffix}.t{k}", suffix, server)
+                            ran.add(prefix)
+                        self.stop()
+            started_prefixes = [prefix for prefix, _ in contenders if prefix in ran]
+        else:
+            started_prefixes = [prefix for prefix, _ in self._interleave_started(contenders, suffixes, run)]
+        for suffix in suffixes:
+            key, higher = median_of(suffix)
+            for prefix in started_prefixes:
+                self.runs.keep_median(f"{prefix}-{suffix}", key, higher)
+
+    def _interleave_started(self, contenders: list[tuple[str, Callable[[], Server | None]]], suffixes: list[str],
+                            run: Callable[[str, str, Server], None]) -> list[tuple[str, Server]]:
+        """`interleave` with the servers started once, before the rounds; returns them (stopped)."""
+        started: list[tuple[str, Server]] = []
+        try:
+            for prefix, start in contenders:
+                server = start()
+                if server is not None:
+                    started.append((prefix, server))
+                self.server = None  # each is stopped below, not by stop()
+            for suffix in suffixes:
+                for k in range(1, self.opts.trials + 1):
+                    for prefix, server in started:
+                        run(f"{prefix}-{suffix}.t{k}", suffix, server)
+        finally:
+            for _, server in reversed(started):
+                self.servers.stop(server)
+        return started
+
 
 def check_binaries(bench_root: Path, opts: Options) -> tuple[Path, Path]:
     """wsload and wsecho as scripts/bench.sh built them (or WSECHO_BIN)."""
@@ -227,6 +338,8 @@ def check_binaries(bench_root: Path, opts: Options) -> tuple[Path, Path]:
     wsecho = Path(opts.wsecho_bin) if opts.wsecho_bin else target / "release" / "wsecho"
     if not os.access(wsload, os.X_OK):
         raise Fatal(f"{wsload} was not built")
+    if opts.baseline_bin and not os.access(opts.baseline_bin, os.X_OK):
+        raise Fatal(f"WSECHO_BIN_BASELINE={opts.baseline_bin} is not an executable wsecho")
     if not opts.custom and not os.access(wsecho, os.X_OK):
         raise Fatal(f"{wsecho} not found (set WSECHO_BIN or BENCH_SERVER)")
     return wsload, wsecho

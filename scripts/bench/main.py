@@ -11,6 +11,12 @@ rows from those files. Each group of rows is a module in groups/ with a
 `measure` and a `rows` function (and `measure_peers` and `compare` for the
 groups --compare measures the peers in); adding a group means adding it to
 GROUPS in context.py and its functions to the two plans below.
+
+With --compare (or WSECHO_BIN_BASELINE) the compared rows run as interleaved
+trials (trials.py, Bench.interleave): the echo and fan-out groups run the
+peers' and the baseline's trials with wsecho's in `measure` (and have a
+`baseline` table), the hold and wide fan-out groups the peers' with wsecho's
+in `measure_peers`. The wide rows' peer runs once, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .context import PORTABLE_LABEL, TLS_LABEL, WARMUP, Bench, Options, check_binaries, report_fd_limit
+from .context import (
+    BASELINE_LABEL,
+    PORTABLE_LABEL,
+    TLS_LABEL,
+    WARMUP,
+    Bench,
+    Options,
+    check_binaries,
+    report_fd_limit,
+)
 from .groups import (
     burst,
     cluster,
@@ -46,13 +61,15 @@ from .peers import Peers
 from .report import TSV_HEADER, Report, draw_chart, results_markdown
 from .runs import Runs
 from .servers import Fatal, Servers, say
+from .trials import MIN_TRIALS, SPREAD_LIMIT, self_test
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The peers come first: wsecho's targets refer to their figures.
+# The peers come first (wsecho's targets refer to their figures); the hold and
+# wide fan-out groups' measure_peers run wsecho's compared rows too,
+# interleaved with theirs, and echo.measure and fanout.measure the peers'.
 MEASURE = [
-    echo.measure_peers, hold.measure_peers, fanout.measure_peers, wide_fanout.measure_peers,  # --compare
-    wide.measure_peers,
+    hold.measure_peers, wide_fanout.measure_peers, wide.measure_peers,  # --compare
     echo.measure, hold.measure, tls.measure, greeting.measure, fanout.measure, wide_fanout.measure,
     burst.measure, never_reader.measure, resume.measure, storm.measure, cluster.measure, rooms.measure, wide.measure,
     echo.measure_portable, hold.measure_portable,  # --portable
@@ -86,6 +103,8 @@ def tabulate(b: Bench) -> Report:
         fanout.compare(b, r)
         wide_fanout.compare(b, r)
         wide.compare(b, r)
+    echo.baseline(b, r)
+    fanout.baseline(b, r)
     return r
 
 
@@ -169,6 +188,24 @@ def header(b: Bench) -> list[str]:
                      "(rows needing wsecho's --broadcast / --greeting-delay skipped)")
     if b.opts.only:
         lines.append(f"- only these groups of rows: {b.opts.only} (BENCH_ONLY)")
+    if b.opts.echo_specs != echo.SPECS:
+        lines.append(f"- only these echo rows: {', '.join(echo.spec_name(s) for s in b.opts.echo_specs)} "
+                     "(BENCH_ECHO_ROWS)")
+    if b.opts.interleaved:
+        against = " and ".join(([] if not b.opts.compare else ["the peers of --compare"])
+                               + ([] if not b.opts.baseline_bin
+                                  else [f"{BASELINE_LABEL} ({b.opts.baseline_bin}, WSECHO_BIN_BASELINE)"]))
+        groups = "the echo and fan-out rows" + (
+            " (and with --compare the hold rows of the peers' sizes and the wide fan-out row, each trial on a "
+            "fresh server)" if b.opts.compare else "")
+        lines.append(
+            f"- trials: {groups} ran as {b.opts.trials} interleaved trials (BENCH_TRIALS), wsecho and {against} "
+            "in turn in each round; wsecho's figures in the table below are its median trial's (echo: by msgs/s; "
+            "fan-out: by deliveries/s at full speed, by p99 at 500/s; hold: by RSS; wide fan-out: by p99), and "
+            "its targets against another server are judged on the median of the per-trial ratios (trial k ÷ "
+            f"trial k), said too wide to judge when max/min of those ratios is over {SPREAD_LIMIT:g}× or their "
+            f"min–max straddles the aim, and too few to judge with fewer than {MIN_TRIALS} pairs"
+            + ("; the wide rows are one run each" if b.opts.compare else ""))
     if b.opts.portable:
         if b.portable_bin:
             lines.append(f"- {PORTABLE_LABEL}: wsecho built with --features portable-poll (target/portable)")
@@ -212,7 +249,7 @@ def finish(b: Bench) -> None:
         else:
             b.chart_note = "no chart: no peer ran"
         say(b.chart_note)
-    text = results_markdown(header(b), r, b.settle_text)
+    text = results_markdown(header(b), r, b.settle_text, b.opts.trials if b.opts.interleaved else 0)
     (out / "results.md").write_text(text)
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -238,6 +275,9 @@ def parse(args: list[str]) -> Options:
 
 
 def main(args: list[str]) -> int:
+    if args[:1] == ["--self-test"]:
+        self_test()
+        return 0
     if args[:1] == ["--budget"]:
         print(parse(args[1:]).budget_s())
         return 0

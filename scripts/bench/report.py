@@ -5,6 +5,11 @@ The formats are those the bash version printed with awk, to the character:
 fmt_int (thousands commas, no decimals), fmt_us (µs, ms or s), fmt_kib,
 fmt_bytes, and `awk_number` for a figure the bash version worked out with awk
 (6 significant digits) before formatting it.
+
+A row run as interleaved trials (trials.py) shows each server's median
+figure, and compares by the median of the per-pair ratios (trial k ÷ trial
+k, the same round), with their min–max; its target is judged on that
+median, unless the spread is too wide to judge (`judge_ratio`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from pathlib import Path
 
 from .runs import Runs, last_line
 from .servers import say
+from .trials import MIN_TRIALS, SPREAD_LIMIT, TOO_FEW, TOO_WIDE, Ratios, median
 
 NO = "**no**"
 DASH = "—"
+# Against WSECHO_BIN_BASELINE: no regression while the median new ÷ old ratio is
+# at least this (higher is better; at most its inverse when lower is): 5 %, the
+# most a change to a hot path may cost unremarked.
+NO_REGRESSION = 0.95
 
 
 # ----------------------------------------------------------------- numbers --
@@ -101,6 +111,31 @@ def check(test: Callable[..., bool], *figures) -> str:
         return NO
 
 
+def judge_ratio(ratios: Ratios, aim: float, better: str = "higher") -> str:
+    """The Met cell of a target on the median of per-pair RATIOS: yes or a bold
+    no, or that the spread is too wide (or the trials too few) to judge, with
+    the median and the min–max: "yes (median 1.05×, 0.98–1.10×, 5 pairs)"."""
+    if not ratios.n:
+        return f"{TOO_FEW}: no trial pair with both figures"
+    outcome, why = ratios.verdict(aim, better)
+    detail = ratios.text().removeprefix("median ").replace(" (", ", ", 1).removesuffix(")")
+    if outcome in ("met", "missed"):
+        return f"{met(outcome == 'met')} (median {detail})"
+    return f"{outcome}: {why} (median {detail})"
+
+
+def judge_all(cells: list[str]) -> str:
+    """Several judged parts of one target, as one Met cell: no if any missed,
+    else too wide or too few to judge if any was, else yes; each part's cell after."""
+    if any(NO in cell for cell in cells):
+        head = NO
+    elif any(TOO_WIDE in cell or TOO_FEW in cell for cell in cells):
+        head = TOO_WIDE if any(TOO_WIDE in cell for cell in cells) else TOO_FEW
+    else:
+        head = "yes"
+    return f"{head}: " + "; ".join(cells)
+
+
 @dataclass(frozen=True)
 class Target:
     """A fixed target: the text of the Target column and the test of the Met one."""
@@ -133,6 +168,7 @@ class Report:
         self.side_by_side: list[str] = []  # lines of the side-by-side tables
         self.sections: list[str] = []  # lines of sections of their own below the table (the soak's)
         self.tsv: list[str] = []  # lines of comparison.tsv, header aside
+        self.baseline: list[str] = []  # lines of the tables against WSECHO_BIN_BASELINE
         self._peers: list[tuple[str, str]] = []  # (run prefix, label) of the current table
 
     def row(self, test: str, server: str, figure: str, measured: str,
@@ -198,7 +234,10 @@ class Report:
         comparison.tsv too. No row when no peer has the figure. RUNS_OF maps a
         column's peer to another peer whose runs fill it in this row: another
         server of the same library, as Node ws's broadcast example is of its
-        echo server's."""
+        echo server's. Run as interleaved trials, the row is compare_trials'."""
+        if self.runs.trials(f"main-{suffix}"):
+            self.compare_trials(test, what, better, formatter, key, suffix, chart, runs_of)
+            return
         cells, lines, best, best_label, any_figure = "", [], None, "", False
         for column, label in self._peers:
             peer = (runs_of or {}).get(column, column)
@@ -237,6 +276,103 @@ class Report:
         self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {ratio} |")
         self.tsv += lines
 
+    def medians(self, name: str, key: str) -> tuple[dict[int, float], float | None, str]:
+        """The trials of run NAME that passed their checks, {k: figure KEY}, their
+        median and its text for comparison.tsv; (…, None, "") without any."""
+        figures = self.runs.trial_figures(name, key, self.figure)
+        if not figures:
+            return figures, None, ""
+        value = median(list(figures.values()))
+        return figures, value, awk_text(value)
+
+    def trial_cell(self, name: str, figures: dict[int, float], value: float | None, formatter: Callable) -> str:
+        """A server's cell of a row run as trials: its median figure, and how many
+        trials failed their checks or left no result."""
+        trials = len(self.runs.trials(name))
+        if value is None:
+            return f"{DASH} (no trial passed its checks: {self.runs.error(name)})" if trials else DASH
+        failed = trials - len(figures)
+        return formatter(value) + (f" ({failed} of {trials} trials failed: {self.runs.error(name)})"
+                                   if failed else "")
+
+    def compare_trials(self, test: str, what: str, better: str, formatter: Callable, key: str,
+                       suffix: str, chart: Chart | None = None, runs_of: dict[str, str] | None = None) -> None:
+        """compare_row of a row run as interleaved trials: each server's median
+        figure, the best peer the one with the best median, and wsecho's ratio to
+        it the median of the per-pair ratios (trial k ÷ its trial k), with their
+        min–max and, when it is too wide (trials.SPREAD_LIMIT), that it is."""
+        cells, lines, best, best_label, best_figures, any_figure = "", [], None, "", {}, False
+        for column, label in self._peers:
+            name = f"{(runs_of or {}).get(column, column)}-{suffix}"
+            figures, value, text = self.medians(name, key)
+            if not self.runs.trials(name):
+                cells += f" | {DASH}"
+                continue
+            any_figure = True
+            cells += f" | {self.trial_cell(name, figures, value, formatter)}"
+            if value is None:
+                continue
+            if best is None or (value > best if better == "higher" else value < best):
+                best, best_label, best_figures = value, label, figures
+            if chart:
+                lines.append(self._tsv_line(chart, label, text, main=False))
+        if not any_figure:
+            return
+        mine_figures, mine, text = self.medians(f"main-{suffix}", key)
+        cell = self.trial_cell(f"main-{suffix}", mine_figures, mine, formatter)
+        if mine is not None and chart:
+            lines.insert(0, self._tsv_line(chart, self.main_label, text, main=True))
+        if mine is None:
+            ratio = DASH
+        elif best is None:
+            ratio = f"{DASH} (no peer passed its checks)"
+        else:
+            ratios = Ratios.of(mine_figures, best_figures, len(self.runs.trials(f"main-{suffix}")))
+            outcome, why = ratios.verdict()
+            if not ratios.n:
+                ratio = f"n/a (best: {best_label}, {fmt_g(best)}; no trial pair with both figures > 0)"
+            else:
+                ratio = (f"{ratios.median:.2f}× best ({best_label}; median of {ratios.pairs()}, "
+                         f"{ratios.low:.2f}–{ratios.high:.2f}×); {better} is better")
+                if outcome:
+                    ratio += f"; {outcome} ({why})"
+        self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {ratio} |")
+        self.tsv += lines
+
+    def baseline_table(self, heading: str, baseline_label: str, path: str) -> None:
+        """Starts a table of wsecho against WSECHO_BIN_BASELINE, new ÷ old."""
+        if not self.baseline:
+            self.baseline += [
+                "", "## Against the baseline (WSECHO_BIN_BASELINE)", "",
+                (f"{self.main_label} (new) and {baseline_label} ({path}) in interleaved trials "
+                 "(new, old, new, old, ...): each figure the median of the trials that passed their checks, "
+                 "new ÷ old the median of the per-trial ratios (trial k ÷ trial k) with their min–max. "
+                 f"\"No regression\": the median within {round((1 - NO_REGRESSION) * 100)} % of the old "
+                 "figure (NO_REGRESSION), judged unless the spread is too wide (see --help)."),
+            ]
+        self.baseline += ["", f"### {heading}", "",
+                          f"| Test | Figure | {self.main_label} (new) | {baseline_label} | new ÷ old | Verdict |",
+                          "|---|---|---|---|---|---|"]
+
+    def baseline_row(self, test: str, what: str, better: str, formatter: Callable, key: str, suffix: str,
+                     baseline: str) -> None:
+        """A row of figure KEY of the trials main-SUFFIX.tK and BASELINE-SUFFIX.tK:
+        each median, new ÷ old and the verdict, no regression when the median
+        ratio is at least NO_REGRESSION (higher is better) or at most its
+        inverse (lower is better)."""
+        new_figures, new, _ = self.medians(f"main-{suffix}", key)
+        old_figures, old, _ = self.medians(f"{baseline}-{suffix}", key)
+        cells = (f"{self.trial_cell(f'main-{suffix}', new_figures, new, formatter)} | "
+                 f"{self.trial_cell(f'{baseline}-{suffix}', old_figures, old, formatter)}")
+        ratios = Ratios.of(new_figures, old_figures, len(self.runs.trials(f"main-{suffix}")))
+        if not ratios.n:
+            self.baseline.append(f"| {test} | {what} | {cells} | {DASH} | {NO}: no trial pair |")
+            return
+        aim = NO_REGRESSION if better == "higher" else 1 / NO_REGRESSION
+        outcome, why = ratios.verdict(aim, better)
+        verdict = {"met": "no regression", "missed": f"{NO}: regression"}.get(outcome, f"{outcome} ({why})")
+        self.baseline.append(f"| {test} | {what} | {cells} | {ratios.text()}; {better} is better | {verdict} |")
+
     def compare_alone(self, test: str, what: str, cell: str, why: str) -> None:
         """A row of a side-by-side table that only the server under test has a
         figure for: each peer's cell says WHY not (a feature it lacks)."""
@@ -249,6 +385,7 @@ class Report:
 
 
 # ------------------------------------------------------------------- files --
+SPREAD_LIMIT_TEXT = f"{SPREAD_LIMIT:g}×"
 TSV_HEADER = "panel\tcategory\tserver\tvalue\tunit\tmain"
 
 
@@ -289,20 +426,31 @@ def draw_chart(tsv: Path, svg: Path, cache: Path, chart_py: Path, title: str, lo
     return f"no chart: scripts/chart.py failed ({last_line(log)}; target/bench/chart.log)"
 
 
-def results_markdown(header: list[str], report: Report, settle_text: str) -> str:
-    """results.md: the header bullets, the table, the side-by-side tables."""
+def results_markdown(header: list[str], report: Report, settle_text: str, trials: int = 0) -> str:
+    """results.md: the header bullets, the table, the side-by-side tables, the
+    tables against the baseline. TRIALS: the trials of each compared row."""
     lines = ["# wsecho benchmark", "", *header, "",
              "| Test | Server | Figure | Measured | Target | Met |",
              "|---|---|---|---|---|---|", *report.rows, *report.sections]
     if report.side_by_side:
+        each = ("Each row: the same run's figures for every server, and wsecho's as a multiple of the best peer's."
+                if not trials else
+                (f"Rows run as {trials} interleaved trials (wsecho, each peer in turn, then again) show each "
+                 "server's median figure over the trials that passed their checks, and wsecho's as a multiple of "
+                 "the best peer's (the best median): the median of the per-trial ratios, wsecho's trial k ÷ that "
+                 "peer's trial k of the same round, with their min–max. Wider than max/min "
+                 f"{SPREAD_LIMIT_TEXT}, or fewer than {MIN_TRIALS} pairs, and the row says it cannot be judged. "
+                 "Rows without trials are one run each."))
         lines += [
             "", "## Side by side (--compare)", "",
-            "Each row: the same run's figures for every server, and wsecho's as a multiple of the best peer's.",
+            each,
             ("Kernel memory is the machine's (SUnreclaim + KernelStack + PageTables, from /proc/meminfo): "
              "it counts wsload's end of every connection too, the same for every server."),
             ("\"After a 64 KiB message\": every connection sent one binary message of 64 KiB and read its "
              f"echo, and the figures were taken {settle_text} later (medians of 5 samples over 1 s)."),
             *report.side_by_side,
         ]
-    lines += ["", "Raw JSON of every run: target/bench/raw/."]
+    lines += report.baseline
+    lines += ["", ("Raw JSON of every run: target/bench/raw/ (trial k of run NAME: NAME.tK.json; NAME.json "
+                   "is a copy of its median trial, named in NAME.median.txt).")]
     return "\n".join(lines) + "\n"

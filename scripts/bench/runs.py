@@ -6,15 +6,22 @@ BENCH_SERVER, port: wsecho's portable backend, tls: wsecho over TLS, a peer's
 name), the rest which row. wsload's JSON is kept in target/bench/raw/NAME.json
 and its stderr in NAME.err; the tables are made from those files alone, so a
 run whose JSON is missing simply leaves its cells empty ("no result: ...").
+
+A row run as interleaved trials (trials.py; --compare, WSECHO_BIN_BASELINE)
+has its trials as NAME.t1, NAME.t2, ..., and NAME itself is a copy of the
+median trial (`keep_median`), for the rows that show one run's figures.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from .servers import Servers, say
+from .trials import median_index
 
 # Each wsload run bounds itself; this catches one that does not.
 RUN_TIMEOUT_S = 1800
@@ -107,6 +114,46 @@ class Runs:
             except (ValueError, AttributeError):
                 self._cache[name] = {}  # there, but not a report: every figure missing
         return self._cache[name]
+
+    def trials(self, name: str) -> dict[int, str]:
+        """The trials of run NAME that were run, {k: NAME.tK}, whether or not they left
+        a result (each leaves its stderr); {} for a run without trials."""
+        found = {}
+        for err in self.raw.glob(f"{name}.t*.err"):
+            m = re.fullmatch(re.escape(name) + r"\.t([0-9]+)\.err", err.name)
+            if m:
+                found[int(m.group(1))] = f"{name}.t{m.group(1)}"
+        return dict(sorted(found.items()))
+
+    def trial_figures(self, name: str, key: str, figure=None) -> dict[int, float]:
+        """Figure KEY of each trial of run NAME that passed its checks, {k: value};
+        FIGURE(trial, key) -> (value, text) works it out instead when given."""
+        out = {}
+        for k, trial in self.trials(name).items():
+            value = figure(trial, key)[0] if figure else self.get(trial, key)
+            if self.ok(trial) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[k] = float(value)
+        return out
+
+    def keep_median(self, name: str, key: str, higher: bool = True) -> None:
+        """Makes run NAME a copy of its median trial by figure KEY (the lower middle
+        of an even count, counted from the worst), among the trials that passed
+        their checks, else among those with a result; without a result in any,
+        NAME has the last trial's stderr (what went wrong)."""
+        trials = list(self.trials(name).values())
+        if not trials:
+            return
+        figures = [(self.get(t, key), t) for t in trials if self.has(t)]
+        figures = [(v, t) for v, t in figures if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        passed = [(v, t) for v, t in figures if self.ok(t)]
+        pool = sorted(passed or figures, reverse=not higher)
+        chosen = pool[median_index([v for v, _ in pool])][1] if pool else trials[-1]
+        self._cache.pop(name, None)
+        (self.raw / f"{name}.json").unlink(missing_ok=True)
+        if self.has(chosen):
+            shutil.copyfile(self.raw / f"{chosen}.json", self.raw / f"{name}.json")
+        shutil.copyfile(self.err_path(chosen), self.err_path(name))
+        (self.raw / f"{name}.median.txt").write_text(f"{chosen}\n")
 
     def get(self, name: str, key: str):
         """Figure KEY of run NAME; None when the run, the key or its value is missing."""

@@ -1,12 +1,17 @@
 """Fan-out rows: 100 listeners × 1,000 messages of 32 B, every message to
 every client (wsload fanout against wsecho --broadcast), at full speed and at
 500 messages/s; the peers of --compare are websocat's and Node ws's
-broadcast servers."""
+broadcast servers.
+
+With --compare or WSECHO_BIN_BASELINE, each row runs as interleaved trials
+(trials.py), as the echo rows do, and the targets against websocat are
+judged on the median of the per-trial ratios."""
 
 from __future__ import annotations
 
-from ..context import Bench
-from ..report import Chart, Report, Target, awk_number, check, fmt_int, fmt_us
+from ..context import BASELINE, BASELINE_LABEL, Bench
+from ..report import Chart, Report, Target, awk_number, check, fmt_int, fmt_us, judge_all, judge_ratio
+from ..trials import Ratios, median
 
 PEERS = ["websocat", "nodebc"]
 RATES = {"full": "0", "500": "500"}  # run name part: --rate
@@ -24,29 +29,30 @@ def title(rate: str) -> str:
     return f"fan-out 100 × 1,000 at {'full speed' if rate == 'full' else '500/s'}"
 
 
+def fanout_run(b: Bench, name: str, url: str, rate: str, *extra) -> None:
+    b.run(name, "fanout", "--url", url, *extra, "--listeners", 100, "--messages", 1000, "--rate", RATES[rate])
+
+
 def measure_with(b: Bench, prefix: str, url: str, *extra) -> None:
     """The fan-out runs PREFIX-fanout-full and PREFIX-fanout-500."""
-    for rate, per_s in RATES.items():
-        b.run(f"{prefix}-fanout-{rate}", "fanout", "--url", url, *extra, "--listeners", 100,
-              "--messages", 1000, "--rate", per_s)
-
-
-def measure_peers(b: Bench) -> None:
-    if not (b.opts.compare and b.want("fanout")):
-        return
-    for peer in PEERS:
-        if peer not in b.peers.ready:
-            continue
-        if b.start_peer(peer):
-            measure_with(b, peer, b.server.url)
-        b.stop()
+    for rate in RATES:
+        fanout_run(b, f"{prefix}-fanout-{rate}", url, rate, *extra)
 
 
 def measure(b: Bench) -> None:
+    """wsecho's rows; with --compare or a baseline, interleaved with the
+    peers' (and the baseline's) as trials, each server started once."""
     if b.custom or not b.want("fanout"):
         return
-    measure_with(b, "main", b.start_wsecho("--broadcast").url)
-    b.stop()
+    if not b.opts.interleaved:
+        measure_with(b, "main", b.start_wsecho("--broadcast").url)
+        b.stop()
+        return
+    # The median trial: by deliveries/s at full speed, by p99 at 500/s.
+    median_of = {"fanout-full": ("deliveries_per_s", True), "fanout-500": ("p99_us", False)}
+    b.interleave(b.contenders(lambda: b.start_wsecho("--broadcast"), PEERS, "--broadcast"), list(median_of),
+                 lambda name, suffix, server: fanout_run(b, name, server.url, suffix.removeprefix("fanout-")),
+                 median_of.get)
 
 
 def delivered_row(b: Bench, r: Report, name: str, test: str, label: str) -> None:
@@ -55,6 +61,17 @@ def delivered_row(b: Bench, r: Report, name: str, test: str, label: str) -> None
     r.row(test, label, "delivered / missing / out of order",
           f"{fmt_int(get(name, 'delivered'))} / {text(name, 'missing')} / {text(name, 'out_of_order')}",
           DELIVERED.text, DELIVERED.met(get(name, "missing"), get(name, "out_of_order"), get(name, "duplicates")))
+
+
+def vs_websocat(b: Bench, name: str, peer: str, key: str, aim: float, better: str, formatter) -> tuple[str, str]:
+    """From interleaved trials: websocat's median figure KEY (as text) and the Met
+    cell of wsecho's, the median of the per-trial ratios against AIM; ("", "")
+    without trials."""
+    theirs = b.runs.trial_figures(peer, key)
+    if not (b.runs.trials(name) and theirs):
+        return "", ""
+    ratios = Ratios.of(b.runs.trial_figures(name, key), theirs, len(b.runs.trials(name)))
+    return f"median of {len(theirs)}: {formatter(median(list(theirs.values())))}", judge_ratio(ratios, aim, better)
 
 
 def rows(b: Bench, r: Report) -> None:
@@ -68,7 +85,20 @@ def rows(b: Bench, r: Report) -> None:
             continue
         delivered_row(b, r, name, test, "wsecho")
         latency = "latency p50 / p99 / p99.9 / max"
-        if rate == "full":
+        theirs, m = (vs_websocat(b, name, peer, "deliveries_per_s", VS_WEBSOCAT, "higher", fmt_int) if rate == "full"
+                     else vs_websocat(b, name, peer, "p99_us", 1, "lower", fmt_us))
+        if rate == "full" and theirs:
+            r.row(test, "wsecho", "deliveries/s", fmt_int(get(name, "deliveries_per_s")),
+                  f"≥ {VS_WEBSOCAT} × websocat ({theirs})", m)
+            r.row(test, "wsecho", latency, r.latency(name))
+        elif theirs:
+            their50, m50 = vs_websocat(b, name, peer, "p50_us", 1, "lower", fmt_us)
+            their99, m99 = theirs, m
+            p99 = get(name, "p99_us")  # the median trial's (by p99)
+            r.row(test, "wsecho", latency, r.latency(name),
+                  f"p50 ≤ websocat ({their50}), p99 ≤ websocat ({their99}) and < 1 ms",
+                  judge_all([f"p50 {m50}", f"p99 {m99}", f"< 1 ms: {check(lambda p99: p99 < P99_US, p99)}"]))
+        elif rate == "full":
             dps, theirs = get(name, "deliveries_per_s"), get(peer, "deliveries_per_s")
             if theirs is not None:
                 r.row(test, "wsecho", "deliveries/s", fmt_int(dps),
@@ -103,3 +133,17 @@ def compare(b: Bench, r: Report) -> None:
     r.compare_row("fan-out at full speed", "deliveries/s", "higher", fmt_int, "deliveries_per_s", "fanout-full",
                   Chart("Fan-out deliveries/s at full speed (higher is better)", "deliveries/s", "deliveries/s"))
     r.compare_row("fan-out at full speed", "latency p99", "lower", fmt_us, "p99_us", "fanout-full")
+
+
+def baseline(b: Bench, r: Report) -> None:
+    """The fan-out rows against WSECHO_BIN_BASELINE: new ÷ old."""
+    if b.custom or not (b.opts.baseline_bin and b.want("fanout")):
+        return
+    r.baseline_table("Fan-out: 100 listeners × 1,000 messages of 32 B, every message to every client",
+                     BASELINE_LABEL, b.opts.baseline_bin)
+    r.baseline_row("fan-out at full speed", "deliveries/s", "higher", fmt_int, "deliveries_per_s", "fanout-full",
+                   BASELINE)
+    r.baseline_row("fan-out at full speed", "latency p99", "lower", fmt_us, "p99_us", "fanout-full", BASELINE)
+    for percentile in ("p50", "p99"):
+        r.baseline_row("fan-out at 500/s", f"latency {percentile}", "lower", fmt_us, f"{percentile}_us",
+                       "fanout-500", BASELINE)

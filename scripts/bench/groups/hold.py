@@ -1,14 +1,34 @@
 """Hold rows: many idle connections (wsload hold), what each costs the
 server and the machine, fresh and a settle time after it did something (a
 64 KiB message, or wsecho's greeting). wsecho's own hold rows have the
-greeting off (--greeting-delay off, as every wsecho start here)."""
+greeting off (--greeting-delay off, as every wsecho start here).
+
+With --compare, the sizes the peers run too are interleaved trials
+(trials.py), each on a fresh server: wsecho, each peer, then again; the
+opened/s target is judged on the median of the per-trial ratios, and
+wsecho's other figures are its median trial's (by RSS per connection)."""
 
 from __future__ import annotations
 
 from functools import partial
 
 from ..context import PORTABLE_LABEL, Bench
-from ..report import DASH, NO, Chart, Report, Target, awk_number, check, fmt, fmt_bytes, fmt_g, fmt_int, fmt_kib
+from ..report import (
+    DASH,
+    NO,
+    Chart,
+    Report,
+    Target,
+    awk_number,
+    check,
+    fmt,
+    fmt_bytes,
+    fmt_g,
+    fmt_int,
+    fmt_kib,
+    judge_ratio,
+)
+from ..trials import Ratios, median
 
 PEERS = ["tt", "tung", "node"]
 HOLD = "10s"  # how long the connections stay idle
@@ -32,23 +52,24 @@ def hold_run(b: Bench, name: str, n: int, *extra) -> None:
 
 
 def measure_peers(b: Bench) -> None:
+    """The peers' rows, interleaved with wsecho's as trials (--compare): each
+    trial on a fresh server."""
     if not (b.opts.compare and b.want("hold")):
         return
-    for peer in PEERS:
-        if peer not in b.peers.ready:
-            continue
-        for n in b.cmp_hold_sizes:
-            if b.start_peer(peer):
-                hold_run(b, f"{peer}-hold-{n}", n)
-            b.stop()
+    b.interleave(b.contenders(b.start_default, PEERS, baseline=False), [f"hold-{n}" for n in b.cmp_hold_sizes],
+                 lambda name, suffix, server: hold_run(b, name, int(suffix.removeprefix("hold-"))),
+                 lambda suffix: ("rss_per_conn_kib", False), fresh=True)
 
 
 def measure(b: Bench) -> None:
     if not b.want("hold"):
         return
     # Greeting off: the fresh figures, and with 1,000 (and 5,000 with
-    # --compare) the figures after a 64 KiB message.
+    # --compare) the figures after a 64 KiB message; with --compare those
+    # ran as trials beside the peers' (measure_peers).
     for n in b.hold_sizes:
+        if b.opts.compare and n in b.cmp_hold_sizes:
+            continue
         server = b.start_default()
         if n in b.cmp_hold_sizes:
             hold_run(b, f"main-hold-{n}", n)
@@ -127,7 +148,16 @@ def table(b: Bench, r: Report, n: int, label: str, prefix: str = "main") -> None
     # Connections opened per second while opening them all: at least 1.2 ×
     # tokio-tungstenite's example (wsecho's plain rows).
     open_s = get(name, "open_s")
-    if prefix == "main" and open_s is not None:
+    opened_trials = b.runs.trial_figures(name, "opened_per_s", r.figure)
+    tt_trials = b.runs.trial_figures(f"tt-hold-{n}", "opened_per_s", r.figure)
+    if prefix == "main" and open_s is not None and opened_trials and tt_trials:
+        ratios = Ratios.of(opened_trials, tt_trials, len(b.runs.trials(name)))
+        r.row(title, label, "connections opened/s (median of the trials)",
+              fmt_int(awk_number(median(list(opened_trials.values())))),
+              f"≥ {OPEN_RATE_VS_TT} × tokio-tungstenite (median of {len(tt_trials)}: "
+              f"{fmt_int(awk_number(median(list(tt_trials.values()))))})",
+              judge_ratio(ratios, OPEN_RATE_VS_TT))
+    elif prefix == "main" and open_s is not None:
         rate = opened / open_s if open_s else None
         tt_open = get(f"tt-hold-{n}", "open_s")
         if tt_open is not None:

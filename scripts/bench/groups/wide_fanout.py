@@ -4,7 +4,9 @@ fanout against wsecho --broadcast): delivery latency p50 / p99 / max, and the
 server's CPU time while the messages go out, from the first send to the last
 delivery (wsload fanout --pid), not while the 5,000 connections open or
 close. With --compare, the fan-out rows' peers on the same rows: websocat's
-broadcast:mirror: and Node ws's broadcast example.
+broadcast:mirror: and Node ws's broadcast example, as interleaved trials
+(trials.py), each on a fresh server, the targets judged on the median of the
+per-trial ratios; wsecho's figures are then its median trial's (by p99).
 
 Not to be confused with the wide rows (groups/wide.py), 20,000 clients.
 """
@@ -12,8 +14,9 @@ Not to be confused with the wide rows (groups/wide.py), 20,000 clients.
 from __future__ import annotations
 
 from ..context import Bench
-from ..report import DASH, Chart, Report, Target, fmt, fmt_int, fmt_us
+from ..report import DASH, Chart, Report, Target, fmt, fmt_int, fmt_us, judge_ratio
 from ..servers import say
+from ..trials import Ratios, median
 from .fanout import delivered_row
 from .wide import FD_MARGIN, NO_PINGS
 
@@ -63,20 +66,21 @@ def shortfall(b: Bench) -> str:
             "as root; or set BENCH_WIDE_FANOUT_LISTENERS lower)")
 
 
-def measure_with(b: Bench, prefix: str) -> None:
-    """The run PREFIX-fanout-wide against the server just started."""
-    b.run(f"{prefix}-{SUFFIX}", "fanout", "--url", b.server.url, "--listeners", listeners(b),
+def measure_with(b: Bench, prefix: str, name: str = "") -> None:
+    """The run PREFIX-fanout-wide (or NAME) against the server just started."""
+    b.run(name or f"{prefix}-{SUFFIX}", "fanout", "--url", b.server.url, "--listeners", listeners(b),
           "--messages", MESSAGES, "--rate", RATE, "--size", SIZE, "--pid", b.server.pid,
           "--connect-timeout", CONNECT_TIMEOUT, "--timeout", TIMEOUT)
 
 
 def measure_peers(b: Bench) -> None:
+    """wsecho's run and the peers', interleaved as trials (--compare), each on a
+    fresh server."""
     if not (b.opts.compare and b.want(GROUP)) or b.custom or shortfall(b):
         return
-    for peer in PEERS:
-        if peer in b.peers.ready and b.start_peer(peer):
-            measure_with(b, peer)
-        b.stop()
+    b.interleave(b.contenders(lambda: b.start_wsecho(*FLAGS), PEERS, baseline=False), [SUFFIX],
+                 lambda name, suffix, server: measure_with(b, "", name),
+                 lambda suffix: ("p99_us", False), fresh=True)
 
 
 def measure(b: Bench) -> None:
@@ -85,16 +89,20 @@ def measure(b: Bench) -> None:
     if shortfall(b):
         say(f"{GROUP}: {shortfall(b)}")
         return
+    if b.opts.compare:
+        return  # run as trials beside the peers' (measure_peers)
     b.start_wsecho(*FLAGS)
     measure_with(b, "main")
     b.stop()
 
 
 # -------------------------------------------------------------------- rows --
-def vs_target_peer(b: Bench, what: str, key: str, formatter) -> Target | str:
+def vs_target_peer(b: Bench, what: str, key: str, formatter) -> Target | str | tuple[str, str]:
     """The target "WHAT ≤ websocat's" on figure KEY, with websocat's figure in
-    the same run; without one (no --compare, no result, a run that failed its
-    checks), only the Target column's text: nothing to test against."""
+    the same run; from interleaved trials, its Target and Met cells judged on
+    the median of the per-trial ratios; without a figure (no --compare, no
+    result, a run that failed its checks), only the Target column's text:
+    nothing to test against."""
     name = f"{TARGET_PEER}-{SUFFIX}"
     theirs = b.runs.get(name, key)
     if not b.opts.compare:
@@ -102,13 +110,22 @@ def vs_target_peer(b: Bench, what: str, key: str, formatter) -> Target | str:
     if theirs is None:
         return f"{what} ≤ websocat (no result: {b.runs.error(name)})"
     label = b.peers.label(TARGET_PEER)
+    theirs_trials = b.runs.trial_figures(name, key)
+    if theirs_trials:
+        mine_trials = b.runs.trial_figures(f"main-{SUFFIX}", key)
+        ratios = Ratios.of(mine_trials, theirs_trials, len(b.runs.trials(f"main-{SUFFIX}")))
+        return (f"{what} ≤ {label} (median of {len(theirs_trials)}: {formatter(median(list(theirs_trials.values())))})",
+                judge_ratio(ratios, 1.0, "lower"))
     if not b.runs.ok(name):
         return f"{what} ≤ {label} ({formatter(theirs)}, but its run failed its checks: {b.runs.error(name)})"
     return Target(f"{what} ≤ {label} ({formatter(theirs)})", lambda mine: mine <= theirs)
 
 
-def target_row(r: Report, test: str, figure: str, measured: str, target: Target | str, value) -> None:
-    if isinstance(target, Target):
+def target_row(r: Report, test: str, figure: str, measured: str, target: Target | str | tuple[str, str],
+               value) -> None:
+    if isinstance(target, tuple):
+        r.row(test, "wsecho", figure, measured, *target)
+    elif isinstance(target, Target):
         r.row(test, "wsecho", figure, measured, target.text, target.met(value))
     else:
         r.row(test, "wsecho", figure, measured, target)
