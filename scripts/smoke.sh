@@ -2,7 +2,11 @@
 # Smoke test of a wsecho server with websocat: text echo, binary echo, the greeting, and
 # (with --broadcast) a message from one client reaching another, or (with --cluster) text and
 # binary from a client of one instance reaching a client of another, both ways; over ws:// or
-# wss://.
+# wss://. With the server's test controls (docs/testing-clients.md): a Close's code and reason
+# (?close=4001&reason=...) reach the client as sent, messages sent in frames of 3 bytes
+# (?fragment=3) arrive whole, and the client address the server sees (?whoami) is printed.
+# These need python3 (its standard library reads the Close), and are skipped, with a note,
+# when the server has them off (--no-test-controls: GET /echo is 404).
 #
 # usage: scripts/smoke.sh [--broadcast] [--tls | URL]
 #        scripts/smoke.sh --cluster [URL1 URL2]
@@ -52,7 +56,7 @@ for arg in "$@"; do
         --cluster) CLUSTER=1 ;;
         --tls) TLS=1 ;;
         --install-only) INSTALL_ONLY=1 ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         ws://*|wss://*) URL=$arg; URLS+=("$arg") ;;
         *) echo "smoke: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
@@ -328,6 +332,151 @@ if [[ $CLUSTER == 1 ]]; then
     else
         not_ok "cluster: carol (on ${URLS[1]}) did not hear her own message"
     fi
+fi
+
+# --- test controls ------------------------------------------------------------------------
+# The server's test controls (docs/testing-clients.md), asked for in the URL's query: a Close
+# with a code and a reason must reach the client as sent, a message sent in fragments must
+# arrive whole, and ?whoami says which address the server sees. A server started with
+# --no-test-controls answers GET /echo with 404 (and ignores the query): the checks are then
+# skipped, as that is no fault of the deployment. websocat does not show a Close's code, so a
+# small client in Python (standard library only) reads it.
+write_probe() {
+    cat >"$TMP/probe.py" <<'PYTHON'
+# probe.py URL MODE SECONDS. MODE http: GET the URL without an upgrade, print "status N".
+# MODE close: print "close CODE REASON" when the server's Close comes. MODE whoami: print
+# "address A" from the first message (a JSON object), or "message TEXT" if it has none.
+# Otherwise: "refused N" (the handshake's status), "timeout", or "eof".
+import base64, json, os, socket, ssl, struct, sys
+from urllib.parse import urlsplit
+
+url, mode, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+u = urlsplit(url)
+secure = u.scheme in ("wss", "https")
+sock = socket.create_connection((u.hostname, u.port or (443 if secure else 80)), timeout=wait)
+if secure:  # the CA bundle is OpenSSL's default, which SSL_CERT_FILE replaces
+    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
+target = (u.path or "/") + ("?" + u.query if u.query else "")
+headers = "Connection: close\r\n" if mode == "http" else (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode() + "\r\n")
+sock.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, u.netloc, headers)).encode())
+stream = sock.makefile("rb")
+
+def send(opcode, payload=b""):  # a client's frame: masked; control payloads are short
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+def read(n):
+    data = stream.read(n)
+    if len(data) < n:
+        print("eof")
+        sys.exit(0)
+    return data
+
+try:
+    status = stream.readline().split()
+    while stream.readline() not in (b"\r\n", b"\n", b""):
+        pass
+    code = status[1].decode() if len(status) > 1 else "?"
+    if mode == "http":
+        print("status", code)
+        sys.exit(0)
+    if code != "101":
+        print("refused", code)
+        sys.exit(0)
+    message = b""
+    while True:
+        head = read(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", read(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", read(8))[0]
+        payload = read(length)  # a server's frames are not masked
+        opcode = head[0] & 0x0F
+        if opcode == 8:
+            code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+            print("close", code, payload[2:].decode("utf-8", "replace"))
+            send(8, payload[:2])
+            sys.exit(0)
+        if opcode == 9:
+            send(10, payload)
+        elif opcode in (0, 1, 2):
+            message += payload
+            if head[0] & 0x80:
+                if mode == "whoami":
+                    text = message.decode("utf-8", "replace")
+                    try:
+                        print("address", json.loads(text)["address"])
+                    except (ValueError, KeyError, TypeError):
+                        print("message", text)
+                    sys.exit(0)
+                message = b""
+except (socket.timeout, TimeoutError):
+    print("timeout")
+PYTHON
+}
+
+# probe URL MODE [SECONDS]: the line probe.py prints, or "error ..." if it could not run.
+probe() {
+    python3 "$TMP/probe.py" "$1" "$2" "${3:-$ECHO_WAIT}" 2>"$TMP/probe.err" ||
+        echo "error: $(tail -1 "$TMP/probe.err")"
+}
+
+# with_query URL QUERY: the URL with QUERY added to its query string.
+with_query() {
+    if [[ $1 == *\?* ]]; then echo "$1&$2"; else echo "$1?$2"; fi
+}
+
+if ! command -v python3 >/dev/null; then
+    echo "smoke: note: python3 is not installed; the test-control checks are skipped"
+else
+    write_probe
+    http_url=${URL/#ws/http} # ws:// to http://, wss:// to https://
+    authority=${http_url#*://}
+    echo_status=$(probe "${http_url%%://*}://${authority%%[/?]*}/echo" http)
+    case "$echo_status" in
+    "status 404")
+        echo "smoke: note: the server's test controls are off (GET /echo is 404:" \
+            "--no-test-controls); the close, fragment and whoami checks are skipped" ;;
+    *)
+        [[ $echo_status == "status 200" ]] ||
+            echo "smoke: note: GET /echo answered '$echo_status' (200 expected); trying the controls anyway"
+        # Close codes and reasons pass through.
+        closed=$(probe "$(with_query "$URL" "close=4001&reason=smoke%20$$")" close)
+        if [[ $closed == "close 4001 smoke $$" ]]; then
+            ok "test controls: a Close with code 4001 and reason \"smoke $$\" arrives as sent"
+        else
+            not_ok "test controls: ?close=4001&reason=smoke%20$$ gave '$closed', not 'close 4001 smoke $$'"
+        fi
+        # Fragmented messages arrive whole: websocat reassembles the frames of 3 bytes into
+        # messages, so a message that comes back intact came through in one piece.
+        connect frank "$(with_query "$URL" fragment=3)"
+        fragmented="smoke fragments $$ héllo wörld ✓"
+        send frank "$fragmented"
+        if expect frank "$fragmented" "$ECHO_WAIT"; then
+            ok "test controls: a text message sent in frames of 3 bytes arrives whole"
+        else
+            not_ok "test controls: a text message sent in frames of 3 bytes (?fragment=3)"
+        fi
+        fragmented="B$(printf '\x00\x01\x02\xfe\xff fragments %s' "$$" | base64 | tr -d '\n')"
+        send frank "$fragmented"
+        if expect frank "$fragmented" "$ECHO_WAIT"; then
+            ok "test controls: a binary message sent in frames of 3 bytes arrives whole"
+        else
+            not_ok "test controls: a binary message sent in frames of 3 bytes (?fragment=3)"
+        fi
+        # The client's address as the server sees it (behind a proxy: the proxy's, unless
+        # the server trusts it with --trusted-proxy).
+        seen=$(probe "$(with_query "$URL" whoami)" whoami)
+        if [[ $seen == "address "?* ]]; then
+            echo "smoke: the server sees this client as ${seen#address }"
+        else
+            not_ok "test controls: ?whoami gave '$seen', not a JSON object with an address"
+        fi ;;
+    esac
 fi
 
 if ((failed > 0)) && grep -qs "certificate verify failed" "$TMP"/*.err; then

@@ -4,7 +4,8 @@
 //! like a person would: send text and binary messages, receive the echoes and
 //! the greeting, clear the log, close the connection, reconnect. Screenshots
 //! of the page go to `<target dir>/screenshots/`: `demo-page.png` (1200×900),
-//! `demo-page-phone.png` (375×740) and `demo-page-dark.png` (closed, dark).
+//! `demo-page-phone.png` (375×740), `demo-page-dark.png` (closed, dark) and
+//! `demo-page-controls.png` (the test controls open).
 //!
 //! A second run serves the page over `https://` with a certificate made for the
 //! test: the page must pick `wss://` by itself. Chromium trusts exactly that
@@ -947,4 +948,96 @@ fn test_controls_from_a_browser() {
     // A 400 at the handshake: the browser only sees the connection fail.
     wait(b, "got.bad.close !== undefined");
     assert_eq!(js(b, "got.bad.close[0]"), 1006);
+}
+
+/// The page's "Test controls": their values go in the next connection's query (shown in
+/// the page's URL), the close they ask for ends the connection without a reconnect, whoami's
+/// first message shows as the request's description, and a value the server refuses is
+/// reported. In broadcast mode the echo-only ones (delay, send) are disabled.
+#[test]
+fn demo_page_connects_with_test_controls() {
+    let server = Server::start(&["--greeting-delay", "off"]);
+    let mut browser = Chromium::launch().expect("start Chromium");
+    let b = &mut browser;
+    b.set_viewport(1200, 900).unwrap();
+    b.navigate(&server.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    assert!(
+        !disabled(b, "tc-delay") && !disabled(b, "tc-send"),
+        "echo mode takes them"
+    );
+
+    js(b, "document.getElementById('controls').open = true");
+    wait(b, PAGE_FITS);
+    type_into(b, "tc-close", "4001");
+    type_into(b, "tc-reason", "smoke test");
+    type_into(b, "tc-after", "1");
+    let with_close = format!(
+        "{}?close=4001&reason=smoke%20test&after=1",
+        server.page_ws_url()
+    );
+    wait(b, &text_is("url", &with_close));
+    assert_eq!(
+        js(b, PAGE_FITS),
+        true,
+        "the page fits with the controls open and set"
+    );
+    b.screenshot(&screenshot_dir().join("demo-page-controls.png"))
+        .unwrap();
+    click(b, "tc-apply");
+    wait(b, &log_has("event", &with_close));
+    wait(b, &status_is("open", "open"));
+    type_into(b, "text", "the one echo");
+    click(b, "send-text");
+    wait(b, &log_has("in", "the one echo"));
+    wait(
+        b,
+        &log_has("event", "code 4001, reason \"smoke test\", clean"),
+    );
+    wait(b, &status_is("closed", "4001 smoke test"));
+    wait(
+        b,
+        &log_has("event", "the connection ended as its test controls asked"),
+    );
+    assert!(!disabled(b, "reconnect"), "Reconnect connects again");
+
+    // whoami instead: the first message is the request's description.
+    js(
+        b,
+        "for (const id of ['tc-close', 'tc-reason', 'tc-after']) \
+           document.getElementById(id).value = '';
+         document.getElementById('tc-whoami').click();",
+    );
+    click(b, "tc-apply");
+    wait(
+        b,
+        &log_has("event", "the server sees this client as 127.0.0.1:"),
+    );
+    wait(b, &log_has("event", "GET /?whoami"));
+    assert_eq!(
+        js(b, "document.querySelectorAll('#log > li.in').length"),
+        1,
+        "whoami's message is not shown as a received one"
+    );
+
+    // A value the server refuses: a 400 at the handshake, reported, no retrying.
+    js(b, "document.getElementById('tc-whoami').click()");
+    type_into(b, "tc-fragment", "0");
+    click(b, "tc-apply");
+    wait(
+        b,
+        &log_has(
+            "error",
+            "the server refused the connection with ?fragment=0",
+        ),
+    );
+    wait(b, &status_is("error", "refused"));
+    assert!(!disabled(b, "reconnect"));
+
+    // Broadcast mode: delay and send are for echoes only.
+    let broadcast = Server::start(&["--broadcast", "--greeting-delay", "off"]);
+    b.navigate(&broadcast.http_url()).unwrap();
+    wait(b, &status_is("open", "open"));
+    assert!(disabled(b, "tc-delay") && disabled(b, "tc-send"));
+    assert!(!disabled(b, "tc-close") && !disabled(b, "tc-fragment"));
 }
