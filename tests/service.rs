@@ -303,3 +303,35 @@ fn the_unit_and_the_image_turn_glibcs_per_thread_cache_off() {
         "{image}"
     );
 }
+
+#[test]
+fn handed_several_sockets_it_serves_every_one_of_them() {
+    let (one, two) = (free_port(), free_port());
+    let (first, second) = (format!("127.0.0.1:{one}"), format!("127.0.0.1:{two}"));
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &first, "-l", &second, env!("CARGO_BIN_EXE_wsecho")])
+        .args(BASE)
+        .env(support::DEPLOYED_TUNABLES.0, support::DEPLOYED_TUNABLES.1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package) runs");
+    let log = support::Log::follow(child.stderr.take().unwrap());
+    log.wait_for(&[&format!("Listening on {second}")]);
+    let first_addr: SocketAddr = first.parse().unwrap();
+    let waking = thread::spawn(move || {
+        let mut ws = try_connect(first_addr).unwrap();
+        echo(&mut ws, "on the first").unwrap();
+    });
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    waking.join().unwrap();
+    log.wait_for(&["serving on 2 listening sockets handed over by the service manager"]);
+    let mut ws = try_connect(second.parse().unwrap()).unwrap();
+    echo(&mut ws, "on the second").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -448,3 +448,36 @@ fn whoami_and_get_echo_show_the_tls_version_the_name_and_the_subprotocol() {
         "{echo}"
     );
 }
+
+/// Under a service manager, a SIGHUP reload of the certificate is announced: RELOADING=1 while
+/// it runs, READY=1 once it is done (read from a real NOTIFY_SOCKET).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_certificate_reload_tells_the_service_manager() {
+    use std::os::unix::net::UnixDatagram;
+    let pki = Pki::new("notify-reload");
+    let dir = std::env::temp_dir().join(format!("wsecho-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let tls = pki.tls_args();
+    let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let server = Wsecho::start_with_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())], &args);
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().lines().any(|line| line == "READY=1"));
+    server.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.lines().any(|line| line == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    assert!(next().lines().any(|line| line == "READY=1"));
+    server.wait_for_log(&["SIGHUP: reloaded the TLS certificate"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
