@@ -12,6 +12,8 @@ use std::net::TcpListener;
 
 /// A state change for the service manager.
 #[derive(Debug, Clone, Copy)]
+// Only Unix has a service manager to tell; elsewhere the notices are dropped unread.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) enum Notice<'a> {
     /// The server serves: its listeners accept.
     Ready,
