@@ -614,7 +614,7 @@ fn test_controls_check_nginx_path_headers_close_codes_and_fragments() {
 }
 
 #[test]
-fn test_controls_show_the_client_haproxy_names() {
+fn test_controls_through_haproxy_show_its_client_and_pass_close_codes_and_fragments() {
     let server = Wsecho::start(&["--greeting-delay", "off", "--proxy-protocol"]);
     let haproxy = haproxy(server.addr);
     let mut ws = raw_from("127.0.0.3", haproxy.addr);
@@ -627,5 +627,32 @@ fn test_controls_show_the_client_haproxy_names() {
     assert!(
         json["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{json}"
+    );
+    // A Close with a code and a reason, and fragments, pass through HAProxy unchanged.
+    let mut closing = raw_from("127.0.0.3", haproxy.addr);
+    let request = UPGRADE.replacen(
+        "GET / ",
+        "GET /?fragment=2&close=4001&reason=via%20haproxy&after=1 ",
+        1,
+    );
+    closing.write_all(request.as_bytes()).unwrap();
+    assert!(read_head(&mut closing).starts_with("HTTP/1.1 101 "));
+    closing
+        .write_all(&support::client_frame(true, 1, b"abc"))
+        .unwrap();
+    let frames: Vec<_> = (0..3)
+        .map(|_| support::read_server_frame(&mut closing))
+        .collect();
+    assert_eq!(
+        frames,
+        [
+            (false, 1, b"ab".to_vec()),
+            (true, 0, b"c".to_vec()),
+            (
+                true,
+                8,
+                [&4001u16.to_be_bytes()[..], b"via haproxy"].concat()
+            ),
+        ]
     );
 }
