@@ -548,6 +548,35 @@ fn whoami_through(tcp: &mut TcpStream, target: &str) -> serde_json::Value {
     serde_json::from_slice(&payload).expect("whoami is JSON")
 }
 
+/// Through the proxy at `proxy`, a connection asking for `?fragment=2&close=CODE&reason=...`
+/// after one echo gets its echo in two fragments, then that very Close: the proxy changed
+/// neither.
+fn close_and_fragments_pass_through(proxy: SocketAddr, code: u16, reason: &str) {
+    let mut closing = raw_from("127.0.0.3", proxy);
+    let query = format!(
+        "GET /?fragment=2&close={code}&reason={}&after=1 ",
+        reason.replace(' ', "%20")
+    );
+    let request = UPGRADE.replacen("GET / ", &query, 1);
+    closing.write_all(request.as_bytes()).unwrap();
+    assert!(read_head(&mut closing).starts_with("HTTP/1.1 101 "));
+    closing
+        .write_all(&support::client_frame(true, 1, b"abc"))
+        .unwrap();
+    let frames: Vec<_> = (0..3)
+        .map(|_| support::read_server_frame(&mut closing))
+        .collect();
+    let close = [&code.to_be_bytes()[..], reason.as_bytes()].concat();
+    assert_eq!(
+        frames,
+        [
+            (false, 1, b"ab".to_vec()),
+            (true, 0, b"c".to_vec()),
+            (true, 8, close)
+        ]
+    );
+}
+
 #[test]
 fn test_controls_check_nginx_path_headers_close_codes_and_fragments() {
     let server = Wsecho::start(&["--greeting-delay", "off", "--trusted-proxy", "127.0.0.1"]);
@@ -589,28 +618,7 @@ fn test_controls_check_nginx_path_headers_close_codes_and_fragments() {
     );
 
     // A Close with a code and a reason, and fragments, pass through unchanged.
-    let mut closing = raw_from("127.0.0.3", nginx.addr);
-    let request = UPGRADE.replacen(
-        "GET / ",
-        "GET /?fragment=2&close=4000&reason=via&after=1 ",
-        1,
-    );
-    closing.write_all(request.as_bytes()).unwrap();
-    assert!(read_head(&mut closing).starts_with("HTTP/1.1 101 "));
-    closing
-        .write_all(&support::client_frame(true, 1, b"abc"))
-        .unwrap();
-    let frames: Vec<_> = (0..3)
-        .map(|_| support::read_server_frame(&mut closing))
-        .collect();
-    assert_eq!(
-        frames,
-        [
-            (false, 1, b"ab".to_vec()),
-            (true, 0, b"c".to_vec()),
-            (true, 8, [&4000u16.to_be_bytes()[..], b"via"].concat()),
-        ]
-    );
+    close_and_fragments_pass_through(nginx.addr, 4000, "via");
 }
 
 #[test]
@@ -629,30 +637,5 @@ fn test_controls_through_haproxy_show_its_client_and_pass_close_codes_and_fragme
         "{json}"
     );
     // A Close with a code and a reason, and fragments, pass through HAProxy unchanged.
-    let mut closing = raw_from("127.0.0.3", haproxy.addr);
-    let request = UPGRADE.replacen(
-        "GET / ",
-        "GET /?fragment=2&close=4001&reason=via%20haproxy&after=1 ",
-        1,
-    );
-    closing.write_all(request.as_bytes()).unwrap();
-    assert!(read_head(&mut closing).starts_with("HTTP/1.1 101 "));
-    closing
-        .write_all(&support::client_frame(true, 1, b"abc"))
-        .unwrap();
-    let frames: Vec<_> = (0..3)
-        .map(|_| support::read_server_frame(&mut closing))
-        .collect();
-    assert_eq!(
-        frames,
-        [
-            (false, 1, b"ab".to_vec()),
-            (true, 0, b"c".to_vec()),
-            (
-                true,
-                8,
-                [&4001u16.to_be_bytes()[..], b"via haproxy"].concat()
-            ),
-        ]
-    );
+    close_and_fragments_pass_through(haproxy.addr, 4001, "via haproxy");
 }

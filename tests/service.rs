@@ -168,41 +168,76 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// wsecho run by the real `systemd-socket-activate`, listening on `addresses` (descriptors 3
+/// and on), with `args`; it has served one echo on the first address, which is what makes
+/// systemd-socket-activate start it. Stopped when dropped.
+struct Activated {
+    child: std::process::Child,
+    log: support::Log,
+    /// wsecho's ready line.
+    ready: String,
+}
+
+impl Activated {
+    fn start(addresses: &[&str], args: &[&str]) -> Activated {
+        let mut command = Command::new("systemd-socket-activate");
+        for address in addresses {
+            command.args(["-l", address]);
+        }
+        let mut child = command
+            .arg(env!("CARGO_BIN_EXE_wsecho"))
+            .args(args)
+            .args(BASE)
+            .env(support::DEPLOYED_TUNABLES.0, support::DEPLOYED_TUNABLES.1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian's systemd package) runs");
+        let log = support::Log::follow(child.stderr.take().unwrap());
+        let last = addresses.last().expect("an address");
+        log.wait_for(&[&format!("Listening on {last}")]);
+        // It waits for the first connection before it runs wsecho: this one.
+        let first: SocketAddr = addresses[0].parse().unwrap();
+        let waking = thread::spawn(move || {
+            let mut ws = try_connect(first).unwrap();
+            echo(&mut ws, "activated").unwrap();
+        });
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        waking.join().unwrap();
+        Activated {
+            child,
+            log,
+            ready: ready.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn under_systemd_socket_activate_it_serves_on_the_socket_it_is_handed() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new("systemd-socket-activate")
-        .args(["-l", &listen, env!("CARGO_BIN_EXE_wsecho")])
-        // Ignored: the socket it is handed is what it serves.
-        .args(["--host", "127.0.0.9", "--port", "1"])
-        .args(BASE)
-        .env(support::DEPLOYED_TUNABLES.0, support::DEPLOYED_TUNABLES.1)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("systemd-socket-activate (Debian's systemd package) runs");
-    let log = support::Log::follow(child.stderr.take().unwrap());
-    log.wait_for(&[&format!("Listening on {listen}")]);
-    // systemd-socket-activate waits for the first connection before it runs wsecho: this one.
-    let addr: SocketAddr = listen.parse().unwrap();
-    let client = thread::spawn(move || {
-        let mut ws = try_connect(addr).unwrap();
-        echo(&mut ws, "activated").unwrap();
-    });
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), format!("ws://{listen}"), "{}", log.text());
-    client.join().unwrap();
-    log.wait_for(&[
+    let listen = format!("127.0.0.1:{}", free_port());
+    // --host and --port are ignored: the socket it is handed is what it serves.
+    let activated = Activated::start(&[&listen], &["--host", "127.0.0.9", "--port", "1"]);
+    assert_eq!(
+        activated.ready,
+        format!("ws://{listen}"),
+        "{}",
+        activated.log.text()
+    );
+    activated.log.wait_for(&[
         "serving on 1 listening socket handed over by the service manager",
         "--host and --port are ignored",
     ]);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Reads the next notification from `socket`, at most [`PATIENCE`] away.
@@ -310,32 +345,14 @@ fn the_unit_and_the_image_turn_glibcs_per_thread_cache_off() {
 
 #[test]
 fn handed_several_sockets_it_serves_every_one_of_them() {
-    let (one, two) = (free_port(), free_port());
-    let (first, second) = (format!("127.0.0.1:{one}"), format!("127.0.0.1:{two}"));
-    let mut child = Command::new("systemd-socket-activate")
-        .args(["-l", &first, "-l", &second, env!("CARGO_BIN_EXE_wsecho")])
-        .args(BASE)
-        .env(support::DEPLOYED_TUNABLES.0, support::DEPLOYED_TUNABLES.1)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("systemd-socket-activate (Debian's systemd package) runs");
-    let log = support::Log::follow(child.stderr.take().unwrap());
-    log.wait_for(&[&format!("Listening on {second}")]);
-    let first_addr: SocketAddr = first.parse().unwrap();
-    let waking = thread::spawn(move || {
-        let mut ws = try_connect(first_addr).unwrap();
-        echo(&mut ws, "on the first").unwrap();
-    });
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    waking.join().unwrap();
-    log.wait_for(&["serving on 2 listening sockets handed over by the service manager"]);
+    let (first, second) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let activated = Activated::start(&[&first, &second], &[]);
+    activated
+        .log
+        .wait_for(&["serving on 2 listening sockets handed over by the service manager"]);
     let mut ws = try_connect(second.parse().unwrap()).unwrap();
     echo(&mut ws, "on the second").unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
 }
