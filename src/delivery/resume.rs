@@ -145,7 +145,7 @@ impl Start {
     pub(crate) fn of(resume: &Resume, epoch: &Epoch, newest: u64, kept: usize) -> Start {
         let everything = Start {
             skip: 0,
-            offset: newest - kept as u64,
+            offset: newest.saturating_sub(kept as u64),
             recovered: false,
             ahead: false,
         };
