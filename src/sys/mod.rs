@@ -42,27 +42,11 @@
 use std::io;
 use std::time::Duration;
 
-#[cfg(all(
-    any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "openbsd"
-    ),
-    not(feature = "portable-poll")
-))]
+#[cfg(ppoll)]
 #[path = "ppoll.rs"]
 mod backend;
 
-#[cfg(not(all(
-    any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "openbsd"
-    ),
-    not(feature = "portable-poll")
-)))]
+#[cfg(not(ppoll))]
 #[path = "portable.rs"]
 mod backend;
 
@@ -93,26 +77,12 @@ impl std::io::Write for NoSigpipe<'_> {
         self.write_vectored(&[std::io::IoSlice::new(buf)])
     }
 
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    ))]
+    #[cfg(msg_nosignal)]
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
         socket2::SockRef::from(self.0).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
     }
 
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    )))]
+    #[cfg(not(msg_nosignal))]
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
         (&*self.0).write_vectored(bufs)
     }
