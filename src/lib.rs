@@ -77,8 +77,7 @@ mod connection;
 mod delivery;
 mod error;
 mod frame;
-#[doc(hidden)]
-pub mod http;
+mod http;
 mod logging;
 mod metrics;
 mod proxy;

@@ -9,23 +9,23 @@ const VERSION: &str = "13";
 
 /// An accepted upgrade: what the 101 response needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The Sec-WebSocket-Accept value, proof that we read the client's key.
-    pub accept: String,
+    pub(crate) accept: String,
     /// The subprotocol chosen, if the client offered one the server speaks.
-    pub subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<String>,
 }
 
 /// Whether a request is trying to open a WebSocket, well-formed or not. Such a request gets
 /// the handshake or a 4xx, never the demo page.
-pub fn is_websocket_request(request: &Request) -> bool {
+pub(crate) fn is_websocket_request(request: &Request) -> bool {
     request.header_has_token("upgrade", "websocket")
         || request.header("sec-websocket-key").is_some()
         || request.header("sec-websocket-version").is_some()
 }
 
 /// Checks an upgrade request against RFC 6455 and the server's origin policy.
-pub fn check(request: &Request, config: &Config) -> Result<Accepted, Response> {
+pub(crate) fn check(request: &Request, config: &Config) -> Result<Accepted, Response> {
     if request.method != "GET" {
         return Err(
             Response::text(405, "a WebSocket handshake must be a GET request")
@@ -108,7 +108,7 @@ fn choose_subprotocol(request: &Request, ours: &[String]) -> Option<String> {
 
 /// The 101 response that completes the handshake.
 #[inline(never)]
-pub fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
+pub(crate) fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n",

@@ -5,21 +5,25 @@
 //! One request per connection: every plain HTTP response says `Connection: close`.
 
 pub(crate) mod controls;
-pub mod handshake;
+pub(crate) mod handshake;
 pub(crate) mod query;
 pub(crate) mod room;
 pub(crate) mod site;
+
+/// The parser's properties, checked on generated requests (proptest).
+#[cfg(test)]
+mod props;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Most header lines accepted; more gets 431. Browsers send about fifteen.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// A stream HTTP can be spoken on: plain TCP, or TLS (`connection/transport.rs`), with
 /// timeouts so that a silent client cannot hold a thread.
-pub trait Conn: Read + Write {
+pub(crate) trait Conn: Read + Write {
     /// Bounds the next reads (`None`: no bound).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     /// Bounds the next writes (`None`: no bound).
@@ -55,20 +59,20 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// `GET`, `HEAD`, ...
-    pub method: String,
+    pub(crate) method: String,
     /// The request target as sent, e.g. `/` or `/chat?room=1`.
-    pub target: String,
+    pub(crate) target: String,
     /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
-    pub minor_version: u8,
+    pub(crate) minor_version: u8,
     /// Every header line, name and value, in order.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Request {
     /// The first value of a header, by case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -77,7 +81,7 @@ impl Request {
 
     /// Whether a comma-separated header (in any of its lines) lists `token`, ignoring case,
     /// as `Connection: keep-alive, Upgrade` lists `upgrade`.
-    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -86,14 +90,14 @@ impl Request {
     }
 
     /// The target without its query string.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.target.split(['?', '#']).next().unwrap_or("")
     }
 }
 
 /// Why no request head could be read.
 #[derive(Debug)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     /// The handshake timeout expired first.
     Timeout,
     /// The client closed the connection before sending a whole head.
@@ -111,7 +115,10 @@ pub enum HeadError {
 /// Returns the request and the head's length in bytes, or `None` if `buf` holds only part of
 /// a head so far. Bytes after the head (a client may send its first WebSocket frame at once)
 /// are the caller's.
-pub fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<(Request, usize)>, HeadError> {
+pub(crate) fn parse_head(
+    buf: &[u8],
+    max_len: usize,
+) -> Result<Option<(Request, usize)>, HeadError> {
     // On the heap, not the stack: this runs on a connection's thread, and every stack page a
     // thread ever touches stays in memory for as long as the connection lives.
     let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -153,7 +160,7 @@ pub fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<(Request, usize)>
 ///
 /// Returns the request and any bytes the client sent after it.
 #[inline(never)]
-pub fn read_head<S: Conn>(
+pub(crate) fn read_head<S: Conn>(
     stream: &mut S,
     deadline: Instant,
     max_len: usize,
@@ -196,20 +203,20 @@ pub fn read_head<S: Conn>(
 
 /// A short HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     /// The status code, like 200 or 404.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Extra headers, besides the ones every response has.
-    pub headers: Vec<(&'static str, String)>,
+    pub(crate) headers: Vec<(&'static str, String)>,
     /// The `Content-Type`.
-    pub content_type: &'static str,
+    pub(crate) content_type: &'static str,
     /// The body.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
     /// A plain-text response: the body is one line saying what happened.
-    pub fn text(status: u16, body: impl Into<String>) -> Response {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Response {
         let mut body = body.into().into_bytes();
         body.push(b'\n');
         Response {
@@ -221,13 +228,13 @@ impl Response {
     }
 
     /// The response with one more header.
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
 
     /// The response as bytes on the wire; a HEAD request gets the head only.
-    pub fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self, head_only: bool) -> Vec<u8> {
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.status,
@@ -254,7 +261,7 @@ impl Response {
 /// and read (and drop) whatever the client still sends until it closes too, for at most a
 /// second.
 #[inline(never)]
-pub fn respond_and_close<S: Conn>(stream: &mut S, response: &Response, head_only: bool) {
+pub(crate) fn respond_and_close<S: Conn>(stream: &mut S, response: &Response, head_only: bool) {
     let _ = stream.set_write_timeout(Some(LINGER));
     if stream
         .write_all(&response.to_bytes(head_only))
@@ -280,7 +287,7 @@ pub fn respond_and_close<S: Conn>(stream: &mut S, response: &Response, head_only
 }
 
 /// The reason phrase for the statuses this server sends.
-pub fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",

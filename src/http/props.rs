@@ -2,9 +2,9 @@
 //! `http::read_head`, and the WebSocket handshake checks in `handshake.rs`.
 //!
 //! Each property runs proptest's default 256 cases, a few seconds in all. To search longer,
-//! set `PROPTEST_CASES`, e.g. `PROPTEST_CASES=100000 cargo test --release --test parsing_props`.
-//! A failing case is shrunk to a small one and saved under `tests/proptest-regressions/`, and
-//! replayed first on every later run: commit that file with the fix.
+//! set `PROPTEST_CASES`, e.g. `PROPTEST_CASES=100000 cargo test --release --lib http::props`.
+//! A failing case is shrunk to a small one and saved under `src/http/proptest-regressions/`,
+//! and replayed first on every later run: commit that file with the fix.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -16,12 +16,13 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 use sha1::{Digest, Sha1};
-use wsecho::Config;
-use wsecho::http::handshake::{self, check, is_websocket_request};
-use wsecho::http::{HeadError, MAX_HEADERS, Request, parse_head, read_head};
+
+use super::handshake::{self, check, is_websocket_request};
+use super::{HeadError, MAX_HEADERS, Request, parse_head, read_head};
+use crate::Config;
 
 /// The server's cap on a request head.
-const MAX_HEAD: usize = wsecho::config::MAX_REQUEST_HEAD;
+const MAX_HEAD: usize = crate::config::MAX_REQUEST_HEAD;
 
 /// RFC 6455 section 1.3: the accept value is base64(SHA-1(key + this GUID)).
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
