@@ -35,8 +35,8 @@ use crate::connection::controlled::{Active, Requested};
 use crate::connection::pace::{Pacing, Turn};
 use crate::connection::read_size::{self, ReadSize};
 use crate::connection::settle::{BIG_QUEUE, Settling};
-use crate::connection::socket::Socket;
 use crate::connection::transport::Transport;
+use crate::connection::wire::Wire;
 use crate::delivery::hub::Room;
 use crate::delivery::outbox::{Delivery, Inbox};
 use crate::frame;
@@ -103,8 +103,8 @@ pub(crate) struct Client<'a> {
     ws: WebSocketContext,
     /// The read step `ws` was made with (`read_size.rs`).
     read_size: ReadSize,
-    /// The client's socket, with everything queued for it.
-    socket: Socket,
+    /// The client's socket as tungstenite sees it: metered reads, and everything queued for it.
+    wire: Wire,
     /// What other threads hand this connection.
     inbox: Inbox,
     /// The room it broadcasts to (the lobby in echo mode).
@@ -178,14 +178,14 @@ impl<'a> Client<'a> {
         peer: Peer,
         requested: Option<Box<Requested>>,
     ) -> Box<Client<'a>> {
-        let mut socket = Socket::new(transport, Arc::clone(&shared.budget));
-        socket.follow(&leftover);
+        let mut wire = Wire::new(transport, Arc::clone(&shared.budget));
+        wire.reader.follow(&leftover);
         let sees_every_frame = requested.as_ref().is_some_and(|r| r.sees_every_frame());
         if (shared.config.mode == Mode::Broadcast || shared.greeter.is_some()) && !sees_every_frame
         {
             // A connection with nothing queued takes broadcasts and its greeting without a
             // wake-up (outbox.rs).
-            socket.lend(inbox.outbox());
+            wire.lend(inbox.outbox());
         }
         // No read buffer until the client sends something, unless it already has.
         let read_size = if leftover.is_empty() {
@@ -202,7 +202,7 @@ impl<'a> Client<'a> {
         let mut client = Box::new(Client {
             ws,
             read_size,
-            socket,
+            wire,
             inbox,
             room,
             shared,
@@ -268,7 +268,7 @@ impl<'a> Client<'a> {
     fn queue_own(&mut self, frame: Bytes) {
         match self.controls.as_ref().and_then(|c| c.fragment) {
             Some(bytes) => self.queue_fragments(frame, bytes, 0),
-            None => self.socket.push(frame, false),
+            None => self.wire.queue.push(frame, false),
         }
     }
 
@@ -278,17 +278,17 @@ impl<'a> Client<'a> {
         match frame::fragment(&frame, bytes) {
             Some(fragments) => {
                 let fragments = self.shared.budget.hold(fragments);
-                self.socket.push_counted(fragments, counted);
+                self.wire.queue.push_counted(fragments, counted);
             }
-            None => self.socket.push_counted(frame, counted),
+            None => self.wire.queue.push_counted(frame, counted),
         }
     }
 
     /// Queues a message for the client: an echo, or a delivery from the outbox
-    /// (`from_outbox`). Without test controls, straight into the socket's queue.
+    /// (`from_outbox`). Without test controls, straight into the send queue.
     fn queue_message(&mut self, frame: Bytes, from_outbox: bool) {
         if self.controls.is_none() {
-            return self.socket.push(frame, from_outbox);
+            return self.wire.queue.push(frame, from_outbox);
         }
         self.queue_controlled(frame, from_outbox);
     }
@@ -300,7 +300,7 @@ impl<'a> Client<'a> {
     fn queue_controlled(&mut self, frame: Bytes, from_outbox: bool) {
         let counted = if from_outbox { frame.len() } else { 0 };
         let Some(active) = self.controls.as_deref_mut() else {
-            return self.socket.push(frame, from_outbox);
+            return self.wire.queue.push(frame, from_outbox);
         };
         if active.reset_due || !self.ws.can_write() {
             if counted > 0 {
@@ -315,7 +315,7 @@ impl<'a> Client<'a> {
         let close = if counts { active.count_sent() } else { None };
         match fragment {
             Some(bytes) => self.queue_fragments(frame, bytes, counted),
-            None => self.socket.push_counted(frame, counted),
+            None => self.wire.queue.push_counted(frame, counted),
         }
         if let Some(close) = close {
             self.close_on_request(close.code, close.reason);
@@ -361,7 +361,7 @@ impl<'a> Client<'a> {
             self.queue_message(frame, false);
         }
         if ping.is_some() {
-            let _ = self.ws.write(&mut self.socket, Message::Ping(Bytes::new()));
+            let _ = self.ws.write(&mut self.wire, Message::Ping(Bytes::new()));
         }
     }
 
@@ -394,7 +394,7 @@ impl<'a> Client<'a> {
     /// Whether the `reset` test control's messages are all written: the connection is then
     /// reset (SO_LINGER 0) without a Close.
     fn reset_now(&self) -> bool {
-        self.controls.as_ref().is_some_and(|c| c.reset_due) && !self.socket.wants_write()
+        self.controls.as_ref().is_some_and(|c| c.reset_due) && !self.wire.wants_write()
     }
 
     /// Serves the connection until it ends.
@@ -404,8 +404,8 @@ impl<'a> Client<'a> {
         // sit in the kernel too: reset.
         ending.reset |= !self.linger();
         self.stats.tally.flush(&self.shared.metrics);
-        self.inbox.waker().forget(self.socket.tcp());
-        self.socket.close(ending.reset);
+        self.inbox.waker().forget(self.wire.tcp());
+        self.wire.close(ending.reset);
         Summary {
             ending,
             messages: self.stats.messages,
@@ -433,24 +433,19 @@ impl<'a> Client<'a> {
             let read = self.may_read();
             let interest = Interest {
                 read,
-                write: self.socket.wants_write(),
+                write: self.wire.wants_write(),
             };
             // Input the socket will not signal (left in tungstenite's or rustls's buffers) is
             // read now rather than slept on.
-            let unsignalled = read && (self.read_pending || self.socket.buffered_input());
+            let unsignalled = read && (self.read_pending || self.wire.buffered_input());
             let timeout = if unsignalled {
                 Some(Duration::ZERO)
             } else {
                 self.next_deadline()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            let ready = sys::wait(
-                Some(self.socket.tcp()),
-                interest,
-                self.inbox.waker(),
-                timeout,
-            )
-            .map_err(|e| lost("poll failed", &e))?;
+            let ready = sys::wait(Some(self.wire.tcp()), interest, self.inbox.waker(), timeout)
+                .map_err(|e| lost("poll failed", &e))?;
             if ready.woken {
                 self.take_deliveries();
             }
@@ -481,14 +476,17 @@ impl<'a> Client<'a> {
 
     /// Whether a burst grew tungstenite's read buffer or the queue past their quiet size.
     fn grew(&self) -> bool {
-        self.socket.largest_frame() > read_size::SMALL as u64
-            || self.socket.peak_queued() > BIG_QUEUE
+        self.wire.reader.largest_frame() > read_size::SMALL as u64
+            || self.wire.queue.peak_queued() > BIG_QUEUE
     }
 
     /// Moves tungstenite to the read step the client's frames call for (`read_size.rs`), if
     /// it is not there and the WebSocket can be made again now.
     fn fit_read_size(&mut self) {
-        if let Some(size) = self.read_size.after_reading(self.socket.largest_frame()) {
+        if let Some(size) = self
+            .read_size
+            .after_reading(self.wire.reader.largest_frame())
+        {
             self.remake_websocket(size);
         }
     }
@@ -501,7 +499,7 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn remake_websocket(&mut self, size: ReadSize) {
         let open = self.closing.by_server.is_none() && self.ws.can_write();
-        if open && !self.read_pending && self.socket.between_messages() {
+        if open && !self.read_pending && self.wire.reader.between_messages() {
             self.ws = WebSocketContext::new(Role::Server, Some(size.apply(*self.ws.get_config())));
             self.read_size = size;
         }
@@ -514,10 +512,10 @@ impl<'a> Client<'a> {
         if self.closing.by_server.is_some() || !self.ws.can_write() {
             return;
         }
-        let quiet = self.socket.queued() == 0
+        let quiet = self.wire.queue.queued() == 0
             && !self.pacing.paused()
             && !self.read_pending
-            && self.socket.between_messages();
+            && self.wire.reader.between_messages();
         if !quiet {
             self.settling.postpone(now);
             return;
@@ -526,8 +524,9 @@ impl<'a> Client<'a> {
         if self.read_size != ReadSize::Dormant {
             self.remake_websocket(ReadSize::Dormant);
         }
-        self.socket.shrink_queue();
-        self.socket.forget_peaks();
+        self.wire.queue.shrink();
+        self.wire.reader.forget_largest_frame();
+        self.wire.queue.forget_peak();
         self.broadcasts.frames = Vec::new();
         self.settling.settled(now, grew);
         trace!("{} settled: quiet, its memory given back", self.peer);
@@ -544,7 +543,7 @@ impl<'a> Client<'a> {
     fn backpressured(&self) -> bool {
         let limit = self.shared.config.max_backlog;
         let delayed = self.controls.as_ref().map_or(0, |c| c.delayed_bytes);
-        self.socket.queued() + delayed >= limit
+        self.wire.queue.queued() + delayed >= limit
             || (self.shared.config.mode == Mode::Broadcast
                 && self.room.flow().common().lets_go()
                 && self.inbox.backlog() >= limit / 2)
@@ -562,7 +561,7 @@ impl<'a> Client<'a> {
             self.inbox.outbox(),
             flow,
             &self.shared.budget,
-            self.socket.in_progress(),
+            self.wire.reader.in_progress(),
         );
         match turn {
             Turn::Wait if !was_paused && self.pacing.waiting_for_listeners() => {
@@ -593,11 +592,11 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// Moves what other threads queued into the socket's queue. (They counted it when they
+    /// Moves what other threads queued into the send queue. (They counted it when they
     /// handed it over.)
     fn take_deliveries(&mut self) {
         // A broadcaster that found the socket full left the rest of its frame: it goes first.
-        self.socket.hold_writes();
+        self.wire.queue.hold_writes();
         if self.controls.is_some() {
             return self.take_controlled_deliveries();
         }
@@ -608,7 +607,7 @@ impl<'a> Client<'a> {
                 Delivery::Frame(frame) if close.is_some() || !self.ws.can_write() => {
                     self.inbox.written(frame.len());
                 }
-                Delivery::Frame(frame) => self.socket.push(frame, true),
+                Delivery::Frame(frame) => self.wire.queue.push(frame, true),
                 Delivery::Close(code, reason) => close = Some((code, reason)),
             }
         }
@@ -642,16 +641,16 @@ impl<'a> Client<'a> {
     fn read_messages(&mut self) -> Result<(), Ending> {
         let mut ended = None;
         self.fit_read_size();
-        self.socket.start_round();
+        self.wire.reader.start_round();
         // Stays true if the loop stops for pushback before the stream said "would block".
         self.read_pending = true;
         while self.draining || (!self.backpressured() && !self.listeners_behind()) {
-            match self.ws.read(&mut self.socket) {
+            match self.ws.read(&mut self.wire) {
                 Ok(message) => {
                     self.on_message(message);
                     // Released only now: until its echo or broadcast frame exists (counted on
                     // its own), the message's bytes are held twice.
-                    self.socket.message_done();
+                    self.wire.reader.message_done();
                     if self.broadcasts.bytes >= self.broadcast_batch() {
                         self.fan_out();
                     }
@@ -669,11 +668,11 @@ impl<'a> Client<'a> {
         // Everything this read brought in goes out to the others in one go: one wake-up per
         // listener for a burst of messages, not one per message.
         self.fan_out();
-        if self.socket.take_heard() {
+        if self.wire.reader.take_heard() {
             self.liveness.last_heard = Instant::now();
         }
         // Refused for lack of memory: the next may_read finds out and waits for room.
-        self.socket.take_starved();
+        self.wire.reader.take_starved();
         if ended.is_none() {
             // The next round reads in bigger steps if this one brought a big frame.
             self.fit_read_size();
@@ -703,8 +702,8 @@ impl<'a> Client<'a> {
         // Round after round (each bounded) until the kernel has nothing more, or the
         // connection's own end. The last round's short read proves nothing here: the client
         // may have sent more between it and the moment it went.
-        self.socket.read_again();
-        while self.read_messages().is_ok() && self.socket.read_again() {}
+        self.wire.reader.read_again();
+        while self.read_messages().is_ok() && self.wire.reader.read_again() {}
         ending
     }
 
@@ -751,7 +750,7 @@ impl<'a> Client<'a> {
                 debug!("{} sent Close {} {reason:?}", self.peer, u16::from(code));
                 // Nothing may follow the Close reply tungstenite queued: no more broadcasts
                 // straight into the socket either.
-                self.socket.reclaim();
+                self.wire.queue.reclaim();
                 self.closing.by_client = Some((code, reason));
                 return;
             }
@@ -842,10 +841,10 @@ impl<'a> Client<'a> {
             reason: reason.into(),
         };
         // Nothing may follow the Close: no more broadcasts straight into the socket either.
-        self.socket.reclaim();
+        self.wire.queue.reclaim();
         // Fails only when a Close was already sent, or the connection is unusable; linger()
         // ends it either way.
-        let _ = self.ws.close(&mut self.socket, Some(close));
+        let _ = self.ws.close(&mut self.wire, Some(close));
     }
 
     /// Sends the server's Close frame; the client has `close_timeout` to answer.
@@ -871,8 +870,8 @@ impl<'a> Client<'a> {
     }
 
     fn send_queued(&mut self) -> Result<(), Ending> {
-        match self.socket.send_queued(&self.inbox) {
-            Ok(progress) if progress || self.socket.queued() == 0 => {
+        match self.wire.send_queued(&self.inbox) {
+            Ok(progress) if progress || self.wire.queue.queued() == 0 => {
                 self.liveness.last_sent = Instant::now();
                 Ok(())
             }
@@ -1006,7 +1005,7 @@ impl<'a> Client<'a> {
             && self.closing.by_server.is_none()
             && now >= self.liveness.last_ping.max(self.liveness.last_heard) + every
         {
-            let _ = self.ws.write(&mut self.socket, Message::Ping(Bytes::new()));
+            let _ = self.ws.write(&mut self.wire, Message::Ping(Bytes::new()));
             self.liveness.last_ping = now;
         }
         Ok(())
@@ -1020,8 +1019,8 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn close_too_slow(&mut self, behind_for: Duration) -> Ending {
         // Its own sends were held back if it was waiting for listeners with input unread.
-        let sending = self.pacing.waiting_for_listeners()
-            && (self.read_pending || self.socket.input_waiting());
+        let sending =
+            self.pacing.waiting_for_listeners() && (self.read_pending || self.wire.input_waiting());
         let reason = if sending {
             TOO_SLOW_WHILE_SENDING
         } else {
@@ -1034,7 +1033,7 @@ impl<'a> Client<'a> {
             behind_for
         );
         self.inbox.close_intake();
-        self.socket.discard_unsent(&self.inbox);
+        self.wire.queue.discard_unsent(&self.inbox);
         for delivery in self.inbox.drain() {
             if let Delivery::Frame(frame) = delivery {
                 self.inbox.written(frame.len());
@@ -1067,7 +1066,7 @@ impl<'a> Client<'a> {
             self.peer, self.shared.config.max_backlog
         );
         self.inbox.close_intake();
-        self.socket.discard_unsent(&self.inbox);
+        self.wire.queue.discard_unsent(&self.inbox);
         for delivery in self.inbox.drain() {
             if let Delivery::Frame(frame) = delivery {
                 self.inbox.written(frame.len());
@@ -1115,23 +1114,23 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn linger(&mut self) -> bool {
         // The connection is ending: from here only its own thread writes.
-        self.socket.reclaim();
+        self.wire.queue.reclaim();
         let deadline = match &self.closing.by_server {
             Some((_, deadline)) => *deadline,
             None => Instant::now() + self.shared.config.close_timeout,
         };
-        while self.socket.wants_write() {
+        while self.wire.wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
             let write = Interest {
                 read: false,
                 write: true,
             };
-            let socket = Some(self.socket.tcp());
+            let socket = Some(self.wire.tcp());
             if left.is_zero() || sys::wait(socket, write, self.inbox.waker(), Some(left)).is_err() {
                 return false;
             }
             self.inbox.waker().reset();
-            if self.socket.send_queued(&self.inbox).is_err() {
+            if self.wire.send_queued(&self.inbox).is_err() {
                 return false;
             }
         }
