@@ -584,7 +584,7 @@ impl<'a> Client<'a> {
             }
             Turn::Wait => false,
             Turn::Read => true,
-            Turn::Resume => {
+            Turn::ReadAfterPause => {
                 // Silence while the server would not read says nothing about the client.
                 self.liveness.last_heard = self.liveness.last_heard.max(Instant::now());
                 true
