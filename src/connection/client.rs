@@ -11,10 +11,10 @@
 //! server's memory is full (`pace.rs`). TCP flow control then makes the client wait, and
 //! nothing is lost.
 //!
-//! The client's state is grouped by what it is for: the protocol and the socket, what it did
-//! ([`Stats`]), signs of life ([`Liveness`]), the close handshake ([`Closing`]), the
-//! broadcasts of this round ([`Broadcasts`]), waiting for others ([`Pacing`]) and giving
-//! memory back ([`Settling`]).
+//! The client's state is grouped by what it is for: the protocol and its [`Wire`], where the
+//! connection is ([`Place`]), reading (the read step, waiting for others and the broadcasts of
+//! this round: [`Reading`]), what it did ([`Stats`]), signs of life ([`Liveness`]), the close
+//! handshake ([`Closing`]) and giving memory back ([`Settling`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -101,30 +101,40 @@ pub(crate) struct Summary {
 pub(crate) struct Client<'a> {
     /// The protocol's state (tungstenite): frames, fragments, the close handshake.
     ws: WebSocketContext,
-    /// The read step `ws` was made with (`read_size.rs`).
-    read_size: ReadSize,
     /// The client's socket as tungstenite sees it: metered reads, and everything queued for it.
     wire: Wire,
     /// What other threads hand this connection.
     inbox: Inbox,
-    /// The room it broadcasts to (the lobby in echo mode).
-    room: Arc<Room>,
-    shared: &'a Shared,
-    peer: Peer,
+    place: Place<'a>,
+    reading: Reading,
     stats: Stats,
     liveness: Liveness,
     closing: Closing,
-    broadcasts: Broadcasts,
-    pacing: Pacing,
     settling: Settling,
-    /// Set when reading stopped with input left unread (in tungstenite's buffer, say): the
-    /// socket may never signal it, so the next round reads before it sleeps.
-    read_pending: bool,
-    /// Set once the connection is lost: what it had sent is read to the end, without pushback.
-    draining: bool,
     /// The test controls it asked for (`controlled.rs`); `None` for nearly every connection,
     /// which then pays one pointer for them.
     controls: Option<Box<Active>>,
+}
+
+/// Where the connection is: the server, its room, and the client's address.
+struct Place<'a> {
+    shared: &'a Shared,
+    /// The room it broadcasts to (the lobby in echo mode).
+    room: Arc<Room>,
+    peer: Peer,
+}
+
+/// Reading the client's messages: how, whether it may, and what this round read.
+struct Reading {
+    /// The read step `ws` was made with (`read_size.rs`).
+    size: ReadSize,
+    /// Set when reading stopped with input left unread (in tungstenite's buffer, say): the
+    /// socket may never signal it, so the next round reads before it sleeps.
+    pending: bool,
+    /// Set once the connection is lost: what it had sent is read to the end, without pushback.
+    draining: bool,
+    pacing: Pacing,
+    broadcasts: Broadcasts,
 }
 
 /// What the connection did.
@@ -201,12 +211,16 @@ impl<'a> Client<'a> {
         let now = Instant::now();
         let mut client = Box::new(Client {
             ws,
-            read_size,
             wire,
             inbox,
-            room,
-            shared,
-            peer,
+            place: Place { shared, room, peer },
+            reading: Reading {
+                size: read_size,
+                pending: false,
+                draining: false,
+                pacing: Pacing::default(),
+                broadcasts: Broadcasts::default(),
+            },
             stats: Stats {
                 started: now,
                 messages: 0,
@@ -218,11 +232,7 @@ impl<'a> Client<'a> {
                 last_ping: now,
             },
             closing: Closing::default(),
-            broadcasts: Broadcasts::default(),
-            pacing: Pacing::default(),
             settling: Settling::new(),
-            read_pending: false,
-            draining: false,
             controls: None,
         });
         if let Some(requested) = requested {
@@ -238,7 +248,7 @@ impl<'a> Client<'a> {
     fn begin(&mut self, requested: Requested) {
         let Requested { controls, whoami } = requested;
         self.controls = Some(Box::new(Active::new(&controls, Instant::now())));
-        let budget = &self.shared.budget;
+        let budget = &self.place.shared.budget;
         if let Some(json) = whoami {
             let frame = budget.hold(frame::text(&json));
             self.queue_own(frame);
@@ -277,7 +287,7 @@ impl<'a> Client<'a> {
     fn queue_fragments(&mut self, frame: Bytes, bytes: usize, counted: usize) {
         match frame::fragment(&frame, bytes) {
             Some(fragments) => {
-                let fragments = self.shared.budget.hold(fragments);
+                let fragments = self.place.shared.budget.hold(fragments);
                 self.wire.queue.push_counted(fragments, counted);
             }
             None => self.wire.queue.push_counted(frame, counted),
@@ -311,7 +321,7 @@ impl<'a> Client<'a> {
         let fragment = active.fragment;
         // What counts as a message sent: an echo in echo mode (not the greeting), a delivery
         // in broadcast mode (history, broadcasts, the greeting).
-        let counts = (self.shared.config.mode == Mode::Broadcast) == from_outbox;
+        let counts = (self.place.shared.config.mode == Mode::Broadcast) == from_outbox;
         let close = if counts { active.count_sent() } else { None };
         match fragment {
             Some(bytes) => self.queue_fragments(frame, bytes, counted),
@@ -326,7 +336,7 @@ impl<'a> Client<'a> {
     fn close_on_request(&mut self, code: u16, reason: String) {
         debug!(
             "{} closing with {code} {reason:?}, as its close test control asks",
-            self.peer
+            self.place.peer
         );
         self.start_close_owned(
             CloseCode::from(code),
@@ -375,7 +385,7 @@ impl<'a> Client<'a> {
         {
             info!(
                 "{} pong after {:.1?} (ping test control)",
-                self.peer,
+                self.place.peer,
                 active.last_ping.elapsed()
             );
         }
@@ -403,7 +413,7 @@ impl<'a> Client<'a> {
         // What could not be written in time (a Close to a client that does not read) would
         // sit in the kernel too: reset.
         ending.reset |= !self.linger();
-        self.stats.tally.flush(&self.shared.metrics);
+        self.stats.tally.flush(&self.place.shared.metrics);
         self.inbox.waker().forget(self.wire.tcp());
         self.wire.close(ending.reset);
         Summary {
@@ -437,7 +447,7 @@ impl<'a> Client<'a> {
             };
             // Input the socket will not signal (left in tungstenite's or rustls's buffers) is
             // read now rather than slept on.
-            let unsignalled = read && (self.read_pending || self.wire.buffered_input());
+            let unsignalled = read && (self.reading.pending || self.wire.buffered_input());
             let timeout = if unsignalled {
                 Some(Duration::ZERO)
             } else {
@@ -462,12 +472,12 @@ impl<'a> Client<'a> {
             }
             // Counted before they go out, so that a client that got its echo and then asks
             // /metrics sees it counted.
-            self.stats.tally.flush(&self.shared.metrics);
+            self.stats.tally.flush(&self.place.shared.metrics);
             if let Err(ending) = self.send_queued() {
                 return Err(self.deliver_what_arrived(ending));
             }
             if ready.woken || ready.readable {
-                let holds = self.read_size != ReadSize::Dormant || self.grew();
+                let holds = self.reading.size != ReadSize::Dormant || self.grew();
                 self.settling.note_activity(ready.woken, holds);
             }
             self.check_deadlines()?;
@@ -484,7 +494,8 @@ impl<'a> Client<'a> {
     /// it is not there and the WebSocket can be made again now.
     fn fit_read_size(&mut self) {
         if let Some(size) = self
-            .read_size
+            .reading
+            .size
             .after_reading(self.wire.reader.largest_frame())
         {
             self.remake_websocket(size);
@@ -499,9 +510,9 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn remake_websocket(&mut self, size: ReadSize) {
         let open = self.closing.by_server.is_none() && self.ws.can_write();
-        if open && !self.read_pending && self.wire.reader.between_messages() {
+        if open && !self.reading.pending && self.wire.reader.between_messages() {
             self.ws = WebSocketContext::new(Role::Server, Some(size.apply(*self.ws.get_config())));
-            self.read_size = size;
+            self.reading.size = size;
         }
     }
 
@@ -513,23 +524,23 @@ impl<'a> Client<'a> {
             return;
         }
         let quiet = self.wire.queue.queued() == 0
-            && !self.pacing.paused()
-            && !self.read_pending
+            && !self.reading.pacing.paused()
+            && !self.reading.pending
             && self.wire.reader.between_messages();
         if !quiet {
             self.settling.postpone(now);
             return;
         }
         let grew = self.grew();
-        if self.read_size != ReadSize::Dormant {
+        if self.reading.size != ReadSize::Dormant {
             self.remake_websocket(ReadSize::Dormant);
         }
         self.wire.queue.shrink();
         self.wire.reader.forget_largest_frame();
         self.wire.queue.forget_peak();
-        self.broadcasts.frames = Vec::new();
+        self.reading.broadcasts.frames = Vec::new();
         self.settling.settled(now, grew);
-        trace!("{} settled: quiet, its memory given back", self.peer);
+        trace!("{} settled: quiet, its memory given back", self.place.peer);
     }
 
     /// The loop stops reading while the client has not taken what it was already sent: its
@@ -541,11 +552,11 @@ impl<'a> Client<'a> {
     /// its own copies, so without this a client sending fast would overflow its own backlog
     /// and be let go for its own broadcasts.
     fn backpressured(&self) -> bool {
-        let limit = self.shared.config.max_backlog;
+        let limit = self.place.shared.config.max_backlog;
         let delayed = self.controls.as_ref().map_or(0, |c| c.delayed_bytes);
         self.wire.queue.queued() + delayed >= limit
-            || (self.shared.config.mode == Mode::Broadcast
-                && self.room.flow().common().lets_go()
+            || (self.place.shared.config.mode == Mode::Broadcast
+                && self.place.room.flow().common().lets_go()
                 && self.inbox.backlog() >= limit / 2)
     }
 
@@ -555,30 +566,34 @@ impl<'a> Client<'a> {
         if self.backpressured() {
             return false;
         }
-        let flow = (self.shared.config.mode == Mode::Broadcast).then(|| &**self.room.flow());
-        let was_paused = self.pacing.paused();
-        let turn = self.pacing.turn(
+        let flow =
+            (self.place.shared.config.mode == Mode::Broadcast).then(|| &**self.place.room.flow());
+        let was_paused = self.reading.pacing.paused();
+        let turn = self.reading.pacing.turn(
             self.inbox.outbox(),
             flow,
-            &self.shared.budget,
+            &self.place.shared.budget,
             self.wire.reader.in_progress(),
         );
         match turn {
-            Turn::Wait if !was_paused && self.pacing.waiting_for_listeners() => {
-                let why = if self.room.flow().listeners_behind() {
+            Turn::Wait if !was_paused && self.reading.pacing.waiting_for_listeners() => {
+                let why = if self.place.room.flow().listeners_behind() {
                     "a listener of its room is behind"
                 } else {
                     "the cluster's publish queue is full"
                 };
-                debug!("{} paused: {why}", self.peer);
+                debug!("{} paused: {why}", self.place.peer);
                 false
             }
-            Turn::Wait if !was_paused && self.pacing.waiting_for_memory_since().is_some() => {
+            Turn::Wait
+                if !was_paused && self.reading.pacing.waiting_for_memory_since().is_some() =>
+            {
                 // Under --slow-listener close, the listeners furthest behind go before any
                 // sender waits for memory.
-                if self.shared.config.mode == Mode::Broadcast && self.room.flow().common().lets_go()
+                if self.place.shared.config.mode == Mode::Broadcast
+                    && self.place.room.flow().common().lets_go()
                 {
-                    self.shared.hub.let_go_furthest_behind();
+                    self.place.shared.hub.let_go_furthest_behind();
                 }
                 false
             }
@@ -643,20 +658,20 @@ impl<'a> Client<'a> {
         self.fit_read_size();
         self.wire.reader.start_round();
         // Stays true if the loop stops for pushback before the stream said "would block".
-        self.read_pending = true;
-        while self.draining || (!self.backpressured() && !self.listeners_behind()) {
+        self.reading.pending = true;
+        while self.reading.draining || (!self.backpressured() && !self.listeners_behind()) {
             match self.ws.read(&mut self.wire) {
                 Ok(message) => {
                     self.on_message(message);
                     // Released only now: until its echo or broadcast frame exists (counted on
                     // its own), the message's bytes are held twice.
                     self.wire.reader.message_done();
-                    if self.broadcasts.bytes >= self.broadcast_batch() {
+                    if self.reading.broadcasts.bytes >= self.broadcast_batch() {
                         self.fan_out();
                     }
                 }
                 Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.read_pending = false;
+                    self.reading.pending = false;
                     break;
                 }
                 Err(e) => {
@@ -684,7 +699,7 @@ impl<'a> Client<'a> {
     /// or a quarter of the backlog limit if that is less, so that one batch never puts a
     /// listener (the sender itself included) behind on its own.
     fn broadcast_batch(&self) -> usize {
-        MAX_BROADCAST_BATCH.min(self.shared.config.max_backlog / 4)
+        MAX_BROADCAST_BATCH.min(self.place.shared.config.max_backlog / 4)
     }
 
     /// The connection broke while the server was writing or not reading: in broadcast mode,
@@ -695,10 +710,10 @@ impl<'a> Client<'a> {
     #[cold]
     #[inline(never)]
     fn deliver_what_arrived(&mut self, ending: Ending) -> Ending {
-        if self.shared.config.mode != Mode::Broadcast || self.closing.by_client.is_some() {
+        if self.place.shared.config.mode != Mode::Broadcast || self.closing.by_client.is_some() {
             return ending;
         }
-        self.draining = true;
+        self.reading.draining = true;
         // Round after round (each bounded) until the kernel has nothing more, or the
         // connection's own end. The last round's short read proves nothing here: the client
         // may have sent more between it and the moment it went.
@@ -709,33 +724,33 @@ impl<'a> Client<'a> {
 
     /// In broadcast mode, whether a listener is behind: reading stops until it catches up.
     fn listeners_behind(&self) -> bool {
-        self.shared.config.mode == Mode::Broadcast && self.room.flow().congested()
+        self.place.shared.config.mode == Mode::Broadcast && self.place.room.flow().congested()
     }
 
     /// Broadcasts what this round read.
     fn fan_out(&mut self) {
-        if !self.broadcasts.frames.is_empty() {
-            let frames = &self.broadcasts.frames;
-            self.shared.metrics.broadcasts(frames.len() as u64);
-            self.shared.broadcast(&self.room, frames);
-            self.broadcasts.frames.clear();
-            self.broadcasts.bytes = 0;
+        if !self.reading.broadcasts.frames.is_empty() {
+            let frames = &self.reading.broadcasts.frames;
+            self.place.shared.metrics.broadcasts(frames.len() as u64);
+            self.place.shared.broadcast(&self.place.room, frames);
+            self.reading.broadcasts.frames.clear();
+            self.reading.broadcasts.bytes = 0;
         }
     }
 
     fn on_message(&mut self, message: Message) {
         let payload_len = message.len();
-        let budget = &self.shared.budget;
+        let budget = &self.place.shared.budget;
         let frame = match &message {
             Message::Text(text) => {
-                debug!("{} text {:?}", self.peer, shorten(text));
-                if self.shared.config.panic_on_message.as_deref() == Some(text.as_str()) {
+                debug!("{} text {:?}", self.place.peer, shorten(text));
+                if self.place.shared.config.panic_on_message.as_deref() == Some(text.as_str()) {
                     panic!("test hook: message {text:?} asked for a panic");
                 }
                 budget.hold(frame::text(text))
             }
             Message::Binary(data) => {
-                debug!("{} binary, {} bytes", self.peer, data.len());
+                debug!("{} binary, {} bytes", self.place.peer, data.len());
                 budget.hold(frame::binary(data))
             }
             Message::Pong(_) if self.controls.is_some() => return self.pong_arrived(),
@@ -747,7 +762,11 @@ impl<'a> Client<'a> {
                     .map_or((CloseCode::Status, String::new()), |f| {
                         (f.code, f.reason.to_string())
                     });
-                debug!("{} sent Close {} {reason:?}", self.peer, u16::from(code));
+                debug!(
+                    "{} sent Close {} {reason:?}",
+                    self.place.peer,
+                    u16::from(code)
+                );
                 // Nothing may follow the Close reply tungstenite queued: no more broadcasts
                 // straight into the socket either.
                 self.wire.queue.reclaim();
@@ -762,7 +781,7 @@ impl<'a> Client<'a> {
         let tally = &mut self.stats.tally;
         tally.received += 1;
         tally.received_bytes += payload_len as u64;
-        match self.shared.config.mode {
+        match self.place.shared.config.mode {
             Mode::Echo => {
                 tally.sent += 1;
                 tally.sent_bytes += frame.len() as u64;
@@ -772,8 +791,8 @@ impl<'a> Client<'a> {
                 }
             }
             Mode::Broadcast => {
-                self.broadcasts.bytes += frame.len();
-                self.broadcasts.frames.push(frame);
+                self.reading.broadcasts.bytes += frame.len();
+                self.reading.broadcasts.frames.push(frame);
             }
         }
     }
@@ -801,7 +820,7 @@ impl<'a> Client<'a> {
             WsError::Capacity(e) => (CloseCode::Size, format!("too big: {e}")),
             other => (CloseCode::Error, format!("internal error: {other}")),
         };
-        info!("{} failed the connection: {reason}", self.peer);
+        info!("{} failed the connection: {reason}", self.place.peer);
         self.send_close(code, &close_reason(&reason));
         Ending {
             code,
@@ -865,7 +884,7 @@ impl<'a> Client<'a> {
             how,
             reset: false,
         };
-        let deadline = Instant::now() + self.shared.config.close_timeout;
+        let deadline = Instant::now() + self.place.shared.config.close_timeout;
         self.closing.by_server = Some((ending, deadline));
     }
 
@@ -883,7 +902,7 @@ impl<'a> Client<'a> {
     /// The earliest moment something must happen even if nothing arrives.
     #[inline(never)]
     fn next_deadline(&self) -> Option<Instant> {
-        let config = &self.shared.config;
+        let config = &self.place.shared.config;
         let controlled = self.controls.as_ref();
         let ping = config
             .ping_interval
@@ -901,9 +920,10 @@ impl<'a> Client<'a> {
         let behind = self
             .inbox
             .behind_since()
-            .filter(|_| !self.room.flow().common().lets_go())
+            .filter(|_| !self.place.room.flow().common().lets_go())
             .map(|since| since + config.send_timeout);
         let starved = self
+            .reading
             .pacing
             .waiting_for_memory_since()
             .map(|since| since + self.stall_timeout());
@@ -928,7 +948,7 @@ impl<'a> Client<'a> {
     fn silence_start(&self) -> Option<Instant> {
         if self.backpressured() {
             Some(self.liveness.last_sent)
-        } else if self.pacing.paused() {
+        } else if self.reading.pacing.paused() {
             None
         } else {
             Some(self.liveness.last_heard)
@@ -938,13 +958,13 @@ impl<'a> Client<'a> {
     /// How long a connection may wait for memory before it is closed with 1013: its idle
     /// timeout, or the send timeout when idle clients are never dropped.
     fn stall_timeout(&self) -> Duration {
-        let config = &self.shared.config;
+        let config = &self.place.shared.config;
         config.idle_timeout.unwrap_or(config.send_timeout)
     }
 
     fn check_deadlines(&mut self) -> Result<(), Ending> {
         let now = Instant::now();
-        let config = &self.shared.config;
+        let config = &self.place.shared.config;
         if self.settling.due(now) {
             self.settle(now);
         }
@@ -966,15 +986,15 @@ impl<'a> Client<'a> {
         let behind = self
             .inbox
             .behind_since()
-            .filter(|_| !self.room.flow().common().lets_go());
-        if self.inbox.overflowed() && self.room.flow().common().lets_go() {
+            .filter(|_| !self.place.room.flow().common().lets_go());
+        if self.inbox.overflowed() && self.place.room.flow().common().lets_go() {
             self.let_go();
         } else if self.inbox.overflowed()
             || behind.is_some_and(|since| now >= since + config.send_timeout)
         {
             return Err(self.close_too_slow(behind.map_or(Duration::ZERO, |since| now - since)));
         }
-        if let Some(since) = self.pacing.waiting_for_memory_since()
+        if let Some(since) = self.reading.pacing.waiting_for_memory_since()
             && now >= since + self.stall_timeout()
         {
             return Err(self.close_for_memory(now - since));
@@ -1019,8 +1039,8 @@ impl<'a> Client<'a> {
     #[inline(never)]
     fn close_too_slow(&mut self, behind_for: Duration) -> Ending {
         // Its own sends were held back if it was waiting for listeners with input unread.
-        let sending =
-            self.pacing.waiting_for_listeners() && (self.read_pending || self.wire.input_waiting());
+        let sending = self.reading.pacing.waiting_for_listeners()
+            && (self.reading.pending || self.wire.input_waiting());
         let reason = if sending {
             TOO_SLOW_WHILE_SENDING
         } else {
@@ -1028,8 +1048,12 @@ impl<'a> Client<'a> {
         };
         warn!(
             "{} {reason}: more than {} bytes queued and not read for {:.1?}; closing it",
-            self.peer,
-            self.shared.config.max_backlog.min(self.inbox.backlog()),
+            self.place.peer,
+            self.place
+                .shared
+                .config
+                .max_backlog
+                .min(self.inbox.backlog()),
             behind_for
         );
         self.inbox.close_intake();
@@ -1039,7 +1063,7 @@ impl<'a> Client<'a> {
                 self.inbox.written(frame.len());
             }
         }
-        self.shared.metrics.slow_client_closed();
+        self.place.shared.metrics.slow_client_closed();
         self.send_close(CloseCode::Policy, reason);
         Ending {
             code: CloseCode::Policy,
@@ -1063,7 +1087,7 @@ impl<'a> Client<'a> {
         }
         warn!(
             "{} {FELL_BEHIND}: more than {} bytes queued and not read; closing it",
-            self.peer, self.shared.config.max_backlog
+            self.place.peer, self.place.shared.config.max_backlog
         );
         self.inbox.close_intake();
         self.wire.queue.discard_unsent(&self.inbox);
@@ -1072,7 +1096,7 @@ impl<'a> Client<'a> {
                 self.inbox.written(frame.len());
             }
         }
-        self.shared.metrics.slow_client_closed();
+        self.place.shared.metrics.slow_client_closed();
         self.start_close(
             CloseCode::Policy,
             FELL_BEHIND,
@@ -1088,15 +1112,15 @@ impl<'a> Client<'a> {
     /// it held (a message half received, usually) is freed at once.
     #[inline(never)]
     fn close_for_memory(&mut self, waited: Duration) -> Ending {
-        let budget = &self.shared.budget;
+        let budget = &self.place.shared.budget;
         warn!(
             "{} closed: the server's memory has been full for {:.1?} ({} of {} bytes in use)",
-            self.peer,
+            self.place.peer,
             waited,
             budget.used(),
             budget.limit()
         );
-        self.shared.metrics.reject("memory");
+        self.place.shared.metrics.reject("memory");
         let reason = "try again later: server memory full";
         self.inbox.close_intake();
         self.send_close(CloseCode::Again, reason);
@@ -1117,7 +1141,7 @@ impl<'a> Client<'a> {
         self.wire.queue.reclaim();
         let deadline = match &self.closing.by_server {
             Some((_, deadline)) => *deadline,
-            None => Instant::now() + self.shared.config.close_timeout,
+            None => Instant::now() + self.place.shared.config.close_timeout,
         };
         while self.wire.wants_write() {
             let left = deadline.saturating_duration_since(Instant::now());
