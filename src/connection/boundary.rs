@@ -4,7 +4,7 @@
 //! hold the biggest frame it was sent and never shrinks. The only way to give that memory back
 //! is to rebuild the WebSocket around the same socket (`settle.rs`), and that is only safe when
 //! the buffer holds nothing: every byte read so far belongs to frames already parsed, and no
-//! message is half assembled. tungstenite does not say so, so the socket follows the frame
+//! message is half assembled. tungstenite does not say so, so the reader follows the frame
 //! headers (RFC 6455 section 5.2) of the bytes it hands over, which costs a few comparisons per
 //! frame and tells exactly that.
 

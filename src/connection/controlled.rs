@@ -21,7 +21,7 @@ pub(super) struct Requested {
 impl Requested {
     /// Whether every frame for this client must pass through its own thread, to be counted
     /// (`close` after N, `reset`) or re-encoded (`fragment`): then its socket is never lent to
-    /// broadcasters and the greeting timer (`Socket::lend`).
+    /// broadcasters and the greeting timer (`SendQueue::lend`).
     pub(super) fn sees_every_frame(&self) -> bool {
         let controls = &self.controls;
         controls.close.as_ref().is_some_and(|close| close.after > 0)

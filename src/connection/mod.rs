@@ -1,16 +1,18 @@
 //! One accepted TCP connection, from its first byte to its last, on a thread of its own
 //! (spawned by `server.rs`): [`handle`] reads the request head and answers plain HTTP or
 //! completes the WebSocket handshake, then [`run_client`] runs the client's loop (`client.rs`,
-//! with its outgoing queue in `socket.rs`) until the connection ends.
+//! with its outgoing queue in `send_queue.rs`) until the connection ends.
 
 mod boundary;
 mod client;
 mod controlled;
+mod metered_reader;
 mod pace;
 mod read_size;
+mod send_queue;
 mod settle;
-mod socket;
 mod transport;
+mod wire;
 
 /// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
 #[cfg(feature = "tls")]
@@ -140,7 +142,7 @@ impl Shared {
     fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             // Every frame tungstenite writes (pongs, closes) goes straight into our queue,
-            // which does its own batching (see socket.rs).
+            // which does its own batching (see send_queue.rs).
             .write_buffer_size(0)
             .max_message_size(Some(self.config.max_message_size))
             // A frame longer than the largest message can only make a message too big, and the

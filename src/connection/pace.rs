@@ -31,7 +31,7 @@ pub(crate) enum Turn {
     /// Read.
     Read,
     /// Read, after a pause: the silence meanwhile says nothing about the client.
-    Resume,
+    ReadAfterPause,
 }
 
 /// A connection's place in the wait lists of other connections.
@@ -86,7 +86,7 @@ impl Pacing {
             return Turn::Wait;
         }
         match self.paused.take() {
-            Some(_) => Turn::Resume,
+            Some(_) => Turn::ReadAfterPause,
             None => Turn::Read,
         }
     }

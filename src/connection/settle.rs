@@ -4,7 +4,7 @@
 //! open, unless it gives it back:
 //!
 //! - tungstenite's read buffer grows to the largest frame the client sent, and never shrinks;
-//! - the socket's queue keeps the room of the most frames it ever held at once;
+//! - the send queue keeps the room of the most frames it ever held at once;
 //! - the thread's stack keeps every page it touched: the handshake ran deeper than the loop
 //!   ever goes (a TLS handshake's key exchange and signature most of all), and on the ppoll backend a wake-up is a
 //!   signal, whose frame (the saved registers) the kernel writes below the sleeping
