@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::admission::{Admission, Refusal, Ticket};
+use crate::admission::{Admission, Ticket};
 #[cfg(feature = "cluster")]
 use crate::cluster::Cluster;
 #[cfg(feature = "tls")]
 use crate::config::TlsFiles;
 use crate::config::{self, Config, Mode, SlowListener};
 use crate::connection::{
-    self, BUSY, OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, Shared,
+    self, Busy, OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, Shared,
 };
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
@@ -533,12 +533,7 @@ impl Server {
         let ticket: Ticket = match self.admission.admit(peer, !proxied) {
             Ok(ticket) => ticket,
             Err(refusal) => {
-                self.shared.metrics.http_response(BUSY);
-                self.shared.metrics.reject(match refusal {
-                    Refusal::Full(_) => "limit",
-                    Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per_address",
-                });
-                return connection::reject_busy(&stream, refusal);
+                return connection::reject_busy(&stream, &self.shared, Busy::Cap(refusal));
             }
         };
         let shared = Arc::clone(&self.shared);
@@ -563,8 +558,6 @@ impl Server {
         if let Err(e) = spawned
             && let Some(stream) = sync::lock(&slot).take()
         {
-            self.shared.metrics.http_response(BUSY);
-            self.shared.metrics.reject("limit");
             if self.no_thread_log.pass().is_some() {
                 warn!(
                     "{peer} rejected: 503, the system refused a thread for it ({e}); see the \
@@ -572,7 +565,7 @@ impl Server {
                     NO_THREAD_LOG_INTERVAL.as_secs()
                 );
             }
-            connection::reject_with(&stream, "server busy: no thread for this connection");
+            connection::reject_busy(&stream, &self.shared, Busy::NoThread);
         }
     }
 }
