@@ -1,6 +1,6 @@
 //! Locks that outlive a panic.
 //!
-//! A connection's thread that panics is caught and the server goes on (`server.rs`), so a lock
+//! A connection's thread that panics is caught and the server goes on (`server/accept.rs`), so a lock
 //! it held is left *poisoned*. Every lock in wsecho guards state that each change leaves whole
 //! (one assignment, one map operation, a few additions that cannot panic), so a poisoned lock
 //! still guards consistent state, and these helpers take it as it is rather than spread one

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 
+use super::link::MALFORMED_LOG_INTERVAL;
 use super::publisher::set_timeouts;
 use super::{CONNECT_TIMEOUT, FIRST_BACKOFF, Link, MAX_BACKOFF, wire};
 use crate::delivery::budget::Budget;
@@ -43,9 +44,6 @@ const PING_AFTER: Duration = Duration::from_secs(5);
 
 /// A pause of the subscriber this long is logged at info: Redis buffered for that long.
 const LONG_PAUSE: Duration = Duration::from_secs(1);
-
-/// "Malformed message on the channel" is logged at most once per this interval.
-pub(super) const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(super) struct Subscriber {
     pub client: redis::Client,

@@ -1,8 +1,17 @@
 //! One accepted TCP connection, from its first byte to its last, on a thread of its own
 //! (spawned by `server.rs`): [`handle`] reads the request head and answers plain HTTP or
-//! completes the WebSocket handshake, then [`run_client`] runs the client's loop (`client.rs`,
-//! with its outgoing queue in `send_queue.rs`) until the connection ends.
+//! completes the WebSocket handshake (`upgrade.rs`, after `tls_start.rs` on a TLS port), then
+//! [`run_client`] runs the client's loop (`client.rs`, with its outgoing queue in
+//! `send_queue.rs`) until the connection ends. A connection turned away on the way is answered
+//! by `refuse.rs`.
 
+// The steps before the client's loop: the request, TLS first on a TLS port, and refusals.
+mod refuse;
+#[cfg(feature = "tls")]
+mod tls_start;
+mod upgrade;
+
+// The client's loop, and what it owns.
 mod boundary;
 mod client;
 mod controlled;
@@ -14,20 +23,9 @@ mod settle;
 mod transport;
 mod wire;
 
-/// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Refusals for lack of descriptors are logged at most once per this interval.
-pub(crate) const OUT_OF_DESCRIPTORS_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Connections dropped for a missing or broken PROXY protocol header are logged at most once
-/// per this interval: a client that connects straight to a `--proxy-protocol` port (or a
-/// scanner) could otherwise write a line per connection.
-pub(crate) const PROXY_HEADER_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The status of a refused connection: Service Unavailable.
-pub(crate) const BUSY: u16 = 503;
+pub(crate) use refuse::{
+    Busy, OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, reject_busy,
+};
 
 /// The HTTP status of a completed WebSocket handshake.
 const SWITCHING_PROTOCOLS: u16 = 101;
@@ -37,38 +35,32 @@ const SWITCHING_PROTOCOLS: u16 = 101;
 const MIN_WRITE_TIME: Duration = Duration::from_millis(1);
 
 use std::cell::Cell;
-use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log::{debug, info, warn};
+use log::{debug, info};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::admission::{Refusal, Ticket};
+use crate::admission::Ticket;
 #[cfg(feature = "cluster")]
 use crate::cluster::Cluster;
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::connection::client::{Client, Summary};
-use crate::connection::controlled::Requested;
-use crate::connection::transport::Transport;
+use crate::connection::refuse::{drop_without_proxy_header, refuse_out_of_descriptors};
+use crate::connection::upgrade::{Upgraded, answer_request};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{Hub, Membership, Room};
-use crate::delivery::resume::Resume;
-use crate::http::controls::{self, Controls};
-use crate::http::handshake;
-use crate::http::site::{self, Health, Inspect};
-use crate::http::{self, Conn, HeadError, Response};
-use crate::http::{query, room};
+use crate::http::site::{Health, Inspect};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
-use crate::proxy::protocol::{self, Header, ReadError};
-use crate::proxy::{self, Peer, forwarded};
-use crate::sys::{NoSigpipe, Waker};
+use crate::proxy::protocol::{self, Header};
+use crate::proxy::{self, Peer};
+use crate::sys::Waker;
 #[cfg(feature = "tls")]
 use crate::tls::Tls;
 
@@ -208,427 +200,10 @@ fn arrive(
     if !shared.trusts(client.addr.ip())
         && let Err(refusal) = ticket.rehome(client, client.addr.ip())
     {
-        count_busy(shared, refusal);
-        reject_busy(stream, refusal);
+        reject_busy(stream, shared, Busy::Cap(refusal));
         return None;
     }
     Some(client)
-}
-
-/// Logs a connection dropped for its PROXY protocol header, at most once per
-/// [`PROXY_HEADER_LOG_INTERVAL`] for all of them.
-#[cold]
-#[inline(never)]
-fn drop_without_proxy_header(peer: SocketAddr, shared: &Shared, error: &ReadError) {
-    let why = match error {
-        ReadError::Timeout => format!(
-            "no PROXY protocol header within {:?}",
-            shared.config.handshake_timeout
-        ),
-        ReadError::Closed(0) => "closed before sending a PROXY protocol header".to_string(),
-        ReadError::Closed(n) => {
-            format!("closed after {n} bytes of a PROXY protocol header")
-        }
-        ReadError::Malformed(why) => why.clone(),
-        ReadError::Io(e) => format!("lost before its PROXY protocol header: {e}"),
-    };
-    shared.metrics.reject("bad_request");
-    if let Some(held_back) = shared.proxy_header_log.pass() {
-        let more = if held_back > 0 {
-            format!(" ({held_back} more since the last such line)")
-        } else {
-            String::new()
-        };
-        warn!(
-            "{peer} dropped: {why} (--proxy-protocol: every connection must start with one)\
-             {more}; such drops are logged once per {}s",
-            PROXY_HEADER_LOG_INTERVAL.as_secs()
-        );
-    }
-}
-
-/// Counts a refusal by a cap: a 503.
-fn count_busy(shared: &Shared, refusal: Refusal) {
-    shared.metrics.http_response(BUSY);
-    shared.metrics.reject(match refusal {
-        Refusal::Full(_) => "limit",
-        Refusal::AddressFull(_) | Refusal::AddressHandshakes(_) => "per_address",
-    });
-}
-
-/// Refuses a connection by a cap, without blocking: the short 503 fits in the socket's empty
-/// send buffer, and a client that does not read it loses nothing else. (Admission has logged
-/// it, at most once per address and interval.) Before TLS: like every refusal at accept.
-pub(crate) fn reject_busy(stream: &TcpStream, refusal: Refusal) {
-    reject_with(stream, &format!("server busy: {refusal}"));
-}
-
-/// Answers 503 with `why` on the accepting thread, without blocking it (see [`reject_busy`]).
-pub(crate) fn reject_with(stream: &TcpStream, why: &str) {
-    let response = Response::text(BUSY, why).to_bytes(false);
-    let _ = stream.set_nonblocking(true);
-    let _ = NoSigpipe(stream).write(&response);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-}
-
-/// Refuses a connection the server cannot give a waker: 503 at once, before reading, and one
-/// log line per [`OUT_OF_DESCRIPTORS_LOG_INTERVAL`] however many are refused.
-#[cold]
-#[inline(never)]
-fn refuse_out_of_descriptors(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared,
-    error: &io::Error,
-) {
-    if shared.out_of_descriptors_log.pass().is_some() {
-        warn!(
-            "{peer} rejected: 503, cannot wait for it ({error}); such refusals are logged once \
-             per {}s",
-            OUT_OF_DESCRIPTORS_LOG_INTERVAL.as_secs()
-        );
-    }
-    shared.metrics.http_response(BUSY);
-    shared.metrics.reject("limit");
-    let response = Response::text(BUSY, "server busy: out of descriptors");
-    let _ = stream.set_nonblocking(true);
-    let _ = NoSigpipe(&stream).write_all(&response.to_bytes(false));
-}
-
-/// A connection whose upgrade request was accepted; its 101 goes out once it is in its room
-/// (see [`join`]).
-struct Upgraded {
-    /// Still blocking, under the handshake's deadline.
-    transport: Transport,
-    /// The 101 answer, and when it must have gone out.
-    answer: Vec<u8>,
-    deadline: Instant,
-    /// Bytes the client sent after its request head: the start of its first frame.
-    leftover: Vec<u8>,
-    /// The room it joins; the lobby (empty) in echo mode.
-    room: String,
-    /// Where it asked to resume, with `?resume`.
-    resume: Option<Resume>,
-    /// What the "connected" log line says after the peer: path, room, origin, subprotocol.
-    described: String,
-    /// The test controls it asked for, if any (`http/controls.rs`).
-    controls: Option<Box<Requested>>,
-}
-
-impl Upgraded {
-    /// Sends the 101 and turns the stream to the loop's phase (non-blocking).
-    fn switch(self) -> io::Result<(Transport, Vec<u8>)> {
-        let Upgraded {
-            mut transport,
-            answer,
-            deadline,
-            leftover,
-            ..
-        } = self;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(MIN_WRITE_TIME);
-        transport.set_write_timeout(Some(left))?;
-        transport.write_all(&answer)?;
-        transport.flush()?;
-        Ok((transport.into_nonblocking()?, leftover))
-    }
-}
-
-/// Reads the request and answers it: plain HTTP (then the connection is done) or the
-/// WebSocket handshake. With TLS, the TLS handshake comes first, under the same deadline.
-#[inline(never)]
-fn answer_request(
-    stream: TcpStream,
-    client: &Cell<Peer>,
-    shared: &Shared,
-    ticket: &mut Ticket,
-    deadline: Instant,
-) -> Option<Upgraded> {
-    let config = &shared.config;
-    let peer = client.get();
-    #[cfg(feature = "tls")]
-    let mut transport = match &shared.tls {
-        None => Transport::Plain(Arc::new(stream)),
-        Some(tls) => start_tls(stream, peer, tls, deadline, shared)?,
-    };
-    #[cfg(not(feature = "tls"))]
-    let mut transport = Transport::Plain(Arc::new(stream));
-    let head = http::read_head(&mut transport, deadline, config.max_request_head);
-    // A trusted proxy's request names its client: counted under that address from here.
-    let peer = match &head {
-        Ok((request, _)) if shared.trusts(peer.addr.ip()) => {
-            match forwarded::client(request, peer.addr, &config.trusted_proxies) {
-                Ok(addr) => {
-                    let named = Peer::via(addr, peer.socket());
-                    if let Err(refusal) = ticket.rehome(named, addr.ip()) {
-                        count_busy(shared, refusal);
-                        let busy = Response::text(BUSY, format!("server busy: {refusal}"));
-                        http::respond_and_close(&mut transport, &busy, false);
-                        return None;
-                    }
-                    client.set(named);
-                    named
-                }
-                Err(why) => {
-                    ticket.handshake_done();
-                    let response = Response::text(400, why);
-                    refuse(&mut transport, peer, shared, response, false);
-                    return None;
-                }
-            }
-        }
-        _ => peer,
-    };
-    // Whatever came of it, the client is no longer one whose request may never come: what
-    // follows is the server's own quick work, so it stops counting as an unfinished handshake.
-    ticket.handshake_done();
-    let (request, leftover) = match head {
-        Ok(head) => head,
-        Err(HeadError::Timeout) => {
-            info!(
-                "{peer} dropped: no complete request within {:?}",
-                config.handshake_timeout
-            );
-            return None;
-        }
-        Err(HeadError::Closed) => {
-            debug!("{peer} closed before sending a request");
-            return None;
-        }
-        Err(HeadError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            info!("{peer} dropped: TLS handshake failed: {e}");
-            return None;
-        }
-        Err(HeadError::Io(e)) => {
-            debug!("{peer} lost before sending a request: {e}");
-            return None;
-        }
-        Err(HeadError::TooLarge) => {
-            let limit = config.max_request_head;
-            let why = format!(
-                "request head over {limit} bytes or {} lines",
-                http::MAX_HEADERS
-            );
-            refuse(
-                &mut transport,
-                peer,
-                shared,
-                Response::text(431, why),
-                false,
-            );
-            return None;
-        }
-        Err(HeadError::Malformed(why)) => {
-            refuse(
-                &mut transport,
-                peer,
-                shared,
-                Response::text(400, why),
-                false,
-            );
-            return None;
-        }
-    };
-    let head_only = request.method == "HEAD";
-    if !handshake::is_websocket_request(&request) {
-        let response = if config.test_controls && site::is_echo_request(&request) {
-            let json = controls::whoami(
-                &request,
-                peer.addr,
-                peer.socket(),
-                None,
-                transport.tls_info().as_ref(),
-            );
-            site::echo_request(json)
-        } else {
-            site::respond(&request, config.demo_page, shared)
-        };
-        info!(
-            "{peer} {} {} -> {}",
-            request.method, request.target, response.status
-        );
-        shared.metrics.http_response(response.status);
-        http::respond_and_close(&mut transport, &response, head_only);
-        return None;
-    }
-    let accepted = match handshake::check(&request, config) {
-        Ok(accepted) => accepted,
-        Err(response) => {
-            refuse(&mut transport, peer, shared, response, head_only);
-            return None;
-        }
-    };
-    let found = room_and_position(&request.target, config).and_then(|(room, resume)| {
-        let controls = if config.test_controls {
-            Controls::parse(&request.target, config, resume.is_some())?
-        } else {
-            None
-        };
-        Ok((room, resume, controls))
-    });
-    let (room, resume, controls) = match found {
-        Ok(found) => found,
-        Err(why) => {
-            refuse(
-                &mut transport,
-                peer,
-                shared,
-                Response::text(400, why),
-                false,
-            );
-            return None;
-        }
-    };
-    // A late handshake during shutdown: refused, unless the listening socket outlives this
-    // process; then it is upgraded and told to come back (1012, in `join`), to be served by
-    // the next process.
-    if shared.shutting_down.load(Ordering::SeqCst) && shared.goodbye.0 != CloseCode::Restart {
-        let response = Response::text(BUSY, "server shutting down");
-        refuse(&mut transport, peer, shared, response, false);
-        return None;
-    }
-    let origin = request.header("origin").unwrap_or("none");
-    let subprotocol = accepted
-        .subprotocol
-        .as_deref()
-        .map(|p| format!(", subprotocol {p}"));
-    let in_room = match (&resume, config.mode) {
-        (Some(Resume::After(epoch, offset)), _) => {
-            format!(", room {room:?}, resuming after {epoch}:{offset}")
-        }
-        (Some(Resume::Newcomer), _) => format!(", room {room:?}, resuming"),
-        (None, Mode::Broadcast) => format!(", room {room:?}"),
-        (None, Mode::Echo) => String::new(),
-    };
-    let described = format!(
-        "path {}{in_room}, origin {origin}{}{}",
-        request.target,
-        subprotocol.unwrap_or_default(),
-        if transport.is_tls() { ", TLS" } else { "" }
-    );
-    let controls = controls.map(|controls| {
-        let whoami = controls.whoami.then(|| {
-            controls::whoami(
-                &request,
-                peer.addr,
-                peer.socket(),
-                accepted.subprotocol.as_deref(),
-                transport.tls_info().as_ref(),
-            )
-        });
-        Box::new(Requested { controls, whoami })
-    });
-    Some(Upgraded {
-        transport,
-        answer: handshake::switching_protocols(&accepted),
-        deadline,
-        leftover,
-        room,
-        resume,
-        described,
-        controls,
-    })
-}
-
-/// The room a request joins, and where it asks to resume, or why it cannot be served. In
-/// broadcast mode the path names the room; echo mode, and --single-room, ignore it.
-fn room_and_position(target: &str, config: &Config) -> Result<(String, Option<Resume>), String> {
-    let room = if config.mode == Mode::Broadcast && config.rooms {
-        room::from_target(target)?
-    } else {
-        String::new()
-    };
-    Ok((room, resume_position(target, config)?))
-}
-
-/// Where the request asks to resume (`?resume`, see `delivery/resume.rs`), if it does, or why
-/// that cannot be served.
-fn resume_position(target: &str, config: &Config) -> Result<Option<Resume>, String> {
-    let Some(value) = query::param(target, "resume")? else {
-        return Ok(None);
-    };
-    if config.mode != Mode::Broadcast {
-        return Err(
-            "resume needs a server in broadcast mode (--broadcast --history N): an echo has \
-             no position to resume from"
-                .to_string(),
-        );
-    }
-    if config.history == 0 {
-        return Err(
-            "resume needs a server that keeps history (--history N, N > 0): without it there \
-             is nothing to resume from"
-                .to_string(),
-        );
-    }
-    Resume::parse(&value).map(Some)
-}
-
-/// Begins TLS on an accepted socket, or refuses what is not TLS: a browser or `curl` speaking
-/// plain HTTP to the TLS port gets a plain 400 that says what to use instead; anything else
-/// that does not start like a TLS handshake is dropped. One log line at most either way.
-#[cfg(feature = "tls")]
-#[inline(never)]
-fn start_tls(
-    stream: TcpStream,
-    peer: Peer,
-    tls: &Tls,
-    deadline: Instant,
-    shared: &Shared,
-) -> Option<Transport> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut first = [0u8; 1];
-    let peeked = stream
-        .set_read_timeout(Some(left.max(MIN_WRITE_TIME)))
-        .and_then(|()| stream.peek(&mut first));
-    match peeked {
-        Ok(0) => {
-            debug!("{peer} closed before sending a request");
-            None
-        }
-        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => match tls.accept() {
-            Ok(session) => Some(Transport::tls(stream, session)),
-            Err(e) => {
-                warn!("{peer} dropped: cannot start a TLS session: {e}");
-                None
-            }
-        },
-        Ok(_) if first[0].is_ascii_uppercase() => {
-            let why = "this port speaks TLS only: use https:// or wss://";
-            refuse(
-                &mut Transport::Plain(Arc::new(stream)),
-                peer,
-                shared,
-                Response::text(400, why),
-                false,
-            );
-            None
-        }
-        Ok(_) => {
-            info!(
-                "{peer} dropped: not a TLS handshake (first byte {:#04x})",
-                first[0]
-            );
-            None
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            info!(
-                "{peer} dropped: no TLS handshake within {:?}",
-                shared.config.handshake_timeout
-            );
-            None
-        }
-        Err(e) => {
-            debug!("{peer} lost before sending a request: {e}");
-            None
-        }
-    }
 }
 
 /// Runs an upgraded connection: joins the hub, schedules the greeting, runs the client's
@@ -727,27 +302,6 @@ fn leave(summary: &Summary, peer: Peer, shared: &Shared) {
         summary.duration,
         crate::logging::count(summary.messages, "message")
     );
-}
-
-/// Sends an error response, logs and counts the rejection once, and closes the connection.
-#[cold]
-#[inline(never)]
-fn refuse(
-    transport: &mut Transport,
-    peer: Peer,
-    shared: &Shared,
-    response: Response,
-    head_only: bool,
-) {
-    let why = String::from_utf8_lossy(&response.body);
-    warn!("{peer} rejected: {} {}", response.status, why.trim_end());
-    shared.metrics.http_response(response.status);
-    shared.metrics.reject(match response.status {
-        403 => "origin",
-        BUSY => "shutting_down",
-        _ => "bad_request",
-    });
-    http::respond_and_close(transport, &response, head_only);
 }
 
 impl Inspect for Shared {

@@ -33,17 +33,20 @@ pub(crate) fn check(request: &Request, config: &Config) -> Result<Accepted, Resp
         );
     }
     if request.minor_version < 1 {
-        return Err(Response::text(400, "a WebSocket handshake needs HTTP/1.1"));
+        return Err(Response::bad_request(
+            "a WebSocket handshake needs HTTP/1.1",
+        ));
     }
     if request.header("host").is_none() {
-        return Err(Response::text(400, "missing Host header"));
+        return Err(Response::bad_request("missing Host header"));
     }
     if !request.header_has_token("upgrade", "websocket") {
-        return Err(Response::text(400, "missing \"Upgrade: websocket\" header"));
+        return Err(Response::bad_request(
+            "missing \"Upgrade: websocket\" header",
+        ));
     }
     if !request.header_has_token("connection", "upgrade") {
-        return Err(Response::text(
-            400,
+        return Err(Response::bad_request(
             "missing \"Connection: Upgrade\" header",
         ));
     }
@@ -56,20 +59,21 @@ pub(crate) fn check(request: &Request, config: &Config) -> Result<Accepted, Resp
             );
         }
         None => {
-            return Err(Response::text(400, "missing Sec-WebSocket-Version header")
-                .with_header("Sec-WebSocket-Version", VERSION));
+            return Err(
+                Response::bad_request("missing Sec-WebSocket-Version header")
+                    .with_header("Sec-WebSocket-Version", VERSION),
+            );
         }
     }
     let Some(key) = request.header("sec-websocket-key").map(str::trim) else {
-        return Err(Response::text(400, "missing Sec-WebSocket-Key header"));
+        return Err(Response::bad_request("missing Sec-WebSocket-Key header"));
     };
     // The key must be 16 random bytes in base64 (section 4.1); anything else is not a client
     // that read the RFC, and answering it would only help it pretend.
     match data_encoding::BASE64.decode(key.as_bytes()) {
         Ok(bytes) if bytes.len() == 16 => {}
         _ => {
-            return Err(Response::text(
-                400,
+            return Err(Response::bad_request(
                 "Sec-WebSocket-Key is not 16 bytes in base64",
             ));
         }

@@ -227,6 +227,11 @@ impl Response {
         }
     }
 
+    /// A 400 Bad Request that says what was wrong.
+    pub(crate) fn bad_request(why: impl Into<String>) -> Response {
+        Response::text(400, why)
+    }
+
     /// The response with one more header.
     pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
