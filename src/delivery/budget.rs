@@ -6,7 +6,7 @@
 //! (`--max-memory`):
 //!
 //! - **bytes received and not yet a whole message**: a connection's socket charges what it
-//!   reads, and releases it when the message it belongs to is complete (see `socket.rs`);
+//!   reads, and releases it when the message it belongs to is complete (see `metered_reader.rs`);
 //! - **frames waiting to be sent**: echoes, broadcasts, greetings and the protocol's own
 //!   frames are created by [`Budget::hold`], which charges their size and releases it when the
 //!   last queue holding the frame lets go of it. A broadcast to a thousand clients is one
