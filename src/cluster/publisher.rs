@@ -31,10 +31,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Numbers a broadcast and appends it to its room's history, then publishes it, in one step:
 /// the history and the channel have one order, and the numbering is the room's in the whole
-/// cluster. KEYS[1] is the room's history list (the last ARGV[3] kept), KEYS[2] its numbering
-/// (a hash of its `epoch`, made from ARGV[5] if the room has none, and its `newest` offset);
-/// both expire after ARGV[4] ms. The message is ARGV[2] with the numbering before it, in the
-/// wire format (`wire.rs`), published on channel ARGV[1].
+/// cluster. `KEYS[1]` is the room's history list (the last `ARGV[3]` kept), `KEYS[2]` its numbering
+/// (a hash of its `epoch`, made from `ARGV[5]` if the room has none, and its `newest` offset);
+/// both expire after `ARGV[4]` ms. The message is `ARGV[2]` with the numbering before it, in the
+/// wire format (`wire.rs`), published on channel `ARGV[1]`.
 const APPEND_AND_PUBLISH: &str = "local epoch = redis.call('HGET', KEYS[2], 'epoch') \
      if not epoch then epoch = ARGV[5] redis.call('HSET', KEYS[2], 'epoch', epoch) end \
      local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'newest', 1)) \
@@ -45,9 +45,9 @@ const APPEND_AND_PUBLISH: &str = "local epoch = redis.call('HGET', KEYS[2], 'epo
      redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
      return redis.call('PUBLISH', ARGV[1], message)";
 
-/// Reads a room's numbering and history and publishes a history mark (ARGV[2] on channel
-/// ARGV[1]) in one step: the history is exactly what the channel carried for the room before
-/// the mark. A room with no numbering gets one (epoch ARGV[3], expiring after ARGV[4] ms), so
+/// Reads a room's numbering and history and publishes a history mark (`ARGV[2]` on channel
+/// `ARGV[1]`) in one step: the history is exactly what the channel carried for the room before
+/// the mark. A room with no numbering gets one (epoch `ARGV[3]`, expiring after `ARGV[4]` ms), so
 /// that a newcomer learns the epoch the room's next broadcast will have. Returns the epoch,
 /// the newest offset, then the history, oldest first.
 const READ_AND_MARK: &str = "local epoch = redis.call('HGET', KEYS[2], 'epoch') \
