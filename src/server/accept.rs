@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use crate::connection::{self, Busy};
 use crate::proxy::{self, Peer};
 use crate::sync;
 use crate::sys::activation::Notice;
-use crate::sys::{self, Interest};
+use crate::sys::{self, Interest, Waker};
 
 /// When accept fails for lack of descriptors (EMFILE), it is retried after this pause,
 /// doubling up to [`MAX_ACCEPT_BACKOFF`]: the pending connection keeps the listener
@@ -53,9 +53,17 @@ impl Server {
     fn accept_on(&self, index: usize) -> io::Result<()> {
         let listener = &self.listeners[index];
         let waker = self.shutdown.waker(index);
+        let accepted = self.accept_with(listener, waker, index == 0);
+        // The waker outlives the listener (a ShutdownHandle keeps it): let go of the socket
+        // first, as the portable backend's poller requires.
+        waker.forget(listener);
+        accepted
+    }
+
+    /// The loop itself; the `first` loop keeps the service manager's status line current.
+    fn accept_with(&self, listener: &TcpListener, waker: &Waker, first: bool) -> io::Result<()> {
         // Under a service manager, the first loop keeps the status line's count current.
-        let mut status =
-            (index == 0 && sys::activation::notifying()).then(|| (Instant::now(), 0usize));
+        let mut status = (first && sys::activation::notifying()).then(|| (Instant::now(), 0usize));
         let mut backoff: Option<Duration> = None;
         loop {
             // While backing off, wait on the shutdown waker only; the pending connection

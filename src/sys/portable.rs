@@ -157,7 +157,8 @@ pub(super) fn wait<S: Source>(
             }
             None => {
                 // SAFETY: `polling` requires the socket to be deleted from the poller before it
-                // is closed; its owner calls `Waker::forget` first (client.rs, server.rs).
+                // is closed; its owner calls `Waker::forget` first (connection/client.rs,
+                // server/accept.rs).
                 unsafe { waker.poller.add(raw(socket), event)? };
                 state.registered = Some(this);
             }
