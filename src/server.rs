@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 #[cfg(feature = "tls")]
 use crate::config::TlsFiles;
 use crate::config::{Config, Mode, SlowListener};
-use crate::connection::{OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, Shared};
+use crate::connection::{OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, ServerState};
 use crate::delivery::budget::Budget;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{HistorySettings, Hub};
@@ -64,7 +64,7 @@ pub struct Server {
     /// Whether the listeners were handed over: a service manager keeps them open across a
     /// restart.
     inherited: bool,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     /// Set by a [`ShutdownHandle`]; wakes every accept loop.
     shutdown: Arc<ShutdownRequest>,
     /// The connection limit and the per-address caps, and what counts against them.
@@ -197,7 +197,7 @@ impl Server {
             }
             None => None,
         };
-        let shared = Shared {
+        let shared = ServerState {
             hub,
             #[cfg(feature = "cluster")]
             cluster,

@@ -87,7 +87,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// This instance's membership of a cluster: the publish queue connection threads push into,
-/// and the link's state. Broadcasts go through it (`Shared::broadcast`) and come back into
+/// and the link's state. Broadcasts go through it (`ServerState::broadcast`) and come back into
 /// the hub.
 #[derive(Debug)]
 pub(crate) struct Cluster {

@@ -47,7 +47,7 @@ use tungstenite::protocol::WebSocketContext;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Mode;
-use crate::connection::Shared;
+use crate::connection::ServerState;
 use crate::connection::controlled::{Active, Requested};
 use crate::connection::pace::Pacing;
 use crate::connection::read_size::ReadSize;
@@ -94,7 +94,7 @@ pub(crate) struct Client<'a> {
 
 /// Where the connection is: the server, its room, and the client's address.
 struct Place<'a> {
-    shared: &'a Shared,
+    shared: &'a ServerState,
     /// The room it broadcasts to (the lobby in echo mode).
     room: Arc<Room>,
     peer: Peer,
@@ -122,7 +122,7 @@ impl<'a> Client<'a> {
         leftover: Vec<u8>,
         inbox: Inbox,
         room: Arc<Room>,
-        shared: &'a Shared,
+        shared: &'a ServerState,
         peer: Peer,
         requested: Option<Box<Requested>>,
     ) -> Box<Client<'a>> {

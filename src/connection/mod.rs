@@ -76,9 +76,10 @@ use crate::tls::Tls;
 //   buffers. No other descriptor: the waker is a signal (sys/ppoll.rs).
 // After a burst, the connection gives back what the burst grew (settle.rs).
 
-/// What every connection thread shares.
+/// The server as every connection thread sees it: the configuration, the hub, the memory
+/// budget and the rest, borrowed by each connection for its whole life.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub(crate) config: Config,
     pub(crate) hub: Arc<Hub>,
     /// The cluster this instance belongs to, with `--redis`: broadcasts go through it.
@@ -105,7 +106,7 @@ pub(crate) struct Shared {
     pub(crate) goodbye: (CloseCode, &'static str),
 }
 
-impl Shared {
+impl ServerState {
     /// Sends a client's broadcasts to everyone in its room: in a cluster, to Redis, which sends them back
     /// to every instance, this one included; otherwise straight to every local connection.
     pub(crate) fn broadcast(&self, room: &Room, frames: &[Bytes]) {
@@ -156,7 +157,12 @@ impl Shared {
 /// `ticket` is the connection's place under the caps. It is given back before the line that
 /// says the client disconnected, so a client that reads that line may come straight back.
 /// (A panic gives it back too, as it unwinds.)
-pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, mut ticket: Ticket) {
+pub(crate) fn handle(
+    stream: TcpStream,
+    client: &Cell<Peer>,
+    shared: &ServerState,
+    mut ticket: Ticket,
+) {
     let peer = client.get().addr;
     // The mailbox first: its waker may need descriptors (the portable backend's poller), and
     // a client the server cannot wake is better told "busy" than upgraded and dropped.
@@ -182,7 +188,7 @@ pub(crate) fn handle(stream: TcpStream, client: &Cell<Peer>, shared: &Shared, mu
 fn arrive(
     stream: &TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &ServerState,
     ticket: &mut Ticket,
     deadline: Instant,
 ) -> Option<Peer> {
@@ -213,7 +219,7 @@ fn arrive(
 /// loop runs in the frame of this one, and the locals of the steps before and after (the
 /// metrics, the log line) would otherwise sit under it for the connection's whole life.
 #[inline(never)]
-fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &Shared, ticket: Ticket) {
+fn run_client(upgraded: Upgraded, waker: Waker, peer: Peer, shared: &ServerState, ticket: Ticket) {
     let Some((membership, client)) = join(upgraded, waker, peer, shared) else {
         return;
     };
@@ -231,7 +237,7 @@ fn join<'a>(
     mut upgraded: Upgraded,
     waker: Waker,
     peer: Peer,
-    shared: &'a Shared,
+    shared: &'a ServerState,
 ) -> Option<(Membership, Box<Client<'a>>)> {
     // In a cluster with history, a newcomer's history comes from Redis (cluster/mod.rs); while
     // the link is down, from this instance.
@@ -294,7 +300,7 @@ fn join<'a>(
 
 /// Counts and logs how the connection ended.
 #[inline(never)]
-fn leave(summary: &Summary, peer: Peer, shared: &Shared) {
+fn leave(summary: &Summary, peer: Peer, shared: &ServerState) {
     shared.metrics.connection_closed(summary.ending.code);
     info!(
         "{peer} disconnected: {}, after {:.1?}, {}",
@@ -304,7 +310,7 @@ fn leave(summary: &Summary, peer: Peer, shared: &Shared) {
     );
 }
 
-impl Inspect for Shared {
+impl Inspect for ServerState {
     fn health(&self) -> Health {
         #[cfg(feature = "cluster")]
         let cluster = self.cluster.as_ref().map(|cluster| {

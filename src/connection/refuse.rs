@@ -4,7 +4,7 @@
 //!
 //! Every refusal is counted in `/metrics` once, here, and logged at most once: a flood of
 //! refusals must not flood the log, so the busy ones are logged where a throttle decides
-//! (admission's, or one in [`Shared`]), and the rest by the functions below.
+//! (admission's, or one in [`ServerState`]), and the rest by the functions below.
 //!
 //! Who calls what, from which thread: the accept loop's thread calls only [`reject_busy`],
 //! which never blocks (every new connection waits behind it); every other function here runs
@@ -18,7 +18,7 @@ use std::time::Duration;
 use log::warn;
 
 use crate::admission::Refusal;
-use crate::connection::Shared;
+use crate::connection::ServerState;
 use crate::connection::transport::Transport;
 use crate::http::{self, Response};
 use crate::proxy::Peer;
@@ -78,7 +78,7 @@ impl fmt::Display for Busy {
 
 /// Counts a 503 in `/metrics`: every connection the server had no room for, whatever the
 /// reason and wherever it was turned away.
-fn count_busy(shared: &Shared, busy: Busy) {
+fn count_busy(shared: &ServerState, busy: Busy) {
     shared.metrics.http_response(BUSY);
     shared.metrics.reject(busy.reason());
 }
@@ -86,7 +86,7 @@ fn count_busy(shared: &Shared, busy: Busy) {
 /// Answers 503 on a connection whose request has not been read, before TLS, without
 /// blocking: the short response fits in the socket's empty send buffer, and a client that
 /// does not read it loses nothing else. The caller has logged it, or decided not to.
-pub(crate) fn reject_busy(stream: &TcpStream, shared: &Shared, busy: Busy) {
+pub(crate) fn reject_busy(stream: &TcpStream, shared: &ServerState, busy: Busy) {
     count_busy(shared, busy);
     let response = busy.response().to_bytes(false);
     let _ = stream.set_nonblocking(true);
@@ -97,7 +97,7 @@ pub(crate) fn reject_busy(stream: &TcpStream, shared: &Shared, busy: Busy) {
 /// Answers 503 on a connection whose request has been read: through its transport (TLS,
 /// maybe), lingering for the client to read it like every answer. A cap's refusal has been
 /// logged by admission; any other is logged here.
-pub(super) fn refuse_busy(transport: &mut Transport, peer: Peer, shared: &Shared, busy: Busy) {
+pub(super) fn refuse_busy(transport: &mut Transport, peer: Peer, shared: &ServerState, busy: Busy) {
     if !matches!(busy, Busy::Cap(_)) {
         warn!("{peer} rejected: {BUSY} {busy}");
     }
@@ -109,7 +109,7 @@ pub(super) fn refuse_busy(transport: &mut Transport, peer: Peer, shared: &Shared
 pub(super) fn refuse_bad_request(
     transport: &mut Transport,
     peer: Peer,
-    shared: &Shared,
+    shared: &ServerState,
     why: impl Into<String>,
 ) {
     refuse(transport, peer, shared, Response::bad_request(why), false);
@@ -122,7 +122,7 @@ pub(super) fn refuse_bad_request(
 pub(super) fn refuse(
     transport: &mut Transport,
     peer: Peer,
-    shared: &Shared,
+    shared: &ServerState,
     response: Response,
     head_only: bool,
 ) {
@@ -143,7 +143,7 @@ pub(super) fn refuse(
 pub(super) fn refuse_out_of_descriptors(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &ServerState,
     error: &io::Error,
 ) {
     if shared.out_of_descriptors_log.pass().is_some() {
@@ -160,7 +160,7 @@ pub(super) fn refuse_out_of_descriptors(
 /// [`PROXY_HEADER_LOG_INTERVAL`] for all of them.
 #[cold]
 #[inline(never)]
-pub(super) fn drop_without_proxy_header(peer: SocketAddr, shared: &Shared, error: &ReadError) {
+pub(super) fn drop_without_proxy_header(peer: SocketAddr, shared: &ServerState, error: &ReadError) {
     let why = match error {
         ReadError::Timeout => format!(
             "no PROXY protocol header within {:?}",

@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 
 use super::MIN_WRITE_TIME;
 use super::refuse::refuse_bad_request;
-use crate::connection::Shared;
+use crate::connection::ServerState;
 use crate::connection::transport::Transport;
 use crate::proxy::Peer;
 use crate::tls::Tls;
@@ -31,7 +31,7 @@ pub(super) fn start_tls(
     peer: Peer,
     tls: &Tls,
     deadline: Instant,
-    shared: &Shared,
+    shared: &ServerState,
 ) -> Option<Transport> {
     let left = deadline.saturating_duration_since(Instant::now());
     let mut first = [0u8; 1];

@@ -2,7 +2,7 @@
 //! ends the connection, or a WebSocket upgrade, checked and ready to switch ([`Upgraded`]).
 //!
 //! Everything here runs under the one deadline `handle` set for the whole handshake, and on
-//! the connection's own thread only: nothing in it is shared but what [`Shared`] holds, and
+//! the connection's own thread only: nothing in it is shared but what [`ServerState`] holds, and
 //! the caps are touched only through the connection's own [`Ticket`].
 
 use std::cell::Cell;
@@ -21,7 +21,7 @@ use super::refuse::{Busy, refuse, refuse_bad_request, refuse_busy};
 use super::tls_start::start_tls;
 use crate::admission::Ticket;
 use crate::config::{Config, Mode};
-use crate::connection::Shared;
+use crate::connection::ServerState;
 use crate::connection::controlled::Requested;
 use crate::connection::transport::Transport;
 use crate::delivery::resume::Resume;
@@ -78,7 +78,7 @@ impl Upgraded {
 pub(super) fn answer_request(
     stream: TcpStream,
     client: &Cell<Peer>,
-    shared: &Shared,
+    shared: &ServerState,
     ticket: &mut Ticket,
     deadline: Instant,
 ) -> Option<Upgraded> {

@@ -4,10 +4,10 @@
 //! An accept loop must never block on a client: everything it does to a connection is
 //! non-blocking, and a refusal is one short write. Each loop alone touches its listener, its
 //! waker and its backoff; connection threads only get what it hands them (the socket, the
-//! ticket, [`Shared`]), and the counters behind `/metrics` and the caps are shared by all.
+//! ticket, [`ServerState`]), and the counters behind `/metrics` and the caps are shared by all.
 //!
 //! [`Admission`]: crate::admission::Admission
-//! [`Shared`]: crate::connection::Shared
+//! [`ServerState`]: crate::connection::ServerState
 
 use std::cell::Cell;
 use std::io;

@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Summary;
 use crate::admission::Admission;
-use crate::connection::Shared;
+use crate::connection::ServerState;
 use crate::logging::count;
 use crate::sys::Waker;
 
@@ -89,7 +89,7 @@ impl ShutdownRequest {
 
 /// Closes every client with 1001 (1012 under socket activation) and waits for them, at most
 /// the close timeout.
-pub(super) fn shut_down(shared: &Shared, admission: &Admission) -> Summary {
+pub(super) fn shut_down(shared: &ServerState, admission: &Admission) -> Summary {
     shared.shutting_down.store(true, Ordering::SeqCst);
     let (code, reason) = shared.goodbye;
     let open = shared.hub.close_all(code, reason);
