@@ -59,7 +59,9 @@ fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
     // count starts once it has, well before the greeting is due.
     let port = local_port(&ws);
     server.wait_for_log(&[&format!(":{port} settled")]);
-    let before = connection_thread_switches(server.pid());
+    // The thread logs that line and then goes back to sleep; on a busy machine it may still be
+    // on its way there, and that last switch is not the greeting's.
+    let before = asleep_connection_threads(server.pid());
     let Message::Text(greeting) = next_data(&mut ws) else {
         panic!("greeting is text")
     };
@@ -79,10 +81,38 @@ fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
 /// with the context switches each has made so far.
 #[cfg(target_os = "linux")]
 fn connection_thread_switches(pid: u32) -> Vec<(String, u64)> {
+    connection_threads(pid)
+        .into_iter()
+        .map(|thread| (thread.tid, thread.voluntary + thread.involuntary))
+        .collect()
+}
+
+/// [`connection_thread_switches`], once every connection thread is asleep and has made no
+/// switch since the look before (10 s at most).
+#[cfg(target_os = "linux")]
+fn asleep_connection_threads(pid: u32) -> Vec<(String, u64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = connection_thread_switches(pid);
+    loop {
+        let asleep = connection_threads(pid).iter().all(|thread| thread.sleeping);
+        let now = connection_thread_switches(pid);
+        if asleep && now == last {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection threads never went to sleep"
+        );
+        last = now;
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn connection_threads(pid: u32) -> Vec<support::ThreadSwitches> {
     support::thread_switches(pid)
         .into_iter()
         .filter(|thread| thread.name == "connection")
-        .map(|thread| (thread.tid, thread.voluntary + thread.involuntary))
         .collect()
 }
 

@@ -414,14 +414,15 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// One thread of a process, as /proc shows it: its id, its name, and the context switches it
-/// has made so far, voluntary and not.
+/// One thread of a process, as /proc shows it: its id, its name, the context switches it
+/// has made so far, voluntary and not, and whether it is asleep.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ThreadSwitches {
     pub tid: String,
     pub name: String,
     pub voluntary: u64,
     pub involuntary: u64,
+    pub sleeping: bool,
 }
 
 /// Every thread of process `pid` (a thread that ends meanwhile is left out), sorted by id.
@@ -446,6 +447,7 @@ pub fn thread_switches(pid: u32) -> Vec<ThreadSwitches> {
             name: field("Name:"),
             voluntary: field("voluntary_ctxt_switches:").parse().unwrap_or(0),
             involuntary: field("nonvoluntary_ctxt_switches:").parse().unwrap_or(0),
+            sleeping: field("State:").starts_with('S'),
         });
     }
     threads.sort();
