@@ -5,7 +5,7 @@
 //! queue, in order, as whole frames, and [`Socket::send_queued`] writes that queue to the socket
 //! when it has room, several frames per system call (`writev`). In broadcast mode, while that
 //! queue is empty, the socket is lent to the broadcasting threads, which write frames into it
-//! themselves ([`Socket::lend`], `Direct` in outbox.rs); the thread takes it back before it
+//! themselves ([`Socket::lend`], `LentSocket` in lending.rs); the thread takes it back before it
 //! queues anything, and finishes first any frame they could write only in part, so frames
 //! never interleave.
 //!
@@ -98,7 +98,7 @@ impl Socket {
     }
 
     /// Lends the socket (plain TCP only) to the threads that broadcast through `outbox`: while
-    /// nothing is queued here, they write into it themselves (see `Direct` in outbox.rs).
+    /// nothing is queued here, they write into it themselves (see `LentSocket` in lending.rs).
     pub(super) fn lend(&mut self, outbox: &Arc<Outbox>) {
         if let Some(tcp) = self.transport.shareable() {
             outbox.lend(tcp);
@@ -374,7 +374,7 @@ impl Drop for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::outbox::Batch;
+    use crate::delivery::flow::Batch;
     use crate::delivery::outbox::lone_mailbox;
     use std::net::TcpListener;
 
@@ -443,7 +443,7 @@ mod tests {
         // one more, which must wait in the mailbox.
         let big = record(1, 0, 16 << 20);
         assert_eq!(
-            outbox.push(&Batch::alone(&[big, record(1, 1, 100)])),
+            outbox.push(&Batch::may_go_straight_in(&[big, record(1, 1, 100)])),
             Ok(())
         );
         let reading = std::thread::spawn(move || {
@@ -493,7 +493,7 @@ mod tests {
         let (mut socket, outbox, inbox, _reader) = lent_socket();
         // Nobody reads: the socket takes part of this frame and the rest is left over.
         assert_eq!(
-            outbox.push(&Batch::alone(&[record(1, 0, 16 << 20)])),
+            outbox.push(&Batch::may_go_straight_in(&[record(1, 0, 16 << 20)])),
             Ok(())
         );
         socket.hold_writes();

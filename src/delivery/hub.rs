@@ -50,7 +50,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::delivery::outbox::{Batch, CommonFlow, Flow, Inbox, Outbox, Policy, mailbox};
+use crate::delivery::flow::{Batch, CommonFlow, Flow, Policy};
+use crate::delivery::outbox::{Inbox, Outbox, mailbox};
 use crate::delivery::resume::{Epoch, Resume, Start};
 use crate::metrics::Metrics;
 use crate::sync;
