@@ -1,8 +1,10 @@
 //! How frames reach a connection from other threads, and what holds them meanwhile.
 //!
-//! - `hub`: every open connection, by room; broadcasts fan out from here.
+//! - `hub`: every open connection, by room; broadcasts fan out from here. Its children:
+//!   `rooms` finds a room by name, `newcomers` admits a connection with its room's history,
+//!   `numbering` keeps each room's epoch and offsets for clients that resume.
 //! - `outbox`: a connection's mailbox and waker, and the count of what waits in it;
-//!   `outbox/lending.rs` lends an idle connection's socket to the threads that write to it.
+//!   its child `lending` lends an idle connection's socket to the threads that write to it.
 //! - `flow`: what happens to a listener that falls behind, and to its room's senders.
 //! - `wait_list`: connections that stopped reading, waiting for another thread to wake them.
 //! - `resume`: a room's epoch and offsets, and where a resuming client starts.
