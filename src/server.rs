@@ -25,9 +25,9 @@ use crate::config::TlsFiles;
 use crate::config::{Config, Mode, SlowListener};
 use crate::connection::{OUT_OF_DESCRIPTORS_LOG_INTERVAL, PROXY_HEADER_LOG_INTERVAL, ServerState};
 use crate::delivery::budget::Budget;
+use crate::delivery::flow::Policy;
 use crate::delivery::greeter::Greeter;
 use crate::delivery::hub::{HistorySettings, Hub};
-use crate::delivery::outbox::Policy;
 use crate::error::Error;
 #[cfg(feature = "tls")]
 use crate::error::TlsError;

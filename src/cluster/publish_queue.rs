@@ -145,7 +145,7 @@ mod tests {
         let hub = Arc::new(Hub::new(
             1 << 20,
             NO_HISTORY,
-            crate::delivery::outbox::Policy::default(),
+            crate::delivery::flow::Policy::default(),
             Arc::default(),
         ));
         let queue = PublishQueue::new(Arc::clone(&hub), 100);

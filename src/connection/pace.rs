@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::delivery::budget::Budget;
-use crate::delivery::outbox::{Flow, Outbox};
+use crate::delivery::flow::Flow;
+use crate::delivery::outbox::Outbox;
 
 /// What the loop is waiting for before it reads again, and since when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,9 @@
 //! [`SendQueue::send_queued`] writes that queue to the socket when it has room, several frames
 //! per system call (`writev`). In broadcast mode, while that queue is empty, the socket is lent
 //! to the broadcasting threads, which write frames into it themselves ([`SendQueue::lend`],
-//! `Direct` in outbox.rs); the thread takes it back before it queues anything, and finishes
-//! first any frame they could write only in part, so frames never interleave.
+//! `LentSocket` in delivery/outbox/lending.rs); the thread takes it back before it queues
+//! anything, and finishes first any frame they could write only in part, so frames never
+//! interleave.
 //!
 //! Invariant: only the connection's own thread touches the queue. Other threads reach the
 //! client's socket only while it is lent and the queue is empty, through the outbox, which
@@ -52,8 +53,8 @@ struct Queued {
 
 impl SendQueue {
     /// Lends `transport`'s socket (plain TCP only) to the threads that broadcast through
-    /// `outbox`: while nothing is queued here, they write into it themselves (see `Direct` in
-    /// outbox.rs).
+    /// `outbox`: while nothing is queued here, they write into it themselves (see `LentSocket`
+    /// in delivery/outbox/lending.rs).
     pub(super) fn lend(&mut self, transport: &Transport, outbox: &Arc<Outbox>) {
         if let Some(tcp) = transport.shareable() {
             outbox.lend(tcp);
@@ -200,7 +201,7 @@ impl SendQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::outbox::Batch;
+    use crate::delivery::flow::Batch;
     use crate::delivery::outbox::lone_mailbox;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
@@ -269,7 +270,7 @@ mod tests {
         // one more, which must wait in the mailbox.
         let big = record(1, 0, 16 << 20);
         assert_eq!(
-            outbox.push(&Batch::alone(&[big, record(1, 1, 100)])),
+            outbox.push(&Batch::may_go_straight_in(&[big, record(1, 1, 100)])),
             Ok(())
         );
         let reading = std::thread::spawn(move || {
@@ -319,7 +320,7 @@ mod tests {
         let (mut queue, _transport, outbox, inbox, _reader) = lent_socket();
         // Nobody reads: the socket takes part of this frame and the rest is left over.
         assert_eq!(
-            outbox.push(&Batch::alone(&[record(1, 0, 16 << 20)])),
+            outbox.push(&Batch::may_go_straight_in(&[record(1, 0, 16 << 20)])),
             Ok(())
         );
         queue.hold_writes();

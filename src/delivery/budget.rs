@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use log::warn;
 
-use crate::delivery::outbox::WaitList;
+use crate::delivery::wait_list::WaitList;
 use crate::logging::Throttle;
 
 /// A message in progress past this size counts as big: it must leave the reserve alone.

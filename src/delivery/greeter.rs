@@ -18,7 +18,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::Greeting;
 use crate::delivery::budget::Budget;
-use crate::delivery::outbox::{Batch, Outbox};
+use crate::delivery::flow::Batch;
+use crate::delivery::outbox::Outbox;
 use crate::frame;
 use crate::metrics::Metrics;
 
@@ -97,7 +98,7 @@ fn run(template: &str, receiver: &Receiver<Due>, budget: &Arc<Budget>, metrics: 
                     greeting.get_or_insert_with(|| budget.hold(frame::text(&render(template))));
                 // Refused only if the client has gone or is closing: then it gets none.
                 if outbox
-                    .push(&Batch::alone(std::slice::from_ref(frame)))
+                    .push(&Batch::may_go_straight_in(std::slice::from_ref(frame)))
                     .is_ok()
                 {
                     metrics.greeting();

@@ -7,7 +7,7 @@
 //! received them. Each listener's outbox takes the shared frames without ever waiting for a
 //! slow client (see `outbox.rs`, which also decides whether they go straight into a
 //! listener's socket); when a listener falls behind, its room's [`Flow`] makes that room's
-//! senders stop reading instead. Rooms never wait for each other.
+//! senders stop reading instead (`flow.rs`). Rooms never wait for each other.
 //!
 //! The URL path names the room (`connection/`); in echo mode, or with `--single-room`, every
 //! connection is in the lobby, the room whose name is empty.
@@ -23,24 +23,20 @@
 //! count against `--max-memory`. A room whose last broadcast is older than `--history-ttl`
 //! forgets its history, and a room with no member and no history is gone.
 //!
-//! A newcomer may also wait for a history that comes from elsewhere (a cluster's Redis, see
-//! `cluster/`): it is then *pending*, hears nothing, and needs two things, the history read for
-//! it and its *mark*, the point in the stream of broadcasts where that history was read. Every
-//! broadcast after the mark is kept for it; once it has both, it gets the history and those,
-//! and joins the members, all under the room's lock.
-//!
-//! # Offsets, and resuming
-//!
-//! Each room numbers its broadcasts (`resume.rs`): an epoch, and the offset of its newest
-//! broadcast, both changed under the room's lock with the history and the fan-out. A client
-//! that joins with `?resume` gets a header naming the epoch and offset first, then the kept
-//! messages after its position, then the live ones: the same seam as for the history, so none
-//! is missing and none comes twice. When the room's numbering starts again while such clients
-//! are connected (a cluster's link to Redis goes down or comes back, or its instance missed
-//! messages), they are closed with 1012 so that they come back and learn the new epoch.
+//! How a newcomer is admitted, and how it may wait for a history from elsewhere, is in
+//! `newcomers.rs`; how each room numbers its broadcasts for clients that resume, in
+//! `numbering.rs`.
 //!
 //! The hub knows nothing of clusters: with `--redis`, `cluster/` sits in front of it and
 //! fans out here what comes back from Redis, in Redis's order and with Redis's numbering.
+//!
+//! Invariant: any thread may join, leave or broadcast; a room's members, pending newcomers,
+//! history and numbering change only under that room's lock, and a thread that takes both
+//! locks takes the map of rooms first, never while it holds a room's.
+
+mod newcomers;
+mod numbering;
+mod rooms;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +46,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::delivery::outbox::{Batch, CommonFlow, Flow, Inbox, Outbox, Policy, mailbox};
-use crate::delivery::resume::{Epoch, Resume, Start};
+use crate::delivery::flow::{Batch, CommonFlow, Flow, Policy};
+use crate::delivery::outbox::{Inbox, Outbox, mailbox};
+use crate::delivery::resume::{Epoch, Resume};
 use crate::metrics::Metrics;
 use crate::sync;
 use crate::sys::Waker;
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use newcomers::ReadHistory;
+use newcomers::{Joiner, Pending};
 
 /// Identifies a connection for as long as the server runs.
 pub(crate) type ConnectionId = u64;
@@ -118,46 +118,10 @@ struct RoomState {
     gone: bool,
 }
 
-/// The last broadcasts of a room as read elsewhere (a cluster's Redis), with their numbering.
-#[derive(Debug)]
-pub(crate) struct ReadHistory {
-    pub(crate) epoch: Epoch,
-    /// The offset of the newest of `frames` (or of the newest broadcast, if none is kept).
-    pub(crate) newest: u64,
-    /// Oldest first.
-    pub(crate) frames: Vec<Bytes>,
-}
-
-/// A newcomer whose history comes from elsewhere; see the module's docs.
-#[derive(Debug)]
-struct Pending {
-    outbox: Arc<Outbox>,
-    /// Where it asked to resume, if it did.
-    resume: Option<Resume>,
-    /// The history read for it, once it came.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    history: Option<ReadHistory>,
-    /// Set once its mark came: every broadcast since is after its history, kept here.
-    marked: bool,
-    after_mark: Vec<Bytes>,
-    /// A resume position ahead of everything heard: it waits for the broadcasts it names
-    /// until then (see [`HOLD_AHEAD`]).
-    held_until: Option<Instant>,
-}
-
-/// How long a resume position ahead of the newest broadcast a cluster instance has heard of
-/// is held, in case it names broadcasts another instance sent that have not reached this one
-/// yet. Redis relays a message to every subscriber within milliseconds; a second covers a
-/// busy instance, and it is checked at least once a second (the subscriber's tick).
-pub(crate) const HOLD_AHEAD: Duration = Duration::from_secs(1);
-
 /// At the memory ceiling, a listener is let go only if this much is queued for it: less
 /// would free too little to let a sender on, and every listener keeps up to a message or two
 /// queued in the ordinary course of a busy room.
 const LET_GO_AT_CEILING: usize = 64 * 1024;
-
-/// The close reason of a resuming client whose room's numbering started again.
-const RENUMBERED: &str = "the room's epoch changed: reconnect with ?resume to learn the new one";
 
 /// A connection's place in its room; leaving is dropping it, even when its thread panics.
 #[derive(Debug)]
@@ -222,14 +186,7 @@ impl Hub {
             let mut state = room.state();
             state.forget_stale_history(self.history.ttl);
             if history_from_elsewhere && self.history.len > 0 {
-                let pending = Pending {
-                    outbox: Arc::clone(&outbox),
-                    resume,
-                    history: None,
-                    marked: false,
-                    after_mark: Vec::new(),
-                    held_until: None,
-                };
+                let pending = Pending::new(Arc::clone(&outbox), resume);
                 state.pending.insert(id, pending);
             } else {
                 let history: Vec<Bytes> = state.history.iter().cloned().collect();
@@ -250,199 +207,6 @@ impl Hub {
             id,
         };
         (membership, outbox, inbox)
-    }
-
-    /// Makes a joiner a member, giving it `history` first (the broadcasts up to `newest` of
-    /// `epoch`, oldest first); a resuming one gets the header and what follows its position.
-    fn admit(
-        &self,
-        state: &mut RoomState,
-        joiner: Joiner,
-        history: &[Bytes],
-        epoch: &Epoch,
-        newest: u64,
-    ) {
-        let Joiner { id, outbox, resume } = joiner;
-        let mut frames = Vec::new();
-        let history = match &resume {
-            Some(resume) => {
-                let start = Start::of(resume, epoch, newest, history.len());
-                frames.push(Bytes::from(start.header(epoch)));
-                state.resuming.insert(id);
-                &history[start.skip..]
-            }
-            None => history,
-        };
-        if !history.is_empty() {
-            let bytes: usize = history.iter().map(Bytes::len).sum();
-            self.metrics.sent(history.len() as u64, bytes as u64);
-        }
-        frames.extend_from_slice(history);
-        if !frames.is_empty() {
-            // Queued, never straight in: the connection's thread has not started, and the
-            // history must come before anything else.
-            let _ = outbox.push_catch_up(&frames);
-        }
-        state.members.insert(id, outbox);
-    }
-
-    /// The history read elsewhere for the pending newcomer `joiner` of `room`: the last
-    /// broadcasts before its mark, oldest first, with their numbering.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn history_read(&self, room: &str, joiner: ConnectionId, history: ReadHistory) {
-        self.with_pending(room, joiner, |pending| pending.history = Some(history));
-    }
-
-    /// The mark of the pending newcomer `joiner` of `room` came: what is broadcast from now on
-    /// is after its history.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn history_marked(&self, room: &str, joiner: ConnectionId) {
-        self.with_pending(room, joiner, |pending| pending.marked = true);
-    }
-
-    /// Every pending newcomer gets this hub's own history instead, now (the history from
-    /// elsewhere will not come). Returns how many there were.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn history_from_here(&self) -> usize {
-        let mut count = 0;
-        for room in self.all_rooms() {
-            let mut state = room.state();
-            let pending: Vec<(ConnectionId, Pending)> = state.pending.drain().collect();
-            let history: Vec<Bytes> = state.history.iter().cloned().collect();
-            let (epoch, newest) = (state.epoch.clone(), state.newest);
-            count += pending.len();
-            for (id, pending) in pending {
-                let joiner = Joiner {
-                    id,
-                    outbox: pending.outbox,
-                    resume: pending.resume,
-                };
-                self.admit(&mut state, joiner, &history, &epoch, newest);
-            }
-        }
-        count
-    }
-
-    /// Admits the pending newcomers whose resume position was held (see [`HOLD_AHEAD`]) and
-    /// whose time is up: their position is still ahead, and they continue live.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn release_held(&self, now: Instant) {
-        for room in self.all_rooms() {
-            let mut state = room.state();
-            let due: Vec<ConnectionId> = state
-                .pending
-                .iter()
-                .filter(|(_, pending)| pending.held_until.is_some_and(|until| now >= until))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                self.admit_pending(&mut state, id, true);
-            }
-        }
-    }
-
-    /// Updates a pending newcomer, and admits it once it has both its history and its mark.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    fn with_pending(&self, room: &str, joiner: ConnectionId, update: impl FnOnce(&mut Pending)) {
-        let Some(room) = self.rooms().get(room).cloned() else {
-            return; // it left, and its room with it
-        };
-        let mut state = room.state();
-        let Some(pending) = state.pending.get_mut(&joiner) else {
-            return; // it left
-        };
-        update(pending);
-        self.admit_pending(&mut state, joiner, false);
-    }
-
-    /// Admits the pending newcomer `joiner` if it has its history and its mark, unless its
-    /// resume position is ahead of all it heard and it may still be held (`!time_up`).
-    fn admit_pending(&self, state: &mut RoomState, joiner: ConnectionId, time_up: bool) {
-        let Some(pending) = state.pending.get_mut(&joiner) else {
-            return;
-        };
-        let Some(read) = pending.history.as_ref().filter(|_| pending.marked) else {
-            return;
-        };
-        // The history read, then everything since its mark: all of that came after it asked
-        // to join, numbered on from the read.
-        let newest = read.newest + pending.after_mark.len() as u64;
-        let epoch = read.epoch.clone();
-        if let Some(resume) = &pending.resume
-            && !time_up
-            && Start::of(resume, &epoch, newest, 0).ahead
-        {
-            pending
-                .held_until
-                .get_or_insert_with(|| Instant::now() + HOLD_AHEAD);
-            return;
-        }
-        let pending = state.pending.remove(&joiner).expect("just found");
-        let Pending {
-            outbox,
-            resume,
-            history: Some(read),
-            after_mark,
-            ..
-        } = pending
-        else {
-            unreachable!("checked above");
-        };
-        // A plain newcomer gets the last N read; a resuming one may recover from all of it.
-        let mut history = read.frames;
-        if resume.is_none() {
-            history.drain(..history.len().saturating_sub(self.history.len));
-        }
-        history.extend(after_mark);
-        // The room's numbering and last N are Redis's as of now. This hub's own may have
-        // heard less (it started later, or was cut off): it takes these.
-        if state.epoch != epoch || state.newest != newest {
-            // The other pending newcomers read the same numbering: they stay.
-            self.renumber(state, epoch.clone(), newest, false);
-        }
-        if !history.is_empty() {
-            let newest_n = history.len().saturating_sub(self.history.len);
-            state.history = history[newest_n..].iter().cloned().collect();
-            state.last_broadcast.get_or_insert_with(Instant::now);
-        }
-        let joiner = Joiner {
-            id: joiner,
-            outbox,
-            resume,
-        };
-        self.admit(state, joiner, &history, &epoch, newest);
-    }
-
-    /// The room's numbering starts again at `newest` in `epoch`: what it kept was numbered
-    /// otherwise and is forgotten, and every resuming member (and, if `pending_too`, every
-    /// resuming newcomer still waiting for its history) is closed with 1012 to come back and
-    /// learn the new epoch.
-    fn renumber(&self, state: &mut RoomState, epoch: Epoch, newest: u64, pending_too: bool) {
-        let closed = state.close_resuming(pending_too);
-        if closed > 0 {
-            log::info!(
-                "{} closed with 1012: their room's epoch changed from {} to {epoch}",
-                crate::logging::count(closed as u64, "resuming client"),
-                state.epoch
-            );
-        }
-        state.epoch = epoch;
-        state.newest = newest;
-        state.history = VecDeque::new();
-    }
-
-    /// Every room starts a numbering of its own (a cluster's link to Redis went down, or came
-    /// back): a new epoch, with what it kept numbered from 1 in it; resuming members are closed
-    /// with 1012. Resuming newcomers still waiting for their history are not: they are
-    /// admitted under the numbering of whatever history they get (Redis's, or this hub's).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn renumber_here(&self) {
-        for room in self.all_rooms() {
-            let mut state = room.state();
-            let kept = std::mem::take(&mut state.history);
-            self.renumber(&mut state, Epoch::fresh(), kept.len() as u64, false);
-            state.history = kept;
-        }
     }
 
     fn leave(&self, room: &Arc<Room>, id: ConnectionId) {
@@ -475,65 +239,6 @@ impl Hub {
         })
     }
 
-    /// Runs `deliver` under the lock of the room named `name` as it is in the map now (made
-    /// if it keeps history). A room found and then taken out of the map before its lock was
-    /// taken is looked up again, so that nothing is delivered to, or kept in, a room nobody
-    /// can join any more. Returns what `deliver` returned, or 0 when there is no such room.
-    fn in_current_room(
-        &self,
-        name: &str,
-        deliver: impl Fn(&Room, &mut RoomState) -> usize,
-    ) -> usize {
-        match self.room_for(name) {
-            Some(room) => self.in_current_room_after(room, name, deliver),
-            None => 0,
-        }
-    }
-
-    /// [`Hub::in_current_room`], from `room`, found by its name a moment ago.
-    fn in_current_room_after(
-        &self,
-        mut room: Arc<Room>,
-        name: &str,
-        deliver: impl Fn(&Room, &mut RoomState) -> usize,
-    ) -> usize {
-        loop {
-            {
-                let mut state = room.state();
-                if !state.gone {
-                    return deliver(&room, &mut state);
-                }
-            }
-            match self.room_for(name) {
-                Some(again) => room = again,
-                None => return 0,
-            }
-        }
-    }
-
-    /// Hands one frame to every connection of the room named `room` as the broadcast `offset`
-    /// of `epoch`: a cluster's numbering, from Redis. If that does not follow on from the
-    /// room's newest (the link came back, Redis forgot the room, or this instance missed
-    /// messages), the room's numbering starts again there first. Returns how many
-    /// connections took it.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn broadcast_numbered(
-        &self,
-        room: &str,
-        epoch: &Epoch,
-        offset: u64,
-        frame: Bytes,
-    ) -> usize {
-        let frames = [frame];
-        self.in_current_room(room, |room, state| {
-            let batch = room.flow.batch(&frames);
-            if state.epoch != *epoch || state.newest + 1 != offset {
-                self.renumber(state, epoch.clone(), offset.saturating_sub(1), true);
-            }
-            self.fan_out(state, &batch)
-        })
-    }
-
     /// Hands encoded frames, in order, to every connection of `room`, and keeps them in its
     /// history; counts each copy handed over. Returns how many connections took them.
     pub(crate) fn broadcast_in(&self, room: &Room, frames: &[Bytes]) -> usize {
@@ -550,13 +255,7 @@ impl Hub {
         if self.history.len > 0 {
             state.remember(frames, self.history.len);
         }
-        let mut held = Vec::new();
-        for (id, pending) in state.pending.iter_mut().filter(|(_, p)| p.marked) {
-            pending.after_mark.extend(frames.iter().cloned());
-            if pending.held_until.is_some() {
-                held.push(*id);
-            }
-        }
+        let held = state.keep_after_marks(frames);
         let reached = state
             .members
             .values()
@@ -571,16 +270,6 @@ impl Hub {
                 .sent(reached * frames.len() as u64, reached * batch.len() as u64);
         }
         reached as usize
-    }
-
-    /// The room named `room`, if it exists, or made if it keeps history.
-    fn room_for(&self, room: &str) -> Option<Arc<Room>> {
-        let found = self.rooms().get(room).cloned();
-        match found {
-            Some(room) => Some(room),
-            None if self.history.len > 0 => Some(self.room_for_history(room)),
-            None => None,
-        }
     }
 
     /// Lets go of the listener furthest behind, in any room, if it holds at least
@@ -607,27 +296,6 @@ impl Hub {
             }
             _ => false,
         }
-    }
-
-    /// A room made to keep history, with no member yet.
-    #[cold]
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    fn room_for_history(&self, room: &str) -> Arc<Room> {
-        self.room_in(&mut self.rooms(), room)
-    }
-
-    /// The room named `room` in `rooms`, made if it does not exist.
-    fn room_in(&self, rooms: &mut HashMap<RoomName, Arc<Room>>, room: &str) -> Arc<Room> {
-        if let Some(found) = rooms.get(room) {
-            return Arc::clone(found);
-        }
-        let made = Arc::new(Room {
-            name: RoomName::from(room),
-            flow: Arc::new(Flow::new(self.max_backlog, Arc::clone(&self.common))),
-            state: Mutex::new(RoomState::new()),
-        });
-        rooms.insert(Arc::clone(&made.name), Arc::clone(&made));
-        made
     }
 
     /// Asks every open connection to close with this code and reason. Returns how many.
@@ -698,13 +366,6 @@ impl Hub {
     }
 }
 
-/// A connection on its way into a room.
-struct Joiner {
-    id: ConnectionId,
-    outbox: Arc<Outbox>,
-    resume: Option<Resume>,
-}
-
 impl Room {
     /// The room's name.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -750,27 +411,6 @@ impl RoomState {
         }
     }
 
-    /// Closes every resuming member (and, if `pending_too`, resuming newcomer) with 1012;
-    /// returns how many.
-    fn close_resuming(&mut self, pending_too: bool) -> usize {
-        let mut closed = 0;
-        for id in std::mem::take(&mut self.resuming) {
-            if let Some(outbox) = self.members.get(&id)
-                && outbox.close(CloseCode::Restart, RENUMBERED).is_ok()
-            {
-                closed += 1;
-            }
-        }
-        for pending in self.pending.values_mut().filter(|_| pending_too) {
-            if pending.resume.take().is_some()
-                && pending.outbox.close(CloseCode::Restart, RENUMBERED).is_ok()
-            {
-                closed += 1;
-            }
-        }
-        closed
-    }
-
     /// Connections in the room, pending newcomers included.
     fn connections(&self) -> usize {
         self.members.len() + self.pending.len()
@@ -812,12 +452,12 @@ mod tests {
         ttl: Duration::from_secs(60),
     };
 
-    fn waker() -> Waker {
+    pub(super) fn waker() -> Waker {
         Waker::try_new().unwrap()
     }
 
     /// A hub whose rooms keep their last `len` broadcasts for `ttl`.
-    fn hub_keeping(len: usize, ttl: Duration) -> Arc<Hub> {
+    pub(super) fn hub_keeping(len: usize, ttl: Duration) -> Arc<Hub> {
         let history = HistorySettings { len, ttl };
         Arc::new(Hub::new(
             1 << 20,
@@ -827,7 +467,7 @@ mod tests {
         ))
     }
 
-    fn frames(inbox: &Inbox) -> Vec<Bytes> {
+    pub(super) fn frames(inbox: &Inbox) -> Vec<Bytes> {
         inbox
             .drain()
             .filter_map(|delivery| match delivery {
@@ -920,39 +560,5 @@ mod tests {
         assert_eq!(hub.rooms_open(), 0);
         let (_member, _, inbox) = hub.join("r", waker(), false, None);
         assert!(frames(&inbox).is_empty());
-    }
-
-    #[test]
-    fn a_newcomer_waiting_for_history_from_elsewhere_gets_it_then_what_came_after_its_mark() {
-        let hub = hub_keeping(2, Duration::from_secs(60));
-        let (member, _, inbox) = hub.join("r", waker(), true, None);
-        let id = member.id;
-        hub.broadcast("r", &[Bytes::from_static(b"before the mark")]);
-        assert!(frames(&inbox).is_empty(), "pending: it hears nothing yet");
-        hub.history_marked("r", id);
-        hub.broadcast("r", &[Bytes::from_static(b"after the mark")]);
-        assert!(frames(&inbox).is_empty(), "still waiting for its history");
-        let read = ReadHistory {
-            epoch: Epoch::fresh(),
-            newest: 3,
-            frames: ["0", "1", "before the mark"].map(Bytes::from).to_vec(),
-        };
-        hub.history_read("r", id, read);
-        assert_eq!(
-            frames(&inbox),
-            [&b"1"[..], &b"before the mark"[..], &b"after the mark"[..]]
-        );
-        hub.broadcast("r", &[Bytes::from_static(b"live")]);
-        assert_eq!(frames(&inbox), [&b"live"[..]]);
-    }
-
-    #[test]
-    fn pending_newcomers_get_the_local_history_when_the_other_will_not_come() {
-        let hub = hub_keeping(5, Duration::from_secs(60));
-        hub.broadcast("r", &[Bytes::from_static(b"heard here")]);
-        let (_member, _, inbox) = hub.join("r", waker(), true, None);
-        assert_eq!(hub.open_connections(), 1);
-        assert_eq!(hub.history_from_here(), 1);
-        assert_eq!(frames(&inbox), [&b"heard here"[..]]);
     }
 }
