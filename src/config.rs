@@ -32,7 +32,7 @@ pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 pub const MAX_FRAME_SIZE: usize = 16 << 20;
 
 /// Bytes queued for one client and not yet taken by its socket. Past this a broadcast listener
-/// is *behind*: senders stop being read from until it is down to half (see `outbox.rs`); an
+/// is *behind*: senders stop being read from until it is down to half (see `delivery/flow.rs`); an
 /// echo client stops being read from until it takes its echoes. 4 MiB is a second of a fast
 /// home connection: enough that a reader who keeps up never sees it, small enough that ten
 /// thousand of them fit in memory.

@@ -186,7 +186,7 @@ pub(crate) const MAX_FRAMES_PER_WRITE: usize = 16;
 /// vectored write of at most [`MAX_FRAMES_PER_WRITE`] frames. Returns the bytes written; the
 /// caller counts which frames they finished. The one vectored write of the server: the
 /// connection's queue (`send_queue.rs`) and a broadcaster writing into a lent socket
-/// (`outbox.rs`) both use it.
+/// (`delivery/outbox/lending.rs`) both use it.
 pub(crate) fn write_some<'f, W: std::io::Write>(
     writer: &mut W,
     frames: impl IntoIterator<Item = &'f [u8]>,

@@ -16,7 +16,7 @@
 //!   them with `PUBLISH`, many per round trip (a pipeline). The queue counts its bytes: past
 //!   a high mark (`--max-backlog`) every room is congested, so broadcasting connections stop
 //!   reading until it is down to half, exactly as when a listener is behind (see
-//!   `delivery/outbox.rs`). Nothing is dropped and nothing grows without bound; the frames
+//!   `delivery/flow.rs`). Nothing is dropped and nothing grows without bound; the frames
 //!   also count against the memory ceiling.
 //! - the **subscriber** (`subscriber.rs`) owns the link: it connects both connections,
 //!   subscribes, hands the publishing connection to the publisher, then reads the channel and

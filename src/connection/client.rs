@@ -132,7 +132,7 @@ impl<'a> Client<'a> {
         if (shared.config.mode == Mode::Broadcast || shared.greeter.is_some()) && !sees_every_frame
         {
             // A connection with nothing queued takes broadcasts and its greeting without a
-            // wake-up (outbox.rs).
+            // wake-up (delivery/outbox/lending.rs).
             wire.lend(inbox.outbox());
         }
         // No read buffer until the client sends something, unless it already has.

@@ -2,7 +2,7 @@
 //! learns that it may again.
 //!
 //! Two things outside the connection stop it reading: in broadcast mode, a listener that is
-//! behind (flow control, `outbox.rs`), and, in any mode, the server's memory ceiling
+//! behind (flow control, `delivery/flow.rs`), and, in any mode, the server's memory ceiling
 //! (`budget.rs`). Either way the loop joins the wait list of what it waits for, so that the
 //! thread that frees it wakes it; see `WaitList` on why no wake-up is lost. Its own client
 //! not taking its echoes is the loop's own business (`Client::backpressured`).
