@@ -49,6 +49,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::delivery::flow::{Batch, CommonFlow, Flow, Policy};
 use crate::delivery::outbox::{Inbox, Outbox, mailbox};
 use crate::delivery::resume::{Epoch, Resume};
+use crate::delivery::sweep;
 use crate::metrics::Metrics;
 use crate::sync;
 use crate::sys::Waker;
@@ -256,11 +257,8 @@ impl Hub {
             state.remember(frames, self.history.len);
         }
         let held = state.keep_after_marks(frames);
-        let reached = state
-            .members
-            .values()
-            .filter(|outbox| outbox.push(batch).is_ok())
-            .count() as u64;
+        // Over the cores, for a wide room (sweep.rs).
+        let reached = sweep::push_to_all(state.members.values(), batch) as u64;
         // Only now: one admitted gets these in its history, not from the push above too.
         for id in held {
             self.admit_pending(state, id, false);
