@@ -39,7 +39,8 @@ pub(super) const TLS_SEND_BUFFER: usize = 64 * 1024;
 /// A connection's stream.
 #[derive(Debug)]
 pub(super) enum Transport {
-    /// `ws://` and `http://`. ServerState, so that broadcasters may write into it (`SendQueue::lend`).
+    /// `ws://` and `http://`. Shared, so that broadcasters may write into it
+    /// (`SendQueue::lend`).
     Plain(Arc<TcpStream>),
     /// `wss://` and `https://`.
     #[cfg(feature = "tls")]
