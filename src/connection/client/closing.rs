@@ -189,14 +189,7 @@ impl Client<'_> {
                 .min(self.inbox.backlog()),
             behind_for
         );
-        self.inbox.close_intake();
-        self.wire.queue.discard_unsent(&self.inbox);
-        for delivery in self.inbox.drain() {
-            if let Delivery::Frame(frame) = delivery {
-                self.inbox.written(frame.len());
-            }
-        }
-        self.place.shared.metrics.slow_client_closed();
+        self.give_up_on_backlog();
         self.send_close(CloseCode::Policy, reason);
         Ending {
             code: CloseCode::Policy,
@@ -247,14 +240,7 @@ impl Client<'_> {
             "{} {FELL_BEHIND}: more than {} bytes queued and not read; closing it",
             self.place.peer, self.place.shared.config.max_backlog
         );
-        self.inbox.close_intake();
-        self.wire.queue.discard_unsent(&self.inbox);
-        for delivery in self.inbox.drain() {
-            if let Delivery::Frame(frame) = delivery {
-                self.inbox.written(frame.len());
-            }
-        }
-        self.place.shared.metrics.slow_client_closed();
+        self.give_up_on_backlog();
         self.start_close(
             CloseCode::Policy,
             FELL_BEHIND,
@@ -263,6 +249,20 @@ impl Client<'_> {
         if let Some((ending, _)) = &mut self.closing.by_server {
             ending.reset = true;
         }
+    }
+
+    /// A slow client's backlog, given up: nothing more is taken for it, what it has not
+    /// started receiving is dropped (and its bytes given back), and it is counted as closed
+    /// for being slow. What a write began is kept, so that the Close after it stays whole.
+    fn give_up_on_backlog(&mut self) {
+        self.inbox.close_intake();
+        self.wire.queue.discard_unsent(&self.inbox);
+        for delivery in self.inbox.drain() {
+            if let Delivery::Frame(frame) = delivery {
+                self.inbox.written(frame.len());
+            }
+        }
+        self.place.shared.metrics.slow_client_closed();
     }
 
     /// Gives what is still queued (a Close reply, say) up to `close_timeout` to go out, and
