@@ -43,6 +43,12 @@ DEPLOYED_TUNABLES = ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
 ACTIVATE = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" "$@"'
 
 
+def wsecho_args(flags: list[str]) -> list[str]:
+    """wsecho's arguments as the bench starts it: on 127.0.0.1, a port of its
+    choosing, its log and greeting off (unless FLAGS say otherwise), then FLAGS."""
+    return ["--host", "127.0.0.1", "--port", "0", "--log-level", "off", "--greeting-delay", "off", *flags]
+
+
 def say(text: str) -> None:
     """One line on stderr, as every message of the benchmark."""
     print(f"bench: {text}", file=sys.stderr, flush=True)
@@ -192,8 +198,7 @@ class Servers:
         env.setdefault(*DEPLOYED_TUNABLES)
         with open(self.work / "server.err", "wb") as err:
             proc = self.spawn(
-                [*command, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
-                 "--greeting-delay", "off", *flags],
+                [*command, *wsecho_args(flags)],
                 stdout=subprocess.PIPE, stderr=err, stdin=stdin, env=env,
             )
         fd = proc.stdout.fileno()
