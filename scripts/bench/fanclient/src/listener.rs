@@ -77,6 +77,10 @@ pub async fn listen(run: Arc<Run>, id: usize, mut stop: watch::Receiver<bool>) -
         }
     };
     tally.opened = true;
+    // One wait for the stop, made once: a new one per message would lock the
+    // channel's list of waiters, shared by every listener, twice a message.
+    let stopping = stop.changed();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -97,7 +101,7 @@ pub async fn listen(run: Arc<Run>, id: usize, mut stop: watch::Receiver<bool>) -
                     }
                 }
             }
-            _ = stop.changed() => {
+            _ = &mut stopping => {
                 let _ = tokio::time::timeout(crate::run::CLOSE_GRACE, ws.close(None)).await;
                 break;
             }
