@@ -29,8 +29,8 @@ const TICK: Duration = Duration::from_millis(10);
 /// Each connection's read buffer: 4 KiB, as tungstenite's docs advise for "a
 /// lot of connections" (WebSocketConfig::read_buffer_size). Its default, 128
 /// KiB, is zero-filled before every read: with 5,000 listeners that memset
-/// alone took over half the client's CPU, and the client, not the server,
-/// set the latency.
+/// alone takes over half the client's CPU, and the client, not the server,
+/// then sets the latency (docs/performance.md, "Two clients").
 const READ_BUFFER: usize = 4 * 1024;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
