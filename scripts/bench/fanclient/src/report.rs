@@ -16,6 +16,9 @@ pub struct Report {
     duplicates: u64,
     foreign: u64,
     pub sender_echoes: u64,
+    /// Sync messages sent before every listener had one: each is a broadcast
+    /// to every listener that the counted messages may queue behind.
+    pub syncs: u64,
     send_s: f64,
     latencies_ns: Vec<u64>,
     errors: u64,
@@ -94,7 +97,7 @@ impl Report {
             "opened": self.opened, "expected": expected, "delivered": self.delivered,
             "missing": expected - self.delivered, "out_of_order": self.out_of_order,
             "duplicates": self.duplicates, "foreign_messages": self.foreign,
-            "sender_echoes": self.sender_echoes, "send_s": self.send_s,
+            "sender_echoes": self.sender_echoes, "sync_messages": self.syncs, "send_s": self.send_s,
             "latency_us": {
                 "count": l.len(), "p50_us": percentile(l, 50.0), "p99_us": percentile(l, 99.0),
                 "p999_us": percentile(l, 99.9), "max_us": percentile(l, 100.0),

@@ -217,6 +217,7 @@ async fn send(run: &Arc<Run>, ws: Ws, stopped: &watch::Receiver<bool>, report: &
             ));
             return;
         }
+        report.syncs += 1;
         tokio::time::sleep(SYNC_EVERY).await;
     }
     run.read_server_cpu(&run.cpu_start);
