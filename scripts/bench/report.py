@@ -347,10 +347,11 @@ class Report:
 
     def clients_row(self, test: str, what: str, key: str, suffix: str, other: str) -> None:
         """Whether two clients tell the same story on figure KEY: each server's
-        OTHER ÷ SUFFIX (fanclient's run ÷ wsload's of the same trial), and, for
-        each peer, wsecho's ratio to it by each client, median and min–max.
-        The clients disagree on a peer when those two ranges do not overlap:
-        they differ by more than their own spread."""
+        OTHER ÷ SUFFIX (fanclient's run ÷ wsload's of the same trial), marked
+        when its min–max leaves out 1 (the clients differ on that server by
+        more than their spread), and, for each peer, wsecho's ratio to it by
+        each client, median and min–max: the clients disagree on a peer when
+        those two ranges do not overlap."""
         def ratios(mine: str, theirs: str) -> Ratios:
             return Ratios.of(self.runs.trial_figures(mine, key), self.runs.trial_figures(theirs, key),
                              len(self.runs.trials(mine)))
@@ -358,8 +359,11 @@ class Report:
         def short(r: Ratios) -> str:
             return f"{r.median:.2f}× ({r.low:.2f}–{r.high:.2f}×)" if r.n else DASH
 
-        cells = [short(ratios(f"{prefix}-{other}", f"{prefix}-{suffix}"))
-                 for prefix in ["main", *(column for column, _ in self._peers)]]
+        def server_cell(prefix: str) -> str:
+            r = ratios(f"{prefix}-{other}", f"{prefix}-{suffix}")
+            return short(r) + (f"; {NO}: the clients differ" if r.n and not r.low <= 1 <= r.high else "")
+
+        cells = [server_cell(prefix) for prefix in ["main", *(column for column, _ in self._peers)]]
         verdicts = []
         for column, label in self._peers:
             by_one = ratios(f"main-{suffix}", f"{column}-{suffix}")
