@@ -185,6 +185,7 @@ class Bench:
     cluster_note: str = ""
     wide_note: str = ""  # the wide row's vm.max_map_count, or why it did not run (groups/wide.py)
     storm_note: str = ""  # why the storm rows did not run (groups/storm.py)
+    fanclient_note: str = ""  # why the fan-out rows have no second client (main.build_fanclient)
     soak: Any = None  # the soak's figures (groups/soak.py)
     chart_note: str = ""
     start_load: str = ""  # the load average when the measuring began
@@ -281,7 +282,7 @@ class Bench:
 
     def interleave(self, contenders: list[tuple[str, Callable[[], Server | None]]], suffixes: list[str],
                    run: Callable[[str, str, Server], None], median_of: Callable[[str], tuple[str, bool]],
-                   fresh: bool = False) -> None:
+                   fresh: bool = False, by_round: bool = False) -> None:
         """Each row (run-name SUFFIX) as `opts.trials` interleaved trials: round k
         runs trial k of every contender in turn, as RUN(NAME.tK, SUFFIX, server),
         so that the trials compared pair by pair (trials.py) ran within a
@@ -289,20 +290,25 @@ class Bench:
         and serve every row (as one server serves all its rows without
         trials); the contenders' idle servers wait meanwhile. With FRESH,
         each trial has a server of its own instead, started for it and
-        stopped after it (the rows that measure a server's memory). Then each
+        stopped after it (the rows that measure a server's memory). BY_ROUND
+        (with FRESH) runs every row's trial k in round k, rather than each
+        row's trials in turn: for rows that are one measurement by two
+        clients, which are then compared trial by trial too. Then each
         contender's PREFIX-SUFFIX becomes a copy of its median trial by the
         figure MEDIAN_OF(SUFFIX) names (key, higher is better), for the rows
         that show one run's figures."""
         if fresh:
             ran = set()
-            for suffix in suffixes:
-                for k in range(1, self.opts.trials + 1):
-                    for prefix, start in contenders:
-                        server = start()
-                        if server is not None:
-                            run(f"{prefix}-{suffix}.t{k}", suffix, server)
-                            ran.add(prefix)
-                        self.stop()
+            rounds = range(1, self.opts.trials + 1)
+            order = ([(suffix, k) for k in rounds for suffix in suffixes] if by_round
+                     else [(suffix, k) for suffix in suffixes for k in rounds])
+            for suffix, k in order:
+                for prefix, start in contenders:
+                    server = start()
+                    if server is not None:
+                        run(f"{prefix}-{suffix}.t{k}", suffix, server)
+                        ran.add(prefix)
+                    self.stop()
             started_prefixes = [prefix for prefix, _ in contenders if prefix in ran]
         else:
             started_prefixes = [prefix for prefix, _ in self._interleave_started(contenders, suffixes, run)]

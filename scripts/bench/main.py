@@ -58,7 +58,7 @@ from .groups import (
     wide_fanout,
 )
 from .peers import Peers
-from .report import TSV_HEADER, Report, draw_chart, results_markdown
+from .report import TSV_HEADER, Report, draw_chart, first_error, results_markdown
 from .runs import Runs
 from .servers import Fatal, Servers, say
 from .trials import MIN_TRIALS, SPREAD_LIMIT, self_test
@@ -139,6 +139,28 @@ def build_portable(b: Bench) -> None:
         "skipping the portable-backend rows (full log: target/bench/portable-build.log)")
 
 
+def build_fanclient(b: Bench) -> None:
+    """fanclient, the fan-out rows' second client (--compare), from its own
+    Cargo project into target/fanclient; a failed build leaves those rows to
+    wsload alone, said in one line and in results.md."""
+    if not (b.opts.compare and (b.want("fanout") or b.want("wide-fanout"))) or b.custom:
+        return
+    say("building fanclient, the fan-out rows' second client (release, target/fanclient)")
+    log = b.out / "fanclient-build.log"
+    binary = b.root / "target" / "fanclient" / "release" / "fanclient"
+    with open(log, "wb") as out:
+        built = subprocess.run(
+            ["cargo", "build", "--release", "--locked", "--manifest-path",
+             b.root / "scripts" / "bench" / "fanclient" / "Cargo.toml", "--target-dir", b.root / "target" / "fanclient"],
+            cwd=b.root, stdout=out, stderr=out, check=False).returncode == 0
+    if built and os.access(binary, os.X_OK):
+        b.runs.fanclient = binary
+        return
+    b.fanclient_note = f"not built, the fan-out rows are wsload's alone: {first_error(log)}"
+    say(f"--compare: building fanclient failed ({first_error(log)}); the fan-out rows go on with wsload alone "
+        "(target/bench/fanclient-build.log)")
+
+
 def cache_dir() -> Path:
     """Where --compare builds and installs the peers, and the chart's Python."""
     if os.environ.get("BENCH_CACHE"):
@@ -183,6 +205,12 @@ def header(b: Bench) -> list[str]:
         (f"- client: wsload, {b.opts.threads} thread(s), on the same machine; echo rows {b.echo_seconds} s after "
          f"{WARMUP} warm-up; open-file limit {b.fd_limit}"),
     ]
+    if b.runs.fanclient:
+        lines.append("- second client of the fan-out rows (--compare): fanclient (scripts/bench/fanclient/, "
+                     "tokio-tungstenite on tokio's multi-threaded runtime, a thread per core), each server "
+                     "measured by both, the same rows and trials; its rows say \"fanclient\"")
+    elif b.fanclient_note:
+        lines.append(f"- second client of the fan-out rows (fanclient): {b.fanclient_note}")
     if b.custom:
         lines.append(f"- server: BENCH_SERVER='{b.custom}' "
                      "(rows needing wsecho's --broadcast / --greeting-delay skipped)")
@@ -296,6 +324,7 @@ def main(args: list[str]) -> int:
         b = Bench(opts, ROOT, work, servers, Runs(raw, wsload, opts.threads, servers),
                   Peers(cache_dir(), out), wsecho)
         build_portable(b)
+        build_fanclient(b)
         b.fd_limit = report_fd_limit()
         if b.want("tls"):
             tls.make_files(b)

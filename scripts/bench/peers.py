@@ -69,6 +69,19 @@ class Peers:
         peer = self.ready.get(name)
         return peer.label if peer else LABELS.get(name, name)
 
+    def command_line(self, name: str) -> str:
+        """Peer NAME's command line as results.md shows it: programs and files by
+        their names alone (they live in BENCH_CACHE), the port as PORT."""
+        def shown(word: str) -> str:
+            if word == "0":
+                return "PORT"
+            if word.endswith(":0"):
+                return word.removesuffix("0") + "PORT"
+            return os.path.basename(word) if "/" in word else word
+
+        peer = self.ready[name]
+        return " ".join(shown(str(w)) for w in peer.command(0))
+
     def skip(self, names: str, why: str) -> None:
         """One line about a peer that cannot run; its rows are left out."""
         say(f"--compare: {names}: {why}; going on without its rows")
@@ -233,10 +246,21 @@ class Peers:
         except OSError:
             words = []
         version = words[1] if len(words) > 1 else "?"
+        # The README's broadcast example is `websocat -t ws-l:… broadcast:mirror:`,
+        # for people typing text: -t (text, also the default) sends every message
+        # on as a text frame, replacing what is not UTF-8, and wsload, whose
+        # messages are binary, counts no text frame as its own (0 listeners synced).
+        # -E is websocat's own advice: its broadcast: overlay's example is
+        # `websocat -E ws-l:… reuse-broadcast:mirror:`, and without -E it warns
+        # that serving several clients may leak sockets.
         self.ready["websocat"] = Peer(
             "websocat", f"websocat {version}",
             f"websocat {version} as `websocat -b -E ws-l:127.0.0.1:PORT broadcast:mirror:` "
-            "(every message to every client, the sender too; -b: binary messages)",
+            "(every message to every client, the sender too): the example of its broadcast: overlay's help, "
+            "`-E ws-l:… reuse-broadcast:mirror:` (-E, without which websocat warns that serving several "
+            "clients may leak sockets), with -b, binary messages: in its default text mode (the README's "
+            "chat example, `-t`) it sends every message on as text, replacing what is not UTF-8, which "
+            "wsload's binary messages are not",
             lambda port: [bin_, "-b", "-E", f"ws-l:127.0.0.1:{port}", "broadcast:mirror:"])
 
     # ------------------------------------------------------------ start --

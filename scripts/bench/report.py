@@ -339,6 +339,42 @@ class Report:
         self.side_by_side.append(f"| {test} | {what} | {cell}{cells} | {ratio} |")
         self.tsv += lines
 
+    def started_as_row(self, test: str, main_line: str, lines: dict[str, str]) -> None:
+        """A row of a side-by-side table: each server's command line (LINES by
+        peer), as the bench started it."""
+        cells = "".join(f" | `{lines[column]}`" if column in lines else f" | {DASH}" for column, _ in self._peers)
+        self.side_by_side.append(f"| {test} | started as | `{main_line}`{cells} | {DASH} |")
+
+    def clients_row(self, test: str, what: str, key: str, suffix: str, other: str) -> None:
+        """Whether two clients tell the same story on figure KEY: each server's
+        OTHER ÷ SUFFIX (fanclient's run ÷ wsload's of the same trial), marked
+        when its min–max leaves out 1 (the clients differ on that server by
+        more than their spread), and, for each peer, wsecho's ratio to it by
+        each client, median and min–max: the clients disagree on a peer when
+        those two ranges do not overlap."""
+        def ratios(mine: str, theirs: str) -> Ratios:
+            return Ratios.of(self.runs.trial_figures(mine, key), self.runs.trial_figures(theirs, key),
+                             len(self.runs.trials(mine)))
+
+        def short(r: Ratios) -> str:
+            return f"{r.median:.2f}× ({r.low:.2f}–{r.high:.2f}×)" if r.n else DASH
+
+        def server_cell(prefix: str) -> str:
+            r = ratios(f"{prefix}-{other}", f"{prefix}-{suffix}")
+            return short(r) + (f"; {NO}: the clients differ" if r.n and not r.low <= 1 <= r.high else "")
+
+        cells = [server_cell(prefix) for prefix in ["main", *(column for column, _ in self._peers)]]
+        verdicts = []
+        for column, label in self._peers:
+            by_one = ratios(f"main-{suffix}", f"{column}-{suffix}")
+            by_other = ratios(f"main-{other}", f"{column}-{other}")
+            if not (by_one.n and by_other.n):
+                continue
+            agree = by_one.low <= by_other.high and by_other.low <= by_one.high
+            verdicts.append(f"vs {label}: {short(by_one)} by wsload, {short(by_other)} by fanclient: "
+                            + ("the clients agree" if agree else f"{NO}: the clients disagree"))
+        self.side_by_side.append(f"| {test} | {what} | {' | '.join(cells)} | {'; '.join(verdicts) or DASH} |")
+
     def baseline_table(self, heading: str, baseline_label: str, path: str) -> None:
         """Starts a table of wsecho against WSECHO_BIN_BASELINE, new ÷ old."""
         if not self.baseline:

@@ -7,6 +7,11 @@ name), the rest which row. wsload's JSON is kept in target/bench/raw/NAME.json
 and its stderr in NAME.err; the tables are made from those files alone, so a
 run whose JSON is missing simply leaves its cells empty ("no result: ...").
 
+The fan-out rows of --compare are measured by a second client too,
+fanclient (scripts/bench/fanclient/, tokio-tungstenite), whose runs are
+named as wsload's with FANCLIENT's suffix (main-fanout-wide-fc, ...) and
+report with wsload fanout's keys, so that everything below reads both.
+
 A row run as interleaved trials (trials.py; --compare, WSECHO_BIN_BASELINE)
 has its trials as NAME.t1, NAME.t2, ..., and NAME itself is a copy of the
 median trial (`keep_median`), for the rows that show one run's figures.
@@ -25,6 +30,8 @@ from .trials import median_index
 
 # Each wsload run bounds itself; this catches one that does not.
 RUN_TIMEOUT_S = 1800
+# The run-name suffix of fanclient's runs: NAME-fc beside wsload's NAME.
+FANCLIENT = "-fc"
 
 
 def flatten(report: dict) -> dict:
@@ -56,6 +63,7 @@ class Runs:
                  servers: Servers | None = None):
         self.raw = raw
         self.wsload = wsload
+        self.fanclient: Path | None = None  # built for --compare's fan-out rows (main.build_fanclient)
         self.threads = threads
         self.servers = servers
         self._cache: dict[str, dict | None] = {}
@@ -70,18 +78,22 @@ class Runs:
         """Where run NAME's stderr goes."""
         return self.raw / f"{name}.err"
 
-    def start(self, name: str, *args, quiet: bool = False) -> subprocess.Popen:
+    def run_fanclient(self, name: str, *args) -> None:
+        """Runs `fanclient ARGS` as `run` runs wsload: its one line of JSON kept as
+        raw/NAME.json (it takes no --threads: its runtime has a thread per core)."""
+        self.finish(name, self.start(name, *args, client=[self.fanclient]))
+
+    def start(self, name: str, *args, quiet: bool = False, client: list | None = None) -> subprocess.Popen:
         """Starts run NAME as `run` does, without waiting for it: for a row that acts on
-        the server while wsload runs (the storm's restart). `finish` waits for it."""
+        the server while wsload runs (the storm's restart). `finish` waits for it.
+        CLIENT: another client's command instead of wsload's (fanclient)."""
         args = [str(a) for a in args]
+        argv = [*client, *args] if client else [self.wsload, *args, "--threads", self.threads, "--json"]
         if not quiet:
-            say(f"{name}: wsload {' '.join(args)}")
+            say(f"{name}: {Path(argv[0]).name} {' '.join(args)}")
         self._cache.pop(name, None)
         with open(self.raw / f"{name}.json", "wb") as out, open(self.err_path(name), "wb") as err:
-            return self.servers.spawn(
-                [self.wsload, *args, "--threads", self.threads, "--json"],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-            )
+            return self.servers.spawn(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
     def finish(self, name: str, proc: subprocess.Popen) -> None:
         """Waits for run NAME (started with `start`) and reports it as `run` does."""

@@ -43,6 +43,12 @@ DEPLOYED_TUNABLES = ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
 ACTIVATE = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" "$@"'
 
 
+def wsecho_args(flags: list[str]) -> list[str]:
+    """wsecho's arguments as the bench starts it: on 127.0.0.1, a port of its
+    choosing, its log and greeting off (unless FLAGS say otherwise), then FLAGS."""
+    return ["--host", "127.0.0.1", "--port", "0", "--log-level", "off", "--greeting-delay", "off", *flags]
+
+
 def say(text: str) -> None:
     """One line on stderr, as every message of the benchmark."""
     print(f"bench: {text}", file=sys.stderr, flush=True)
@@ -81,11 +87,29 @@ def port_in_use(port: int) -> bool:
         return False
 
 
+# Where free_port looks: from 20,000 up to the ephemeral range's start.
+FIRST_FREE_PORT = 20000
+
+
+def ephemeral_start() -> int:
+    """The first of the ports the kernel gives clients' sockets
+    (net.ipv4.ip_local_port_range; Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """A port nobody listens on (checked by trying to connect), for a server
-    that must be told its port."""
+    that must be told its port: below the ephemeral range where that leaves
+    room. In it, the thousands of client sockets of the run before, still
+    closing, hold ports that nothing accepts on but no server can listen on
+    either (websocat: "Address already in use")."""
+    end = ephemeral_start()
+    span = end - FIRST_FREE_PORT if end - FIRST_FREE_PORT >= 1000 else 20000
     for _ in range(200):
-        port = 20000 + random.randrange(20000)
+        port = FIRST_FREE_PORT + random.randrange(span)
         if not port_in_use(port):
             return port
     raise Fatal("no free port found")
@@ -192,8 +216,7 @@ class Servers:
         env.setdefault(*DEPLOYED_TUNABLES)
         with open(self.work / "server.err", "wb") as err:
             proc = self.spawn(
-                [*command, "--host", "127.0.0.1", "--port", "0", "--log-level", "off",
-                 "--greeting-delay", "off", *flags],
+                [*command, *wsecho_args(flags)],
                 stdout=subprocess.PIPE, stderr=err, stdin=stdin, env=env,
             )
         fd = proc.stdout.fileno()

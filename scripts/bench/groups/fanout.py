@@ -1,7 +1,10 @@
 """Fan-out rows: 100 listeners × 1,000 messages of 32 B, every message to
 every client (wsload fanout against wsecho --broadcast), at full speed and at
 500 messages/s; the peers of --compare are websocat's and Node ws's
-broadcast servers.
+broadcast servers. With --compare the 500/s row is measured by a second
+client too, fanclient (scripts/bench/fanclient/, tokio-tungstenite; run
+names PREFIX-fanout-500-fc), in the same trials, so that its latency
+figures do not rest on wsload alone.
 
 With --compare or WSECHO_BIN_BASELINE, each row runs as interleaved trials
 (trials.py), as the echo rows do, and the targets against websocat are
@@ -11,10 +14,13 @@ from __future__ import annotations
 
 from ..context import BASELINE, BASELINE_LABEL, Bench
 from ..report import Chart, Report, Target, awk_number, check, fmt_int, fmt_us, judge_all, judge_ratio
+from ..runs import FANCLIENT
+from ..servers import wsecho_args
 from ..trials import Ratios, median
 
 PEERS = ["websocat", "nodebc"]
 RATES = {"full": "0", "500": "500"}  # run name part: --rate
+AT_500_FC = "fanout-500" + FANCLIENT  # fanclient's runs of the 500/s row
 
 DELIVERED = Target("all, in order", lambda missing, ooo, dups: missing == 0 and ooo == 0 and dups == 0)
 # Targets: at full speed at least 2 × websocat's broadcast; at 500/s a p50
@@ -50,15 +56,25 @@ def measure(b: Bench) -> None:
         return
     # The median trial: by deliveries/s at full speed, by p99 at 500/s.
     median_of = {"fanout-full": ("deliveries_per_s", True), "fanout-500": ("p99_us", False)}
+    if b.runs.fanclient:
+        median_of[AT_500_FC] = ("p99_us", False)
+
+    def run(name: str, suffix: str, server) -> None:
+        if suffix == AT_500_FC:
+            b.runs.run_fanclient(name, "--url", server.url, "--listeners", 100, "--messages", 1000, "--size", 32,
+                                 "--rate", RATES["500"])
+        else:
+            fanout_run(b, name, server.url, suffix.removeprefix("fanout-"))
+
     b.interleave(b.contenders(lambda: b.start_wsecho("--broadcast"), PEERS, "--broadcast"), list(median_of),
-                 lambda name, suffix, server: fanout_run(b, name, server.url, suffix.removeprefix("fanout-")),
-                 median_of.get)
+                 run, median_of.get)
 
 
-def delivered_row(b: Bench, r: Report, name: str, test: str, label: str) -> None:
-    """delivered / missing / out of order of a fan-out run (the cluster's too)."""
+def delivered_row(b: Bench, r: Report, name: str, test: str, label: str, client: str = "") -> None:
+    """delivered / missing / out of order of a fan-out run (the cluster's too);
+    CLIENT (", fanclient") names the client when it is not wsload."""
     get, text = b.runs.get, b.runs.text
-    r.row(test, label, "delivered / missing / out of order",
+    r.row(test, label, f"delivered / missing / out of order{client}",
           f"{fmt_int(get(name, 'delivered'))} / {text(name, 'missing')} / {text(name, 'out_of_order')}",
           DELIVERED.text, DELIVERED.met(get(name, "missing"), get(name, "out_of_order"), get(name, "duplicates")))
 
@@ -117,6 +133,25 @@ def rows(b: Bench, r: Report) -> None:
                             p50, p99, their50, their99))
             else:
                 r.row(test, "wsecho", latency, r.latency(name), P99_ALONE.text, P99_ALONE.met(p99))
+    fanclient_rows(b, r)
+
+
+def fanclient_rows(b: Bench, r: Report) -> None:
+    """The 500/s row as fanclient measured it, its targets on fanclient's trials."""
+    name, peer, test = f"main-{AT_500_FC}", f"websocat-{AT_500_FC}", title("500")
+    if not b.runs.has(name):
+        return
+    delivered_row(b, r, name, test, "wsecho", ", fanclient")
+    their50, m50 = vs_websocat(b, name, peer, "p50_us", 1, "lower", fmt_us)
+    their99, m99 = vs_websocat(b, name, peer, "p99_us", 1, "lower", fmt_us)
+    p99 = b.runs.get(name, "p99_us")
+    if not their99:
+        r.row(test, "wsecho", "latency p50 / p99 / p99.9 / max, fanclient", r.latency(name), P99_ALONE.text,
+              P99_ALONE.met(p99))
+        return
+    r.row(test, "wsecho", "latency p50 / p99 / p99.9 / max, fanclient", r.latency(name),
+          f"p50 ≤ websocat ({their50}), p99 ≤ websocat ({their99}) and < 1 ms, all by fanclient",
+          judge_all([f"p50 {m50}", f"p99 {m99}", f"< 1 ms: {check(lambda p99: p99 < P99_US, p99)}"]))
 
 
 def compare(b: Bench, r: Report) -> None:
@@ -127,9 +162,16 @@ def compare(b: Bench, r: Report) -> None:
     if not r.compare_table(heading, [(p, b.peers.label(p)) for p in PEERS if p in b.peers.ready]):
         return
     at_500 = "Fan-out delivery latency at 500 msgs/s (µs, lower is better)"
+    r.started_as_row("fan-out", " ".join(["wsecho", *wsecho_args(["--broadcast"])]),
+                     {p: b.peers.command_line(p) for p in PEERS if p in b.peers.ready})
     for percentile in ("p50", "p99"):
         r.compare_row("fan-out at 500/s", f"latency {percentile}", "lower", fmt_us, f"{percentile}_us", "fanout-500",
                       Chart(at_500, percentile, "µs"))
+    if b.runs.trials(f"main-{AT_500_FC}"):
+        for percentile in ("p50", "p99"):
+            r.compare_row("fan-out at 500/s", f"latency {percentile}, fanclient", "lower", fmt_us,
+                          f"{percentile}_us", AT_500_FC)
+        r.clients_row("fan-out at 500/s", "p99, fanclient ÷ wsload", "p99_us", "fanout-500", AT_500_FC)
     r.compare_row("fan-out at full speed", "deliveries/s", "higher", fmt_int, "deliveries_per_s", "fanout-full",
                   Chart("Fan-out deliveries/s at full speed (higher is better)", "deliveries/s", "deliveries/s"))
     r.compare_row("fan-out at full speed", "latency p99", "lower", fmt_us, "p99_us", "fanout-full")
