@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import rehearsal
 from .context import (
     BASELINE_LABEL,
     PORTABLE_LABEL,
@@ -293,6 +294,8 @@ def main(args: list[str]) -> int:
     try:
         wsload, wsecho = check_binaries(ROOT, opts)
         servers = Servers(work, wsload)
+        if opts.rehearsal:
+            return rehearsal.main(opts, ROOT, work, servers, wsload, wsecho, report_fd_limit(), commit(ROOT))
         b = Bench(opts, ROOT, work, servers, Runs(raw, wsload, opts.threads, servers),
                   Peers(cache_dir(), out), wsecho)
         build_portable(b)
