@@ -49,13 +49,15 @@ def cpu_s(pid: int) -> float | None:
         return None
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """The whole machine's CPU time, busy and in all, in clock ticks (/proc/stat)."""
+def machine_jiffies() -> tuple[int, int, int]:
+    """The whole machine's CPU time, busy, in all, and in interrupts (hard and soft: over
+    loopback, much of TCP's receiving runs there, counted to no process), in clock ticks
+    (/proc/stat)."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])  # guest time is already in user
-    return total - idle, total
+    return total - idle, total, values[5] + values[6]
 
 
 def meminfo() -> dict[str, int]:
@@ -116,6 +118,7 @@ class Cpu:
     groups: dict[str, float]
     busy: int
     total: int
+    interrupts: int
 
     @classmethod
     def take(cls, groups: dict[str, list[int]], last: Cpu | None = None) -> Cpu:
@@ -126,17 +129,18 @@ class Cpu:
             figures[name] = sum(v for v in values if v is not None)
             if any(v is None for v in values) and name in seen:
                 figures[name] = max(figures[name], seen[name])
-        busy, total = machine_jiffies()
-        return cls(time.monotonic(), figures, busy, total)
+        busy, total, interrupts = machine_jiffies()
+        return cls(time.monotonic(), figures, busy, total, interrupts)
 
     def cores_since(self, before: Cpu) -> dict[str, float]:
-        """Cores busy on average from BEFORE to this: per group, the rest of the
-        machine (whoever else, builds included), and idle."""
+        """Cores busy on average from BEFORE to this: per group, in interrupts, the rest
+        of the machine (whoever else, builds included), and idle."""
         wall = max(self.at - before.at, 1e-9)
         cores = os.cpu_count() or 1
+        ticks = max(self.total - before.total, 1)
         out = {name: (self.groups[name] - before.groups.get(name, 0)) / wall for name in self.groups}
-        share = (self.busy - before.busy) / max(self.total - before.total, 1)
-        out["machine"] = share * cores
+        out["interrupts"] = (self.interrupts - before.interrupts) / ticks * cores
+        out["machine"] = (self.busy - before.busy) / ticks * cores
         out["rest"] = max(out["machine"] - sum(v for k, v in out.items() if k != "machine"), 0.0)
         out["idle"] = max(cores - out["machine"], 0.0)
         return out

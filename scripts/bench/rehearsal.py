@@ -381,7 +381,8 @@ class Rehearsal:
         def cores(p: Phase) -> str:
             c = p.cores
             return (f"{c.get('machine', 0):.2f} of 2 busy: wsecho {c.get('wsecho', 0):.2f}, wsload "
-                    f"{c.get('wsload', 0):.2f}, Redis {c.get('redis', 0):.2f}, rest of the machine "
+                    f"{c.get('wsload', 0):.2f}, Redis {c.get('redis', 0):.2f}, interrupts {c.get('interrupts', 0):.2f}, "
+                    f"rest of the machine "
                     f"{c.get('rest', 0):.2f}")
 
         def redis_rate(p: Phase) -> str:

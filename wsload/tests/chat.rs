@@ -3,7 +3,8 @@
 //! instance killed while the rooms chat.
 //!
 //! The server binary is `WSECHO_BIN` if set, else the workspace's own, built here in release
-//! (`cargo build --release -p wsecho`: quick when it is up to date). Redis is `REDIS_SERVER`
+//! as `scripts/bench.sh` builds it (`cargo build --release --workspace`: quick when it is up to
+//! date, and the same features, so that neither build undoes the other's). Redis is `REDIS_SERVER`
 //! or `redis-server` on the PATH, as wsecho's own cluster tests have it.
 
 use serde_json::Value;

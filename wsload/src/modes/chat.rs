@@ -44,6 +44,8 @@ use crate::worker::{CloseReason, Handler, Message, Worker};
 use anyhow::{Context, Result, bail};
 use plan::{Plan, Seen};
 use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{BufRead, Write};
 use std::ops::Range;
 use std::sync::Arc;
@@ -70,6 +72,17 @@ const HEADER_WAIT: Duration = Duration::from_secs(30);
 /// How long closing takes at most when the script says `quit`.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a client is, connection-wise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Connected (or opening for the first time, in the open phase).
+    Here,
+    /// Its connection ended; it waits for its pause to end.
+    Away,
+    /// Trying to come back.
+    Connecting,
+}
+
 /// One client.
 #[derive(Debug)]
 struct Member {
@@ -81,10 +94,11 @@ struct Member {
     left: usize,
     resumer: Resumer,
     seen: Seen,
+    place: Place,
     /// Attempts to come back that failed since the last close.
     tries: u32,
-    /// When the attempt under way started, to give it up after `--connect-timeout`.
-    attempt_started: Option<Instant>,
+    /// Attempts to come back started, ever: tells the attempt under way from older ones.
+    attempts: u32,
     /// Its connection ended during this phase.
     moved: bool,
     /// Opened at least once.
@@ -229,9 +243,14 @@ struct Chat {
     jitter: Duration,
     connect_timeout: Duration,
     rng: Rng,
+    /// When clients away are due back, soonest first: (when, client). Only a client still
+    /// away when its entry comes up goes.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// When attempts under way are given up, soonest first: (when, client, its attempt).
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     /// Clients waiting to come back, and those trying.
-    away: Vec<usize>,
-    connecting: Vec<usize>,
+    away: usize,
+    connecting: usize,
     tally: Tally,
 }
 
@@ -282,45 +301,46 @@ impl Chat {
 
     /// Brings back the clients due, and gives up the attempts that took too long.
     fn comebacks(&mut self, worker: &mut Worker, now: Instant) {
-        let timeout = self.connect_timeout;
-        let late: Vec<usize> = self
-            .connecting
-            .iter()
-            .copied()
-            .filter(|&id| {
-                self.members[id]
-                    .attempt_started
-                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
-            })
-            .collect();
-        for id in late {
-            worker.abandon(id, self);
+        while let Some(&Reverse((at, id, attempt))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let member = &self.members[id];
+            if member.place == Place::Connecting && member.attempts == attempt {
+                worker.abandon(id, self);
+            }
         }
-        let due: Vec<usize> = self
-            .away
-            .iter()
-            .copied()
-            .filter(|&id| self.members[id].resumer.due_in(now, false) == Some(Duration::ZERO))
-            .collect();
-        self.away.retain(|id| !due.contains(id));
-        for id in due {
+        while let Some(&Reverse((at, id))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            if self.members[id].place != Place::Away {
+                continue;
+            }
             let room = self.members[id].room;
             let sent = self.rooms[room].sent_at.len() as u64;
             let path = self.room_path(room);
             let member = &mut self.members[id];
+            member.place = Place::Connecting;
+            member.attempts += 1;
             member.instance = self.plan.next_instance(id, member.left, member.tries);
             member.resumer.reconnecting(now, sent, sent);
-            member.attempt_started = Some(now);
+            self.away -= 1;
+            self.connecting += 1;
+            let deadline = now + self.connect_timeout;
+            self.deadlines
+                .push(Reverse((deadline, id, member.attempts)));
             worker.set_target(id, Arc::clone(&self.targets[member.instance]));
             worker.set_path(id, member.resumer.path(&path));
-            self.connecting.push(id);
             worker.reopen(id, self);
         }
     }
 
     /// True once every client is connected (none away, none trying).
     fn all_here(&self) -> bool {
-        self.away.is_empty() && self.connecting.is_empty()
+        self.away == 0 && self.connecting == 0
     }
 
     fn expected(&self) -> u64 {
@@ -352,7 +372,7 @@ impl Chat {
             }
         }
         let moved = self.members.iter().filter(|m| m.moved).count() as u64;
-        let back = moved - self.away.len() as u64 - self.connecting.len() as u64;
+        let back = moved.saturating_sub((self.away + self.connecting) as u64);
         let mut latency = t.latency_ns.clone();
         let mut stayed = t.stayed_ns.clone();
         let stayed = stats::summarize_ns(&mut stayed);
@@ -367,7 +387,7 @@ impl Chat {
             phase: phase.to_string(),
             seconds: (now - t.started).as_secs_f64(),
             clients: self.members.len(),
-            connected: self.members.len() - self.away.len() - self.connecting.len(),
+            connected: self.members.len() - self.away - self.connecting,
             opened: t.opened,
             open_failed: t.open_failed,
             opened_per_s: opened_in.map_or(0.0, |s| t.opened as f64 / s.max(1e-9)),
@@ -417,17 +437,17 @@ impl Handler for Chat {
         let room = self.members[id].room;
         let sent = self.rooms[room].sent_at.len() as u64;
         let member = &mut self.members[id];
-        member.attempt_started = None;
-        if member.resumer.state == State::Reconnecting {
+        if member.place == Place::Connecting {
             member.resumer.reopened(sent, &mut self.tally.counts);
             member.tries = 0;
-            self.connecting.retain(|&c| c != id);
+            self.connecting -= 1;
             self.tally.last_back = Some(now);
         } else {
             member.opened = true;
             self.tally.opened += 1;
             self.tally.last_open = Some(now);
         }
+        member.place = Place::Here;
     }
 
     fn on_message(&mut self, id: usize, msg: Message<'_>, _: &mut Conn, now: Instant) {
@@ -477,10 +497,20 @@ impl Handler for Chat {
     fn on_close(&mut self, id: usize, reason: &CloseReason) {
         let now = Instant::now();
         let member = &mut self.members[id];
-        member.attempt_started = None;
-        let reconnecting = member.resumer.state == State::Reconnecting;
-        let ending = if reason.before_open() {
-            if !reconnecting {
+        let ending = match member.place {
+            // An attempt to come back that did not open, whatever ended it.
+            Place::Connecting => {
+                match Failure::of(reason) {
+                    Failure::Refused => self.tally.refused += 1,
+                    Failure::Busy => self.tally.busy += 1,
+                    Failure::Other => self.tally.failed_other += 1,
+                }
+                self.tally.failures.record(reason);
+                member.tries += 1;
+                self.connecting -= 1;
+                Ending::NotOpened
+            }
+            Place::Here if !member.opened => {
                 // A first connection that failed: counted, and not tried again.
                 self.tally.open_failed += 1;
                 self.tally
@@ -488,23 +518,17 @@ impl Handler for Chat {
                     .record(format!("client {}: {reason}", self.plan.global(id)));
                 return;
             }
-            match Failure::of(reason) {
-                Failure::Refused => self.tally.refused += 1,
-                Failure::Busy => self.tally.busy += 1,
-                Failure::Other => self.tally.failed_other += 1,
+            Place::Here => {
+                member.left = member.instance;
+                member.moved = true;
+                self.tally.first_close.get_or_insert(now);
+                match reason {
+                    CloseReason::ClosedByServer(code) => Ending::Closed(*code),
+                    _ => Ending::Dropped,
+                }
             }
-            self.tally.failures.record(reason);
-            member.tries += 1;
-            self.connecting.retain(|&c| c != id);
-            Ending::NotOpened
-        } else {
-            member.left = member.instance;
-            member.moved = true;
-            self.tally.first_close.get_or_insert(now);
-            match reason {
-                CloseReason::ClosedByServer(code) => Ending::Closed(*code),
-                _ => Ending::Dropped,
-            }
+            // Nothing is open to close.
+            Place::Away => return,
         };
         member
             .resumer
@@ -516,7 +540,13 @@ impl Handler for Chat {
             let pause = Duration::from_nanos(self.rng.next_u64() % (nanos + 1));
             member.resumer.state = State::AwayUntil(now + pause);
         }
-        self.away.push(id);
+        let at = match member.resumer.state {
+            State::AwayUntil(at) => at,
+            _ => now,
+        };
+        member.place = Place::Away;
+        self.away += 1;
+        self.due.push(Reverse((at, id)));
     }
 }
 
@@ -650,8 +680,9 @@ fn setup(args: &ChatArgs) -> Result<Chat> {
             left: plan.home(id),
             resumer: Resumer::new(),
             seen: Seen::default(),
+            place: Place::Here,
             tries: 0,
-            attempt_started: None,
+            attempts: 0,
             moved: false,
             opened: false,
         })
@@ -665,8 +696,10 @@ fn setup(args: &ChatArgs) -> Result<Chat> {
         jitter: args.jitter,
         connect_timeout: args.common.connect_timeout,
         rng: Rng::from_entropy(),
-        away: Vec::new(),
-        connecting: Vec::new(),
+        due: BinaryHeap::new(),
+        deadlines: BinaryHeap::new(),
+        away: 0,
+        connecting: 0,
         tally: Tally::new(Instant::now()),
     })
 }
