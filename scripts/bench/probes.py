@@ -39,14 +39,33 @@ def threads(pid: int) -> int:
         return 0
 
 
-def cpu_s(pid: int) -> float | None:
-    """PID's CPU time so far, user + system (its threads' included), or None once it is gone."""
+def cpu_s(pid: int, tid: int | None = None) -> float | None:
+    """PID's CPU time so far, user + system (its threads' included), or thread TID's alone;
+    None once it is gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with open(path) as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     except (OSError, ValueError, IndexError):
         return None
+
+
+def first_threads(pid: int, count: int) -> dict[tuple[int, int], str]:
+    """PID's first COUNT threads (the lowest ids: those it made at start, before any
+    connection's) by name: {(pid, tid): name}."""
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))[:count]
+    except OSError:
+        return {}
+    names = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                names[(pid, tid)] = comm.read().strip()
+        except OSError:
+            continue
+    return names
 
 
 def machine_jiffies() -> tuple[int, int, int]:
@@ -119,9 +138,14 @@ class Cpu:
     busy: int
     total: int
     interrupts: int
+    threads: dict[tuple[int, int], float] = field(default_factory=dict)
+    names: dict[tuple[int, int], str] = field(default_factory=dict)
 
     @classmethod
-    def take(cls, groups: dict[str, list[int]], last: Cpu | None = None) -> Cpu:
+    def take(cls, groups: dict[str, list[int]], last: Cpu | None = None,
+             names: dict[tuple[int, int], str] | None = None) -> Cpu:
+        """The groups' CPU time now, and that of the threads NAMES names (their last known
+        figure, too, for those gone since LAST)."""
         seen = dict(last.groups) if last else {}
         figures = {}
         for name, pids in groups.items():
@@ -129,8 +153,13 @@ class Cpu:
             figures[name] = sum(v for v in values if v is not None)
             if any(v is None for v in values) and name in seen:
                 figures[name] = max(figures[name], seen[name])
+        threads = dict(last.threads) if last else {}
+        for (pid, tid) in names or {}:
+            value = cpu_s(pid, tid)
+            if value is not None:
+                threads[(pid, tid)] = value
         busy, total, interrupts = machine_jiffies()
-        return cls(time.monotonic(), figures, busy, total, interrupts)
+        return cls(time.monotonic(), figures, busy, total, interrupts, threads, dict(names or {}))
 
     def cores_since(self, before: Cpu) -> dict[str, float]:
         """Cores busy on average from BEFORE to this: per group, in interrupts, the rest
@@ -143,6 +172,17 @@ class Cpu:
         out["machine"] = (self.busy - before.busy) / ticks * cores
         out["rest"] = max(out["machine"] - sum(v for k, v in out.items() if k != "machine"), 0.0)
         out["idle"] = max(cores - out["machine"], 0.0)
+        return out
+
+    def busiest_since(self, before: Cpu) -> dict[str, float]:
+        """For each name of the threads followed: the most cores one such thread took from
+        BEFORE to this (the busiest instance's redis-subscriber, say)."""
+        wall = max(self.at - before.at, 1e-9)
+        out: dict[str, float] = {}
+        for key, name in self.names.items():
+            if key in before.threads and key in self.threads:
+                share = (self.threads[key] - before.threads[key]) / wall
+                out[name] = max(out.get(name, 0.0), share)
         return out
 
 

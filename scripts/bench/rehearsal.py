@@ -89,6 +89,7 @@ WITHIN = 0.10
 MAPS_PER_CLIENT = 4  # a connection thread's stack and its signal stack, each with a guard page
 MAPS_MARGIN = 1000  # the process's own maps: binary, libraries, heap arenas
 DEPLOYED_MAX_MAP_COUNT = 262144  # docs/deploying.md's value
+SERVICE_THREADS = 16  # an instance's threads made at start, followed apart in each phase
 THREADS_PER_INSTANCE = 16  # accept, greeter, signals, Redis's two, the thread maker and its spares
 TASK_MARGIN = 10_000  # the rest of the machine's threads may grow meanwhile (builds)
 WSECHO_LISTEN_BACKLOG = 4096  # src/server.rs LISTEN_BACKLOG, which net.core.somaxconn caps
@@ -107,6 +108,7 @@ class Phase:
     answers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     cores: dict[str, float] = field(default_factory=dict)
+    busiest: dict[str, float] = field(default_factory=dict)  # thread name -> cores, the busiest instance's
     commands_per_s: float = 0.0
     overflows: int = 0
 
@@ -141,6 +143,7 @@ class Rehearsal:
     memory: dict[str, float] = field(default_factory=dict)
     redis_figures: dict[str, str] = field(default_factory=dict)
     watch: probes.Watch | None = None
+    service_threads: dict[tuple[int, int], str] = field(default_factory=dict)
     started_at: str = ""
     took_s: float = 0.0
 
@@ -227,6 +230,11 @@ class Rehearsal:
         for instance in self.instances:
             if not wait_until(lambda instance=instance: healthz_says(instance.url, '"redis":"up"')):
                 raise Fatal(f"wsecho at {instance.url} did not join Redis")
+        # The threads each instance made at start (the lowest ids, before any connection's):
+        # main and accept, the thread maker, the signal threads, Redis's publisher and
+        # subscriber, the spare connection threads; each phase says how busy the busiest was.
+        for instance in self.instances:
+            self.service_threads.update(probes.first_threads(instance.pid, SERVICE_THREADS))
         say(f"rehearsal: redis-server on port {self.redis_port}, {INSTANCES} instances: "
             + " ".join(i.url for i in self.instances))
 
@@ -271,13 +279,15 @@ class Rehearsal:
         phase = Phase(name)
         commands_before = int(probes.redis_info(self.redis_port, "stats")["total_commands_processed"])
         overflows_before = probes.listen_overflows()
-        cpu_before = probes.Cpu.take(self.pids())
+        cpu_before = probes.Cpu.take(self.pids(), names=self.service_threads)
         began = time.monotonic()
         self.ask(loads, command)
         cpu_last = during(cpu_before) if during else None
         phase.answers = self.answers(loads, length_s + ANSWER_MARGIN_S)
         phase.seconds = time.monotonic() - began
-        phase.cores = probes.Cpu.take(self.pids(), cpu_last or cpu_before).cores_since(cpu_before)
+        cpu_after = probes.Cpu.take(self.pids(), cpu_last or cpu_before, names=self.service_threads)
+        phase.cores = cpu_after.cores_since(cpu_before)
+        phase.busiest = cpu_after.busiest_since(cpu_before)
         commands = int(probes.redis_info(self.redis_port, "stats")["total_commands_processed"]) - commands_before
         phase.commands_per_s = commands / max(phase.seconds, 1e-9)
         phase.overflows = probes.listen_overflows() - overflows_before
@@ -305,19 +315,20 @@ class Rehearsal:
             "threads": sum(probes.threads(p) for p in instances),
         }
         self.memory["total_per_client_kib"] = self.memory["rss_per_client_kib"] + self.memory["kernel_per_client_kib"]
-        before = probes.Cpu.take(self.pids())
+        before = probes.Cpu.take(self.pids(), names=self.service_threads)
         time.sleep(IDLE_S)
-        after = probes.Cpu.take(self.pids())
+        after = probes.Cpu.take(self.pids(), names=self.service_threads)
         self.memory["idle_cpu_wsecho_s"] = after.groups["wsecho"] - before.groups["wsecho"]
         self.memory["idle_cpu_redis_s"] = after.groups["redis"] - before.groups["redis"]
-        phase = Phase("idle", seconds=after.at - before.at, cores=after.cores_since(before))
+        phase = Phase("idle", seconds=after.at - before.at, cores=after.cores_since(before),
+                      busiest=after.busiest_since(before))
         self.phases["idle"] = phase
 
     def kill_one(self, cpu_before: probes.Cpu) -> probes.Cpu:
         """Ten seconds into the chat: SIGKILL one instance; returns the CPU figures taken
         just before (its own CPU time is gone with it)."""
         time.sleep(KILL_AFTER_S)
-        last = probes.Cpu.take(self.pids(), cpu_before)
+        last = probes.Cpu.take(self.pids(), cpu_before, names=self.service_threads)
         victim = self.instances[KILLED]
         say(f"rehearsal: SIGKILL to the instance at {victim.url} (pid {victim.pid})")
         victim.proc.send_signal(signal.SIGKILL)
@@ -379,11 +390,16 @@ class Rehearsal:
             rows.append((phase, figure, measured, target))
 
         def cores(p: Phase) -> str:
+            if p.seconds < 1:
+                return f"not measured: {p.seconds * 1000:.0f} ms is too short for /proc's 10 ms CPU ticks"
             c = p.cores
-            return (f"{c.get('machine', 0):.2f} of 2 busy: wsecho {c.get('wsecho', 0):.2f}, wsload "
-                    f"{c.get('wsload', 0):.2f}, Redis {c.get('redis', 0):.2f}, interrupts {c.get('interrupts', 0):.2f}, "
-                    f"rest of the machine "
-                    f"{c.get('rest', 0):.2f}")
+            text = (f"{c.get('machine', 0):.2f} of 2 busy: wsecho {c.get('wsecho', 0):.2f}, wsload "
+                    f"{c.get('wsload', 0):.2f}, Redis {c.get('redis', 0):.2f}, interrupts "
+                    f"{c.get('interrupts', 0):.2f}, rest of the machine {c.get('rest', 0):.2f}")
+            busy = sorted(((v, k) for k, v in p.busiest.items() if v >= 0.01), reverse=True)[:3]
+            if busy:
+                text += "; busiest threads of one instance: " + ", ".join(f"{k} {v:.2f}" for v, k in busy)
+            return text
 
         def redis_rate(p: Phase) -> str:
             return f"Redis {fmt_int(p.commands_per_s)} commands/s"
