@@ -117,6 +117,20 @@ def listen_overflows() -> int:
     return 0
 
 
+def backlog_drops() -> int:
+    """Packets dropped so far because a core's input queue was full (/proc/net/softnet_stat's
+    second column, summed over the cores): over loopback, net.core.netdev_max_backlog."""
+    with open("/proc/net/softnet_stat") as stat:
+        return sum(int(line.split()[1], 16) for line in stat)
+
+
+def retransmits() -> int:
+    """TCP segments the machine sent again so far (/proc/net/snmp, Tcp: RetransSegs)."""
+    with open("/proc/net/snmp") as stat:
+        lines = [line.split() for line in stat if line.startswith("Tcp:")]
+    return int(dict(zip(lines[0], lines[1]))["RetransSegs"])
+
+
 def median_of(read, count: int = SAMPLES, every_s: float = SAMPLE_EVERY_S) -> float:
     """The median of COUNT readings of READ(), EVERY_S apart."""
     values = []

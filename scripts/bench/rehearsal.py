@@ -93,6 +93,8 @@ SERVICE_THREADS = 16  # an instance's threads made at start, followed apart in e
 THREADS_PER_INSTANCE = 16  # accept, greeter, signals, Redis's two, the thread maker and its spares
 TASK_MARGIN = 10_000  # the rest of the machine's threads may grow meanwhile (builds)
 WSECHO_LISTEN_BACKLOG = 4096  # src/server.rs LISTEN_BACKLOG, which net.core.somaxconn caps
+PORTS_PER_CLIENT = 2  # see the local port range's Need in check_machine
+WIDE_PORT_RANGE = "1024 65535"  # every port above the privileged ones
 FD_MARGIN = 100  # an instance's own descriptors beside its clients': listener, Redis, logs
 # Memory the run may take at most, per client: the 20,000 row's 41 KiB (the thread's kernel
 # stack and both ends of the socket included), wsload's state, Redis's share, with room.
@@ -111,6 +113,8 @@ class Phase:
     busiest: dict[str, float] = field(default_factory=dict)  # thread name -> cores, the busiest instance's
     commands_per_s: float = 0.0
     overflows: int = 0
+    drops: int = 0  # packets loopback's queue dropped (/proc/net/softnet_stat)
+    retransmits: int = 0  # TCP segments sent again (/proc/net/snmp)
 
     def total(self, key: str) -> float:
         return sum(a.get(key) or 0 for a in self.answers)
@@ -194,11 +198,6 @@ class Rehearsal:
             file_max = int(f.read())
         self.figures.append(Figure("fs.file-max", f"{file_max:,}", f"≥ {2 * self.clients + 10_000:,} (both ends)",
                                    file_max < 2 * self.clients + 10_000))
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(v) for v in f.read().split())
-        self.figures.append(Figure("net.ipv4.ip_local_port_range", f"{low} {high} ({high - low + 1:,} ports)",
-                                   f"≥ {self.per_instance_after_loss:,} ports to one instance's address and port",
-                                   high - low + 1 < self.per_instance_after_loss))
         short = [f for f in self.figures if f.binds]
         if short:
             raise Fatal("not run: " + "; ".join(f"{f.name} is {f.value}, and the rehearsal needs {f.needed}"
@@ -210,6 +209,20 @@ class Rehearsal:
             Need("vm.max_map_count", MAPS_PER_CLIENT * self.per_instance_after_loss + MAPS_MARGIN,
                  "4 maps a thread, in the fullest instance", raise_to=DEPLOYED_MAX_MAP_COUNT),
             Need("net.core.somaxconn", WSECHO_LISTEN_BACKLOG, "wsecho's listen backlog, which it caps"),
+            # Every client connects from 127.0.0.1 to one of six ports: connect() looks for a
+            # local port whose pair with that destination is free, even ports first, and
+            # checks each one it passes. With fewer even ports than an instance's clients,
+            # every reconnection to it scans them all: at 28,232 ports, the lost instance's
+            # clients took wsload's loop minutes of kernel time (perf: connect() in
+            # __inet_check_established), their handshakes timed out, and few came back.
+            Need("net.ipv4.ip_local_port_range", PORTS_PER_CLIENT * self.per_instance_after_loss,
+                 "ports, twice an instance's clients after a loss: connect() tries even ports first",
+                 raise_to=WIDE_PORT_RANGE),
+            # A killed instance's sockets all end at once, and its clients' FINs, then their
+            # comebacks, go through loopback's queue of packets per core.
+            Need("net.core.netdev_max_backlog", self.per_instance,
+                 "packets waiting on loopback, a lost instance's clients at once",
+                 raise_to=1 << math.ceil(math.log2(self.per_instance))),
         ]
 
     # ------------------------------------------------------------ cluster --
@@ -279,6 +292,7 @@ class Rehearsal:
         phase = Phase(name)
         commands_before = int(probes.redis_info(self.redis_port, "stats")["total_commands_processed"])
         overflows_before = probes.listen_overflows()
+        drops_before, retransmits_before = probes.backlog_drops(), probes.retransmits()
         cpu_before = probes.Cpu.take(self.pids(), names=self.service_threads)
         began = time.monotonic()
         self.ask(loads, command)
@@ -291,6 +305,8 @@ class Rehearsal:
         commands = int(probes.redis_info(self.redis_port, "stats")["total_commands_processed"]) - commands_before
         phase.commands_per_s = commands / max(phase.seconds, 1e-9)
         phase.overflows = probes.listen_overflows() - overflows_before
+        phase.drops = probes.backlog_drops() - drops_before
+        phase.retransmits = probes.retransmits() - retransmits_before
         self.phases[name] = phase
         (self.out / "raw").mkdir(parents=True, exist_ok=True)
         (self.out / "raw" / f"rehearsal-{name}.json").write_text(json.dumps(phase.__dict__, indent=1))
@@ -411,7 +427,8 @@ class Rehearsal:
             add("open", "connections/s (all processes, start to last open)",
                 f"{fmt_int(o.total('opened') / max(o.most('seconds'), 1e-9))} ({o.most('seconds'):.1f} s)")
             add("open", "CPU, cores", cores(o), redis_rate(o))
-            add("open", "listen-queue overflows (machine-wide)", fmt_int(o.overflows))
+            add("open", "listen-queue overflows / packets dropped on loopback / TCP retransmissions (machine-wide)",
+                f"{fmt_int(o.overflows)} / {fmt_int(o.drops)} / {fmt_int(o.retransmits)}")
         m = self.memory
         if m:
             goal = REFERENCE_KIB * (1 + WITHIN)
@@ -443,6 +460,8 @@ class Rehearsal:
                 f"{fmt_us(c.middle('p50_us'))} / {fmt_us(c.most('p99_us'))} / {fmt_us(c.most('max_us'))}",
                 "p50: the median process's; p99: the worst process's")
             add("steady chat", "CPU, cores", cores(c), redis_rate(c))
+            add("steady chat", "packets dropped on loopback / TCP retransmissions (machine-wide)",
+                f"{fmt_int(c.drops)} / {fmt_int(c.retransmits)}")
         lost = self.phases.get("lost")
         if lost:
             moved, back = lost.total("moved"), lost.total("back")
@@ -467,7 +486,8 @@ class Rehearsal:
                 f"{fmt_us(lost.middle('stayed_p50_us'))} / {fmt_us(lost.most('stayed_p99_us'))} / "
                 f"{fmt_us(lost.most('stayed_max_us'))}")
             add("instance lost", "CPU, cores", cores(lost), redis_rate(lost))
-            add("instance lost", "listen-queue overflows (machine-wide)", fmt_int(lost.overflows))
+            add("instance lost", "listen-queue overflows / packets dropped on loopback / TCP retransmissions "
+                "(machine-wide)", f"{fmt_int(lost.overflows)} / {fmt_int(lost.drops)} / {fmt_int(lost.retransmits)}")
         if self.redis_figures:
             r = self.redis_figures
             add("Redis", "memory used / peak / RSS; keys",

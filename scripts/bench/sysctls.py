@@ -35,7 +35,7 @@ class Need:
     name: str  # as sysctl names it: kernel.pid_max
     minimum: int
     why: str
-    raise_to: int = 0
+    raise_to: int | str = 0  # a number, or the whole value for a setting of several (a range)
     found: str = ""  # the value before the run, as the file had it
     set_to: str = ""  # what the run wrote, if it changed it
     put_back: bool = False
@@ -50,13 +50,20 @@ class Need:
     def write(self, value: str) -> None:
         self.path.write_text(f"{value}\n")
 
-    def first(self) -> int:
-        """The setting's first number (ip_local_port_range and tcp_mem have several)."""
-        return int(self.found.split()[0])
+    def amount(self) -> int:
+        """What the setting allows: its number, or for a range (ip_local_port_range) how many
+        numbers it holds."""
+        numbers = [int(v) for v in self.found.split()]
+        return numbers[1] - numbers[0] + 1 if len(numbers) == 2 else numbers[0]
+
+    def new_value(self) -> str:
+        if isinstance(self.raise_to, str):
+            return self.raise_to
+        return str(max(self.minimum, self.raise_to))
 
     @property
     def binds(self) -> bool:
-        return self.first() < self.minimum
+        return self.amount() < self.minimum
 
     def row(self) -> tuple[str, str, str, str]:
         """Setting, found, needed, what the run did: for the table."""
@@ -64,7 +71,7 @@ class Need:
             done = f"raised to {self.set_to}, " + ("put back" if self.put_back else "**not put back**")
         else:
             done = "left alone (enough)"
-        return self.name, self.found, f"≥ {self.minimum:,} ({self.why})", done
+        return self.name, " ".join(self.found.split()), f"≥ {self.minimum:,} ({self.why})", done
 
 
 @dataclass
@@ -90,7 +97,7 @@ def check_writable(needs: list[Need]) -> None:
             raise Fatal(f"cannot read {need.path} ({error.strerror}): the rehearsal needs Linux's /proc/sys")
     short = [n for n in needs if n.binds]
     if short and os.geteuid() != 0:
-        commands = "; ".join(f"sysctl -w {n.name}={max(n.minimum, n.raise_to)}" for n in short)
+        commands = "; ".join(f"sysctl -w {n.name}='{n.new_value()}'" for n in short)
         raise Fatal(f"not run: {', '.join(f'{n.name} is {n.found}, below {n.minimum:,}' for n in short)}, and only "
                     f"root may raise it (as root: {commands}; or run this as root, which raises them for the run and "
                     "puts them back)")
@@ -106,7 +113,7 @@ def raised(needs: list[Need]) -> Iterator[list[Need]]:
         for need in needs:
             if not need.binds:
                 continue
-            value = str(max(need.minimum, need.raise_to))
+            value = need.new_value()
             try:
                 need.write(value)
             except OSError as error:
