@@ -67,6 +67,7 @@ from .sysctls import Figure, Need, raised
 
 INSTANCES = 6
 ROOM_SIZE = 100
+REDIS_TRIES = 3  # redis-server started on another port when the one chosen was taken meanwhile
 HISTORY = 100  # each room's history: more than a client misses while it comes back at 1 message/s
 CHAT_S = 60  # each chat phase (BENCH_REHEARSAL_CHAT_S for a try-out)
 KILL_AFTER_S = 10  # into the second chat, one instance is killed
@@ -229,13 +230,22 @@ class Rehearsal:
     def start_cluster(self) -> None:
         if not shutil.which(self.redis_server):
             raise Fatal(f"not run: no {self.redis_server} (scripts/install-redis.sh installs one)")
-        self.redis_port = free_port()
-        self.redis_proc = self.servers.spawn(
-            [self.redis_server, "--bind", "127.0.0.1", "--port", self.redis_port, "--save", "", "--appendonly", "no",
-             "--dir", self.work, "--logfile", self.work / "redis.log", "--daemonize", "no"],
-            stdin=subprocess.DEVNULL)
-        if not wait_until(lambda: redis_ping(self.redis_port)):
-            raise Fatal(f"redis-server did not answer PING on port {self.redis_port}")
+        # A port found free can be taken before redis-server binds it (the machine is shared):
+        # a redis-server that exits at once is started again on another.
+        for _ in range(REDIS_TRIES):
+            self.redis_port = free_port()
+            self.redis_proc = self.servers.spawn(
+                [self.redis_server, "--bind", "127.0.0.1", "--port", self.redis_port, "--save", "", "--appendonly",
+                 "no", "--dir", self.work, "--logfile", self.work / "redis.log", "--daemonize", "no"],
+                stdin=subprocess.DEVNULL)
+            if wait_until(lambda: redis_ping(self.redis_port) or self.redis_proc.poll() is not None) and \
+                    self.redis_proc.poll() is None:
+                break
+            self.servers.stop_process(self.redis_proc)
+        else:
+            log = (self.work / "redis.log").read_text(errors="replace").strip().splitlines()
+            raise Fatal(f"redis-server did not answer PING (on port {self.redis_port} last): "
+                        f"{log[-1] if log else 'no log'}")
         flags = ["--broadcast", "--history", str(HISTORY), "--redis", f"redis://127.0.0.1:{self.redis_port}/0",
                  "--max-handshakes-per-ip", "off", *NO_PINGS]
         for _ in range(INSTANCES):
