@@ -4,6 +4,8 @@ scripts/bench.sh has built wsecho and wsload and runs this under its time
 bound: `python3 -m bench [--quick] [--soak] [--compare] [--portable]` with
 scripts/ on PYTHONPATH (and `python3 -m bench --budget ...` first, which
 checks the options and prints that bound). The usage text is usage.txt.
+`--rehearsal` hands the whole run to rehearsal.py instead: the 99,000-client
+cluster rehearsal, alone.
 
 Measuring and tabulating are apart: `measure` starts the servers and runs
 wsload, leaving each run's JSON in target/bench/raw/; `tabulate` makes the

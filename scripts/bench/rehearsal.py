@@ -35,9 +35,10 @@ one's standard input, and reads one JSON line back from each:
 Each phase also says where the CPU went (cores busy: the instances, wsload,
 Redis, the rest of the machine, idle): the bottleneck it hit.
 
-The machine's settings: sysctls.py raises what binds (kernel.pid_max and
-vm.max_map_count on a default Linux) and puts every one back at the end, on
-an error or Ctrl-C too. The run refuses, saying why, when it cannot be done:
+The machine's settings: sysctls.py raises what binds (on a default Linux
+kernel.pid_max, vm.max_map_count, the local port range, which every client's
+connect() from 127.0.0.1 searches, and loopback's packet queue) and puts every
+one back at the end, on an error or Ctrl-C too. The run refuses, saying why, when it cannot be done:
 not Linux, a setting short and not root, too little memory, an open-file
 limit below what an instance holds once it has taken its share of a lost
 one's clients.
