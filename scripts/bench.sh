@@ -3,6 +3,7 @@
 # target/bench/results.md (and prints it).
 #
 # Usage: scripts/bench.sh [--quick] [--soak] [--compare] [--portable]
+#        scripts/bench.sh --rehearsal   (99,000 clients on a cluster of six)
 # (scripts/bench.sh --help: the options, the environment variables, the
 # peers of --compare and what each row measures; the text is
 # scripts/bench/usage.txt). scripts/bench.sh --self-test checks the

@@ -57,13 +57,16 @@ class Options:
     echo_seconds: int = 0  # BENCH_ECHO_SECONDS (0: 10 s, 3 s with --quick)
     echo_specs: list[tuple[int, int]] = field(default_factory=lambda: list(ECHO_SPECS))  # BENCH_ECHO_ROWS
     redis_server: str = "redis-server"
+    rehearsal: bool = False  # --rehearsal: the 99,000-client cluster rehearsal alone (rehearsal.py)
+    rehearsal_clients: int = 99000  # BENCH_REHEARSAL_CLIENTS
+    rehearsal_chat_s: int = 60  # BENCH_REHEARSAL_CHAT_S: each chat phase's length
 
     @classmethod
     def parse(cls, args: list[str], env=os.environ) -> Options:
         """The options, or Fatal with the one line that says what is wrong."""
         opts = cls(list(args))
         for arg in args:
-            if arg not in ("--quick", "--soak", "--compare", "--portable"):
+            if arg not in ("--quick", "--soak", "--compare", "--portable", "--rehearsal"):
                 raise Fatal(f"unknown option {arg} (try --help)")
             setattr(opts, arg[2:], True)
         opts.only = env.get("BENCH_ONLY", "")
@@ -125,6 +128,18 @@ class Options:
                     raise Fatal(f"unknown echo row '{row}' in BENCH_ECHO_ROWS (rows: {', '.join(known)})")
             opts.echo_specs = [spec for name, spec in known.items() if name in wanted]
         opts.redis_server = env.get("REDIS_SERVER") or "redis-server"
+        if opts.rehearsal and len(args) > 1:
+            raise Fatal("--rehearsal runs alone: it takes the whole machine (leave out the other options)")
+        try:
+            opts.rehearsal_clients = int(env.get("BENCH_REHEARSAL_CLIENTS") or 99000)
+            opts.rehearsal_chat_s = int(env.get("BENCH_REHEARSAL_CHAT_S") or 60)
+        except ValueError:
+            raise Fatal("BENCH_REHEARSAL_CLIENTS and BENCH_REHEARSAL_CHAT_S are whole numbers")
+        if not (600 <= opts.rehearsal_clients <= 99000 and opts.rehearsal_clients % 600 == 0):
+            raise Fatal(f"BENCH_REHEARSAL_CLIENTS={opts.rehearsal_clients}: give a multiple of 600 (six "
+                        "instances, rooms of 100) up to 99,000")
+        if not 15 <= opts.rehearsal_chat_s <= 600:
+            raise Fatal(f"BENCH_REHEARSAL_CHAT_S={opts.rehearsal_chat_s}: give 15 to 600 seconds")
         return opts
 
     @property
@@ -137,6 +152,9 @@ class Options:
         """The bound on the whole run (scripts/bench.sh runs it under timeout(1)).
         Each wsload run is bounded by itself; this catches anything else (a build
         that hangs, say)."""
+        if self.rehearsal:
+            # Its phases (two chats among them) and up to 10 minutes of opening on a busy machine.
+            return 30 * 60 + 2 * self.rehearsal_chat_s
         # Trials multiply the compared rows: --compare's (30 min once) and the
         # baseline's echo and fan-out rows (5 min once).
         return (40 * 60 + self.compare * 30 * 60 * self.trials + bool(self.baseline_bin) * 5 * 60 * self.trials

@@ -4,6 +4,8 @@ scripts/bench.sh has built wsecho and wsload and runs this under its time
 bound: `python3 -m bench [--quick] [--soak] [--compare] [--portable]` with
 scripts/ on PYTHONPATH (and `python3 -m bench --budget ...` first, which
 checks the options and prints that bound). The usage text is usage.txt.
+`--rehearsal` hands the whole run to rehearsal.py instead: the 99,000-client
+cluster rehearsal, alone.
 
 Measuring and tabulating are apart: `measure` starts the servers and runs
 wsload, leaving each run's JSON in target/bench/raw/; `tabulate` makes the
@@ -31,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import rehearsal
 from .context import (
     BASELINE_LABEL,
     PORTABLE_LABEL,
@@ -321,6 +324,8 @@ def main(args: list[str]) -> int:
     try:
         wsload, wsecho = check_binaries(ROOT, opts)
         servers = Servers(work, wsload)
+        if opts.rehearsal:
+            return rehearsal.main(opts, ROOT, work, servers, wsload, wsecho, report_fd_limit(), commit(ROOT))
         b = Bench(opts, ROOT, work, servers, Runs(raw, wsload, opts.threads, servers),
                   Peers(cache_dir(), out), wsecho)
         build_portable(b)

@@ -31,6 +31,11 @@ pub enum Command {
     /// Wait until the server completes a WebSocket handshake (for scripts
     /// that start a server and must not guess when it is ready).
     Wait(WaitArgs),
+    /// Rooms of resuming clients spread over the instances of a cluster, stepped through
+    /// phases by commands on standard input (open, send first, send all, chat SECONDS, quit),
+    /// one JSON line of figures a phase; a client whose connection ends comes back on another
+    /// instance where it left off.
+    Chat(ChatArgs),
 }
 
 /// Which server to load (first in every mode's help).
@@ -255,6 +260,58 @@ pub struct FanoutArgs {
     /// time from coming back to the last message. N must be below --messages.
     #[arg(long, value_name = "N", requires = "resume", value_parser = clap::value_parser!(u64).range(1..))]
     pub leave_after: Option<u64>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// An instance of the cluster (repeatable): client G connects to the (G mod N)-th of the N
+    /// URLs, and, when that connection ends, to another of them.
+    #[arg(long = "url", value_name = "URL", required = true)]
+    pub urls: Vec<String>,
+
+    /// Allow server addresses outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    pub allow_remote: bool,
+
+    /// For wss:// URLs: the certificate authority (PEM) that issued the servers' certificates.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
+    /// For wss:// URLs: the name the servers' certificates must carry, also sent as SNI.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+
+    /// This process's clients.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub clients: u64,
+
+    /// The global number of this process's first client, when several processes share one
+    /// plan: client G is in room /room-(G / --room-size). Give each process a multiple of
+    /// the room size, so that each holds whole rooms.
+    #[arg(long, value_name = "G", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub first_client: u64,
+
+    /// Clients per room; one of each room's members sends in it.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub room_size: u64,
+
+    /// Chat message payload size (bytes, at least 8: the room and a sequence number).
+    #[arg(long, value_name = "BYTES", default_value = "32", value_parser = parse_size)]
+    pub size: usize,
+
+    /// When a client's connection ends, it waits a random time between zero and this (full
+    /// jitter) before it comes back on another instance; a failed attempt backs off further
+    /// (50 ms doubling, up to 2 s, jittered too).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub jitter: Duration,
+
+    /// A phase ends, once everything is sent and every client is back, when every message is
+    /// delivered or nothing has arrived for this long (what is then missing is lost).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
 
     #[command(flatten)]
     pub common: Common,

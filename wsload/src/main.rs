@@ -46,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Hold(args) => Ok(emit(&modes::hold::run(&args)?, args.common.json)),
         Command::Fanout(args) => Ok(emit(&modes::fanout::run(&args)?, args.common.json)),
         Command::Wait(args) => modes::wait::run(&args).map(|()| true),
+        Command::Chat(args) => modes::chat::run(&args).map(|()| true),
     }
 }
 

@@ -160,6 +160,9 @@ pub struct Worker {
     /// Request targets that replace a connection's server's path in its next upgrade
     /// requests ([`Worker::set_path`]): fanout's resuming listeners name their position there.
     paths: HashMap<usize, String>,
+    /// Servers that replace a connection's route for its next connections
+    /// ([`Worker::set_target`]): chat's clients move to another instance when theirs is gone.
+    targets: HashMap<usize, Arc<Target>>,
 }
 
 impl Worker {
@@ -178,6 +181,7 @@ impl Worker {
             waiting: 0,
             live: 0,
             paths: HashMap::new(),
+            targets: HashMap::new(),
         })
     }
 
@@ -198,6 +202,9 @@ impl Worker {
 
     /// The server of connection `id`.
     pub fn target_of(&self, id: usize) -> Arc<Target> {
+        if let Some(target) = self.targets.get(&id) {
+            return Arc::clone(target);
+        }
         match &self.route {
             Some(route) => route(id),
             None => Arc::clone(&self.target),
@@ -271,6 +278,12 @@ impl Worker {
     /// [`Worker::reopen`]) ask for `path` (path and query) instead of its server's path.
     pub fn set_path(&mut self, id: usize, path: String) {
         self.paths.insert(id, path);
+    }
+
+    /// Has connection `id` (one not opened yet, or one to be opened again with
+    /// [`Worker::reopen`]) go to `target` instead of the server its route names.
+    pub fn set_target(&mut self, id: usize, target: Arc<Target>) {
+        self.targets.insert(id, target);
     }
 
     /// Opens connection `id` again, once it has closed: a new TCP connection and handshake

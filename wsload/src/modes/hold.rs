@@ -21,7 +21,7 @@
 //! With `--reconnect` the hold is a server restart instead (`hold/reconnect.rs`): connections
 //! the server closes come back, and the report says how many, how fast, and what was refused.
 
-mod reconnect;
+pub mod reconnect;
 
 use super::{
     Errors, Report, ensure_opened, on_workers, room_workers, row, spread_sources, verdict,

@@ -1,5 +1,6 @@
 //! The load modes, one module each, and what they have in common.
 
+pub mod chat;
 pub mod echo;
 pub mod fanout;
 pub mod hold;
