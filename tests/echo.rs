@@ -53,10 +53,10 @@ fn the_greeting_arrives_once_after_the_delay_with_the_time() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_greeting_reaches_an_idle_client_without_waking_its_thread() {
-    let server = Wsecho::start(&["--greeting-delay", "3s", "--log-level", "trace"]);
+    let server = Wsecho::start(&["--greeting-delay", "4s", "--log-level", "trace"]);
     let mut ws = server.connect();
-    // A new connection wakes once, a second after its handshake, to settle (settle.rs); the
-    // count starts once it has, well before the greeting is due.
+    // A new connection wakes once, one to two seconds after its handshake, to settle
+    // (settle.rs); the count starts once it has, well before the greeting is due.
     let port = local_port(&ws);
     server.wait_for_log(&[&format!(":{port} settled")]);
     // The thread logs that line and then goes back to sleep; on a busy machine it may still be

@@ -540,7 +540,7 @@ fn the_image_runs_with_glibcs_per_thread_cache_off_and_an_idle_connection_costs_
     let clients: Vec<TcpStream> = (0..IDLE_CLIENTS)
         .map(|_| support::raw_websocket(container.addr))
         .collect();
-    // Idle connections settle (give back what their handshake grew) a second after it.
+    // Idle connections settle (give back what their handshake grew) one to two seconds after.
     let deadline = Instant::now() + Duration::from_secs(15);
     let per_client = || (rss().saturating_sub(before)) * 1024 / IDLE_CLIENTS as u64;
     while per_client() > IDLE_BYTES_PER_CLIENT && Instant::now() < deadline {

@@ -222,13 +222,14 @@ fn after_a_big_message_an_idle_connection_gives_its_buffers_back() {
 /// connection must then give back.
 #[test]
 fn after_the_greeting_an_idle_connection_costs_what_it_did() {
-    let server = Wsecho::start(&["--greeting-delay", "3s", "--max-handshakes-per-ip", "off"]);
+    let server = Wsecho::start(&["--greeting-delay", "4s", "--max-handshakes-per-ip", "off"]);
     let mut clients: Vec<_> = (0..QUIET_CLIENTS)
         .map(|_| raw_websocket(server.addr))
         .collect();
-    // A new connection settles a second after it starts, giving back the stack its handshake
-    // touched; the fresh figure is taken after that and before the first greeting is due.
-    thread::sleep(Duration::from_millis(2000));
+    // A new connection settles one to two seconds after it starts (settle.rs spreads them),
+    // giving back the stack its handshake touched; the fresh figure is taken after that and
+    // before the first greeting is due.
+    thread::sleep(Duration::from_millis(3000));
     let fresh = rss(&server);
     for tcp in &mut clients {
         let (_, opcode, greeting) = read_server_frame(tcp);
@@ -241,7 +242,8 @@ fn after_the_greeting_an_idle_connection_costs_what_it_did() {
 fn a_connection_that_gave_its_buffers_back_loses_nothing_even_mid_message() {
     let server = Wsecho::start(&["--greeting-delay", "off"]);
     let mut tcp = raw_websocket(server.addr);
-    let quiet = Duration::from_millis(1500); // longer than the server's settle time (1 s)
+    // Longer than the server's settle time (1 s, and up to 1 s more to spread connections).
+    let quiet = Duration::from_millis(2500);
 
     // A big message grows the read buffer; the quiet after it makes the server rebuild it.
     let big = vec![0x5a; 64 * 1024];

@@ -6,22 +6,28 @@
 //! - tungstenite's read buffer grows to the largest frame the client sent, and never shrinks;
 //! - the send queue keeps the room of the most frames it ever held at once;
 //! - the thread's stack keeps every page it touched: the handshake ran deeper than the loop
-//!   ever goes (a TLS handshake's key exchange and signature most of all), and on the ppoll backend a wake-up is a
-//!   signal, whose frame (the saved registers) the kernel writes below the sleeping
-//!   loop, into a third page;
+//!   ever goes (a TLS handshake's key exchange and signature most of all), and on the ppoll
+//!   backend a wake-up is a signal, whose frame (the saved registers) the kernel writes below
+//!   the sleeping loop, into a third page;
 //! - what the allocator got back from those buffers stays resident in its arenas.
 //!
 //! So a new connection, and one that was woken, received a frame bigger than its read buffer,
 //! or had more than [`BIG_QUEUE`] queued, *settles* once it has been quiet for
-//! [`SETTLE_AFTER`]: it rebuilds tungstenite's state around the same socket (only between two
+//! [`SETTLE_AFTER`], plus its own share of [`SETTLE_SPREAD`]: it rebuilds tungstenite's state around the same socket (only between two
 //! messages, so nothing is lost: `boundary.rs`), empties its queue's room, frees the stack
 //! pages below its loop, and has the allocator return free pages to the system, at most once
 //! per [`TRIM_INTERVAL`] for the whole server. A connection then costs what a fresh one costs
 //! again (the bench's "after" rows measure it). Settling costs one timer wake-up after each
 //! burst, not one per message, and nothing for a connection that only exchanges small
 //! messages.
+//!
+//! The spread keeps the wake-ups of a wide room apart. One broadcast that woke 5,000
+//! listeners would otherwise have all of them wake again within a few milliseconds a second
+//! later, a herd of 5,000 context switches that stalls the room's next broadcast for as long
+//! (a sweep of 25 ms took 136 ms, measured in performance.md's wide fan-out row).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys;
@@ -30,6 +36,25 @@ use crate::sys;
 /// enough that a client sending a message every few hundred milliseconds keeps its buffers,
 /// short enough that a burst's memory is back within a couple of seconds.
 pub(crate) const SETTLE_AFTER: Duration = Duration::from_secs(1);
+
+/// How far apart the connections' settling is spread: each waits [`SETTLE_AFTER`] and a
+/// fixed share of this, its own, so that connections woken together settle over this span
+/// rather than at once. A burst's memory is still back within two seconds.
+pub(crate) const SETTLE_SPREAD: Duration = Duration::from_secs(1);
+
+/// Numbers the connections as they start, to give each its share of [`SETTLE_SPREAD`].
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// The `n`th connection's share of [`SETTLE_SPREAD`]: n × 0.618… of it, modulo the whole (the
+/// golden ratio's sequence), so that any run of consecutive connections covers the span
+/// evenly.
+fn share_of_spread(n: u32) -> Duration {
+    const STEPS: u64 = 1 << 16;
+    // 0.618… × 2^16: the golden ratio's fractional part in sixteen bits.
+    const GOLDEN: u64 = 40_503;
+    let step = (u64::from(n) * GOLDEN) % STEPS;
+    SETTLE_SPREAD.mul_f64(step as f64 / STEPS as f64)
+}
 
 /// Queued bytes from which a burst is worth giving back: below this, the queue's room and the
 /// freed frames are a few hundred bytes.
@@ -75,27 +100,31 @@ pub(crate) struct Settling {
     /// Memory freed at the first instant and not yet returned to the system: ask again at the
     /// second (see [`trim_heap`]).
     trim: Option<(Instant, Instant)>,
+    /// How long it must be quiet: [`SETTLE_AFTER`] and its share of [`SETTLE_SPREAD`].
+    quiet_for: Duration,
 }
 
 impl Settling {
-    /// A new connection settles once, [`SETTLE_AFTER`] from now: its handshake ran deeper than
-    /// its loop will (a TLS one most of all: key exchange and signature), and those stack
-    /// pages go back.
+    /// A new connection settles once, when it has been quiet long enough: its handshake ran
+    /// deeper than its loop will (a TLS one most of all: key exchange and signature), and
+    /// those stack pages go back.
     pub(crate) fn new() -> Settling {
+        let quiet_for = SETTLE_AFTER + share_of_spread(STARTED.fetch_add(1, Ordering::Relaxed));
         Settling {
-            at: Some(Instant::now() + SETTLE_AFTER),
+            at: Some(Instant::now() + quiet_for),
             woken_since: false,
             release_stack: false,
             trim: None,
+            quiet_for,
         }
     }
 
     /// After a round that did something (`woken`: another thread woke the loop; `grew`: a
-    /// burst grew a buffer past its quiet size): settle once quiet for [`SETTLE_AFTER`].
+    /// burst grew a buffer past its quiet size): settle once quiet long enough.
     pub(crate) fn note_activity(&mut self, woken: bool, grew: bool) {
         self.woken_since |= woken;
         if self.woken_since || grew {
-            self.at = Some(Instant::now() + SETTLE_AFTER);
+            self.at = Some(Instant::now() + self.quiet_for);
         }
     }
 
@@ -116,9 +145,9 @@ impl Settling {
         false
     }
 
-    /// Not quiet after all: try again [`SETTLE_AFTER`] from `now`.
+    /// Not quiet after all: try again when it has been quiet long enough from `now`.
     pub(crate) fn postpone(&mut self, now: Instant) {
-        self.at = Some(now + SETTLE_AFTER);
+        self.at = Some(now + self.quiet_for);
     }
 
     /// The connection gave its buffers back at `now`: the stack pages below the loop go next,
@@ -143,5 +172,22 @@ impl Settling {
     /// Whether the loop should free the stack pages below it now; asking takes the request.
     pub(crate) fn take_release_stack(&mut self) -> bool {
         std::mem::take(&mut self.release_stack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_connections_settle_spread_evenly_over_the_span() {
+        // Any ten in a row: one in each tenth of the span.
+        let mut tenths: Vec<u32> = (1000..1010)
+            .map(|n| (share_of_spread(n).as_secs_f64() / SETTLE_SPREAD.as_secs_f64() * 10.0) as u32)
+            .collect();
+        tenths.sort_unstable();
+        tenths.dedup();
+        assert!(tenths.len() >= 8, "{tenths:?}");
+        assert!((0..100_000).all(|n| share_of_spread(n) < SETTLE_SPREAD));
     }
 }
