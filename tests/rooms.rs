@@ -327,9 +327,9 @@ fn raw_websocket_to(server: &Wsecho, path: &str) -> TcpStream {
     tcp
 }
 
-/// Room "free" at full speed: a sender on `from` sends 2,000 messages of 4 KiB as fast as the
-/// server takes them, and a listener on `to` hears every one in order, as does the sender.
-fn free_room_at_full_speed(from: &Wsecho, to: &Wsecho) {
+/// Room "free" at full speed: a sender on `from` sends `count` messages of 4 KiB as fast as
+/// the server takes them, and a listener on `to` hears every one in order, as does the sender.
+fn free_room_at_full_speed(from: &Wsecho, to: &Wsecho, count: u32) {
     let mut sender = raw_websocket_to(from, "/free");
     let mut listener = raw_websocket_to(to, "/free");
     // Each is in the room once it hears its own hello (the other may hear it too).
@@ -341,7 +341,6 @@ fn free_room_at_full_speed(from: &Wsecho, to: &Wsecho) {
             .unwrap();
         while read_server_frame(tcp).2 != hello.as_bytes() {}
     }
-    let count = 2000u32;
     let mut writer = sender.try_clone().unwrap();
     thread::spawn(move || {
         for n in 0..count {
@@ -403,7 +402,7 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
         ":{flooder_port} paused: a listener of its room is behind"
     )]);
     // The free room at full speed: 2,000 messages of 4 KiB, every one heard in order.
-    free_room_at_full_speed(&server, &server);
+    free_room_at_full_speed(&server, &server, 2000);
     // The stalled room is still stalled, and its listener still connected.
     assert!(
         !server
@@ -446,7 +445,10 @@ fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
     let flooder_port = flooder.local_addr().unwrap().port();
     a.wait_for_log(&[&format!(":{flooder_port} paused: ")]);
 
-    free_room_at_full_speed(&a, &b);
+    // Fewer than four backlogs (1 MiB) in all: across instances a listener cannot pace the
+    // sender, and one that many behind is let go by design, which a test reading both ends in
+    // turn on a busy machine can let happen with more.
+    free_room_at_full_speed(&a, &b, 200);
     drop((stalled, flooder));
 }
 
