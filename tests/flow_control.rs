@@ -379,15 +379,17 @@ fn at_the_memory_ceiling_the_listener_furthest_behind_goes_before_any_sender_wai
         "--greeting-delay",
         "off",
         "--max-memory",
-        "8MiB",
+        "16MiB",
         "--max-message-size",
         "64KiB",
         "--max-backlog",
         "1GiB",
     ]);
-    // 1,000 messages of 32 KiB: 31 MiB, four times the ceiling, past what the stalled
-    // listener's kernel buffers take.
-    let (count, size) = (1000, 32 << 10);
+    // 2,000 messages of 32 KiB: 62 MiB, four times the ceiling, past what the stalled
+    // listener's kernel buffers take. A ceiling of 16 MiB leaves the two listeners that read
+    // that much room to fall behind while the machine is busy: a reader as far behind as
+    // the ceiling would be let go as rightly as the stalled one.
+    let (count, size) = (2000, 32 << 10);
     let stalled = raw_websocket(server.addr);
     let stalled_port = stalled.local_addr().unwrap().port();
     let reader = raw_websocket(server.addr);
