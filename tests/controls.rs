@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{
     Wsecho, client_frame, close_code, connect, expect_close, http_exchange, next_data, raw,
-    read_server_frame, try_read_server_frame,
+    raw_websocket_at, read_server_frame, try_read_server_frame, upgrade_request,
 };
 use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
@@ -42,30 +42,6 @@ const QUIET: [&str; 6] = [
 fn start(extra: &[&str]) -> Wsecho {
     let args: Vec<&str> = QUIET.iter().chain(extra).copied().collect();
     Wsecho::start(&args)
-}
-
-/// The upgrade request for `target`.
-fn upgrade_request(target: &str) -> String {
-    support::UPGRADE.replacen("GET / ", &format!("GET {target} "), 1)
-}
-
-/// A raw connection upgraded with the request target `target` (a path and a query), which
-/// does only what the test makes it do.
-fn raw_websocket_at(addr: SocketAddr, target: &str) -> TcpStream {
-    let mut tcp = raw(addr);
-    tcp.write_all(upgrade_request(target).as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        std::io::Read::read_exact(&mut tcp, &mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
 }
 
 fn send_text(tcp: &mut TcpStream, text: &str) {

@@ -17,7 +17,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Client, Wsecho, client_frame, connect, http_exchange, next_data, read_server_frame};
+use support::{
+    Client, Wsecho, client_frame, connect, http_exchange, next_data, raw_websocket_at,
+    read_server_frame,
+};
 use tungstenite::Message;
 
 const BINARY: u8 = 0x2;
@@ -307,31 +310,11 @@ fn bad_room_names_are_refused_with_a_reason() {
     assert_eq!(next_data(&mut ws), Message::text("echo"));
 }
 
-/// A raw connection that completed the handshake for `path` and only does what the test makes
-/// it do (it never reads unless told).
-fn raw_websocket_to(server: &Wsecho, path: &str) -> TcpStream {
-    let mut tcp = support::raw(server.addr);
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        std::io::Read::read_exact(&mut tcp, &mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    tcp
-}
-
 /// Room "free" at full speed: a sender on `from` sends `count` messages of 4 KiB as fast as
 /// the server takes them, and a listener on `to` hears every one in order, as does the sender.
 fn free_room_at_full_speed(from: &Wsecho, to: &Wsecho, count: u32) {
-    let mut sender = raw_websocket_to(from, "/free");
-    let mut listener = raw_websocket_to(to, "/free");
+    let mut sender = raw_websocket_at(from.addr, "/free");
+    let mut listener = raw_websocket_at(to.addr, "/free");
     // Each is in the room once it hears its own hello (the other may hear it too).
     for (tcp, hello) in [
         (&mut listener, "hello listener"),
@@ -386,11 +369,11 @@ fn a_stalled_client_in_one_room_does_not_slow_another_room() {
         ]
         .concat(),
     );
-    let stalled = raw_websocket_to(&server, "/stalled");
+    let stalled = raw_websocket_at(server.addr, "/stalled");
     let stalled_port = stalled.local_addr().unwrap().port();
     server.wait_for_log(&[&format!(":{stalled_port} connected: path /stalled")]);
     // The stalled room's sender floods without reading; it is soon paced.
-    let flooder = raw_websocket_to(&server, "/stalled");
+    let flooder = raw_websocket_at(server.addr, "/stalled");
     let mut writer = flooder.try_clone().unwrap();
     thread::spawn(move || {
         let frame = client_frame(true, BINARY, &[7; 32 << 10]);
@@ -431,10 +414,10 @@ fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
     ];
     let a = member(&redis, &flags);
     let b = member(&redis, &flags);
-    let stalled = raw_websocket_to(&b, "/stalled");
+    let stalled = raw_websocket_at(b.addr, "/stalled");
     let stalled_port = stalled.local_addr().unwrap().port();
     b.wait_for_log(&[&format!(":{stalled_port} connected: path /stalled")]);
-    let flooder = raw_websocket_to(&a, "/stalled");
+    let flooder = raw_websocket_at(a.addr, "/stalled");
     let mut writer = flooder.try_clone().unwrap();
     thread::spawn(move || {
         let frame = client_frame(true, BINARY, &[7; 32 << 10]);
@@ -458,7 +441,7 @@ fn two_instances_a_stalled_client_in_one_room_does_not_slow_another_room() {
 fn two_thousand_clients_in_two_thousand_rooms_and_empty_rooms_are_freed() {
     let server = Wsecho::start(&BASE);
     let clients: Vec<TcpStream> = (0..2000)
-        .map(|i| raw_websocket_to(&server, &format!("/room/{i}")))
+        .map(|i| raw_websocket_at(server.addr, &format!("/room/{i}")))
         .collect();
     let rooms_in = |body: &str| -> u64 {
         let at = body.find("\"rooms\":").expect("a rooms count") + "\"rooms\":".len();

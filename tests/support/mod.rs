@@ -320,6 +320,11 @@ pub fn raw_websocket(addr: SocketAddr) -> TcpStream {
     upgrade(raw(addr))
 }
 
+/// [`raw_websocket`] for the request target `target` (a path, maybe with a query).
+pub fn raw_websocket_at(addr: SocketAddr, target: &str) -> TcpStream {
+    upgrade_at(raw(addr), target)
+}
+
 /// A masked client frame, as RFC 6455 section 5.2 lays it out.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
@@ -387,8 +392,18 @@ pub fn raw_from(source: &str, addr: SocketAddr) -> TcpStream {
 }
 
 /// Completes the WebSocket handshake on a raw connection (see [`raw_websocket`]).
-pub fn upgrade(mut tcp: TcpStream) -> TcpStream {
-    tcp.write_all(UPGRADE.as_bytes()).unwrap();
+pub fn upgrade(tcp: TcpStream) -> TcpStream {
+    upgrade_at(tcp, "/")
+}
+
+/// The upgrade request for `target`: a path, maybe with a query.
+pub fn upgrade_request(target: &str) -> String {
+    UPGRADE.replacen("GET / ", &format!("GET {target} "), 1)
+}
+
+/// Completes the WebSocket handshake for the request target `target` on a raw connection.
+pub fn upgrade_at(mut tcp: TcpStream, target: &str) -> TcpStream {
+    tcp.write_all(upgrade_request(target).as_bytes()).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8];
     while !head.ends_with(b"\r\n\r\n") {
