@@ -127,16 +127,11 @@ def build_portable(b: Bench) -> None:
     say("building wsecho with --features portable-poll (release, target/portable)")
     log = b.out / "portable-build.log"
     binary = b.root / "target" / "portable" / "release" / "wsecho"
-    with open(log, "wb") as out:
-        built = subprocess.run(
-            ["cargo", "build", "--release", "-p", "wsecho", "--features", "portable-poll",
-             "--target-dir", b.root / "target" / "portable"],
-            cwd=b.root, stdout=out, stderr=out, check=False).returncode == 0
-    if built and os.access(binary, os.X_OK):
+    if cargo_release(b, log, binary, "-p", "wsecho", "--features", "portable-poll",
+                     "--target-dir", b.root / "target" / "portable"):
         b.portable_bin = binary
         return
-    lines = log.read_text(errors="replace").splitlines()
-    why = next((line for line in lines if line.startswith("error")), lines[-1] if lines else "") or "no output"
+    why = first_error(log) or "no output"
     b.portable_note = f"not built, rows skipped: {why}"
     say(f"--portable: building wsecho with --features portable-poll failed ({why}); "
         "skipping the portable-backend rows (full log: target/bench/portable-build.log)")
@@ -151,17 +146,23 @@ def build_fanclient(b: Bench) -> None:
     say("building fanclient, the fan-out rows' second client (release, target/fanclient)")
     log = b.out / "fanclient-build.log"
     binary = b.root / "target" / "fanclient" / "release" / "fanclient"
-    with open(log, "wb") as out:
-        built = subprocess.run(
-            ["cargo", "build", "--release", "--locked", "--manifest-path",
-             b.root / "scripts" / "bench" / "fanclient" / "Cargo.toml", "--target-dir", b.root / "target" / "fanclient"],
-            cwd=b.root, stdout=out, stderr=out, check=False).returncode == 0
-    if built and os.access(binary, os.X_OK):
+    if cargo_release(b, log, binary, "--locked", "--manifest-path",
+                     b.root / "scripts" / "bench" / "fanclient" / "Cargo.toml",
+                     "--target-dir", b.root / "target" / "fanclient"):
         b.runs.fanclient = binary
         return
     b.fanclient_note = f"not built, the fan-out rows are wsload's alone: {first_error(log)}"
     say(f"--compare: building fanclient failed ({first_error(log)}); the fan-out rows go on with wsload alone "
         "(target/bench/fanclient-build.log)")
+
+
+def cargo_release(b: Bench, log: Path, binary: Path, *args) -> bool:
+    """`cargo build --release ARGS` from the repository, its output in LOG;
+    whether it built BINARY."""
+    with open(log, "wb") as out:
+        built = subprocess.run(["cargo", "build", "--release", *args],
+                               cwd=b.root, stdout=out, stderr=out, check=False).returncode == 0
+    return built and os.access(binary, os.X_OK)
 
 
 def cache_dir() -> Path:
